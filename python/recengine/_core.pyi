@@ -1,0 +1,101 @@
+"""Type stub of the compiled extension ``recengine._core`` (built from ``rust/py``).
+
+Users should import from :mod:`recengine`; this module is private and its names may change.
+Every long call releases the GIL. Errors map to Python exceptions in one place
+(``rust/py/src/errors.rs``): bad indices raise IndexError, bad shapes or values ValueError,
+unsupported dtypes TypeError, file problems OSError.
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+__version__: str
+
+class Table:
+    """An embedding table whose rows live in Rust memory (owned, or a read-only file mapping)."""
+
+    @staticmethod
+    def from_array(array: NDArray[np.floating], dtype: str) -> Table:
+        """Encode a C-contiguous float32 or float16 array ``[num_rows, dim]`` as ``dtype``."""
+    @staticmethod
+    def from_raw(data: NDArray[np.uint8], dtype: str, dim: int) -> Table:
+        """Copy rows already in the storage format: ``data`` is ``[num_rows, row_bytes]`` uint8."""
+    @staticmethod
+    def random(num_rows: int, dim: int, dtype: str, seed: int) -> Table:
+        """Rows uniform in [-1, 1), encoded as ``dtype``; the same seed gives the same table."""
+    @staticmethod
+    def mmap(path: str, offset: int, num_rows: int, dim: int, dtype: str) -> Table:
+        """Map ``num_rows`` rows of ``dtype`` read-only from ``path`` starting at byte ``offset``."""
+    @staticmethod
+    def load_safetensors(path: str, name: Optional[str]) -> Table:
+        """Map one tensor of a safetensors file (the only one when ``name`` is None)."""
+    def save_safetensors(self, path: str, name: str) -> None: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def dtype(self) -> str:
+        """One of ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"``."""
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def row_bytes(self) -> int: ...
+    @property
+    def is_mmap(self) -> bool: ...
+    def lookup(
+        self,
+        indices: NDArray[np.integer],
+        offsets: Optional[NDArray[np.integer]],
+        lengths: Optional[NDArray[np.integer]],
+        weights: Optional[NDArray[np.float32]],
+        mode: str,
+        padding_idx: Optional[int],
+        include_last_offset: bool,
+    ) -> NDArray[np.float32]: ...
+    def quantize(self, dtype: str) -> Table: ...
+    def to_numpy(self) -> NDArray[np.float32]: ...
+    def raw(self) -> NDArray[np.uint8]:
+        """A copy of the stored rows, ``[num_rows, row_bytes]`` uint8."""
+
+class Collection:
+    """Several tables pooled for one batch in one call into ``[B, sum(dims)]``."""
+
+    def __init__(self, tables: Sequence[Table]) -> None: ...
+    @property
+    def dims(self) -> list[int]: ...
+    def lookup(
+        self,
+        indices: Sequence[NDArray[np.integer]],
+        offsets: Optional[Sequence[NDArray[np.integer]]],
+        lengths: Optional[Sequence[NDArray[np.integer]]],
+        weights: Optional[Sequence[Optional[NDArray[np.float32]]]],
+        mode: str,
+        include_last_offset: bool,
+    ) -> NDArray[np.float32]: ...
+
+def pool_array(
+    array: NDArray[np.floating],
+    indices: NDArray[np.integer],
+    offsets: Optional[NDArray[np.integer]],
+    lengths: Optional[NDArray[np.integer]],
+    weights: Optional[NDArray[np.float32]],
+    mode: str,
+    padding_idx: Optional[int],
+    include_last_offset: bool,
+) -> NDArray[np.float32]:
+    """Pool rows of a plain float32/float16 array ``[num_rows, dim]`` without copying it."""
+
+def safetensors_names(path: str) -> list[str]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def simd_level() -> str: ...
+def available_simd_levels() -> list[str]: ...
+def set_simd_level(level: Optional[str]) -> None:
+    """Force a SIMD level (``"avx512"``, ``"avx2"``, ``"scalar"``) or None for the best one."""
+
+def build_info() -> dict[str, object]: ...
+def gather_probe(table: Table, indices: NDArray[np.int64], repeats: int) -> float:
+    """Best seconds over ``repeats`` passes of a plain gather (read every byte) of the rows."""

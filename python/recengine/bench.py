@@ -1,0 +1,779 @@
+"""Side-by-side benchmark of embedding pooling: recengine vs torch vs numpy, in one run.
+
+For every (model, dtype, batch) the harness builds the model's tables once (R2 shapes from
+:mod:`recengine.shapes`, row counts scaled), draws uniform random indices with each table's
+fixed pooling factor, and times the model's whole embedding stage three ways on the same
+rows, the same indices and the same thread count:
+
+* **recengine**: one :meth:`recengine.EmbeddingCollection.lookup` call over all tables.
+* **torch** (eval, ``torch.no_grad()``): the DLRM-style stage, one ``nn.EmbeddingBag(mode="sum")``
+  per table called with 1-D indices and offsets, then ``torch.cat(dim=1)``; for int8, torch's
+  fused 8-bit rowwise op ``quantized.embedding_bag_byte_rowwise_offsets`` per table on the same
+  bytes recengine stores.
+* **numpy**: :data:`NUMPY_METHOD`, one table at a time, single-threaded (numpy has no threaded
+  gather); int8 rows are dequantized from the same fused rows.
+
+Each measurement is the median of up to ``repeats`` calls after ``warmup`` calls, stopping
+early once ``budget_s`` seconds are spent. The last-level cache is flushed before each
+measurement, and the calls of one measurement cycle through several index sets when one call
+touches few bytes, so that every implementation reads rows from memory rather than from the
+cache the previous implementation warmed. The roofline is a plain multithreaded gather of the
+same rows in the core (``_core.gather_probe``): ``probe_fraction`` is probe time / recengine
+time, 1.0 meaning recengine pools as fast as it can read the rows.
+
+Example::
+
+    >>> from recengine.bench import BenchConfig, run_bench, summarize
+    >>> rows = run_bench(BenchConfig(models=("ncf",), batches=(16,), dtypes=("fp32",),
+    ...                              table_mb=8, repeats=3))
+    >>> rows[0]["correct"], summarize(rows)["all_correct"]
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import _core, get_num_threads, set_num_threads
+from .collection import EmbeddingCollection
+from .shapes import TableSpec, model_bytes, model_names, model_tables, resolve_model
+from .table import EmbeddingTable
+
+__all__ = [
+    "BENCH_DTYPES",
+    "DEFAULT_BATCHES",
+    "DEFAULT_DTYPES",
+    "DEFAULT_TABLE_MB",
+    "IMPLEMENTATIONS",
+    "NUMPY_METHOD",
+    "BenchConfig",
+    "IndexSet",
+    "Stage",
+    "auto_scale",
+    "bench_case",
+    "config_dict",
+    "default_threads",
+    "iter_bench",
+    "make_index_sets",
+    "numpy_pool",
+    "run_bench",
+    "summarize",
+    "torch_available",
+]
+
+DEFAULT_BATCHES: tuple[int, ...] = (1, 16, 64, 256, 1024)
+DEFAULT_DTYPES: tuple[str, ...] = ("fp32", "int8")
+#: dtypes the harness can compare against torch.
+BENCH_DTYPES: tuple[str, ...] = ("fp32", "int8")
+IMPLEMENTATIONS: tuple[str, ...] = ("recengine", "torch", "numpy")
+#: fp32 bytes a model's tables are scaled to by default: well above a 32 MB L3, small enough
+#: that the eight models build and run in a few minutes on a laptop.
+DEFAULT_TABLE_MB: float = 256.0
+#: What the numpy column runs: of the plain-numpy poolings tried on fixed-size bags (fancy
+#: index + ``np.add.reduceat``; ``np.take`` + ``reduceat``; fancy index + reshape + ``sum``;
+#: ``np.take`` of the ``[B, n]`` index block + ``sum``/``einsum``/``matmul``), these were the
+#: fastest over batch sizes 1-1024 and bags of 1-120.
+NUMPY_METHOD = ("np.take of the [B, n] index block, then np.einsum('bnd->bd') over each bag; "
+                "int8: np.take of the fused rows, then a [B,1,n] scales @ [B,n,D] codes "
+                "matmul plus the summed biases")
+
+# Pooled outputs are sums of up to 120 values in [-1, 1): fp32 summation order alone moves
+# them by ~1e-5.
+_RTOL = 1e-4
+_ATOL = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def auto_scale(model: str, table_mb: float = DEFAULT_TABLE_MB, min_rows: int = 1024) -> float:
+    """Row scale that makes ``model``'s fp32 tables total about ``table_mb`` MiB (never above
+    the full size: scale <= 1).
+
+    Example::
+
+        >>> round(auto_scale("rmc1", 256), 4)
+        0.0655
+    """
+    if not table_mb > 0:
+        raise ValueError(f"table_mb must be positive, got {table_mb!r}")
+    return min(1.0, table_mb * 2**20 / model_bytes(model, 1.0, min_rows))
+
+
+@dataclass
+class BenchConfig:
+    """What :func:`run_bench` measures.
+
+    Args:
+        models: R2 model names (see :func:`recengine.shapes.model_names`).
+        batches: bags per table per call (the batch size B).
+        dtypes: table storage dtypes, from :data:`BENCH_DTYPES`.
+        scale: row-count factor for every model; None scales each model to ``table_mb``.
+        table_mb: fp32 MiB per model when ``scale`` is None.
+        min_rows: floor on a scaled table's row count.
+        threads: threads for recengine and torch alike; None means all cores.
+        repeats: most timed calls per measurement (the median is reported).
+        budget_s: a measurement stops after this many seconds (at least one timed call).
+        warmup: untimed calls before each measurement (the first one is checked).
+        seed: seed of the tables and the indices.
+        impls: implementations to time, from :data:`IMPLEMENTATIONS`.
+        probe: whether to measure the gather roofline.
+        per_table: also time each table alone (recengine vs torch), in ``row["tables"]``.
+        evict_mb: bytes written before each measurement to flush the caches (0: don't).
+        fresh_mb: one measurement cycles through enough index sets to touch this many
+            MiB of rows, so that calls miss the cache (capped at ``repeats + warmup`` sets).
+    """
+
+    models: Sequence[str] = field(default_factory=model_names)
+    batches: Sequence[int] = DEFAULT_BATCHES
+    dtypes: Sequence[str] = DEFAULT_DTYPES
+    scale: Optional[float] = None
+    table_mb: float = DEFAULT_TABLE_MB
+    min_rows: int = 1024
+    threads: Optional[int] = None
+    repeats: int = 20
+    budget_s: float = 0.25
+    warmup: int = 1
+    seed: int = 0
+    impls: Sequence[str] = IMPLEMENTATIONS
+    probe: bool = True
+    per_table: bool = False
+    evict_mb: float = 64.0
+    fresh_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        self.models = tuple(resolve_model(m) for m in self.models)
+        self.batches = tuple(int(b) for b in self.batches)
+        self.dtypes = tuple(str(d).lower() for d in self.dtypes)
+        self.impls = tuple(str(i).lower() for i in self.impls)
+        if not self.models:
+            raise ValueError("no models to benchmark")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"batch sizes must be positive integers, got {self.batches}")
+        bad = [d for d in self.dtypes if d not in BENCH_DTYPES]
+        if bad or not self.dtypes:
+            raise ValueError(f"unsupported benchmark dtype(s) {bad}; expected some of "
+                             f"{', '.join(BENCH_DTYPES)}")
+        bad = [i for i in self.impls if i not in IMPLEMENTATIONS]
+        if bad or "recengine" not in self.impls:
+            raise ValueError(f"impls must include 'recengine' and come from "
+                             f"{', '.join(IMPLEMENTATIONS)}; got {list(self.impls)}")
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be positive, got {self.threads!r}")
+        if self.repeats < 1 or self.warmup < 0 or not self.budget_s > 0:
+            raise ValueError("repeats must be >= 1, warmup >= 0 and budget_s > 0")
+
+    def model_scale(self, model: str) -> float:
+        """The row scale used for ``model``."""
+        if self.scale is not None:
+            return float(self.scale)
+        return auto_scale(model, self.table_mb, self.min_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# optional torch
+
+
+_TORCH: Any = None
+_TORCH_CHECKED = False
+
+
+def torch_available() -> bool:
+    """Whether torch imports; the first failure warns once (RuntimeWarning)."""
+    return _torch() is not None
+
+
+def _torch() -> Any:
+    global _TORCH, _TORCH_CHECKED
+    if not _TORCH_CHECKED:
+        _TORCH_CHECKED = True
+        try:
+            import torch
+        except ImportError as exc:
+            warnings.warn(f"torch is not installed ({exc}); the torch columns will be None",
+                          RuntimeWarning, stacklevel=3)
+        else:
+            _TORCH = torch
+    return _TORCH
+
+
+class _Threads:
+    """Set recengine's and torch's thread counts for a ``with`` block, then restore them."""
+
+    def __init__(self, n: int, torch: Any) -> None:
+        self.n, self.torch = n, torch
+
+    def __enter__(self) -> _Threads:
+        self.saved = (get_num_threads(),
+                      self.torch.get_num_threads() if self.torch is not None else None)
+        set_num_threads(self.n)
+        if self.torch is not None:
+            self.torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        set_num_threads(self.saved[0])
+        if self.torch is not None:
+            self.torch.set_num_threads(self.saved[1])
+
+
+# --------------------------------------------------------------------------------------------
+# workloads
+
+
+@dataclass
+class IndexSet:
+    """One call's inputs: per table, ``batch * lookups`` int64 row ids and ``batch`` offsets
+    (fixed pooling: bag b of table t is ``indices[t][b*n_t:(b+1)*n_t]``)."""
+
+    indices: list[np.ndarray]
+    offsets: list[np.ndarray]
+    batch: int
+    torch_indices: Optional[list[Any]] = None
+    torch_offsets: Optional[list[Any]] = None
+
+    @property
+    def lookups(self) -> int:
+        return sum(int(i.size) for i in self.indices)
+
+
+def make_index_sets(
+    specs: Sequence[TableSpec], batch: int, count: int = 1, seed: int = 0, torch: Any = None
+) -> list[IndexSet]:
+    """``count`` independent draws of uniform random indices for ``batch`` bags per table.
+
+    With ``torch`` given, each set also carries zero-copy torch views of its arrays.
+    """
+    rng = np.random.default_rng([seed, batch])
+    offsets = [np.arange(0, batch * s.lookups, s.lookups, dtype=np.int64) for s in specs]
+    out = []
+    for _ in range(count):
+        idx = [rng.integers(0, s.num_rows, size=batch * s.lookups, dtype=np.int64)
+               for s in specs]
+        iset = IndexSet(idx, offsets, batch)
+        if torch is not None:
+            iset.torch_indices = [torch.from_numpy(i) for i in idx]
+            iset.torch_offsets = [torch.from_numpy(o) for o in offsets]
+        out.append(iset)
+    return out
+
+
+def numpy_pool(table: np.ndarray, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum-pool rows of a float ``[R, D]`` array into bags, in plain vectorised numpy.
+
+    Fixed-size bags (evenly spaced offsets, the benchmark's case) use :data:`NUMPY_METHOD`;
+    other bags use a gather then ``np.add.reduceat`` (with empty bags set to zero).
+
+    Example::
+
+        >>> numpy_pool(np.eye(3, dtype=np.float32), np.array([0, 1, 2]), np.array([0, 1]))
+        array([[1., 0., 0.],
+               [0., 1., 1.]], dtype=float32)
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    batch = offsets.size
+    if batch and indices.size % batch == 0:
+        n = indices.size // batch
+        if np.array_equal(offsets, np.arange(0, indices.size, n) if n else np.zeros(batch)):
+            return _pool_fixed(table, indices, batch, n)
+    out = np.zeros((batch, table.shape[1]), dtype=np.float32)
+    lengths = np.diff(np.append(offsets, indices.size))
+    nonempty = lengths > 0
+    if indices.size:
+        sums = np.add.reduceat(np.take(table, indices, axis=0).astype(np.float32, copy=False),
+                               offsets[nonempty], axis=0)
+        out[nonempty] = sums
+    return out
+
+
+def _pool_fixed(table: np.ndarray, indices: np.ndarray, batch: int, n: int) -> np.ndarray:
+    if n == 0:
+        return np.zeros((batch, table.shape[1]), dtype=np.float32)
+    rows = np.take(table, indices.reshape(batch, n), axis=0)  # [B, n, D]
+    if n == 1:
+        return rows.reshape(batch, -1)
+    return np.einsum("bnd->bd", rows)
+
+
+def _pool_fixed_int8(raw: np.ndarray, dim: int, indices: np.ndarray, batch: int,
+                     n: int) -> np.ndarray:
+    """Fused 8-bit rowwise rows ``[R, dim + 8]`` (codes, fp32 scale, fp32 bias) pooled into
+    ``batch`` bags of ``n``: ``sum_j codes_j * scale_j + bias_j``."""
+    if n == 0:
+        return np.zeros((batch, dim), dtype=np.float32)
+    rows = np.take(raw, indices.reshape(batch, n), axis=0)  # [B, n, dim + 8] uint8
+    scale_bias = rows[..., dim:dim + 8].view(np.float32)  # [B, n, 2]
+    if n == 1:
+        return rows[:, 0, :dim] * scale_bias[:, 0, :1] + scale_bias[:, 0, 1:]
+    # [B, 1, n] scales @ [B, n, dim] codes: the scale-weighted sum of each bag's codes.
+    pooled = np.matmul(scale_bias[:, None, :, 0], rows[..., :dim].astype(np.float32))[:, 0]
+    pooled += scale_bias[..., 1].sum(axis=1)[:, None]
+    return pooled
+
+
+class Stage:
+    """One model's embedding stage in one storage dtype, ready to run three ways.
+
+    Args:
+        tables: the model's recengine tables, all of the same dtype ("fp32" or "int8").
+        torch: the torch module, or None to leave torch out.
+        numpy: whether to prepare the numpy arrays (they share memory with torch's weights).
+
+    Example::
+
+        >>> import torch
+        >>> stage = Stage([EmbeddingTable.random(1000, 32, seed=s) for s in range(3)], torch)
+        >>> iset = make_index_sets(stage.specs(lookups=[2, 2, 2]), batch=4, torch=torch)[0]
+        >>> np.allclose(stage.run("recengine", iset), stage.run("torch", iset), atol=1e-5)
+        True
+    """
+
+    def __init__(self, tables: Sequence[EmbeddingTable], torch: Any = None,
+                 numpy: bool = True) -> None:
+        self.tables = list(tables)
+        dtypes = {t.dtype for t in self.tables}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in BENCH_DTYPES:
+            raise ValueError(f"a Stage needs tables of one dtype from {BENCH_DTYPES}, got "
+                             f"{sorted(dtypes)}")
+        self.dtype = dtypes.pop()
+        self.collection = EmbeddingCollection(self.tables)
+        self.torch = torch
+        self.dims = [t.dim for t in self.tables]
+        self.row_bytes = [t.row_bytes for t in self.tables]
+        self.nbytes = sum(t.nbytes for t in self.tables)
+        # Plain arrays: fp32 values, or the fused int8 rows exactly as recengine stores them.
+        self.arrays: Optional[list[np.ndarray]] = None
+        if numpy or torch is not None:
+            self.arrays = [t.to_numpy() if self.dtype == "fp32" else t.raw_rows()
+                           for t in self.tables]
+        self._modules: list[Any] = []
+        self._weights: list[Any] = []
+        if torch is not None:
+            assert self.arrays is not None
+            weights = [torch.from_numpy(a) for a in self.arrays]  # zero-copy
+            if self.dtype == "fp32":
+                self._modules = [torch.nn.EmbeddingBag.from_pretrained(w, freeze=True,
+                                                                       mode="sum").eval()
+                                 for w in weights]
+            else:
+                self._weights = weights
+                self._qop = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+        self.has_numpy = numpy
+
+    def specs(self, lookups: Sequence[int]) -> list[TableSpec]:
+        """The stage's tables as TableSpecs with the given pooling factors."""
+        return [TableSpec(t.num_rows, t.dim, int(n)) for t, n in zip(self.tables, lookups)]
+
+    def bytes_per_call(self, iset: IndexSet) -> int:
+        """Bytes of rows one call reads."""
+        return sum(int(i.size) * rb for i, rb in zip(iset.indices, self.row_bytes))
+
+    def runner(self, impl: str) -> Callable[[IndexSet], Any]:
+        """The function that runs the whole stage with ``impl`` on one IndexSet."""
+        if impl == "recengine":
+            return self._run_recengine
+        if impl == "torch":
+            if self.torch is None:
+                raise RuntimeError("torch is not available for this stage")
+            return self._run_torch_fp32 if self.dtype == "fp32" else self._run_torch_int8
+        if impl == "numpy":
+            if not self.has_numpy:
+                raise RuntimeError("this stage was built without numpy arrays")
+            return self._run_numpy
+        raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
+
+    def run(self, impl: str, iset: IndexSet) -> np.ndarray:
+        """Run the stage once with ``impl`` and return ``[B, sum(dims)]`` as a numpy array."""
+        out = self.runner(impl)(iset)
+        return out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+
+    def _run_recengine(self, iset: IndexSet) -> np.ndarray:
+        return self.collection.lookup(iset.indices, offsets=iset.offsets)
+
+    def _run_torch_fp32(self, iset: IndexSet) -> Any:
+        torch = self.torch
+        with torch.no_grad():
+            outs = [m(i, o) for m, i, o in zip(self._modules, iset.torch_indices,
+                                               iset.torch_offsets)]
+            return torch.cat(outs, dim=1)
+
+    def _run_torch_int8(self, iset: IndexSet) -> Any:
+        torch, op = self.torch, self._qop
+        with torch.no_grad():
+            outs = [op(w, i, o, False, 0, False, None, None, False)
+                    for w, i, o in zip(self._weights, iset.torch_indices, iset.torch_offsets)]
+            return torch.cat(outs, dim=1)
+
+    def _run_numpy(self, iset: IndexSet) -> np.ndarray:
+        assert self.arrays is not None
+        b = iset.batch
+        if self.dtype == "fp32":
+            outs = [_pool_fixed(a, i, b, i.size // b) for a, i in zip(self.arrays, iset.indices)]
+        else:
+            outs = [_pool_fixed_int8(a, d, i, b, i.size // b)
+                    for a, d, i in zip(self.arrays, self.dims, iset.indices)]
+        return np.concatenate(outs, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+class _Evictor:
+    """Writes a buffer larger than the last-level cache, so the next call starts cold."""
+
+    def __init__(self, mb: float) -> None:
+        self.buf = np.zeros(int(mb * 2**20), dtype=np.uint8) if mb > 0 else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            np.add(self.buf, 1, out=self.buf)
+
+
+def _measure(fn: Callable[[IndexSet], Any], sets: Sequence[IndexSet], repeats: int,
+             budget_s: float, warmup: int) -> tuple[float, int, Any]:
+    """(median seconds, timed calls, output of the first call on ``sets[0]``)."""
+    first = None
+    calls = 0
+    for _ in range(max(warmup, 1)):
+        out = fn(sets[calls % len(sets)])
+        if calls == 0:
+            first = out
+        calls += 1
+    times: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while len(times) < repeats:
+            iset = sets[calls % len(sets)]
+            t0 = time.perf_counter()
+            fn(iset)
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            calls += 1
+            if t1 - start >= budget_s:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return statistics.median(times), len(times), first
+
+
+def _probe(stage: Stage, sets: Sequence[IndexSet], rounds: int, evict: _Evictor) -> float:
+    """Roofline seconds per call: a plain gather of every set's rows, table by table, in the
+    core's threads; the best of ``rounds`` cold rounds, divided by the number of sets."""
+    per_table = [np.concatenate([s.indices[t] for s in sets]) for t in range(len(stage.tables))]
+    best = math.inf
+    for _ in range(rounds):
+        evict()
+        total = 0.0
+        for table, idx in zip(stage.tables, per_table):
+            total += float(_core.gather_probe(table._t, idx, 1))
+        best = min(best, total)
+    return best / len(sets)
+
+
+def _agree(a: Any, b: Any) -> tuple[bool, float]:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False, math.inf
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    return bool(np.allclose(a, b, rtol=_RTOL, atol=_ATOL)), diff
+
+
+def _per_second(lookups: int, seconds: Optional[float]) -> Optional[float]:
+    return lookups / seconds if seconds else None
+
+
+def bench_case(
+    stage: Stage,
+    specs: Sequence[TableSpec],
+    batch: int,
+    config: BenchConfig,
+    evict: Optional[_Evictor] = None,
+    model: str = "",
+) -> dict[str, Any]:
+    """Measure one (stage, batch): every implementation in ``config.impls`` on the same index
+    sets, the probe, and the cross-checks. Returns one result row (see :func:`run_bench`)."""
+    evict = evict or _Evictor(0)
+    lookups_per_call = batch * sum(s.lookups for s in specs)
+    bytes_per_call = batch * sum(s.lookups * rb for s, rb in zip(specs, stage.row_bytes))
+    fresh = math.ceil(config.fresh_mb * 2**20 / max(bytes_per_call, 1))
+    by_memory = max(1, (256 * 2**20) // (8 * lookups_per_call))  # at most 256 MiB of indices
+    n_sets = int(max(1, min(fresh, config.repeats + config.warmup, by_memory)))
+    sets = make_index_sets(specs, batch, n_sets, seed=config.seed,
+                           torch=stage.torch if "torch" in config.impls else None)
+    seconds: dict[str, Optional[float]] = dict.fromkeys(IMPLEMENTATIONS)
+    calls: dict[str, int] = dict.fromkeys(IMPLEMENTATIONS, 0)
+    outputs: dict[str, Any] = {}
+    for impl in IMPLEMENTATIONS:
+        if impl not in config.impls or (impl == "torch" and stage.torch is None):
+            continue
+        evict()
+        med, n, first = _measure(stage.runner(impl), sets, config.repeats, config.budget_s,
+                                 config.warmup)
+        seconds[impl], calls[impl] = med, n
+        outputs[impl] = first.numpy() if hasattr(first, "numpy") else np.asarray(first)
+
+    correct_vs_torch = diff_torch = correct_vs_numpy = diff_numpy = None
+    if "torch" in outputs:
+        correct_vs_torch, diff_torch = _agree(outputs["recengine"], outputs["torch"])
+    if "numpy" in outputs:
+        correct_vs_numpy, diff_numpy = _agree(outputs["recengine"], outputs["numpy"])
+    checks = [c for c in (correct_vs_torch, correct_vs_numpy) if c is not None]
+    correct = all(checks) if checks else None
+    torch_matches_numpy = None
+    if "torch" in outputs and "numpy" in outputs:
+        torch_matches_numpy = _agree(outputs["torch"], outputs["numpy"])[0]
+
+    probe_s = _probe(stage, sets, rounds=3, evict=evict) if config.probe else None
+    rec_s, torch_s, numpy_s = seconds["recengine"], seconds["torch"], seconds["numpy"]
+    row: dict[str, Any] = {
+        "model": model,
+        "batch": batch,
+        "dtype": stage.dtype,
+        "threads": get_num_threads(),
+        "tables": len(specs),
+        "lookups": lookups_per_call,
+        "bytes_per_call": bytes_per_call,
+        "table_mb": stage.nbytes / 2**20,
+        "recengine_s": rec_s,
+        "torch_s": torch_s,
+        "numpy_s": numpy_s,
+        "probe_s": probe_s,
+        "recengine_lookups_per_s": _per_second(lookups_per_call, rec_s),
+        "torch_lookups_per_s": _per_second(lookups_per_call, torch_s),
+        "numpy_lookups_per_s": _per_second(lookups_per_call, numpy_s),
+        "probe_lookups_per_s": _per_second(lookups_per_call, probe_s),
+        "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
+        "ratio_vs_numpy": numpy_s / rec_s if numpy_s and rec_s else None,
+        "recengine_gb_per_s": bytes_per_call / rec_s / 1e9 if rec_s else None,
+        "torch_gb_per_s": bytes_per_call / torch_s / 1e9 if torch_s else None,
+        "probe_gb_per_s": bytes_per_call / probe_s / 1e9 if probe_s else None,
+        "probe_fraction": probe_s / rec_s if probe_s and rec_s else None,
+        "correct": correct,
+        "correct_vs_torch": correct_vs_torch,
+        "correct_vs_numpy": correct_vs_numpy,
+        "torch_matches_numpy": torch_matches_numpy,
+        "max_abs_diff_vs_torch": diff_torch,
+        "max_abs_diff_vs_numpy": diff_numpy,
+        "recengine_calls": calls["recengine"],
+        "torch_calls": calls["torch"],
+        "numpy_calls": calls["numpy"],
+        "index_sets": n_sets,
+    }
+    if config.per_table:
+        row["tables_detail"] = _per_table_rows(stage, sets, config, evict)
+    return row
+
+
+def _per_table_rows(stage: Stage, sets: Sequence[IndexSet], config: BenchConfig,
+                    evict: _Evictor) -> list[dict[str, Any]]:
+    """Each table alone: recengine ``EmbeddingTable.lookup`` vs torch's per-table call."""
+    torch = stage.torch if "torch" in config.impls else None
+    rows = []
+    budget = config.budget_s / 4
+    for t, table in enumerate(stage.tables):
+        def rec(iset: IndexSet, t: int = t, table: EmbeddingTable = table) -> Any:
+            return table.lookup(iset.indices[t], offsets=iset.offsets[t])
+
+        evict()
+        rec_s = _measure(rec, sets, config.repeats, budget, config.warmup)[0]
+        torch_s = None
+        if torch is not None:
+            if stage.dtype == "fp32":
+                module = stage._modules[t]
+
+                def tfn(iset: IndexSet, t: int = t, module: Any = module) -> Any:
+                    with torch.no_grad():
+                        return module(iset.torch_indices[t], iset.torch_offsets[t])
+            else:
+                weight = stage._weights[t]
+
+                def tfn(iset: IndexSet, t: int = t, weight: Any = weight) -> Any:
+                    return stage._qop(weight, iset.torch_indices[t], iset.torch_offsets[t],
+                                      False, 0, False, None, None, False)
+            evict()
+            torch_s = _measure(tfn, sets, config.repeats, budget, config.warmup)[0]
+        lookups = int(sets[0].indices[t].size)
+        rows.append({
+            "table": t,
+            "num_rows": table.num_rows,
+            "dim": table.dim,
+            "lookups": lookups,
+            "recengine_s": rec_s,
+            "torch_s": torch_s,
+            "recengine_lookups_per_s": _per_second(lookups, rec_s),
+            "torch_lookups_per_s": _per_second(lookups, torch_s),
+            "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def iter_bench(
+    config: Optional[BenchConfig] = None,
+    status: Optional[Callable[[str], None]] = None,
+) -> Iterator[dict[str, Any]]:
+    """Run the benchmark, yielding one row per (model, dtype, batch) as it is measured.
+
+    Models run one after the other; a model's tables are freed before the next model's are
+    built. ``status`` is called with a short text whenever setup work starts.
+    """
+    config = config or BenchConfig()
+    say = status or (lambda _msg: None)
+    torch = _torch() if "torch" in config.impls else None
+    threads = config.threads or default_threads()
+    evict = _Evictor(config.evict_mb)
+    with _Threads(threads, torch):
+        for model in config.models:
+            scale = config.model_scale(model)
+            specs = model_tables(model, scale, config.min_rows)
+            mb = sum(s.nbytes() for s in specs) / 2**20
+            say(f"{model}: building {len(specs)} tables ({mb:,.0f} MiB fp32, scale {scale:.3g})")
+            base = [EmbeddingTable.random(s.num_rows, s.dim, "fp32",
+                                          seed=config.seed * 1000 + t)
+                    for t, s in enumerate(specs)]
+            for k, dtype in enumerate(config.dtypes):
+                if dtype == "fp32":
+                    tables = base
+                else:
+                    say(f"{model}: quantizing to {dtype}")
+                    tables = [t.quantize(dtype) for t in base]
+                if k == len(config.dtypes) - 1:
+                    base = []  # the last dtype: let the fp32 tables go as soon as possible
+                say(f"{model}: preparing the {dtype} stage")
+                stage = Stage(tables, torch, numpy="numpy" in config.impls)
+                del tables
+                for batch in config.batches:
+                    say(f"{model} {dtype} batch {batch}")
+                    row = bench_case(stage, specs, batch, config, evict, model=model)
+                    row["scale"] = scale
+                    yield row
+                del stage
+                gc.collect()
+            del base
+            gc.collect()
+
+
+def run_bench(
+    config: Optional[BenchConfig] = None,
+    status: Optional[Callable[[str], None]] = None,
+) -> list[dict[str, Any]]:
+    """Run the benchmark and return its rows.
+
+    Every row holds: ``model``, ``batch``, ``dtype``, ``threads``, ``tables``, ``lookups``
+    (rows pooled per call, all tables), ``bytes_per_call``, ``table_mb``, ``scale``; the median
+    seconds per call ``recengine_s``, ``torch_s``, ``numpy_s``, ``probe_s``; the matching
+    ``*_lookups_per_s``; ``ratio_vs_torch`` and ``ratio_vs_numpy`` (> 1: recengine is faster);
+    ``recengine_gb_per_s`` (row bytes read / time), ``probe_fraction`` (probe time / recengine
+    time); ``correct`` (recengine's output matches torch's and numpy's), the separate checks
+    and largest differences; and how many calls and index sets each median came from. Torch
+    columns are None without torch.
+    """
+    return list(iter_bench(config, status))
+
+
+def config_dict(config: BenchConfig) -> dict[str, Any]:
+    """The config as plain JSON-ready data."""
+    d = asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+
+
+def _geomean(values: Sequence[float]) -> Optional[float]:
+    values = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def _spread(rows: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    vals = [(r[key], r) for r in rows if r.get(key) is not None]
+    if not vals:
+        return {"geomean": None, "min": None, "max": None, "n": 0, "min_at": None}
+    lo = min(vals, key=lambda v: v[0])
+    hi = max(vals, key=lambda v: v[0])
+    return {
+        "geomean": _geomean([v for v, _ in vals]),
+        "min": lo[0],
+        "max": hi[0],
+        "n": len(vals),
+        "min_at": f"{lo[1]['model']}/{lo[1]['dtype']}/b{lo[1]['batch']}",
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's target metrics from :func:`run_bench` rows.
+
+    * ``ratio_vs_torch_large_batch``: fp32, batch >= 64: geometric mean, min (and where) of
+      recengine speed / torch speed;
+    * ``ratio_vs_torch_small_batch``: the same at batch <= 16;
+    * ``ratio_vs_torch_int8``: int8 at every batch;
+    * ``int8_over_fp32``: recengine int8 lookups/s over fp32 lookups/s, per (model, batch);
+    * ``probe_fraction_batch_1024``: per dtype, probe time / recengine time at batch 1024;
+    * ``slower_than_torch``: every (model, batch, dtype) where torch was faster;
+    * ``all_correct``: every checked output agreed (None when nothing was checked).
+    """
+    fp32 = [r for r in rows if r["dtype"] == "fp32"]
+    out: dict[str, Any] = {
+        "ratio_vs_torch_large_batch": _spread([r for r in fp32 if r["batch"] >= 64],
+                                              "ratio_vs_torch"),
+        "ratio_vs_torch_small_batch": _spread([r for r in fp32 if r["batch"] <= 16],
+                                              "ratio_vs_torch"),
+        "ratio_vs_torch_int8": _spread([r for r in rows if r["dtype"] == "int8"],
+                                       "ratio_vs_torch"),
+    }
+    by_key = {(r["model"], r["batch"], r["dtype"]): r for r in rows}
+    pairs = []
+    for (model, batch, dtype), r in by_key.items():
+        base = by_key.get((model, batch, "fp32"))
+        if dtype == "int8" and base and r["recengine_lookups_per_s"] and \
+                base["recengine_lookups_per_s"]:
+            pairs.append({"model": model, "batch": batch, "dtype": "int8",
+                          "int8_over_fp32": r["recengine_lookups_per_s"]
+                          / base["recengine_lookups_per_s"]})
+    out["int8_over_fp32"] = _spread(pairs, "int8_over_fp32")
+    out["probe_fraction_batch_1024"] = {
+        dtype: _spread([r for r in rows if r["dtype"] == dtype and r["batch"] == 1024],
+                       "probe_fraction")
+        for dtype in sorted({r["dtype"] for r in rows})
+    }
+    out["slower_than_torch"] = [
+        {"model": r["model"], "batch": r["batch"], "dtype": r["dtype"],
+         "ratio_vs_torch": r["ratio_vs_torch"],
+         "recengine_lookups_per_s": r["recengine_lookups_per_s"],
+         "torch_lookups_per_s": r["torch_lookups_per_s"]}
+        for r in rows if r.get("ratio_vs_torch") is not None and r["ratio_vs_torch"] < 1.0
+    ]
+    checked = [r["correct"] for r in rows if r.get("correct") is not None]
+    out["all_correct"] = all(checked) if checked else None
+    out["incorrect"] = [f"{r['model']}/{r['dtype']}/b{r['batch']}" for r in rows
+                        if r.get("correct") is False]
+    return out

@@ -1,0 +1,83 @@
+"""Function forms of the pooling kernels on plain numpy arrays."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["embedding_bag", "sparse_lengths_sum"]
+
+
+def sparse_lengths_sum(
+    table: Any,
+    indices: Any,
+    lengths: Any,
+    weights: Any = None,
+    mode: str = "sum",
+    padding_idx: Optional[int] = None,
+) -> np.ndarray:
+    """Caffe2's SparseLengthsSum on a plain 2-D numpy array, read in place (no copy).
+
+    ``out[b] = reduce_{j in bag b} w_j * table[indices[j]]`` with bag b holding the next
+    ``lengths[b]`` indices.
+
+    Args:
+        table: ``[num_rows, dim]`` float32 or float16 array (other float dtypes are converted
+            to float32 first, which copies; so are non-contiguous arrays).
+        indices: ``[L]`` int32/int64 row ids.
+        lengths: ``[B]`` bag sizes summing to L.
+        weights: optional ``[L]`` per-lookup weights (SparseLengthsWeightedSum; sum only).
+        mode: "sum", "mean" (SparseLengthsMean) or "max".
+        padding_idx: a row id to skip.
+
+    Returns:
+        ``[B, dim]`` float32.
+
+    Example::
+
+        >>> table = np.arange(6, dtype=np.float32).reshape(3, 2)
+        >>> sparse_lengths_sum(table, np.array([0, 2, 1]), np.array([2, 1]))
+        array([[4., 6.],
+               [2., 3.]], dtype=float32)
+    """
+    return _core.pool_array(_as_table_array(table), indices, None, lengths, weights, mode,
+                            padding_idx, False)
+
+
+def embedding_bag(
+    table: Any,
+    indices: Any,
+    offsets: Any = None,
+    weights: Any = None,
+    mode: str = "sum",
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+) -> np.ndarray:
+    """torch-style EmbeddingBag pooling (bags given by ``offsets``) on a plain numpy array.
+
+    Same as :func:`sparse_lengths_sum` with torch's bag description: ``offsets[b]`` is where
+    bag b starts; 2-D ``indices`` ``[B, n]`` are B bags of n and need no offsets.
+
+    Example::
+
+        >>> embedding_bag(np.eye(3, dtype=np.float32), np.array([0, 1, 2]), np.array([0, 1]))
+        array([[1., 0., 0.],
+               [0., 1., 1.]], dtype=float32)
+    """
+    return _core.pool_array(_as_table_array(table), indices, offsets, None, weights, mode,
+                            padding_idx, include_last_offset)
+
+
+def _as_table_array(table: Any) -> np.ndarray:
+    if isinstance(table, np.ndarray) and table.dtype in (np.float32, np.float16) \
+            and table.flags.c_contiguous:
+        return table
+    arr = np.asarray(table)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"the table must hold floats, got dtype {arr.dtype}")
+    if arr.dtype != np.float16:
+        arr = arr.astype(np.float32, copy=False)
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,237 @@
+"""``EmbeddingTable``: one embedding table whose rows live in the Rust core."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._dtypes import normalize_dtype
+
+__all__ = ["EmbeddingTable"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class EmbeddingTable:
+    """An embedding table of ``num_rows`` rows of ``dim`` values, stored in Rust memory.
+
+    Storage dtypes: ``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"`` (fused 8-bit rowwise:
+    ``dim`` uint8 then fp32 scale and bias) and ``"int4"`` (fused 4-bit rowwise: ``ceil(dim/2)``
+    bytes then fp16 scale and bias). Lookups always return float32.
+
+    Args:
+        array: ``[num_rows, dim]`` float array (float32, float16, float64, or ml_dtypes
+            bfloat16). It is copied into the table.
+        dtype: storage dtype; default keeps float16/bfloat16 arrays as they are and stores
+            anything else as fp32. ``"int8"``/``"int4"`` quantize row by row.
+
+    Example::
+
+        >>> import numpy as np, recengine
+        >>> t = recengine.EmbeddingTable(np.eye(4, dtype=np.float32))
+        >>> t.lookup(np.array([0, 1, 3]), lengths=np.array([2, 1]))
+        array([[1., 1., 0., 0.],
+               [0., 0., 0., 1.]], dtype=float32)
+    """
+
+    __slots__ = ("_t",)
+
+    def __init__(self, array: Any, dtype: Any = None) -> None:
+        arr = np.asarray(array)
+        if arr.ndim != 2:
+            raise ValueError(f"an embedding table must be 2-D [num_rows, dim], got {arr.ndim}-D")
+        if arr.dtype.name == "bfloat16":
+            raw = np.ascontiguousarray(arr).view(np.uint8).reshape(arr.shape[0], 2 * arr.shape[1])
+            table = _core.Table.from_raw(raw, "bf16", arr.shape[1])
+            target = "bf16" if dtype is None else normalize_dtype(dtype)
+            self._t = table if target == "bf16" else table.quantize(target)
+            return
+        if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+            raise TypeError(f"an embedding table needs float values, got dtype {arr.dtype}")
+        if dtype is None:
+            target = "fp16" if arr.dtype == np.float16 else "fp32"
+        else:
+            target = normalize_dtype(dtype)
+        if arr.dtype != np.float16:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        else:
+            arr = np.ascontiguousarray(arr)
+        self._t = _core.Table.from_array(arr, target)
+
+    @classmethod
+    def _wrap(cls, table: _core.Table) -> EmbeddingTable:
+        obj = cls.__new__(cls)
+        obj._t = table
+        return obj
+
+    @classmethod
+    def random(
+        cls, num_rows: int, dim: int, dtype: Any = "fp32", seed: int = 0
+    ) -> EmbeddingTable:
+        """A table of values uniform in [-1, 1), made in parallel in the core.
+
+        The same ``(num_rows, dim, seed)`` gives the same values whatever the thread count;
+        quantized dtypes quantize those values.
+
+        Example::
+
+            >>> t = EmbeddingTable.random(1000, 16, dtype="int8", seed=1)
+            >>> t.dtype, t.row_bytes
+            ('int8', 24)
+        """
+        return cls._wrap(_core.Table.random(int(num_rows), int(dim), normalize_dtype(dtype), seed))
+
+    @classmethod
+    def from_raw(cls, data: Any, dtype: Any, dim: int) -> EmbeddingTable:
+        """A table from rows already in storage format ``[num_rows, row_bytes]`` uint8.
+
+        For int8 this is the fused 8-bit rowwise layout that torch's
+        ``quantized.embedding_bag_byte_rowwise_offsets`` and FBGEMM use.
+        """
+        raw = np.ascontiguousarray(np.asarray(data, dtype=np.uint8))
+        return cls._wrap(_core.Table.from_raw(raw, normalize_dtype(dtype), int(dim)))
+
+    @classmethod
+    def load(cls, path: PathLike, name: Optional[str] = None) -> EmbeddingTable:
+        """Memory-map a table from a ``.npy`` or ``.safetensors`` file (read-only).
+
+        Rows are paged in on demand, so tables larger than RAM work. ``.npy`` files hold
+        float32 or float16 ``[num_rows, dim]``; safetensors files hold F32, F16 or BF16 tensors,
+        or quantized tables written by :meth:`save`. ``name`` picks the tensor in a safetensors
+        file with several.
+
+        Example::
+
+            >>> t.save("table.safetensors"); EmbeddingTable.load("table.safetensors")
+        """
+        path = os.fspath(path)
+        if path.endswith(".safetensors"):
+            return cls._wrap(_core.Table.load_safetensors(path, name))
+        if not path.endswith(".npy"):
+            raise ValueError(f"cannot tell the format of {path!r}: expected .npy or .safetensors")
+        mm = np.load(path, mmap_mode="r")
+        if not isinstance(mm, np.memmap) or mm.ndim != 2:
+            raise ValueError(f"{path!r} does not hold a 2-D array")
+        if not mm.flags.c_contiguous:
+            raise ValueError(f"{path!r} is stored in Fortran order; save it C-contiguous")
+        if mm.dtype.newbyteorder("=") != mm.dtype:
+            raise ValueError(f"{path!r} is not little-endian")
+        dtypes = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+        if mm.dtype not in dtypes:
+            raise TypeError(f"{path!r} holds {mm.dtype}; .npy tables must be float32 or float16")
+        rows, dim = mm.shape
+        offset, dtype = int(mm.offset), dtypes[mm.dtype]
+        del mm
+        return cls._wrap(_core.Table.mmap(path, offset, rows, dim, dtype))
+
+    def save(self, path: PathLike, name: str = "weight") -> None:
+        """Write the table to ``path``: ``.safetensors`` (any dtype) or ``.npy`` (fp32/fp16).
+
+        Quantized tables are stored as their raw uint8 rows with the format recorded in the
+        file's metadata, so :meth:`load` brings them back exactly.
+        """
+        path = os.fspath(path)
+        if path.endswith(".safetensors"):
+            self._t.save_safetensors(path, name)
+        elif path.endswith(".npy"):
+            if self.dtype not in ("fp32", "fp16"):
+                raise ValueError(f".npy holds fp32 or fp16 tables; save a {self.dtype} table as "
+                                 ".safetensors")
+            raw = self._t.raw()
+            np.save(path, raw.view(np.float32 if self.dtype == "fp32" else np.float16))
+        else:
+            raise ValueError(f"cannot tell the format of {path!r}: expected .npy or .safetensors")
+
+    def quantize(self, dtype: Any) -> EmbeddingTable:
+        """A new table with the rows converted to ``dtype`` ("int8", "int4", "fp16", "bf16"...).
+
+        Example::
+
+            >>> EmbeddingTable.random(10, 8).quantize("int4").dtype
+            'int4'
+        """
+        return self._wrap(self._t.quantize(normalize_dtype(dtype)))
+
+    def lookup(
+        self,
+        indices: Any,
+        offsets: Any = None,
+        lengths: Any = None,
+        weights: Any = None,
+        mode: str = "sum",
+        padding_idx: Optional[int] = None,
+        include_last_offset: bool = False,
+    ) -> np.ndarray:
+        """Pool rows into bags: ``out[b] = reduce_{j in bag b} w_j * T[indices[j]]``.
+
+        Args:
+            indices: 1-D ``[L]`` int32/int64 row ids, or 2-D ``[B, n]`` for B bags of n each.
+            offsets: 1-D start of each bag in ``indices`` (torch style, ``offsets[0] == 0``);
+                ``[B]``, or ``[B + 1]`` with ``include_last_offset=True``.
+            lengths: 1-D ``[B]`` size of each bag (Caffe2 style). Give offsets or lengths
+                with 1-D indices, neither with 2-D indices.
+            weights: optional ``[L]`` float32 per-lookup weights (mode "sum" only).
+            mode: ``"sum"``, ``"mean"`` or ``"max"``.
+            padding_idx: a row id skipped wherever it appears (not counted by mean);
+                negative values count from the end, as in torch.
+            include_last_offset: whether ``offsets`` ends with ``L``.
+
+        Returns:
+            ``[B, dim]`` float32. Empty bags give zeros.
+
+        Raises:
+            IndexError: an index outside ``[0, num_rows)``, naming the index and its bag.
+            ValueError: inconsistent offsets/lengths/weights, or an unknown mode.
+            TypeError: non-integer indices.
+        """
+        return self._t.lookup(indices, offsets, lengths, weights, mode, padding_idx,
+                              include_last_offset)
+
+    def to_numpy(self) -> np.ndarray:
+        """All rows as a new ``[num_rows, dim]`` float32 array (dequantized)."""
+        return self._t.to_numpy()
+
+    def raw_rows(self) -> np.ndarray:
+        """A copy of the stored rows as ``[num_rows, row_bytes]`` uint8."""
+        return self._t.raw()
+
+    @property
+    def num_rows(self) -> int:
+        return self._t.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._t.dim
+
+    @property
+    def dtype(self) -> str:
+        """Storage dtype: "fp32", "fp16", "bf16", "int8" or "int4"."""
+        return self._t.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the rows take in storage."""
+        return self._t.nbytes
+
+    @property
+    def row_bytes(self) -> int:
+        return self._t.row_bytes
+
+    @property
+    def is_memory_mapped(self) -> bool:
+        return self._t.is_mmap
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_rows, self.dim)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        where = ", mmap" if self.is_memory_mapped else ""
+        return (f"EmbeddingTable(num_rows={self.num_rows}, dim={self.dim}, "
+                f"dtype={self.dtype!r}, nbytes={self.nbytes}{where})")

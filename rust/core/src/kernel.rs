@@ -1,0 +1,513 @@
+//! Pooling kernels: for each bag `b` of a range, `out[b] = reduce_{j in bag} w_j * T[idx_j]`.
+//!
+//! The SIMD kernel keeps a bag's whole output block in vector registers (up to `MAX_NV`
+//! vectors, one const-generic instantiation per block size), decodes each stored format on the
+//! fly (quantized rows fold their scale into the FMA weight and sum their biases apart),
+//! prefetches the rows `PREFETCH` lookups ahead, checks each index with one unsigned compare,
+//! and allocates nothing. Rows wider than one block are pooled block by block. A scalar kernel
+//! covers CPUs without AVX2.
+
+use std::ops::Range;
+
+use crate::dtype::DType;
+use crate::error::{Error, IndexError, Result};
+use crate::quant;
+use crate::simd::Level;
+
+/// How a bag's rows are reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sum,
+    Mean,
+    Max,
+}
+
+impl Mode {
+    pub fn parse(name: &str) -> Result<Mode> {
+        match name {
+            "sum" => Ok(Mode::Sum),
+            "mean" => Ok(Mode::Mean),
+            "max" => Ok(Mode::Max),
+            _ => Err(Error::value(format!(
+                "unknown mode {name:?}; expected \"sum\", \"mean\" or \"max\""
+            ))),
+        }
+    }
+}
+
+/// An index type: i32 or i64. Negative values map to huge unsigned ones, so one unsigned
+/// compare against the row count rejects both ends.
+pub trait Index: Copy + Send + Sync + 'static {
+    fn to_u64(self) -> u64;
+    fn to_i64(self) -> i64;
+}
+
+impl Index for i32 {
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        i64::from(self) as u64
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+}
+
+impl Index for i64 {
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self as u64
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self
+    }
+}
+
+/// One table's share of a pooling call, already validated: `offsets` has `B + 1` entries,
+/// non-decreasing, ending at `indices.len()`; `weights`, when given, has one per index and the
+/// mode is `Sum`; `padding < num_rows`; `data` holds `num_rows * row_bytes` bytes.
+pub struct Job<'a, I> {
+    pub data: &'a [u8],
+    pub num_rows: usize,
+    pub dim: usize,
+    pub dtype: DType,
+    pub indices: &'a [I],
+    pub offsets: Vec<usize>,
+    pub weights: Option<&'a [f32]>,
+    pub mode: Mode,
+    pub padding: Option<u64>,
+    /// The table's position in a collection, for error messages.
+    pub table: Option<usize>,
+}
+
+impl<I: Index> Job<'_, I> {
+    pub fn num_bags(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.row_bytes(self.dim)
+    }
+
+    fn index_error(&self, position: usize, bag: usize) -> Error {
+        Error::IndexOutOfRange(IndexError {
+            index: self.indices[position].to_i64(),
+            position,
+            bag,
+            num_rows: self.num_rows,
+            table: self.table,
+        })
+    }
+
+    /// The first out-of-range index, if any (the error path uses it to report the same index
+    /// whatever the threads found first).
+    pub fn first_bad_index(&self) -> Option<Error> {
+        let n = self.num_rows as u64;
+        let pos = self.indices.iter().position(|i| i.to_u64() >= n)?;
+        let bag = self.offsets[1..].partition_point(|&o| o <= pos);
+        Some(self.index_error(pos, bag))
+    }
+}
+
+/// Where a job writes: `ptr` is its first output element (row 0, its first column) and rows
+/// are `stride` floats apart.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub ptr: *mut f32,
+    pub stride: usize,
+}
+
+// SAFETY: an `Out` is only a pointer to the caller's output buffer; the scheduler hands each
+// work item a disjoint set of (bag, column) cells, so concurrent writes never overlap, and the
+// buffer outlives the call that uses it.
+unsafe impl Send for Out {}
+// SAFETY: see `Send`; shared `Out`s are only used to write disjoint cells.
+unsafe impl Sync for Out {}
+
+/// Pool `bags` of `job` into `out` with the kernels of `level`.
+///
+/// # Safety
+/// `out` must be valid for writes of rows `bags` (each `job.dim` floats at `ptr + b * stride`),
+/// and no other thread may write those cells during the call.
+pub unsafe fn pool_range<I: Index>(
+    level: Level,
+    job: &Job<'_, I>,
+    bags: Range<usize>,
+    out: Out,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each level's entry point runs only when the CPU has its features (the level
+        // comes from `simd::level`, which checks); the output contract is the caller's.
+        unsafe {
+            match level {
+                Level::Avx512 => return x86::pool_avx512(job, bags, out),
+                Level::Avx2 => return x86::pool_avx2(job, bags, out),
+                Level::Scalar => {}
+            }
+        }
+    }
+    let _ = level;
+    // SAFETY: the caller's output contract.
+    unsafe { pool_scalar(job, bags, out) }
+}
+
+/// The portable kernel: decode each row, accumulate in the output row.
+unsafe fn pool_scalar<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) -> Result<()> {
+    let dim = job.dim;
+    let rb = job.row_bytes();
+    let mut row = vec![0f32; dim];
+    let nrows = job.num_rows as u64;
+    let pad = job.padding.unwrap_or(u64::MAX);
+    for b in bags {
+        // SAFETY: the caller guarantees row `b` of `out` is ours and `dim` floats long.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(b * out.stride), dim) };
+        let init = if job.mode == Mode::Max { f32::NEG_INFINITY } else { 0.0 };
+        o.fill(init);
+        let mut count = 0usize;
+        for j in job.offsets[b]..job.offsets[b + 1] {
+            let r = job.indices[j].to_u64();
+            if r >= nrows {
+                return Err(job.index_error(j, b));
+            }
+            if r == pad {
+                continue;
+            }
+            count += 1;
+            let start = r as usize * rb;
+            quant::decode_row(job.dtype, &job.data[start..start + rb], &mut row);
+            let w = job.weights.map_or(1.0, |w| w[j]);
+            if job.mode == Mode::Max {
+                for (a, x) in o.iter_mut().zip(&row) {
+                    *a = a.max(*x);
+                }
+            } else {
+                for (a, x) in o.iter_mut().zip(&row) {
+                    *a += w * x;
+                }
+            }
+        }
+        if count == 0 {
+            o.fill(0.0);
+        } else if job.mode == Mode::Mean {
+            let inv = 1.0 / count as f32;
+            o.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    use std::ops::Range;
+
+    use super::{Index, Job, Mode, Out};
+    use crate::dtype::DType;
+    use crate::error::Result;
+    use crate::simd::{Avx2, Avx512, Simd};
+
+    /// Lookups ahead whose rows are prefetched.
+    const PREFETCH: usize = 16;
+
+    /// A storage format as the SIMD kernel reads it.
+    trait Format {
+        const QUANT: bool;
+        /// Byte offset of column `col` in a row (`col` is a multiple of the lane count).
+        fn byte_offset(col: usize) -> usize;
+        /// Load the valid lanes of the values at `p`.
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V;
+        /// The row's scale and bias (quantized formats only).
+        unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32);
+    }
+
+    struct F32;
+    struct F16;
+    struct Bf16;
+    struct Q8;
+    struct Q4;
+
+    impl Format for F32 {
+        const QUANT: bool = false;
+        #[inline(always)]
+        fn byte_offset(col: usize) -> usize {
+            4 * col
+        }
+        #[inline(always)]
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::load_f32(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
+            (1.0, 0.0)
+        }
+    }
+
+    impl Format for F16 {
+        const QUANT: bool = false;
+        #[inline(always)]
+        fn byte_offset(col: usize) -> usize {
+            2 * col
+        }
+        #[inline(always)]
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::load_f16(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
+            (1.0, 0.0)
+        }
+    }
+
+    impl Format for Bf16 {
+        const QUANT: bool = false;
+        #[inline(always)]
+        fn byte_offset(col: usize) -> usize {
+            2 * col
+        }
+        #[inline(always)]
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::load_bf16(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
+            (1.0, 0.0)
+        }
+    }
+
+    impl Format for Q8 {
+        const QUANT: bool = true;
+        #[inline(always)]
+        fn byte_offset(col: usize) -> usize {
+            col
+        }
+        #[inline(always)]
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::load_u8(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
+            // SAFETY: an int8 row has its f32 scale and bias at bytes dim..dim + 8.
+            unsafe {
+                let p = row.add(dim).cast::<f32>();
+                (p.read_unaligned(), p.add(1).read_unaligned())
+            }
+        }
+    }
+
+    impl Format for Q4 {
+        const QUANT: bool = true;
+        #[inline(always)]
+        fn byte_offset(col: usize) -> usize {
+            col / 2
+        }
+        #[inline(always)]
+        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::load_u4(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
+            // SAFETY: an int4 row has its f16 scale and bias at bytes ceil(dim/2)..+4.
+            unsafe {
+                let p = row.add(dim.div_ceil(2)).cast::<u16>();
+                (S::f16_to_f32(p.read_unaligned()), S::f16_to_f32(p.add(1).read_unaligned()))
+            }
+        }
+    }
+
+    /// Bring the bytes `[from, to)` of row `r` towards L1 (`r` is clamped into the table; a
+    /// prefetch never faults, and the address is only computed, not dereferenced).
+    #[inline(always)]
+    fn prefetch_row(base: *const u8, row_bytes: usize, r: usize, from: usize, to: usize) {
+        let start = base.wrapping_add(r * row_bytes + from);
+        let mut line = (start as usize) & !63;
+        let end = start as usize + (to - from);
+        while line < end {
+            // SAFETY: prefetch is a hint; it does not fault on any address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            line += 64;
+        }
+    }
+
+    /// Pool the column block `[col0, col0 + ncols)` of each bag in `bags`, keeping the block's
+    /// NV accumulator vectors in registers.
+    #[inline(always)]
+    unsafe fn pool_block<S: Simd, F: Format, I: Index, const NV: usize, const MAX: bool>(
+        job: &Job<'_, I>,
+        bags: Range<usize>,
+        col0: usize,
+        ncols: usize,
+        out: Out,
+    ) -> Result<()> {
+        // SAFETY (whole body): `job` is validated (see `Job`): offsets stay inside `indices`
+        // and `weights`, every row read is checked against `num_rows` first, and the tails
+        // cover only the block's columns, so loads stay inside the row; writes go to the
+        // output cells of `bags`, which the caller gives us alone.
+        unsafe {
+            // SAFETY: tail(0..=LANES) is valid for every level.
+            // Vectors past the block's columns get an empty tail: they read and write nothing,
+            // and their addresses are formed with `wrapping_add` so none is out of bounds.
+            let mut tails = [S::tail(0); NV];
+            for (v, t) in tails.iter_mut().enumerate() {
+                *t = S::tail(ncols.saturating_sub(v * S::LANES).min(S::LANES));
+            }
+            let dim = job.dim;
+            let rb = job.row_bytes();
+            let base = job.data.as_ptr();
+            let first_byte = F::byte_offset(col0);
+            let prefetch_end = (F::byte_offset(col0 + ncols) + 8).min(rb);
+            let nrows = job.num_rows as u64;
+            let last_row = job.num_rows.saturating_sub(1);
+            let pad = job.padding.unwrap_or(u64::MAX);
+            let idx = job.indices.as_ptr();
+            let n = job.indices.len();
+            let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };
+            for b in bags {
+                let (s, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
+                let mut acc = [init; NV];
+                let mut bias_sum = 0f32;
+                let mut count = 0u32;
+                for j in s..e {
+                    if j + PREFETCH < n {
+                        let ahead = ((*idx.add(j + PREFETCH)).to_u64() as usize).min(last_row);
+                        prefetch_row(base, rb, ahead, first_byte, prefetch_end);
+                    }
+                    let r = (*idx.add(j)).to_u64();
+                    if r >= nrows {
+                        return Err(job.index_error(j, b));
+                    }
+                    if r == pad {
+                        continue;
+                    }
+                    count += 1;
+                    let row = base.add(r as usize * rb);
+                    let block = row.add(first_byte);
+                    if MAX {
+                        let (sc, bi) = F::scale_bias::<S>(row, dim);
+                        let (sv, bv) = (S::splat(sc), S::splat(bi));
+                        for v in 0..NV {
+                            let x = F::load::<S>(block.wrapping_add(F::byte_offset(v * S::LANES)), tails[v]);
+                            let x = if F::QUANT { S::fmadd(x, sv, bv) } else { x };
+                            acc[v] = S::max(acc[v], x);
+                        }
+                    } else {
+                        let mut w = match job.weights {
+                            Some(ws) => *ws.get_unchecked(j),
+                            None => 1.0,
+                        };
+                        if F::QUANT {
+                            let (sc, bi) = F::scale_bias::<S>(row, dim);
+                            bias_sum += w * bi;
+                            w *= sc;
+                        }
+                        let wv = S::splat(w);
+                        for v in 0..NV {
+                            let x = F::load::<S>(block.wrapping_add(F::byte_offset(v * S::LANES)), tails[v]);
+                            acc[v] = S::fmadd(x, wv, acc[v]);
+                        }
+                    }
+                }
+                let o = out.ptr.add(b * out.stride + col0);
+                if count == 0 {
+                    for v in 0..NV {
+                        S::store(o.wrapping_add(v * S::LANES), S::zero(), tails[v]);
+                    }
+                    continue;
+                }
+                if !MAX {
+                    if F::QUANT {
+                        let bv = S::splat(bias_sum);
+                        for a in &mut acc {
+                            *a = S::add(*a, bv);
+                        }
+                    }
+                    if job.mode == Mode::Mean {
+                        let m = S::splat(1.0 / count as f32);
+                        for a in &mut acc {
+                            *a = S::mul(*a, m);
+                        }
+                    }
+                }
+                for v in 0..NV {
+                    S::store(o.wrapping_add(v * S::LANES), acc[v], tails[v]);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Walk the row in blocks of at most `MAX_NV` vectors, each with the smallest kernel that
+    /// holds it.
+    #[inline(always)]
+    unsafe fn pool_blocks<S: Simd, F: Format, I: Index>(
+        job: &Job<'_, I>,
+        bags: Range<usize>,
+        out: Out,
+    ) -> Result<()> {
+        let max_cols = S::MAX_NV * S::LANES;
+        let is_max = job.mode == Mode::Max;
+        let mut col0 = 0;
+        while col0 < job.dim {
+            let ncols = (job.dim - col0).min(max_cols);
+            let nv = ncols.div_ceil(S::LANES);
+            let b = bags.clone();
+            macro_rules! go {
+                ($nv:literal) => {
+                    // SAFETY: forwarded caller contract.
+                    unsafe {
+                        if is_max {
+                            pool_block::<S, F, I, $nv, true>(job, b, col0, ncols, out)
+                        } else {
+                            pool_block::<S, F, I, $nv, false>(job, b, col0, ncols, out)
+                        }
+                    }
+                };
+            }
+            match nv {
+                1 => go!(1),
+                2 => go!(2),
+                3 | 4 => go!(4),
+                5..=8 => go!(8),
+                _ => go!(16),
+            }?;
+            col0 += ncols;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn by_format<S: Simd, I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) -> Result<()> {
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            match job.dtype {
+                DType::Fp32 => pool_blocks::<S, F32, I>(job, bags, out),
+                DType::Fp16 => pool_blocks::<S, F16, I>(job, bags, out),
+                DType::Bf16 => pool_blocks::<S, Bf16, I>(job, bags, out),
+                DType::Int8 => pool_blocks::<S, Q8, I>(job, bags, out),
+                DType::Int4 => pool_blocks::<S, Q4, I>(job, bags, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; output as for `pool_range`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn pool_avx512<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) -> Result<()> {
+        // SAFETY: forwarded caller contract.
+        unsafe { by_format::<Avx512, I>(job, bags, out) }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; output as for `pool_range`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn pool_avx2<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) -> Result<()> {
+        // SAFETY: forwarded caller contract.
+        unsafe { by_format::<Avx2, I>(job, bags, out) }
+    }
+}

@@ -1,0 +1,285 @@
+//! Validated pooling calls: bag descriptions to offsets, argument checks, and the
+//! multithreaded run over one or many tables balanced by work rather than by bag count.
+
+use rayon::prelude::*;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernel::{pool_range, Index, Job, Mode, Out};
+use crate::parallel;
+use crate::simd;
+
+/// Below this much work (bytes of rows read plus output written) a call runs on the calling
+/// thread: waking the pool costs more than it saves.
+pub const SERIAL_WORK_BYTES: usize = 96 * 1024;
+/// Work items per thread, so that rayon can even out the pieces.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// How the indices are grouped into bags.
+#[derive(Debug, Clone, Copy)]
+pub enum Bags<'a, O> {
+    /// torch style: where each bag starts; with `include_last`, the last entry is the end.
+    Offsets { offsets: &'a [O], include_last: bool },
+    /// Caffe2 style: the size of each bag.
+    Lengths(&'a [O]),
+    /// `bags` bags of `per_bag` indices each (2-D indices).
+    Fixed { bags: usize, per_bag: usize },
+}
+
+/// The `B + 1` bag boundaries of `bags` over `n` indices, checked.
+pub fn bag_offsets<O: Index>(bags: Bags<'_, O>, n: usize) -> Result<Vec<usize>> {
+    match bags {
+        Bags::Fixed { bags, per_bag } => {
+            if bags.checked_mul(per_bag) != Some(n) {
+                return Err(Error::value(format!(
+                    "{bags} bags of {per_bag} do not match {n} indices"
+                )));
+            }
+            Ok((0..=bags).map(|b| b * per_bag).collect())
+        }
+        Bags::Lengths(lengths) => {
+            let mut offs = Vec::with_capacity(lengths.len() + 1);
+            let mut total: u64 = 0;
+            offs.push(0);
+            for (i, l) in lengths.iter().enumerate() {
+                let l = l.to_i64();
+                if l < 0 {
+                    return Err(Error::value(format!("lengths[{i}] = {l} is negative")));
+                }
+                total = total.saturating_add(l as u64);
+                if total > n as u64 {
+                    return Err(Error::value(format!(
+                        "lengths sum to more than the {n} indices (past it at lengths[{i}])"
+                    )));
+                }
+                offs.push(total as usize);
+            }
+            if total != n as u64 {
+                return Err(Error::value(format!(
+                    "lengths sum to {total} but there are {n} indices"
+                )));
+            }
+            Ok(offs)
+        }
+        Bags::Offsets { offsets, include_last } => {
+            if include_last && offsets.is_empty() {
+                return Err(Error::value(
+                    "with include_last_offset, offsets needs at least one entry (the end)",
+                ));
+            }
+            let mut offs = Vec::with_capacity(offsets.len() + 1);
+            let mut prev: i64 = 0;
+            for (i, o) in offsets.iter().enumerate() {
+                let o = o.to_i64();
+                if i == 0 && o != 0 {
+                    return Err(Error::value(format!("offsets[0] must be 0, got {o}")));
+                }
+                if o < prev {
+                    return Err(Error::value(format!(
+                        "offsets must not decrease: offsets[{}] = {prev} > offsets[{i}] = {o}",
+                        i - 1
+                    )));
+                }
+                if o as u64 > n as u64 {
+                    return Err(Error::value(format!(
+                        "offsets[{i}] = {o} is past the end of the {n} indices"
+                    )));
+                }
+                offs.push(o as usize);
+                prev = o;
+            }
+            if include_last {
+                if *offs.last().unwrap_or(&0) != n {
+                    return Err(Error::value(format!(
+                        "with include_last_offset the last offset must equal the number of \
+                         indices ({n}), got {prev}"
+                    )));
+                }
+            } else {
+                offs.push(n);
+            }
+            Ok(offs)
+        }
+    }
+}
+
+/// A table's rows as the kernels see them.
+#[derive(Clone, Copy)]
+pub struct TableView<'a> {
+    pub data: &'a [u8],
+    pub num_rows: usize,
+    pub dim: usize,
+    pub dtype: DType,
+}
+
+/// Check the per-call arguments and build a job.
+pub fn make_job<'a, I: Index>(
+    table: TableView<'a>,
+    indices: &'a [I],
+    offsets: Vec<usize>,
+    weights: Option<&'a [f32]>,
+    mode: Mode,
+    padding_idx: Option<i64>,
+    position: Option<usize>,
+) -> Result<Job<'a, I>> {
+    debug_assert_eq!(table.data.len(), table.num_rows * table.dtype.row_bytes(table.dim));
+    if let Some(w) = weights {
+        if mode != Mode::Sum {
+            return Err(Error::value(
+                "per-sample weights are only supported with mode=\"sum\"",
+            ));
+        }
+        if w.len() != indices.len() {
+            return Err(Error::value(format!(
+                "weights has {} entries but there are {} indices",
+                w.len(),
+                indices.len()
+            )));
+        }
+    }
+    let padding = match padding_idx {
+        None => None,
+        Some(p) => {
+            let rows = table.num_rows as i64;
+            let q = if p < 0 { p + rows } else { p };
+            if q < 0 || q >= rows {
+                return Err(Error::value(format!(
+                    "padding_idx {p} is out of range for a table of {rows} rows"
+                )));
+            }
+            Some(q as u64)
+        }
+    };
+    Ok(Job {
+        data: table.data,
+        num_rows: table.num_rows,
+        dim: table.dim,
+        dtype: table.dtype,
+        indices,
+        offsets,
+        weights,
+        mode,
+        padding,
+        table: position,
+    })
+}
+
+/// Work of a range of bags, in bytes touched: rows read plus the output written.
+fn work(job: &Job<'_, impl Index>, bags: std::ops::Range<usize>) -> usize {
+    let lookups = job.offsets[bags.end] - job.offsets[bags.start];
+    lookups * job.row_bytes() + bags.len() * (4 * job.dim + 64)
+}
+
+/// Pool every job into `out` (`batch` rows of `stride` floats; job `t` writes the columns
+/// starting at `columns[t]`). All jobs describe the same `batch` bags.
+pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], stride: usize) -> Result<()> {
+    let batch = jobs.first().map_or(0, Job::num_bags);
+    assert_eq!(columns.len(), jobs.len());
+    for (t, job) in jobs.iter().enumerate() {
+        if job.num_bags() != batch {
+            return Err(Error::value(format!(
+                "table {t} has {} bags but table 0 has {batch}; every table needs the same batch",
+                job.num_bags()
+            )));
+        }
+        assert!(columns[t] + job.dim <= stride, "column range outside the output row");
+    }
+    assert_eq!(out.len(), batch * stride, "output buffer of the wrong size");
+    let base = out.as_mut_ptr();
+    let outs: Vec<Out> = columns.iter().map(|&c| Out { ptr: base.wrapping_add(c), stride }).collect();
+    let level = simd::level();
+    let total: usize = jobs.iter().map(|j| work(j, 0..batch)).sum();
+    let threads = parallel::num_threads();
+
+    let result = if threads <= 1 || total <= SERIAL_WORK_BYTES || batch == 0 {
+        jobs.iter().zip(&outs).try_for_each(|(job, &o)| {
+            // SAFETY: `out` holds `batch` rows of `stride` floats and each job writes only its
+            // own columns (checked above), one job at a time.
+            unsafe { pool_range(level, job, 0..batch, o) }
+        })
+    } else {
+        let items = split(jobs, total, threads * ITEMS_PER_THREAD);
+        parallel::install(|| {
+            items.par_iter().try_for_each(|(t, bags)| {
+                // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
+                // which outlives this call; see `split`.
+                unsafe { pool_range(level, &jobs[*t], bags.clone(), outs[*t]) }
+            })
+        })?
+    };
+    match result {
+        Err(Error::IndexOutOfRange(_)) => {
+            // Threads may have met different bad indices; report the first one.
+            Err(jobs.iter().find_map(Job::first_bad_index).expect("a bad index was seen"))
+        }
+        other => other,
+    }
+}
+
+/// Cut each job's bags into ranges of about `total / pieces` work each.
+fn split<I: Index>(jobs: &[Job<'_, I>], total: usize, pieces: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+    let target = total.div_ceil(pieces).max(1);
+    let mut items = Vec::with_capacity(pieces + jobs.len());
+    for (t, job) in jobs.iter().enumerate() {
+        let batch = job.num_bags();
+        let job_work = work(job, 0..batch);
+        let n = job_work.div_ceil(target).clamp(1, batch.max(1));
+        let per_bag = 4 * job.dim + 64;
+        let rb = job.row_bytes();
+        // Work before bag b, a non-decreasing function of b.
+        let before = |b: usize| job.offsets[b] * rb + b * per_bag;
+        let mut start = 0;
+        for k in 1..=n {
+            let end = if k == n {
+                batch
+            } else {
+                // The first bag at or past the k-th share of the work.
+                let goal = job_work * k / n;
+                let (mut lo, mut hi) = (start, batch);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if before(mid) < goal {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            };
+            if end > start {
+                items.push((t, start..end));
+                start = end;
+            }
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_with_and_without_last() {
+        let o = [0i64, 2, 2];
+        assert_eq!(bag_offsets(Bags::Offsets { offsets: &o, include_last: false }, 5).unwrap(), [0, 2, 2, 5]);
+        let o = [0i64, 2, 5];
+        assert_eq!(bag_offsets(Bags::Offsets { offsets: &o, include_last: true }, 5).unwrap(), [0, 2, 5]);
+        assert!(bag_offsets(Bags::Offsets { offsets: &o, include_last: true }, 6).is_err());
+        let bad = [1i32, 2];
+        assert!(bag_offsets(Bags::Offsets { offsets: &bad, include_last: false }, 5).is_err());
+        let dec = [0i32, 3, 2];
+        assert!(bag_offsets(Bags::Offsets { offsets: &dec, include_last: false }, 5).is_err());
+        let past = [0i32, 7];
+        assert!(bag_offsets(Bags::Offsets { offsets: &past, include_last: false }, 5).is_err());
+    }
+
+    #[test]
+    fn lengths_must_sum_to_the_indices() {
+        assert_eq!(bag_offsets(Bags::Lengths(&[2i32, 0, 3]), 5).unwrap(), [0, 2, 2, 5]);
+        assert!(bag_offsets(Bags::Lengths(&[2i32, 2]), 5).is_err());
+        assert!(bag_offsets(Bags::Lengths(&[-1i64, 6]), 5).is_err());
+        let fixed: Bags<'_, i32> = Bags::Fixed { bags: 2, per_bag: 3 };
+        assert_eq!(bag_offsets(fixed, 6).unwrap(), [0, 3, 6]);
+    }
+}
