@@ -337,6 +337,9 @@ mod x86 {
 
     /// Pool the column block `[col0, col0 + ncols)` of each bag in `bags`, keeping the block's
     /// NV accumulator vectors in registers.
+    // The `for v in 0..NV` loops index the accumulators and tails together; with NV a
+    // constant they unroll and the arrays live in registers.
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn pool_block<S: Simd, F: Format, I: Index, const NV: usize, const MAX: bool>(
         job: &Job<'_, I>,

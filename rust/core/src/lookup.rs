@@ -1,8 +1,6 @@
 //! Validated pooling calls: bag descriptions to offsets, argument checks, and the
 //! multithreaded run over one or many tables balanced by work rather than by bag count.
 
-use rayon::prelude::*;
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{pool_range, Index, Job, Mode, Out};
@@ -199,13 +197,12 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
         })
     } else {
         let items = split(jobs, total, threads * ITEMS_PER_THREAD);
-        parallel::install(|| {
-            items.par_iter().try_for_each(|(t, bags)| {
-                // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
-                // which outlives this call; see `split`.
-                unsafe { pool_range(level, &jobs[*t], bags.clone(), outs[*t]) }
-            })
-        })?
+        parallel::for_each_index(items.len(), &|k| {
+            let (t, bags) = &items[k];
+            // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
+            // which outlives this call; see `split`.
+            unsafe { pool_range(level, &jobs[*t], bags.clone(), outs[*t]) }
+        })
     };
     match result {
         Err(Error::IndexOutOfRange(_)) => {

@@ -87,3 +87,87 @@ fn current_pool() -> Result<Arc<PoolState>> {
     }
     Ok(state)
 }
+
+/// A call's work items, shared by the calling thread and the pool's helpers.
+struct Shared {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    n: usize,
+    /// The task, with its lifetime erased; dereferenced only by whoever claimed an item `< n`,
+    /// and the caller does not return before every claimed item is done (see `for_each_index`).
+    task: *const (dyn Fn(usize) -> Result<()> + Sync),
+    error: std::sync::Mutex<Option<Error>>,
+}
+
+// SAFETY: `task` points to a `Sync` closure; the other fields are atomics and a mutex.
+unsafe impl Send for Shared {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Claim and run items until none are left.
+    fn work(&self) {
+        loop {
+            let k = self.next.fetch_add(1, Ordering::AcqRel);
+            if k >= self.n {
+                return;
+            }
+            // SAFETY: item `k < n` was claimed, so the caller is still inside `for_each_index`
+            // (it waits for `done == n`), and the closure `task` points to is alive.
+            let task = unsafe { &*self.task };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(k)))
+                .unwrap_or_else(|_| Err(Error::value("a worker thread panicked (a bug in recengine)")));
+            if let Err(e) = r {
+                let mut slot = self.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                slot.get_or_insert(e);
+            }
+            self.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Run `task(0..n)` on the calling thread and the pool's threads, and return the first error.
+///
+/// The calling thread starts on the items at once and the pool's threads join as they wake,
+/// each claiming items from a shared counter, so a small call never waits for a thread to
+/// wake: a thread that wakes after the items are gone finds nothing and touches nothing.
+pub fn for_each_index(n: usize, task: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
+    let threads = num_threads();
+    if threads <= 1 || n <= 1 {
+        return (0..n).try_for_each(task);
+    }
+    let pool = current_pool()?;
+    // SAFETY: erases the borrow's lifetime. The pointer is dereferenced only for claimed
+    // items, and this function does not return (or unwind: `work` catches panics) until every
+    // claimed item is done; late helpers claim nothing. So no use outlives the borrow.
+    let task: *const (dyn Fn(usize) -> Result<()> + Sync) = unsafe {
+        std::mem::transmute::<
+            *const (dyn Fn(usize) -> Result<()> + Sync + '_),
+            *const (dyn Fn(usize) -> Result<()> + Sync + 'static),
+        >(task)
+    };
+    let shared = Arc::new(Shared {
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        n,
+        task,
+        error: std::sync::Mutex::new(None),
+    });
+    for _ in 1..threads.min(n) {
+        let s = shared.clone();
+        pool.pool.spawn(move || s.work());
+    }
+    shared.work();
+    // Every item is claimed; wait for the ones still running elsewhere.
+    let mut spins = 0u32;
+    while shared.done.load(Ordering::Acquire) < n {
+        if spins < 1 << 14 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let mut slot = shared.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    slot.take().map_or(Ok(()), Err)
+}

@@ -68,9 +68,9 @@ fn random_case(rng: &mut Xoshiro256PlusPlus) -> Case {
     let lengths: Vec<i64> = (0..batch).map(|_| (rng.next_u64() % 25) as i64).collect();
     let n: i64 = lengths.iter().sum();
     let indices: Vec<i64> = (0..n).map(|_| (rng.next_u64() % rows as u64) as i64).collect();
-    let weights = (mode == Mode::Sum && rng.next_u64() % 2 == 0)
+    let weights = (mode == Mode::Sum && rng.next_u64().is_multiple_of(2))
         .then(|| (0..n).map(|_| (rng.next_u64() % 1000) as f32 / 250.0 - 2.0).collect());
-    let padding = (rng.next_u64() % 3 == 0).then(|| (rng.next_u64() % rows as u64) as i64);
+    let padding = (rng.next_u64().is_multiple_of(3)).then(|| (rng.next_u64() % rows as u64) as i64);
     Case { rows, dim, dtype, mode, lengths, indices, weights, padding }
 }
 

@@ -1,0 +1,517 @@
+//! `recengine._core`: the thin PyO3 layer over `recengine-core`.
+//!
+//! Each binding takes its numpy arguments without copying (see `arrays`), checks what needs
+//! the interpreter, then releases the GIL (`py.detach`) for the work, and maps errors in one
+//! place (`errors`).
+
+mod arrays;
+mod errors;
+
+use std::sync::Arc;
+
+use numpy::{PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use recengine_core::{
+    bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
+};
+
+use crate::arrays::{floats, ints, ints_1d, IntSlice, Ints};
+use crate::errors::IntoPy;
+
+/// How the bags of one lookup were given.
+enum BagsArg<'py> {
+    Offsets(Ints<'py>, bool),
+    Lengths(Ints<'py>),
+    Fixed { bags: usize, per_bag: usize },
+}
+
+/// One table's arguments, borrowed from Python.
+struct Request<'py> {
+    indices: Ints<'py>,
+    bags: BagsArg<'py>,
+    weights: Option<numpy::PyReadonlyArrayDyn<'py, f32>>,
+}
+
+fn request<'py>(
+    indices: &Bound<'py, PyAny>,
+    offsets: Option<&Bound<'py, PyAny>>,
+    lengths: Option<&Bound<'py, PyAny>>,
+    weights: Option<&Bound<'py, PyAny>>,
+    include_last_offset: bool,
+) -> PyResult<Request<'py>> {
+    let indices = ints(indices, "indices")?;
+    let shape = indices.shape();
+    let bags = match (shape.len(), offsets, lengths) {
+        (1, Some(_), Some(_)) => return Err(PyValueError::new_err("give offsets or lengths, not both")),
+        (1, Some(o), None) => BagsArg::Offsets(ints_1d(o, "offsets")?, include_last_offset),
+        (1, None, Some(l)) => BagsArg::Lengths(ints_1d(l, "lengths")?),
+        (1, None, None) => {
+            return Err(PyValueError::new_err(
+                "1-D indices need offsets (torch style) or lengths (Caffe2 style) to form bags",
+            ))
+        }
+        (2, None, None) => BagsArg::Fixed { bags: shape[0], per_bag: shape[1] },
+        (2, _, _) => {
+            return Err(PyValueError::new_err(
+                "with 2-D indices [B, n] (B bags of n), offsets and lengths must be None",
+            ))
+        }
+        (d, _, _) => return Err(PyValueError::new_err(format!("indices must be 1-D or 2-D, got {d}-D"))),
+    };
+    let weights = weights.map(|w| floats(w, "per-sample weights")).transpose()?;
+    Ok(Request { indices, bags, weights })
+}
+
+impl Request<'_> {
+    fn offsets(&self) -> recengine_core::Result<Vec<usize>> {
+        let n = self.indices.slice().len();
+        match &self.bags {
+            BagsArg::Offsets(o, last) => match o.slice() {
+                IntSlice::I32(s) => bag_offsets(Bags::Offsets { offsets: s, include_last: *last }, n),
+                IntSlice::I64(s) => bag_offsets(Bags::Offsets { offsets: s, include_last: *last }, n),
+            },
+            BagsArg::Lengths(l) => match l.slice() {
+                IntSlice::I32(s) => bag_offsets(Bags::Lengths(s), n),
+                IntSlice::I64(s) => bag_offsets(Bags::Lengths(s), n),
+            },
+            BagsArg::Fixed { bags, per_bag } => {
+                let fixed: Bags<'_, i64> = Bags::Fixed { bags: *bags, per_bag: *per_bag };
+                bag_offsets(fixed, n)
+            }
+        }
+    }
+
+    fn weights(&self) -> Option<&[f32]> {
+        self.weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"))
+    }
+}
+
+/// Pool `views[t]` with `indices[t]` into a new `[B, sum(dims)]` array, without the GIL.
+#[allow(clippy::type_complexity)]
+fn pool_into_new<'py, I: Index>(
+    py: Python<'py>,
+    views: &[TableView<'_>],
+    indices: &[&[I]],
+    offsets: Vec<Vec<usize>>,
+    weights: &[Option<&[f32]>],
+    mode: Mode,
+    padding: &[Option<i64>],
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let batch = offsets.first().map_or(0, |o| o.len() - 1);
+    let columns: Vec<usize> = views.iter().scan(0, |c, v| {
+        let start = *c;
+        *c += v.dim;
+        Some(start)
+    }).collect();
+    let stride: usize = views.iter().map(|v| v.dim).sum();
+    // SAFETY: the array is filled completely before Python sees it: every job writes all of
+    // its bags' cells in its columns (zeros for empty bags), the columns partition each row,
+    // and all jobs have `batch` bags (checked by `run`). On error the array is dropped unread.
+    let out = unsafe { PyArray2::<f32>::new(py, [batch, stride], false) };
+    {
+        let mut rw = out.readwrite();
+        let out_slice = rw.as_slice_mut().expect("a new array is contiguous");
+        py.detach(|| {
+            let jobs = views
+                .iter()
+                .zip(indices)
+                .zip(offsets)
+                .enumerate()
+                .map(|(t, ((v, idx), offs))| {
+                    let position = (views.len() > 1).then_some(t);
+                    make_job(*v, idx, offs, weights[t], mode, padding[t], position)
+                })
+                .collect::<recengine_core::Result<Vec<_>>>()?;
+            run(&jobs, &columns, out_slice, stride)
+        })
+        .py_err()?;
+    }
+    Ok(out)
+}
+
+/// One table's lookup from its borrowed request.
+fn lookup_one<'py>(
+    py: Python<'py>,
+    view: TableView<'_>,
+    req: &Request<'py>,
+    mode: &str,
+    padding_idx: Option<i64>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let mode = Mode::parse(mode).py_err()?;
+    let offsets = req.offsets().py_err()?;
+    let w = [req.weights()];
+    match req.indices.slice() {
+        IntSlice::I32(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, mode, &[padding_idx]),
+        IntSlice::I64(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, mode, &[padding_idx]),
+    }
+}
+
+/// An embedding table whose rows live in Rust memory (owned, or a read-only file mapping).
+#[pyclass(name = "Table", module = "recengine._core", frozen)]
+struct PyTable {
+    inner: Arc<Table>,
+}
+
+fn dtype(name: &str) -> PyResult<DType> {
+    DType::parse(name).py_err()
+}
+
+#[pymethods]
+impl PyTable {
+    #[staticmethod]
+    fn from_array(py: Python<'_>, array: &Bound<'_, PyAny>, dtype: &str) -> PyResult<PyTable> {
+        let dt = self::dtype(dtype)?;
+        if let Ok(a) = array.cast::<PyArray2<f32>>() {
+            let (rows, dim) = (a.shape()[0], a.shape()[1]);
+            let ro = a.try_readonly()?;
+            let s = ro.as_slice().map_err(|_| PyValueError::new_err("the array must be C-contiguous"))?;
+            let t = py.detach(|| Table::from_f32(s, rows, dim, dt)).py_err()?;
+            return Ok(PyTable { inner: Arc::new(t) });
+        }
+        if let Ok(a) = array.cast::<PyArray2<half::f16>>() {
+            let (rows, dim) = (a.shape()[0], a.shape()[1]);
+            let ro = a.try_readonly()?;
+            let s = ro.as_slice().map_err(|_| PyValueError::new_err("the array must be C-contiguous"))?;
+            let bits: &[u16] = bytemuck_f16(s);
+            let t = py.detach(|| Table::from_f16_bits(bits, rows, dim, dt)).py_err()?;
+            return Ok(PyTable { inner: Arc::new(t) });
+        }
+        Err(PyTypeError::new_err("from_array takes a 2-D float32 or float16 numpy array"))
+    }
+
+    #[staticmethod]
+    fn from_raw(py: Python<'_>, data: &Bound<'_, PyAny>, dtype: &str, dim: usize) -> PyResult<PyTable> {
+        let dt = self::dtype(dtype)?;
+        let a = data
+            .cast::<PyArray2<u8>>()
+            .map_err(|_| PyTypeError::new_err("raw rows must be a 2-D uint8 array [num_rows, row_bytes]"))?;
+        let rows = a.shape()[0];
+        if a.shape()[1] != dt.row_bytes(dim) {
+            return Err(PyValueError::new_err(format!(
+                "{} rows of dim {dim} take {} bytes each, but the array has {} columns",
+                dt.name(),
+                dt.row_bytes(dim),
+                a.shape()[1]
+            )));
+        }
+        let ro = a.try_readonly()?;
+        let s = ro.as_slice().map_err(|_| PyValueError::new_err("the array must be C-contiguous"))?;
+        let t = py.detach(|| Table::from_raw(s, rows, dim, dt)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
+    #[staticmethod]
+    fn random(py: Python<'_>, num_rows: usize, dim: usize, dtype: &str, seed: u64) -> PyResult<PyTable> {
+        let dt = self::dtype(dtype)?;
+        let t = py.detach(|| Table::random(num_rows, dim, dt, seed)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
+    #[staticmethod]
+    fn mmap(py: Python<'_>, path: &str, offset: usize, num_rows: usize, dim: usize, dtype: &str) -> PyResult<PyTable> {
+        let dt = self::dtype(dtype)?;
+        let t = py.detach(|| Table::mmap(path, offset, num_rows, dim, dt)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, name=None))]
+    fn load_safetensors(py: Python<'_>, path: &str, name: Option<&str>) -> PyResult<PyTable> {
+        let t = py.detach(|| Table::load_safetensors(path, name)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
+    fn save_safetensors(&self, py: Python<'_>, path: &str, name: &str) -> PyResult<()> {
+        py.detach(|| self.inner.save_safetensors(path, name)).py_err()
+    }
+
+    #[getter]
+    fn num_rows(&self) -> usize {
+        self.inner.num_rows()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype().name()
+    }
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.nbytes()
+    }
+    #[getter]
+    fn row_bytes(&self) -> usize {
+        self.inner.row_bytes()
+    }
+    #[getter]
+    fn is_mmap(&self) -> bool {
+        self.inner.is_mmap()
+    }
+
+    #[pyo3(signature = (indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        offsets: Option<&Bound<'py, PyAny>>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        weights: Option<&Bound<'py, PyAny>>,
+        mode: &str,
+        padding_idx: Option<i64>,
+        include_last_offset: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let req = request(indices, offsets, lengths, weights, include_last_offset)?;
+        lookup_one(py, self.inner.view(), &req, mode, padding_idx)
+    }
+
+    fn quantize(&self, py: Python<'_>, dtype: &str) -> PyResult<PyTable> {
+        let dt = self::dtype(dtype)?;
+        let t = py.detach(|| self.inner.convert(dt)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
+    fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let out = PyArray2::<f32>::zeros(py, [self.inner.num_rows(), self.inner.dim()], false);
+        {
+            let mut rw = out.readwrite();
+            let s = rw.as_slice_mut().expect("a new array is contiguous");
+            py.detach(|| self.inner.to_f32(s)).py_err()?;
+        }
+        Ok(out)
+    }
+
+    fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        let out = PyArray2::<u8>::zeros(py, [self.inner.num_rows(), self.inner.row_bytes()], false);
+        {
+            let mut rw = out.readwrite();
+            let s = rw.as_slice_mut().expect("a new array is contiguous");
+            py.detach(|| s.copy_from_slice(self.inner.bytes()));
+        }
+        Ok(out)
+    }
+}
+
+/// View float16 values as their bits.
+fn bytemuck_f16(s: &[half::f16]) -> &[u16] {
+    // SAFETY: `half::f16` is `repr(transparent)` over `u16`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u16>(), s.len()) }
+}
+
+/// Several tables pooled for one batch in one call.
+#[pyclass(name = "Collection", module = "recengine._core", frozen)]
+struct PyCollection {
+    tables: Vec<Arc<Table>>,
+}
+
+#[pymethods]
+impl PyCollection {
+    #[new]
+    fn new(tables: Vec<Bound<'_, PyTable>>) -> PyResult<PyCollection> {
+        if tables.is_empty() {
+            return Err(PyValueError::new_err("a collection needs at least one table"));
+        }
+        Ok(PyCollection { tables: tables.iter().map(|t| t.get().inner.clone()).collect() })
+    }
+
+    #[getter]
+    fn dims(&self) -> Vec<usize> {
+        self.tables.iter().map(|t| t.dim()).collect()
+    }
+
+    #[pyo3(signature = (indices, offsets=None, lengths=None, weights=None, mode="sum", include_last_offset=false))]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<Bound<'py, PyAny>>,
+        offsets: Option<Vec<Bound<'py, PyAny>>>,
+        lengths: Option<Vec<Bound<'py, PyAny>>>,
+        weights: Option<Vec<Option<Bound<'py, PyAny>>>>,
+        mode: &str,
+        include_last_offset: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let t = self.tables.len();
+        let check = |what: &str, n: usize| {
+            if n != t {
+                Err(PyValueError::new_err(format!("{what} has {n} entries for {t} tables")))
+            } else {
+                Ok(())
+            }
+        };
+        check("indices", indices.len())?;
+        if let Some(o) = &offsets {
+            check("offsets", o.len())?;
+        }
+        if let Some(l) = &lengths {
+            check("lengths", l.len())?;
+        }
+        if let Some(w) = &weights {
+            check("weights", w.len())?;
+        }
+        let mode = Mode::parse(mode).py_err()?;
+        let reqs = (0..t)
+            .map(|i| {
+                request(
+                    &indices[i],
+                    offsets.as_ref().map(|o| &o[i]),
+                    lengths.as_ref().map(|l| &l[i]),
+                    weights.as_ref().and_then(|w| w[i].as_ref()),
+                    include_last_offset,
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let offs = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+        let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
+        let ws: Vec<Option<&[f32]>> = reqs.iter().map(Request::weights).collect();
+        let pads = vec![None; t];
+        let slices: Vec<IntSlice<'_>> = reqs.iter().map(|r| r.indices.slice()).collect();
+        if let Some(s32) = slices.iter().map(|s| match s { IntSlice::I32(x) => Some(*x), IntSlice::I64(_) => None }).collect::<Option<Vec<&[i32]>>>() {
+            return pool_into_new(py, &views, &s32, offs, &ws, mode, &pads);
+        }
+        // Mixed or all int64: widen the int32 ones (a copy of those indices only).
+        let widened: Vec<Option<Vec<i64>>> = slices
+            .iter()
+            .map(|s| match s {
+                IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
+                IntSlice::I64(_) => None,
+            })
+            .collect();
+        let s64: Vec<&[i64]> = slices
+            .iter()
+            .zip(&widened)
+            .map(|(s, w)| match s {
+                IntSlice::I64(x) => x,
+                IntSlice::I32(_) => w.as_deref().expect("widened above"),
+            })
+            .collect();
+        pool_into_new(py, &views, &s64, offs, &ws, mode, &pads)
+    }
+}
+
+/// Pool rows of a plain float32/float16 array in place (no copy of the table).
+#[pyfunction]
+#[pyo3(signature = (array, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false))]
+#[allow(clippy::too_many_arguments)]
+fn pool_array<'py>(
+    py: Python<'py>,
+    array: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    offsets: Option<&Bound<'py, PyAny>>,
+    lengths: Option<&Bound<'py, PyAny>>,
+    weights: Option<&Bound<'py, PyAny>>,
+    mode: &str,
+    padding_idx: Option<i64>,
+    include_last_offset: bool,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let req = request(indices, offsets, lengths, weights, include_last_offset)?;
+    let not_contig = || PyValueError::new_err("the table array must be C-contiguous");
+    if let Ok(a) = array.cast::<PyArray2<f32>>() {
+        let (rows, dim) = (a.shape()[0], a.shape()[1]);
+        check_dim(dim)?;
+        let ro = a.try_readonly()?;
+        let s = ro.as_slice().ok().filter(|_| a.is_c_contiguous()).ok_or_else(not_contig)?;
+        let view = TableView { data: recengine_core::f32_bytes(s), num_rows: rows, dim, dtype: DType::Fp32 };
+        return lookup_one(py, view, &req, mode, padding_idx);
+    }
+    if let Ok(a) = array.cast::<PyArray2<half::f16>>() {
+        let (rows, dim) = (a.shape()[0], a.shape()[1]);
+        check_dim(dim)?;
+        let ro = a.try_readonly()?;
+        let s = ro.as_slice().ok().filter(|_| a.is_c_contiguous()).ok_or_else(not_contig)?;
+        let view = TableView { data: recengine_core::u16_bytes(bytemuck_f16(s)), num_rows: rows, dim, dtype: DType::Fp16 };
+        return lookup_one(py, view, &req, mode, padding_idx);
+    }
+    Err(PyTypeError::new_err("the table must be a 2-D float32 or float16 numpy array"))
+}
+
+fn check_dim(dim: usize) -> PyResult<()> {
+    if dim == 0 {
+        return Err(PyValueError::new_err("an embedding table needs dim >= 1, got 0"));
+    }
+    Ok(())
+}
+
+#[pyfunction]
+fn safetensors_names(py: Python<'_>, path: &str) -> PyResult<Vec<String>> {
+    py.detach(|| Table::safetensors_names(path)).py_err()
+}
+
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    recengine_core::parallel::set_num_threads(n).py_err()
+}
+
+#[pyfunction]
+fn get_num_threads() -> usize {
+    recengine_core::parallel::num_threads()
+}
+
+#[pyfunction]
+fn simd_level() -> &'static str {
+    simd::level().name()
+}
+
+#[pyfunction]
+fn available_simd_levels() -> Vec<&'static str> {
+    simd::available_levels().into_iter().map(simd::Level::name).collect()
+}
+
+#[pyfunction]
+#[pyo3(signature = (level=None))]
+fn set_simd_level(level: Option<&str>) -> PyResult<()> {
+    let parsed = match level {
+        None => None,
+        Some(name) => Some(simd::Level::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown SIMD level {name:?}; expected avx512, avx2 or scalar"))
+        })?),
+    };
+    simd::set_level(parsed).map_err(PyValueError::new_err)
+}
+
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    d.set_item("profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    d.set_item("simd", simd::level().name())?;
+    d.set_item("simd_available", PyList::new(py, available_simd_levels())?)?;
+    d.set_item("threads", recengine_core::parallel::num_threads())?;
+    d.set_item("target", std::env::consts::ARCH)?;
+    d.set_item("serial_work_bytes", recengine_core::lookup::SERIAL_WORK_BYTES)?;
+    Ok(d)
+}
+
+/// Best seconds over `repeats` passes of a plain gather of the rows `indices` names.
+#[pyfunction]
+#[pyo3(signature = (table, indices, repeats=5))]
+fn gather_probe(py: Python<'_>, table: &Bound<'_, PyTable>, indices: &Bound<'_, PyAny>, repeats: usize) -> PyResult<f64> {
+    let idx = ints(indices, "indices")?;
+    let t = table.get().inner.clone();
+    let s = idx.slice();
+    py.detach(|| match s {
+        IntSlice::I32(x) => probe::gather_probe(&t.view(), x, repeats),
+        IntSlice::I64(x) => probe::gather_probe(&t.view(), x, repeats),
+    })
+    .py_err()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyTable>()?;
+    m.add_class::<PyCollection>()?;
+    m.add_function(wrap_pyfunction!(pool_array, m)?)?;
+    m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_probe, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Taking numpy arguments without copies: C-contiguous int32/int64 indices and float32
+//! weights are borrowed in place; anything else goes through `recengine._convert` once
+//! (which copies or raises a clear TypeError).
+
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+/// Borrowed indices (or offsets, or lengths) of either integer width.
+pub enum Ints<'py> {
+    I32(PyReadonlyArrayDyn<'py, i32>),
+    I64(PyReadonlyArrayDyn<'py, i64>),
+}
+
+/// A borrowed slice of either width.
+#[derive(Clone, Copy)]
+pub enum IntSlice<'a> {
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+}
+
+impl<'py> Ints<'py> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Ints::I32(a) => a.shape().to_vec(),
+            Ints::I64(a) => a.shape().to_vec(),
+        }
+    }
+
+    pub fn slice(&self) -> IntSlice<'_> {
+        // The arrays were checked C-contiguous when taken, so as_slice cannot fail.
+        match self {
+            Ints::I32(a) => IntSlice::I32(a.as_slice().expect("checked contiguous")),
+            Ints::I64(a) => IntSlice::I64(a.as_slice().expect("checked contiguous")),
+        }
+    }
+}
+
+impl IntSlice<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            IntSlice::I32(s) => s.len(),
+            IntSlice::I64(s) => s.len(),
+        }
+    }
+}
+
+fn convert_fn<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let m = MODULE.get_or_try_init(py, || py.import("recengine._convert").map(Bound::unbind))?;
+    m.bind(py).getattr(name)
+}
+
+fn try_ints<'py>(obj: &Bound<'py, PyAny>) -> Option<Ints<'py>> {
+    if let Ok(a) = obj.cast::<PyArrayDyn<i64>>() {
+        if a.is_c_contiguous() {
+            return a.try_readonly().ok().map(Ints::I64);
+        }
+    } else if let Ok(a) = obj.cast::<PyArrayDyn<i32>>() {
+        if a.is_c_contiguous() {
+            return a.try_readonly().ok().map(Ints::I32);
+        }
+    }
+    None
+}
+
+/// Take an integer array argument (`name` is used in error messages).
+pub fn ints<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> {
+    if let Some(x) = try_ints(obj) {
+        return Ok(x);
+    }
+    let converted = convert_fn(obj.py(), "as_index_array")?.call1((obj, name))?;
+    try_ints(&converted).ok_or_else(|| PyValueError::new_err(format!("could not take {name} as an integer array")))
+}
+
+/// Take a float32 array argument.
+pub fn floats<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArrayDyn<'py, f32>> {
+    if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
+        if a.is_c_contiguous() {
+            if let Ok(r) = a.try_readonly() {
+                return Ok(r);
+            }
+        }
+    }
+    let converted = convert_fn(obj.py(), "as_float32_array")?.call1((obj, name))?;
+    let a = converted.cast::<PyArrayDyn<f32>>()?;
+    Ok(a.try_readonly()?)
+}
+
+/// A 1-D integer argument (offsets, lengths).
+pub fn ints_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> {
+    let x = ints(obj, name)?;
+    if x.shape().len() != 1 {
+        return Err(PyValueError::new_err(format!("{name} must be 1-D, got shape {:?}", x.shape())));
+    }
+    Ok(x)
+}
