@@ -110,7 +110,7 @@ def pool_reference(
     padding_idx: Optional[int] = None,
     include_last_offset: bool = False,
 ) -> np.ndarray:
-    """Pool rows of ``table_f32`` into bags, one bag at a time, accumulating in float64.
+    """Pool rows of ``table_f32`` into bags, one bag at a time, in float64.
 
     ``out[b] = reduce_{j in bag b, indices[j] != padding_idx} w_j * table[indices[j]]`` with
     reduce one of sum, mean (sum divided by the number of non-padding rows) or max
@@ -178,28 +178,20 @@ def pool_reference(
 
     out = np.zeros((len(bags), dim), dtype=np.float64)
     for b, (start, end) in enumerate(bags):
-        acc = np.zeros(dim, dtype=np.float64)
-        best = np.full(dim, -np.inf, dtype=np.float64)
-        count = 0
-        for j in range(start, end):
-            row = int(idx[j])
-            if not 0 <= row < num_rows:
-                raise IndexError(f"index {row} in bag {b} is outside [0, {num_rows})")
-            if row == pad:
-                continue
-            count += 1
-            if mode == "max":
-                best = np.maximum(best, table[row])
-            else:
-                acc += w[j] * table[row]
-        if count == 0:
-            continue
-        if mode == "sum":
-            out[b] = acc
-        elif mode == "mean":
-            out[b] = acc / count
+        rows = idx[start:end]
+        bad = (rows < 0) | (rows >= num_rows)
+        if bad.any():
+            row = int(rows[np.argmax(bad)])
+            raise IndexError(f"index {row} in bag {b} is outside [0, {num_rows})")
+        keep = rows != pad if pad is not None else np.ones(rows.size, dtype=bool)
+        if not keep.any():
+            continue  # an empty bag, or only padding: zeros
+        vals = table[rows[keep]]
+        if mode == "max":
+            out[b] = vals.max(axis=0)
         else:
-            out[b] = best
+            total = (w[start:end][keep][:, None] * vals).sum(axis=0)
+            out[b] = total / keep.sum() if mode == "mean" else total
     return out.astype(np.float32)
 
 

@@ -1,0 +1,291 @@
+"""Bad arguments raise the documented Python exceptions with useful messages, and never crash
+the interpreter; odd but valid inputs (non-contiguous arrays) work."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import recengine
+from recengine import EmbeddingCollection, EmbeddingTable
+from recengine.reference import pool_reference
+
+STORAGE = ("fp32", "fp16", "bf16", "int8", "int4")
+
+
+@pytest.fixture(params=STORAGE)
+def table(request: pytest.FixtureRequest) -> EmbeddingTable:
+    x = np.arange(40, dtype=np.float32).reshape(10, 4) / 7
+    return EmbeddingTable(x, dtype=request.param)
+
+
+def bag_named(msg: str, bag: int) -> bool:
+    return re.search(rf"bag\D{{0,3}}{bag}(?!\d)", msg, re.IGNORECASE) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# indices out of range
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bad", [10, 77, 2**31 - 1, -1, -10])
+def test_out_of_range_index(table: EmbeddingTable, index_dtype: type, bad: int) -> None:
+    idx = np.array([0, 1, 2, bad, 4], dtype=index_dtype)
+    for kw in ({"lengths": np.array([1, 1, 1, 2])}, {"offsets": np.array([0, 1, 2, 3])}):
+        with pytest.raises(IndexError) as info:
+            table.lookup(idx, **kw)
+        msg = str(info.value)
+        assert str(bad) in msg, msg
+        assert bag_named(msg, 3), msg
+    with pytest.raises(IndexError) as info:
+        table.lookup(idx[1:].reshape(2, 2))
+    assert str(bad) in str(info.value) and bag_named(str(info.value), 1), str(info.value)
+
+
+def test_out_of_range_int64_extremes(table: EmbeddingTable) -> None:
+    for bad in (2**40, 2**63 - 1, -(2**63)):
+        with pytest.raises(IndexError, match=re.escape(str(bad))):
+            table.lookup(np.array([bad], np.int64), offsets=np.array([0]))
+    with pytest.raises(IndexError):
+        table.lookup(np.array([2**63], np.uint64), offsets=np.array([0]))
+
+
+def test_out_of_range_in_any_mode_and_with_padding(table: EmbeddingTable) -> None:
+    for mode in ("sum", "mean", "max"):
+        with pytest.raises(IndexError):
+            table.lookup(np.array([3, 3, 12]), lengths=np.array([2, 1]), mode=mode)
+        # padding does not excuse a bad index elsewhere
+        with pytest.raises(IndexError):
+            table.lookup(np.array([3, 3, 12]), lengths=np.array([2, 1]), mode=mode,
+                         padding_idx=3)
+
+
+def test_first_bad_index_reported_in_big_batch(restore_threads: None) -> None:
+    recengine.set_num_threads(2)
+    t = EmbeddingTable.random(1000, 64, seed=0)
+    r = np.random.default_rng(0)
+    idx = r.integers(0, 1000, 200_000)
+    idx[150_000] = 5000
+    idx[190_000] = 6000
+    lengths = np.full(2000, 100)
+    with pytest.raises(IndexError) as info:
+        t.lookup(idx, lengths=lengths)
+    assert "5000" in str(info.value) and bag_named(str(info.value), 1500), str(info.value)
+
+
+def test_functional_index_errors() -> None:
+    arr = np.ones((5, 3), np.float32)
+    with pytest.raises(IndexError, match="9"):
+        recengine.sparse_lengths_sum(arr, np.array([0, 9]), np.array([2]))
+    with pytest.raises(IndexError):
+        recengine.embedding_bag(arr.astype(np.float16), np.array([0, -2]), np.array([0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# bag descriptions
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lengths": np.array([2, 2])},  # sums to 4, not 5
+        {"lengths": np.array([2, 2, 2])},  # sums to 6
+        {"lengths": np.array([6, -1])},  # negative
+        {"offsets": np.array([1, 3])},  # does not start at 0
+        {"offsets": np.array([0, 3, 2])},  # decreasing
+        {"offsets": np.array([0, 6])},  # past the end
+        {"offsets": np.array([0, 2, 4]), "include_last_offset": True},  # last != len
+        {"offsets": np.array([], np.int64), "include_last_offset": True},
+        {"offsets": np.array([0, 2]), "lengths": np.array([2, 3])},  # both
+        {},  # neither, with 1-D indices
+        {"offsets": np.array([[0, 2]])},  # 2-D offsets
+        {"lengths": np.array([[2, 3]])},
+    ],
+)
+def test_bad_bag_descriptions(table: EmbeddingTable, kw: dict) -> None:
+    with pytest.raises(ValueError):
+        table.lookup(np.array([0, 1, 2, 3, 4]), **kw)
+
+
+def test_indices_rank(table: EmbeddingTable) -> None:
+    with pytest.raises(ValueError):
+        table.lookup(np.zeros((2, 2, 2), np.int64))
+    with pytest.raises(ValueError):
+        table.lookup(np.array(3))
+    with pytest.raises(ValueError):
+        table.lookup(np.zeros((2, 3), np.int64), offsets=np.array([0, 3]))
+    with pytest.raises(ValueError):
+        table.lookup(np.zeros((2, 3), np.int64), lengths=np.array([3, 3]))
+
+
+# ---------------------------------------------------------------------------------------------
+# weights, mode, padding
+
+
+def test_bad_weights(table: EmbeddingTable) -> None:
+    idx, ln = np.array([0, 1, 2]), np.array([2, 1])
+    for w in (np.ones(2, np.float32), np.ones(4, np.float32), np.ones(0, np.float32)):
+        with pytest.raises(ValueError):
+            table.lookup(idx, lengths=ln, weights=w)
+    for mode in ("mean", "max"):
+        with pytest.raises(ValueError):
+            table.lookup(idx, lengths=ln, weights=np.ones(3, np.float32), mode=mode)
+    with pytest.raises(TypeError):
+        table.lookup(idx, lengths=ln, weights=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError):
+        table.lookup(np.zeros((2, 3), np.int64), weights=np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("mode", ["min", "SUM ", "", "avg", "median"])
+def test_unknown_mode(table: EmbeddingTable, mode: str) -> None:
+    with pytest.raises(ValueError):
+        table.lookup(np.array([0, 1]), offsets=np.array([0]), mode=mode)
+
+
+@pytest.mark.parametrize("pad", [10, 11, -11, 2**40])
+def test_padding_idx_out_of_range(table: EmbeddingTable, pad: int) -> None:
+    with pytest.raises((ValueError, IndexError)):
+        table.lookup(np.array([0, 1]), offsets=np.array([0]), padding_idx=pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# types
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [np.array([0.0, 1.0]), np.array([0.5, 1.5], np.float32), np.array([True, False]),
+     np.array(["0", "1"]), [0.0, 1.0], np.array([object(), object()])],
+)
+def test_non_integer_indices(table: EmbeddingTable, indices: object) -> None:
+    with pytest.raises(TypeError):
+        table.lookup(indices, offsets=np.array([0]))
+
+
+def test_float_offsets_and_lengths(table: EmbeddingTable) -> None:
+    with pytest.raises(TypeError):
+        table.lookup(np.array([0, 1]), offsets=np.array([0.0]))
+    with pytest.raises(TypeError):
+        table.lookup(np.array([0, 1]), lengths=np.array([2.0]))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int2", "float64x", "complex64", "q8"])
+def test_unsupported_table_dtype(dtype: str) -> None:
+    with pytest.raises(TypeError):
+        EmbeddingTable(np.ones((3, 4), np.float32), dtype=dtype)
+    with pytest.raises(TypeError):
+        EmbeddingTable.random(3, 4, dtype=dtype)
+    with pytest.raises(TypeError):
+        EmbeddingTable(np.ones((3, 4), np.float32)).quantize(dtype)
+
+
+def test_non_float_table_arrays() -> None:
+    with pytest.raises(TypeError):
+        EmbeddingTable(np.array([["a", "b"]]))
+    with pytest.raises(TypeError):
+        EmbeddingTable(np.ones((2, 2), bool))
+    with pytest.raises(TypeError):
+        recengine.sparse_lengths_sum(np.array([["a"]]), np.array([0]), np.array([1]))
+    with pytest.raises(TypeError):
+        recengine.embedding_bag(np.ones((2, 2), np.complex64), np.array([0]), np.array([0]))
+
+
+def test_table_shapes() -> None:
+    with pytest.raises(ValueError):
+        EmbeddingTable(np.ones((3, 0), np.float32))
+    with pytest.raises(ValueError):
+        EmbeddingTable(np.ones((3, 0), np.float32), dtype="int4")
+    with pytest.raises(ValueError):
+        EmbeddingTable.random(3, 0)
+    with pytest.raises(ValueError):
+        EmbeddingTable(np.ones(4, np.float32))
+    with pytest.raises(ValueError):
+        EmbeddingTable(np.ones((2, 2, 2), np.float32))
+    with pytest.raises(ValueError):
+        recengine.sparse_lengths_sum(np.ones((3, 0), np.float32), np.array([0]), np.array([1]))
+    with pytest.raises((ValueError, TypeError)):
+        recengine.sparse_lengths_sum(np.ones(3, np.float32), np.array([0]), np.array([1]))
+
+
+def test_from_raw_errors() -> None:
+    with pytest.raises(ValueError):  # 8 bytes are not an int8 row of dim 4 (12 bytes)
+        EmbeddingTable.from_raw(np.zeros((2, 8), np.uint8), "int8", 4)
+    with pytest.raises(ValueError):
+        EmbeddingTable.from_raw(np.zeros((2, 5), np.uint8), "int4", 4)
+    with pytest.raises((ValueError, TypeError)):
+        EmbeddingTable.from_raw(np.zeros(12, np.uint8), "int8", 4)
+    with pytest.raises(ValueError):
+        EmbeddingTable.from_raw(np.zeros((2, 8), np.uint8), "int8", 0)
+    with pytest.raises(TypeError):
+        EmbeddingTable.from_raw(np.zeros((2, 12), np.uint8), "int12", 4)
+
+
+def test_thread_count_errors() -> None:
+    for bad in (0, -1, 1.5, "2", True, None):
+        with pytest.raises(ValueError):
+            recengine.set_num_threads(bad)  # type: ignore[arg-type]
+
+
+def test_simd_level_errors() -> None:
+    from recengine import _core
+
+    with pytest.raises(ValueError):
+        _core.set_simd_level("sse9")
+    for level in ("avx512", "avx2"):
+        if level not in _core.available_simd_levels():
+            with pytest.raises(ValueError):
+                _core.set_simd_level(level)
+    _core.set_simd_level(None)
+    best = next(lv for lv in ("avx512", "avx2", "scalar") if lv in _core.available_simd_levels())
+    if "RECENGINE_SIMD" not in os.environ:
+        assert _core.simd_level() == best
+
+
+# ---------------------------------------------------------------------------------------------
+# valid but unusual inputs
+
+
+def test_non_contiguous_arguments_work(table: EmbeddingTable) -> None:
+    rows = table.to_numpy()
+    base = np.array([0, 9, 1, 9, 2, 9, 3, 9, 4, 9, 5, 9], np.int64)
+    idx = base[::2]  # [0, 1, 2, 3, 4, 5], not contiguous
+    assert not idx.flags.c_contiguous
+    offs = np.array([0, 7, 2, 7, 2, 7], np.int64)[::2]
+    lens = np.array([2, 0, 0, 0, 4, 0], np.int32)[::2]
+    w = np.arange(12, dtype=np.float32)[::2]
+    expected = pool_reference(rows, idx, offsets=offs, weights=w)
+    np.testing.assert_allclose(table.lookup(idx, offsets=offs, weights=w), expected, rtol=1e-5)
+    np.testing.assert_allclose(table.lookup(idx, lengths=lens, weights=w), expected, rtol=1e-5)
+    two_d = np.asfortranarray(np.array([[0, 1, 2], [3, 4, 5]]))
+    assert not two_d.flags.c_contiguous
+    np.testing.assert_allclose(table.lookup(two_d, mode="mean"),
+                               pool_reference(rows, np.ascontiguousarray(two_d), mode="mean"),
+                               rtol=1e-6)
+    np.testing.assert_allclose(table.lookup(two_d.T.T[:, ::-1], mode="max"),
+                               pool_reference(rows, two_d[:, ::-1], mode="max"), rtol=1e-6)
+    # int32 indices with float64 weights, read-only arrays
+    ro = np.array([1, 2, 3], np.int32)
+    ro.flags.writeable = False
+    out = table.lookup(ro, lengths=np.array([3]), weights=np.array([0.5, 0.25, 2.0]))
+    np.testing.assert_allclose(out, pool_reference(rows, [1, 2, 3], lengths=[3],
+                                                   weights=[0.5, 0.25, 2.0]), rtol=1e-5)
+
+
+def test_errors_leave_the_table_usable(table: EmbeddingTable) -> None:
+    good = table.lookup(np.array([1, 2]), offsets=np.array([0]))
+    for _ in range(3):
+        with pytest.raises(IndexError):
+            table.lookup(np.array([1, 200]), offsets=np.array([0]))
+        with pytest.raises(ValueError):
+            table.lookup(np.array([1, 2]), offsets=np.array([1]))
+    np.testing.assert_array_equal(table.lookup(np.array([1, 2]), offsets=np.array([0])), good)
+
+
+def test_collection_type_errors() -> None:
+    coll = EmbeddingCollection([np.ones((3, 2), np.float32)])
+    with pytest.raises(TypeError):
+        coll.lookup([np.array([0.0])], offsets=[np.array([0])])
+    with pytest.raises(IndexError):
+        coll.lookup([np.array([-1])], offsets=[np.array([0])])
