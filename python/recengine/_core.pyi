@@ -27,7 +27,7 @@ class Table:
         """Rows uniform in [-1, 1), encoded as ``dtype``; the same seed gives the same table."""
     @staticmethod
     def mmap(path: str, offset: int, num_rows: int, dim: int, dtype: str) -> Table:
-        """Map ``num_rows`` rows of ``dtype`` read-only from ``path`` starting at byte ``offset``."""
+        """Map ``num_rows`` rows of ``dtype`` read-only from ``path`` from byte ``offset`` on."""
     @staticmethod
     def load_safetensors(path: str, name: Optional[str]) -> Table:
         """Map one tensor of a safetensors file (the only one when ``name`` is None)."""

@@ -205,9 +205,9 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
         })
     };
     match result {
-        Err(Error::IndexOutOfRange(_)) => {
+        Err(e @ Error::IndexOutOfRange(_)) => {
             // Threads may have met different bad indices; report the first one.
-            Err(jobs.iter().find_map(Job::first_bad_index).expect("a bad index was seen"))
+            Err(jobs.iter().find_map(Job::first_bad_index).unwrap_or(e))
         }
         other => other,
     }
