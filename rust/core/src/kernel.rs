@@ -3,7 +3,7 @@
 //! The SIMD kernel keeps a bag's whole output block in vector registers (up to `MAX_NV`
 //! vectors, one const-generic instantiation per block size), decodes each stored format on the
 //! fly (quantized rows fold their scale into the FMA weight and sum their biases apart),
-//! prefetches the rows `PREFETCH` lookups ahead, checks each index with one unsigned compare,
+//! prefetches rows a few lookups ahead (`prefetch_distance`), checks each index with one unsigned compare,
 //! and allocates nothing. Rows wider than one block are pooled block by block. A scalar kernel
 //! covers CPUs without AVX2.
 
@@ -125,6 +125,23 @@ unsafe impl Send for Out {}
 // SAFETY: see `Send`; shared `Out`s are only used to write disjoint cells.
 unsafe impl Sync for Out {}
 
+/// How many lookups ahead the kernels prefetch rows: `RECENGINE_PREFETCH_DISTANCE` when set
+/// (a tuning knob, 0 to 64), else 16, as FBGEMM's kernels do.
+pub fn prefetch_distance() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DISTANCE: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let d = DISTANCE.load(Ordering::Relaxed);
+    if d != usize::MAX {
+        return d;
+    }
+    let d = std::env::var("RECENGINE_PREFETCH_DISTANCE")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(16, |d| d.min(64));
+    DISTANCE.store(d, Ordering::Relaxed);
+    d
+}
+
 /// Pool `bags` of `job` into `out` with the kernels of `level`.
 ///
 /// # Safety
@@ -199,6 +216,9 @@ unsafe fn pool_scalar<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) 
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::Prefetch;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     use std::ops::Range;
@@ -208,8 +228,11 @@ mod x86 {
     use crate::error::Result;
     use crate::simd::{Avx2, Avx512, Simd};
 
-    /// Lookups ahead whose rows are prefetched.
-    const PREFETCH: usize = 16;
+    /// Lookups ahead whose rows are prefetched (see [`super::prefetch_distance`]).
+    #[inline(always)]
+    fn prefetch_distance() -> usize {
+        super::prefetch_distance()
+    }
 
     /// A storage format as the SIMD kernel reads it.
     trait Format {
@@ -218,6 +241,8 @@ mod x86 {
         fn byte_offset(col: usize) -> usize;
         /// Load the valid lanes of the values at `p`.
         unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V;
+        /// Load a full vector of values at `p`.
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V;
         /// The row's scale and bias (quantized formats only).
         unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32);
     }
@@ -240,6 +265,11 @@ mod x86 {
             unsafe { S::load_f32(p, t) }
         }
         #[inline(always)]
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::full_f32(p) }
+        }
+        #[inline(always)]
         unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
             (1.0, 0.0)
         }
@@ -255,6 +285,11 @@ mod x86 {
         unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
             // SAFETY: forwarded caller contract.
             unsafe { S::load_f16(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::full_f16(p) }
         }
         #[inline(always)]
         unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
@@ -274,6 +309,11 @@ mod x86 {
             unsafe { S::load_bf16(p, t) }
         }
         #[inline(always)]
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::full_bf16(p) }
+        }
+        #[inline(always)]
         unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
             (1.0, 0.0)
         }
@@ -289,6 +329,11 @@ mod x86 {
         unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
             // SAFETY: forwarded caller contract.
             unsafe { S::load_u8(p, t) }
+        }
+        #[inline(always)]
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::full_u8(p) }
         }
         #[inline(always)]
         unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
@@ -312,6 +357,11 @@ mod x86 {
             unsafe { S::load_u4(p, t) }
         }
         #[inline(always)]
+        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+            // SAFETY: forwarded caller contract.
+            unsafe { S::full_u4(p) }
+        }
+        #[inline(always)]
         unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
             // SAFETY: an int4 row has its f16 scale and bias at bytes ceil(dim/2)..+4.
             unsafe {
@@ -321,17 +371,55 @@ mod x86 {
         }
     }
 
-    /// Bring the bytes `[from, to)` of row `r` towards L1 (`r` is clamped into the table; a
-    /// prefetch never faults, and the address is only computed, not dereferenced).
+    /// Which lines of a row's byte range `[from, to)` to prefetch, fixed for a whole call so
+    /// that the prefetch loop's trip count never varies (a count that depends on each random
+    /// row's alignment mispredicts on rows that are not a multiple of 64 bytes).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Prefetch {
+        from: usize,
+        /// Lines at `from + 64 k` for `k < lines`.
+        lines: usize,
+        /// The range's last byte, when rows may straddle one line more than `lines` covers.
+        last: Option<usize>,
+    }
+
+    impl Prefetch {
+        pub(crate) fn new(base: *const u8, row_bytes: usize, from: usize, to: usize) -> Prefetch {
+            let len = to - from;
+            let aligned = (base as usize + from).is_multiple_of(64) && row_bytes.is_multiple_of(64);
+            let lines = len.div_ceil(64);
+            let last = (!aligned && len > 0).then(|| to - 1);
+            Prefetch { from, lines, last }
+        }
+
+        /// Bring row `r` (clamped into the table by the caller) towards L1. A prefetch never
+        /// faults, and the addresses are only computed, never dereferenced.
+        #[inline(always)]
+        pub(crate) fn row(&self, base: *const u8, row_bytes: usize, r: usize) {
+            let row = base.wrapping_add(r * row_bytes);
+            for k in 0..self.lines {
+                // SAFETY: prefetch is a hint; it does not fault on any address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(self.from + 64 * k).cast()) };
+            }
+            if let Some(last) = self.last {
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last).cast()) };
+            }
+        }
+    }
+
+    /// Vector `v` of a block: a full load when the block fills all its vectors (`FULL`), else
+    /// a load of the tail's lanes.
     #[inline(always)]
-    fn prefetch_row(base: *const u8, row_bytes: usize, r: usize, from: usize, to: usize) {
-        let start = base.wrapping_add(r * row_bytes + from);
-        let mut line = (start as usize) & !63;
-        let end = start as usize + (to - from);
-        while line < end {
-            // SAFETY: prefetch is a hint; it does not fault on any address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
-            line += 64;
+    unsafe fn load<S: Simd, F: Format, const FULL: bool>(block: *const u8, v: usize, t: S::Tail) -> S::V {
+        let p = block.wrapping_add(F::byte_offset(v * S::LANES));
+        // SAFETY: the caller's block holds `NV * LANES` values when `FULL`, else `t` lanes here.
+        unsafe {
+            if FULL {
+                F::full::<S>(p)
+            } else {
+                F::load::<S>(p, t)
+            }
         }
     }
 
@@ -341,7 +429,7 @@ mod x86 {
     // constant they unroll and the arrays live in registers.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn pool_block<S: Simd, F: Format, I: Index, const NV: usize, const MAX: bool>(
+    unsafe fn pool_block<S: Simd, F: Format, I: Index, const NV: usize, const MAX: bool, const FULL: bool>(
         job: &Job<'_, I>,
         bags: Range<usize>,
         col0: usize,
@@ -364,12 +452,13 @@ mod x86 {
             let rb = job.row_bytes();
             let base = job.data.as_ptr();
             let first_byte = F::byte_offset(col0);
-            let prefetch_end = (F::byte_offset(col0 + ncols) + 8).min(rb);
+            let prefetch = Prefetch::new(base, rb, first_byte, (F::byte_offset(col0 + ncols) + 8).min(rb));
             let nrows = job.num_rows as u64;
             let last_row = job.num_rows.saturating_sub(1);
             let pad = job.padding.unwrap_or(u64::MAX);
             let idx = job.indices.as_ptr();
             let n = job.indices.len();
+            let ahead_by = prefetch_distance();
             let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };
             for b in bags {
                 let (s, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
@@ -377,9 +466,9 @@ mod x86 {
                 let mut bias_sum = 0f32;
                 let mut count = 0u32;
                 for j in s..e {
-                    if j + PREFETCH < n {
-                        let ahead = ((*idx.add(j + PREFETCH)).to_u64() as usize).min(last_row);
-                        prefetch_row(base, rb, ahead, first_byte, prefetch_end);
+                    if j + ahead_by < n {
+                        let ahead = ((*idx.add(j + ahead_by)).to_u64() as usize).min(last_row);
+                        prefetch.row(base, rb, ahead);
                     }
                     let r = (*idx.add(j)).to_u64();
                     if r >= nrows {
@@ -395,7 +484,7 @@ mod x86 {
                         let (sc, bi) = F::scale_bias::<S>(row, dim);
                         let (sv, bv) = (S::splat(sc), S::splat(bi));
                         for v in 0..NV {
-                            let x = F::load::<S>(block.wrapping_add(F::byte_offset(v * S::LANES)), tails[v]);
+                            let x = load::<S, F, FULL>(block, v, tails[v]);
                             let x = if F::QUANT { S::fmadd(x, sv, bv) } else { x };
                             acc[v] = S::max(acc[v], x);
                         }
@@ -411,7 +500,7 @@ mod x86 {
                         }
                         let wv = S::splat(w);
                         for v in 0..NV {
-                            let x = F::load::<S>(block.wrapping_add(F::byte_offset(v * S::LANES)), tails[v]);
+                            let x = load::<S, F, FULL>(block, v, tails[v]);
                             acc[v] = S::fmadd(x, wv, acc[v]);
                         }
                     }
@@ -464,10 +553,11 @@ mod x86 {
                 ($nv:literal) => {
                     // SAFETY: forwarded caller contract.
                     unsafe {
-                        if is_max {
-                            pool_block::<S, F, I, $nv, true>(job, b, col0, ncols, out)
-                        } else {
-                            pool_block::<S, F, I, $nv, false>(job, b, col0, ncols, out)
+                        match (is_max, ncols == $nv * S::LANES) {
+                            (true, true) => pool_block::<S, F, I, $nv, true, true>(job, b, col0, ncols, out),
+                            (true, false) => pool_block::<S, F, I, $nv, true, false>(job, b, col0, ncols, out),
+                            (false, true) => pool_block::<S, F, I, $nv, false, true>(job, b, col0, ncols, out),
+                            (false, false) => pool_block::<S, F, I, $nv, false, false>(job, b, col0, ncols, out),
                         }
                     }
                 };

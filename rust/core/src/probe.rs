@@ -9,46 +9,33 @@ use crate::kernel::Index;
 use crate::lookup::{TableView, SERIAL_WORK_BYTES};
 use crate::parallel;
 
-/// Lookups ahead whose rows are prefetched (as the kernels do).
-const PREFETCH: usize = 16;
 
 /// Rows copied into a small ring buffer that stays in L1.
 const RING_ROWS: usize = 16;
 
 /// Gather the rows named by `indices` (clamped into the table) into a small L1-resident ring
-/// with `memcpy`, prefetching rows ahead as the kernels do. This is the least work that reads
+/// with `memcpy`, prefetching rows as far ahead as the kernels do. This is the least work that reads
 /// every byte of every row; returns a checksum so the copies cannot be elided.
 fn gather<I: Index>(t: &TableView<'_>, indices: &[I], ring: &mut [u8]) -> u64 {
     let rb = t.dtype.row_bytes(t.dim);
     let data = t.data;
     let last = t.num_rows.saturating_sub(1);
+    #[cfg(target_arch = "x86_64")]
+    let pf = crate::kernel::Prefetch::new(data.as_ptr(), rb, 0, rb);
+    let distance = crate::kernel::prefetch_distance();
     for (j, i) in indices.iter().enumerate() {
-        if let Some(ahead) = indices.get(j + PREFETCH) {
+        if let Some(ahead) = indices.get(j + distance) {
             let r = (ahead.to_u64() as usize).min(last);
-            prefetch(data, r * rb, rb);
+            #[cfg(target_arch = "x86_64")]
+            pf.row(data.as_ptr(), rb, r);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = r;
         }
         let start = (i.to_u64() as usize).min(last) * rb;
         let slot = (j % RING_ROWS) * rb;
         ring[slot..slot + rb].copy_from_slice(&data[start..start + rb]);
     }
     ring.iter().step_by(61).fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)))
-}
-
-#[inline(always)]
-fn prefetch(data: &[u8], start: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = data.as_ptr().wrapping_add(start) as usize;
-        let mut line = p & !63;
-        while line < p + len {
-            // SAFETY: prefetch is a hint; it does not fault on any address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
-            line += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, start, len);
 }
 
 /// Best wall time (seconds) over `repeats` passes of a multithreaded gather of `indices`,

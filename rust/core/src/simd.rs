@@ -122,6 +122,12 @@ pub(crate) trait Simd {
     unsafe fn load_u8(p: *const u8, t: Self::Tail) -> Self::V;
     /// Values packed two to a byte (even column low nibble), starting at an even column.
     unsafe fn load_u4(p: *const u8, t: Self::Tail) -> Self::V;
+    /// Full-width loads (every lane valid), which can fold into the converting instruction.
+    unsafe fn full_f32(p: *const u8) -> Self::V;
+    unsafe fn full_f16(p: *const u8) -> Self::V;
+    unsafe fn full_bf16(p: *const u8) -> Self::V;
+    unsafe fn full_u8(p: *const u8) -> Self::V;
+    unsafe fn full_u4(p: *const u8) -> Self::V;
     /// Store the valid lanes of `v` at `p`.
     unsafe fn store(p: *mut f32, v: Self::V, t: Self::Tail);
     /// One f16 value to f32.
@@ -252,6 +258,31 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn full_f32(p: *const u8) -> __m256 {
+            // SAFETY: 8 values are readable at `p` (caller contract).
+            unsafe { _mm256_loadu_ps(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn full_f16(p: *const u8) -> __m256 {
+            // SAFETY: as for `full_f32`.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn full_bf16(p: *const u8) -> __m256 {
+            // SAFETY: as for `full_f32`.
+            unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+        }
+        #[inline(always)]
+        unsafe fn full_u8(p: *const u8) -> __m256 {
+            // SAFETY: as for `full_f32`.
+            unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))) }
+        }
+        #[inline(always)]
+        unsafe fn full_u4(p: *const u8) -> __m256 {
+            // SAFETY: as for `full_f32` (4 bytes hold the 8 values).
+            unsafe { Self::load_u4(p, 8) }
+        }
+        #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256, n: usize) {
             // SAFETY: `n` floats are writable at `p` (caller contract).
             unsafe {
@@ -344,6 +375,36 @@ mod x86 {
                 let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), nib);
                 let v = _mm_unpacklo_epi8(lo, hi);
                 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+            }
+        }
+        // SAFETY (full loads below): all 16 values are readable at `p` (caller contract).
+        #[inline(always)]
+        unsafe fn full_f32(p: *const u8) -> __m512 {
+            unsafe { _mm512_loadu_ps(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn full_f16(p: *const u8) -> __m512 {
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn full_bf16(p: *const u8) -> __m512 {
+            unsafe {
+                let x = _mm256_loadu_si256(p.cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(x)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn full_u8(p: *const u8) -> __m512 {
+            unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))) }
+        }
+        #[inline(always)]
+        unsafe fn full_u4(p: *const u8) -> __m512 {
+            unsafe {
+                let x = _mm_loadl_epi64(p.cast());
+                let nib = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(x, nib);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), nib);
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)))
             }
         }
         #[inline(always)]

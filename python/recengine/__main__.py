@@ -1,0 +1,8 @@
+"""``python -m recengine``: the command line (see :mod:`recengine.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

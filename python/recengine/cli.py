@@ -1,0 +1,573 @@
+"""The ``recengine`` command line.
+
+``recengine bench`` measures pooling for the DeepRecInfra models against torch and numpy on
+this machine and prints a table and the target metrics; ``recengine info`` shows the build.
+
+Example::
+
+    $ recengine bench --models rmc1,wnd --batches 64,1024 --dtypes fp32
+    $ recengine bench --quick --json > rows.json
+    $ python -m recengine info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["main"]
+
+_QUICK = {  # a smoke run: one tiny model, two small batches, a few calls per measurement
+    "models": ["rmc1"],
+    "batches": [1, 16],
+    "table_mb": 2.0,
+    "repeats": 3,
+    "rounds": 1,
+    "budget": 0.02,
+    "evict_mb": 4.0,
+    "fresh_mb": 0.5,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _comma_list(kind: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty {name} list")
+        try:
+            return [kind(t) for t in items]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad {name} list {text!r}: {exc}") from None
+    return parse
+
+
+def _model(text: str) -> str:
+    from .shapes import resolve_model
+    return resolve_model(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{text} is not a positive number")
+    return value
+
+
+def _arg_positive_int(text: str) -> int:
+    try:
+        return _positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _arg_positive_float(text: str) -> float:
+    try:
+        return _positive_float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dtype(text: str) -> str:
+    from .bench import BENCH_DTYPES
+    if text.lower() not in BENCH_DTYPES:
+        raise ValueError(f"{text!r} is not one of {', '.join(BENCH_DTYPES)}")
+    return text.lower()
+
+
+def _impl(text: str) -> str:
+    from .bench import IMPLEMENTATIONS
+    if text.lower() not in IMPLEMENTATIONS:
+        raise ValueError(f"{text!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    return text.lower()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recengine",
+        description="recengine: Rust-accelerated embedding pooling for recommendation models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time pooling for the DeepRecInfra models against torch and numpy",
+        description=(
+            "Time each model's embedding stage (all tables, fixed pooling, uniform random "
+            "indices) with recengine, torch and numpy side by side on the same tables, "
+            "indices and thread count, check that the outputs agree, and compare with a plain "
+            "gather of the same rows (the probe). Tables are scaled to --table-mb per model "
+            "unless --scale is given."),
+    )
+    bench.add_argument("--models", type=_comma_list(_model, "model"), default=None,
+                       help="comma list of models (default: all eight: rmc1,rmc2,rmc3,wnd,"
+                            "mtwnd,ncf,din,dien)")
+    bench.add_argument("--batches", type=_comma_list(_positive_int, "batch"), default=None,
+                       help="comma list of batch sizes (default: 1,16,64,256,1024)")
+    bench.add_argument("--dtypes", type=_comma_list(_dtype, "dtype"), default=None,
+                       help="comma list of table dtypes: fp32, int8 (default: both)")
+    bench.add_argument("--impls", type=_comma_list(_impl, "implementation"), default=None,
+                       help="comma list of implementations to time (default: "
+                            "recengine,torch,numpy)")
+    bench.add_argument("--scale", type=_arg_positive_float, default=None,
+                       help="row-count factor applied to every model's tables (1 = the paper's "
+                            "full size, e.g. 4M rows per RMC1 table); overrides --table-mb")
+    bench.add_argument("--table-mb", type=_arg_positive_float, default=None,
+                       help="scale each model's fp32 tables to about this many MiB, never above "
+                            "full size (default: 256, well above a 32 MB L3)")
+    bench.add_argument("--min-rows", type=_arg_positive_int, default=1024,
+                       help="fewest rows a scaled table keeps (default: 1024)")
+    bench.add_argument("--threads", type=_arg_positive_int, default=None,
+                       help="threads for recengine and torch alike (default: all cores)")
+    bench.add_argument("--repeats", type=_arg_positive_int, default=None,
+                       help="most timed calls per implementation and case; the median is "
+                            "reported (default: 20)")
+    bench.add_argument("--budget", type=_arg_positive_float, default=None, metavar="SECONDS",
+                       help="time budget per implementation and case; stops early after "
+                            "it (default: 0.3)")
+    bench.add_argument("--warmup", type=int, default=1,
+                       help="untimed calls before the first round (default: 1)")
+    bench.add_argument("--rounds", type=_arg_positive_int, default=None,
+                       help="time the implementations in turn this many times, splitting "
+                            "--repeats and --budget between rounds (default: 3)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of tables and indices")
+    bench.add_argument("--no-probe", action="store_true",
+                       help="skip the gather roofline (probe) measurement")
+    bench.add_argument("--per-table", action="store_true",
+                       help="also time every table alone (recengine vs torch); in the JSON as "
+                            "tables_detail, and printed")
+    bench.add_argument("--quick", action="store_true",
+                       help="a tiny smoke run: rmc1 at 2 MiB, batches 1 and 16, 3 calls each "
+                            "(explicit options still apply)")
+    bench.add_argument("--json", action="store_true",
+                       help="print only a JSON list of row objects to stdout (progress and "
+                            "messages go to stderr)")
+    bench.add_argument("--out", metavar="FILE", default=None,
+                       help="also write the results as JSON: {rows, summary, config, machine}")
+    bench.add_argument("--plot", metavar="FILE.png", default=None,
+                       help="save a chart of the speed ratio vs torch per model and batch "
+                            "(needs matplotlib)")
+    bench.set_defaults(func=_cmd_bench)
+
+    info = sub.add_parser("info", help="show how this build of recengine was made")
+    info.add_argument("--json", action="store_true", help="print the build info as JSON")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``recengine`` command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"recengine {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------------------------
+# output helpers
+
+
+def _rich() -> Any:
+    """The rich package, or None."""
+    try:
+        import rich
+        import rich.console
+        import rich.progress
+        import rich.table
+    except ImportError:
+        return None
+    return rich
+
+
+def _fmt_rate(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v / 1e6:,.1f}"
+
+
+def _fmt_ratio(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _fmt_pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def _fmt_num(v: Optional[float], digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _fmt_bool(v: Optional[bool]) -> str:
+    return "-" if v is None else ("yes" if v else "NO")
+
+
+_COLUMNS = [  # header, row key, formatter
+    ("model", "model", str),
+    ("batch", "batch", str),
+    ("dtype", "dtype", str),
+    ("lookups", "lookups", lambda v: f"{v:,}"),
+    ("recengine", "recengine_lookups_per_s", _fmt_rate),
+    ("torch", "torch_lookups_per_s", _fmt_rate),
+    ("numpy", "numpy_lookups_per_s", _fmt_rate),
+    ("vs torch", "ratio_vs_torch", _fmt_ratio),
+    ("vs numpy", "ratio_vs_numpy", _fmt_ratio),
+    ("GB/s", "recengine_gb_per_s", _fmt_num),
+    ("of probe", "probe_fraction", _fmt_pct),
+    ("ok", "correct", _fmt_bool),
+]
+
+
+def _summary_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    def spread(s: dict[str, Any], fmt: Callable[[Optional[float]], str]) -> str:
+        if not s or not s.get("n"):
+            return "-"
+        return (f"geomean {fmt(s['geomean'])}, min {fmt(s['min'])} ({s['min_at']}), "
+                f"max {fmt(s['max'])}, n={s['n']}")
+
+    lines = [
+        ("fp32 vs torch, batch >= 64", spread(summary["ratio_vs_torch_large_batch"],
+                                               _fmt_ratio)),
+        ("fp32 vs torch, batch <= 16", spread(summary["ratio_vs_torch_small_batch"],
+                                               _fmt_ratio)),
+        ("int8 vs torch (int8 op)", spread(summary["ratio_vs_torch_int8"], _fmt_ratio)),
+        ("recengine int8 / fp32 lookups/s", spread(summary["int8_over_fp32"], _fmt_ratio)),
+    ]
+    for dtype, s in summary["probe_fraction_batch_1024"].items():
+        lines.append((f"{dtype} fraction of probe, batch 1024", spread(s, _fmt_pct)))
+    slow = summary["slower_than_torch"]
+    lines.append(("slower than torch", "none" if not slow else "; ".join(
+        f"{s['model']}/{s['dtype']}/b{s['batch']} {s['ratio_vs_torch']:.2f}x" for s in slow)))
+    ok = summary["all_correct"]
+    lines.append(("outputs agree", "-" if ok is None else (
+        "yes, every case" if ok else "NO: " + ", ".join(summary["incorrect"]))))
+    return lines
+
+
+def _print_plain(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out: Any) -> None:
+    cells = [[h for h, _, _ in _COLUMNS]]
+    cells += [["-" if r.get(k) is None else fmt(r[k]) for _, k, fmt in _COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(_COLUMNS))]
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)), file=out)
+    print(file=out)
+    for name, value in _summary_lines(summary):
+        print(f"{name}: {value}", file=out)
+
+
+def _print_rich(rich: Any, console: Any, rows: Sequence[dict[str, Any]],
+                summary: dict[str, Any], title: str) -> None:
+    table = rich.table.Table(title=title, title_justify="left")
+    for i, (header, _, _) in enumerate(_COLUMNS):
+        table.add_column(header, justify="left" if i in (0, 2) else "right")
+    previous = None
+    for r in rows:
+        if previous is not None and (r["model"], r["dtype"]) != previous:
+            table.add_section()
+        previous = (r["model"], r["dtype"])
+        cells = []
+        for _, key, fmt in _COLUMNS:
+            v = r.get(key)
+            text = fmt(v) if v is not None else "-"
+            if key == "ratio_vs_torch" and v is not None:
+                text = f"[{'green' if v >= 1 else 'bold red'}]{text}[/]"
+            if key == "correct" and v is False:
+                text = f"[bold red]{text}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    console.print(table)
+    st = rich.table.Table(title="targets", title_justify="left", show_header=False)
+    st.add_column("metric", style="bold")
+    st.add_column("value")
+    for name, value in _summary_lines(summary):
+        st.add_row(name, value)
+    console.print(st)
+
+
+def _wide_console(rich: Any) -> Any:
+    """A stdout console; when stdout is not a terminal, wide enough for the results table."""
+    console = rich.console.Console()
+    if not console.is_terminal:
+        console = rich.console.Console(width=max(console.width, 132))
+    return console
+
+
+def _print_per_table(rows: Sequence[dict[str, Any]], write: Callable[[str], None]) -> None:
+    """One line per (row, table shape): tables of the same shape are shown together."""
+    from .bench import _geomean
+
+    for r in rows:
+        groups: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
+        for d in r.get("tables_detail") or ():
+            groups.setdefault((d["num_rows"], d["dim"], d["lookups"]), []).append(d)
+        for (num_rows, dim, lookups), ds in groups.items():
+            rec = _geomean([d["recengine_lookups_per_s"] for d in ds])
+            tor = _geomean([d["torch_lookups_per_s"] for d in ds if d["torch_lookups_per_s"]])
+            ratio = _geomean([d["ratio_vs_torch"] for d in ds if d["ratio_vs_torch"]])
+            write(f"  {r['model']}/{r['dtype']}/b{r['batch']} table alone: {len(ds)} x "
+                  f"{num_rows:,} rows x {dim}, {lookups:,} lookups: recengine {_fmt_rate(rec)}"
+                  f", torch {_fmt_rate(tor)} M lookups/s, {_fmt_ratio(ratio)}")
+
+
+def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dtypes = [d for d in ("fp32", "int8") if any(r["dtype"] == d for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(6.0, 1.3 * len(models) + 2),
+                                                      3.6 * len(dtypes)), squeeze=False)
+    width = 0.8 / max(len(batches), 1)
+    for ax, dtype in zip(axes[:, 0], dtypes):
+        lookup = {(r["model"], r["batch"]): r["ratio_vs_torch"] for r in rows
+                  if r["dtype"] == dtype}
+        for j, batch in enumerate(batches):
+            xs = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
+            ys = [lookup.get((m, batch)) or 0.0 for m in models]
+            ax.bar(xs, ys, width, label=f"batch {batch}")
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models)
+        ax.set_ylabel("recengine speed / torch speed")
+        ax.set_title(f"{dtype}: speedup over torch (> 1: recengine faster)")
+        if any(v for v in lookup.values()):
+            ax.set_yscale("log")
+        ax.legend(fontsize="small", ncol=min(len(batches), 5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _jsonable(obj: Any) -> Any:
+    """Make floats JSON-safe (inf/nan become None)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import recengine
+
+    from . import bench
+
+    quick = _QUICK if args.quick else {}
+    config = bench.BenchConfig(
+        models=args.models or quick.get("models") or bench.model_names(),
+        batches=args.batches or quick.get("batches") or bench.DEFAULT_BATCHES,
+        dtypes=args.dtypes or bench.DEFAULT_DTYPES,
+        scale=args.scale,
+        table_mb=args.table_mb or quick.get("table_mb") or bench.DEFAULT_TABLE_MB,
+        min_rows=args.min_rows,
+        threads=args.threads,
+        repeats=args.repeats or quick.get("repeats") or bench.BenchConfig.repeats,
+        budget_s=args.budget or quick.get("budget") or bench.BenchConfig.budget_s,
+        warmup=args.warmup,
+        rounds=args.rounds or quick.get("rounds") or bench.BenchConfig.rounds,
+        seed=args.seed,
+        impls=args.impls or bench.IMPLEMENTATIONS,
+        probe=not args.no_probe,
+        per_table=args.per_table,
+        evict_mb=quick.get("evict_mb", 64.0),
+        fresh_mb=quick.get("fresh_mb", 64.0),
+    )
+    rich = _rich()
+    err_console = rich.console.Console(stderr=True) if rich else None
+    out_console = _wide_console(rich) if rich and not args.json else None
+
+    def note(msg: str, style: Optional[str] = None) -> None:
+        if err_console is not None:
+            err_console.print(msg, style=style, markup=False, highlight=False)
+        else:
+            print(msg, file=sys.stderr)
+
+    if args.plot and not _matplotlib_available():
+        note(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib); the "
+             "benchmark runs without the chart.", style="yellow")
+
+    threads = config.threads or bench.default_threads()
+    busy_start = _cpus_busy()
+    if busy_start is not None and busy_start > 0.2:
+        note(f"warning: other processes keep {busy_start:.1f} of {os.cpu_count()} CPUs busy: "
+             "timings will be noisy (torch's OpenMP threads above all)", style="yellow")
+    info = recengine.build_info()
+    header = (f"recengine {info.get('version', recengine.__version__)} "
+              f"({info.get('profile', '?')}, simd {info.get('simd', '?')}), {threads} threads, "
+              f"{len(config.models)} models x {len(config.dtypes)} dtypes x "
+              f"{len(config.batches)} batches")
+    if not args.json:
+        note(header)
+    total = len(config.models) * len(config.dtypes) * len(config.batches)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        if rich is not None:
+            progress = rich.progress.Progress(
+                rich.progress.SpinnerColumn(),
+                rich.progress.TextColumn("{task.description}"),
+                rich.progress.BarColumn(),
+                rich.progress.MofNCompleteColumn(),
+                rich.progress.TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
+            with progress:
+                task = progress.add_task("starting", total=total)
+                for row in bench.iter_bench(
+                        config, status=lambda m: progress.update(task, description=m)):
+                    rows.append(row)
+                    progress.advance(task)
+        else:
+            for row in bench.iter_bench(config, status=lambda m: print(m, file=sys.stderr)):
+                rows.append(row)
+                print(f"  [{len(rows)}/{total}] {row['model']} {row['dtype']} "
+                      f"b{row['batch']}: ratio vs torch {_fmt_ratio(row['ratio_vs_torch'])}",
+                      file=sys.stderr)
+    for w in caught:
+        note(f"warning: {w.message}", style="yellow")
+    wall = time.perf_counter() - start
+    summary = bench.summarize(rows)
+    rows = _jsonable(rows)
+
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif rich is not None:
+        _print_rich(rich, out_console, rows, summary,
+                    title=f"embedding stage: million lookups/s (median per call), "
+                          f"{threads} threads")
+        _print_per_table(rows, lambda s: out_console.print(s, highlight=False))
+    else:
+        _print_plain(rows, summary, sys.stdout)
+        _print_per_table(rows, print)
+    note(f"numpy column: {bench.NUMPY_METHOD}")
+    note(f"wall time {wall:.1f} s")
+
+    if args.out:
+        doc = {
+            "rows": rows,
+            "summary": _jsonable(summary),
+            "config": bench.config_dict(config),
+            "machine": {
+                "build_info": dict(info),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "threads": threads,
+                "cpus_busy_start": busy_start,
+                "cpus_busy_end": _cpus_busy(),
+                "loadavg_end": _loadavg(),
+                "numpy": _version("numpy"),
+                "torch": _version("torch"),
+            },
+            "numpy_method": bench.NUMPY_METHOD,
+            "wall_s": wall,
+        }
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(_jsonable(doc), f, indent=1, default=str)
+        note(f"wrote {args.out}")
+    if args.plot and _matplotlib_available():
+        _plot(rows, args.plot)
+        note(f"wrote {args.plot}")
+    return 0
+
+
+def _cpus_busy(seconds: float = 0.3) -> Optional[float]:
+    """How many CPUs' worth of time the machine spent busy over ``seconds`` while this process
+    slept (Linux ``/proc/stat``), i.e. what other processes use; None where unknown."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / (total1 - total0)
+
+
+def _loadavg() -> Optional[float]:
+    """The 1-minute load average, where the OS reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _version(module: str) -> Optional[str]:
+    mod = sys.modules.get(module)
+    return getattr(mod, "__version__", None) if mod is not None else None
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import recengine
+
+    info = recengine.build_info()
+    if args.json:
+        print(json.dumps(_jsonable(info), indent=1, default=str))
+        return 0
+    rich = _rich()
+    if rich is not None:
+        table = rich.table.Table(title=f"recengine {recengine.__version__}", show_header=False,
+                                 title_justify="left")
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for key, value in info.items():
+            table.add_row(str(key), str(value))
+        rich.console.Console().print(table)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
