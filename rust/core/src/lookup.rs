@@ -196,7 +196,7 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
             unsafe { pool_range(level, job, 0..batch, o) }
         })
     } else {
-        let items = split(jobs, total, threads * ITEMS_PER_THREAD);
+        let items = split(jobs, total, threads * ITEMS_PER_THREAD, threads);
         parallel::for_each_index(items.len(), &|k| {
             let (t, bags) = &items[k];
             // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
@@ -213,14 +213,21 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
     }
 }
 
-/// Cut each job's bags into ranges of about `total / pieces` work each.
-fn split<I: Index>(jobs: &[Job<'_, I>], total: usize, pieces: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+/// Cut each job's bags into ranges of about `total / pieces` work each, and each job into at
+/// least `threads` ranges: items are claimed in order, so the threads then pool one table
+/// together and share its rows in cache, rather than each pulling a different table through.
+fn split<I: Index>(
+    jobs: &[Job<'_, I>],
+    total: usize,
+    pieces: usize,
+    threads: usize,
+) -> Vec<(usize, std::ops::Range<usize>)> {
     let target = total.div_ceil(pieces).max(1);
     let mut items = Vec::with_capacity(pieces + jobs.len());
     for (t, job) in jobs.iter().enumerate() {
         let batch = job.num_bags();
         let job_work = work(job, 0..batch);
-        let n = job_work.div_ceil(target).clamp(1, batch.max(1));
+        let n = job_work.div_ceil(target).max(threads).clamp(1, batch.max(1));
         let per_bag = 4 * job.dim + 64;
         let rb = job.row_bytes();
         // Work before bag b, a non-decreasing function of b.
