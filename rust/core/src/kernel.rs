@@ -392,18 +392,40 @@ mod x86 {
             Prefetch { from, lines, last }
         }
 
-        /// Bring row `r` (clamped into the table by the caller) towards L1. A prefetch never
-        /// faults, and the addresses are only computed, never dereferenced.
+        /// Bring row `r` towards L1. `r` may be any value, even an index that the kernel will
+        /// reject: a prefetch is a hint that never faults, and the address is computed with
+        /// wrapping arithmetic and never dereferenced.
         #[inline(always)]
         pub(crate) fn row(&self, base: *const u8, row_bytes: usize, r: usize) {
-            let row = base.wrapping_add(r * row_bytes);
-            for k in 0..self.lines {
+            let row = base.wrapping_add(r.wrapping_mul(row_bytes)).wrapping_add(self.from);
+            let line = |k: usize| {
                 // SAFETY: prefetch is a hint; it does not fault on any address.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(self.from + 64 * k).cast()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * k).cast()) };
+            };
+            // Straight-line code for the common counts (the count is the same for every row
+            // of a call, so this branch is always predicted).
+            match self.lines {
+                1 => line(0),
+                2 => {
+                    line(0);
+                    line(1);
+                }
+                3 => {
+                    line(0);
+                    line(1);
+                    line(2);
+                }
+                4 => {
+                    line(0);
+                    line(1);
+                    line(2);
+                    line(3);
+                }
+                n => (0..n).for_each(line),
             }
             if let Some(last) = self.last {
                 // SAFETY: as above.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last).cast()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last - self.from).cast()) };
             }
         }
     }
@@ -454,30 +476,31 @@ mod x86 {
             let first_byte = F::byte_offset(col0);
             let prefetch = Prefetch::new(base, rb, first_byte, (F::byte_offset(col0 + ncols) + 8).min(rb));
             let nrows = job.num_rows as u64;
-            let last_row = job.num_rows.saturating_sub(1);
             let pad = job.padding.unwrap_or(u64::MAX);
             let idx = job.indices.as_ptr();
-            let n = job.indices.len();
+            // Lookups before this position have a lookup `ahead_by` further on to prefetch.
             let ahead_by = prefetch_distance();
+            let prefetch_until = job.indices.len().saturating_sub(ahead_by);
+            let idx_ahead = idx.wrapping_add(ahead_by);
             let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };
             for b in bags {
                 let (s, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
                 let mut acc = [init; NV];
                 let mut bias_sum = 0f32;
-                let mut count = 0u32;
+                // Padding is rare: count its hits, not the rows pooled.
+                let mut pad_hits = 0usize;
                 for j in s..e {
-                    if j + ahead_by < n {
-                        let ahead = ((*idx.add(j + ahead_by)).to_u64() as usize).min(last_row);
-                        prefetch.row(base, rb, ahead);
+                    if j < prefetch_until {
+                        prefetch.row(base, rb, (*idx_ahead.add(j)).to_u64() as usize);
                     }
                     let r = (*idx.add(j)).to_u64();
                     if r >= nrows {
                         return Err(job.index_error(j, b));
                     }
                     if r == pad {
+                        pad_hits += 1;
                         continue;
                     }
-                    count += 1;
                     let row = base.add(r as usize * rb);
                     let block = row.add(first_byte);
                     if MAX {
@@ -506,6 +529,7 @@ mod x86 {
                     }
                 }
                 let o = out.ptr.add(b * out.stride + col0);
+                let count = e - s - pad_hits;
                 if count == 0 {
                     for v in 0..NV {
                         S::store(o.wrapping_add(v * S::LANES), S::zero(), tails[v]);
