@@ -10,8 +10,10 @@ use crate::simd;
 /// Below this much work (bytes of rows read plus output written) a call runs on the calling
 /// thread: waking the pool costs more than it saves.
 pub const SERIAL_WORK_BYTES: usize = 96 * 1024;
-/// Work items per thread, so that rayon can even out the pieces.
+/// Work items per thread, so that threads that finish early can take more.
 const ITEMS_PER_THREAD: usize = 4;
+/// Least work worth a work item of its own.
+const MIN_ITEM_BYTES: usize = 32 * 1024;
 
 /// How the indices are grouped into bags.
 #[derive(Debug, Clone, Copy)]
@@ -196,8 +198,10 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
             unsafe { pool_range(level, job, 0..batch, o) }
         })
     } else {
-        let items = split(jobs, total, threads * ITEMS_PER_THREAD, threads);
-        parallel::for_each_index(items.len(), &|k| {
+        // A thread is worth waking for about SERIAL_WORK_BYTES of work.
+        let useful = total.div_ceil(SERIAL_WORK_BYTES).clamp(2, threads);
+        let items = split(jobs, total, useful * ITEMS_PER_THREAD, useful);
+        parallel::for_each_index(items.len(), useful, &|k| {
             let (t, bags) = &items[k];
             // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
             // which outlives this call; see `split`.
@@ -227,7 +231,9 @@ fn split<I: Index>(
     for (t, job) in jobs.iter().enumerate() {
         let batch = job.num_bags();
         let job_work = work(job, 0..batch);
-        let n = job_work.div_ceil(target).max(threads).clamp(1, batch.max(1));
+        // At least one range per thread, where each range keeps enough work to be worth it.
+        let for_threads = threads.min(job_work / MIN_ITEM_BYTES);
+        let n = job_work.div_ceil(target).max(for_threads).clamp(1, batch.max(1));
         let per_bag = 4 * job.dim + 64;
         let rb = job.row_bytes();
         // Work before bag b, a non-decreasing function of b.

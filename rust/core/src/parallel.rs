@@ -126,13 +126,14 @@ impl Shared {
     }
 }
 
-/// Run `task(0..n)` on the calling thread and the pool's threads, and return the first error.
+/// Run `task(0..n)` on the calling thread and up to `max_threads - 1` of the pool's threads,
+/// and return the first error.
 ///
 /// The calling thread starts on the items at once and the pool's threads join as they wake,
 /// each claiming items from a shared counter, so a small call never waits for a thread to
 /// wake: a thread that wakes after the items are gone finds nothing and touches nothing.
-pub fn for_each_index(n: usize, task: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
-    let threads = num_threads();
+pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
+    let threads = num_threads().min(max_threads);
     if threads <= 1 || n <= 1 {
         return (0..n).try_for_each(task);
     }

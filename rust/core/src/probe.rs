@@ -57,7 +57,7 @@ pub fn gather_probe<I: Index>(t: &TableView<'_>, indices: &[I], repeats: usize) 
         } else {
             let chunks: Vec<&[I]> = indices.chunks(chunk).collect();
             let sums: Vec<AtomicU64> = chunks.iter().map(|_| AtomicU64::new(0)).collect();
-            parallel::for_each_index(chunks.len(), &|k| {
+            parallel::for_each_index(chunks.len(), threads, &|k| {
                 sums[k].store(gather(t, chunks[k], &mut vec![0u8; RING_ROWS * rb]), Ordering::Relaxed);
                 Ok(())
             })?;
