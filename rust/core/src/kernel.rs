@@ -243,8 +243,11 @@ mod x86 {
         unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V;
         /// Load a full vector of values at `p`.
         unsafe fn full<S: Simd>(p: *const u8) -> S::V;
-        /// The row's scale and bias (quantized formats only).
-        unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32);
+        /// The row's scale and bias; `(1, 0)` for float formats.
+        #[inline(always)]
+        unsafe fn scale_bias<S: Simd>(_row: *const u8, _dim: usize) -> (f32, f32) {
+            (1.0, 0.0)
+        }
     }
 
     struct F32;
@@ -253,71 +256,32 @@ mod x86 {
     struct Q8;
     struct Q4;
 
-    impl Format for F32 {
-        const QUANT: bool = false;
-        #[inline(always)]
-        fn byte_offset(col: usize) -> usize {
-            4 * col
-        }
-        #[inline(always)]
-        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::load_f32(p, t) }
-        }
-        #[inline(always)]
-        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::full_f32(p) }
-        }
-        #[inline(always)]
-        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
-            (1.0, 0.0)
-        }
+    /// A float format: `$bytes` bytes a value, read by the given loads, no scale or bias.
+    macro_rules! float_format {
+        ($name:ident, $bytes:literal, $load:ident, $full:ident) => {
+            impl Format for $name {
+                const QUANT: bool = false;
+                #[inline(always)]
+                fn byte_offset(col: usize) -> usize {
+                    $bytes * col
+                }
+                #[inline(always)]
+                unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
+                    // SAFETY: forwarded caller contract.
+                    unsafe { S::$load(p, t) }
+                }
+                #[inline(always)]
+                unsafe fn full<S: Simd>(p: *const u8) -> S::V {
+                    // SAFETY: forwarded caller contract.
+                    unsafe { S::$full(p) }
+                }
+            }
+        };
     }
 
-    impl Format for F16 {
-        const QUANT: bool = false;
-        #[inline(always)]
-        fn byte_offset(col: usize) -> usize {
-            2 * col
-        }
-        #[inline(always)]
-        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::load_f16(p, t) }
-        }
-        #[inline(always)]
-        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::full_f16(p) }
-        }
-        #[inline(always)]
-        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
-            (1.0, 0.0)
-        }
-    }
-
-    impl Format for Bf16 {
-        const QUANT: bool = false;
-        #[inline(always)]
-        fn byte_offset(col: usize) -> usize {
-            2 * col
-        }
-        #[inline(always)]
-        unsafe fn load<S: Simd>(p: *const u8, t: S::Tail) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::load_bf16(p, t) }
-        }
-        #[inline(always)]
-        unsafe fn full<S: Simd>(p: *const u8) -> S::V {
-            // SAFETY: forwarded caller contract.
-            unsafe { S::full_bf16(p) }
-        }
-        #[inline(always)]
-        unsafe fn scale_bias<S: Simd>(_: *const u8, _: usize) -> (f32, f32) {
-            (1.0, 0.0)
-        }
-    }
+    float_format!(F32, 4, load_f32, full_f32);
+    float_format!(F16, 2, load_f16, full_f16);
+    float_format!(Bf16, 2, load_bf16, full_bf16);
 
     impl Format for Q8 {
         const QUANT: bool = true;
