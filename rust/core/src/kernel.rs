@@ -228,11 +228,6 @@ mod x86 {
     use crate::error::Result;
     use crate::simd::{Avx2, Avx512, Simd};
 
-    /// Lookups ahead whose rows are prefetched (see [`super::prefetch_distance`]).
-    #[inline(always)]
-    fn prefetch_distance() -> usize {
-        super::prefetch_distance()
-    }
 
     /// A storage format as the SIMD kernel reads it.
     trait Format {
@@ -343,7 +338,8 @@ mod x86 {
         from: usize,
         /// Lines at `from + 64 k` for `k < lines`.
         lines: usize,
-        /// The range's last byte, when rows may straddle one line more than `lines` covers.
+        /// The range's last byte (counted from `from`), when rows may straddle one line more
+        /// than `lines` covers.
         last: Option<usize>,
     }
 
@@ -352,7 +348,7 @@ mod x86 {
             let len = to - from;
             let aligned = (base as usize + from).is_multiple_of(64) && row_bytes.is_multiple_of(64);
             let lines = len.div_ceil(64);
-            let last = (!aligned && len > 0).then(|| to - 1);
+            let last = (!aligned && len > 0).then(|| len - 1);
             Prefetch { from, lines, last }
         }
 
@@ -389,7 +385,7 @@ mod x86 {
             }
             if let Some(last) = self.last {
                 // SAFETY: as above.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last - self.from).cast()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last).cast()) };
             }
         }
     }
@@ -443,7 +439,7 @@ mod x86 {
             let pad = job.padding.unwrap_or(u64::MAX);
             let idx = job.indices.as_ptr();
             // Lookups before this position have a lookup `ahead_by` further on to prefetch.
-            let ahead_by = prefetch_distance();
+            let ahead_by = super::prefetch_distance();
             let prefetch_until = job.indices.len().saturating_sub(ahead_by);
             let idx_ahead = idx.wrapping_add(ahead_by);
             let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };

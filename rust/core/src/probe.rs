@@ -1,35 +1,31 @@
 //! The roofline probe: how fast this machine gathers random rows, with no pooling at all.
 
-use std::time::Instant;
-
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::error::Result;
 use crate::kernel::Index;
 use crate::lookup::{TableView, SERIAL_WORK_BYTES};
 use crate::parallel;
 
-
 /// Rows copied into a small ring buffer that stays in L1.
 const RING_ROWS: usize = 16;
 
 /// Gather the rows named by `indices` (clamped into the table) into a small L1-resident ring
-/// with `memcpy`, prefetching rows as far ahead as the kernels do. This is the least work that reads
-/// every byte of every row; returns a checksum so the copies cannot be elided.
+/// with `memcpy`, prefetching rows as far ahead as the kernels do. This is the least work
+/// that reads every byte of every row; returns a checksum so the copies cannot be elided.
 fn gather<I: Index>(t: &TableView<'_>, indices: &[I], ring: &mut [u8]) -> u64 {
     let rb = t.dtype.row_bytes(t.dim);
     let data = t.data;
     let last = t.num_rows.saturating_sub(1);
     #[cfg(target_arch = "x86_64")]
     let pf = crate::kernel::Prefetch::new(data.as_ptr(), rb, 0, rb);
+    #[cfg(target_arch = "x86_64")]
     let distance = crate::kernel::prefetch_distance();
     for (j, i) in indices.iter().enumerate() {
+        #[cfg(target_arch = "x86_64")]
         if let Some(ahead) = indices.get(j + distance) {
-            let r = (ahead.to_u64() as usize).min(last);
-            #[cfg(target_arch = "x86_64")]
-            pf.row(data.as_ptr(), rb, r);
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = r;
+            pf.row(data.as_ptr(), rb, ahead.to_u64() as usize);
         }
         let start = (i.to_u64() as usize).min(last) * rb;
         let slot = (j % RING_ROWS) * rb;
@@ -38,8 +34,8 @@ fn gather<I: Index>(t: &TableView<'_>, indices: &[I], ring: &mut [u8]) -> u64 {
     ring.iter().step_by(61).fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)))
 }
 
-/// Best wall time (seconds) over `repeats` passes of a multithreaded gather of `indices`,
-/// split and scheduled as lookups are (serial below the same work threshold).
+/// Best wall time (seconds) over `repeats` passes of a gather of `indices`: serial below the
+/// lookups' work threshold, else equal chunks of indices over all the pool's threads.
 pub fn gather_probe<I: Index>(t: &TableView<'_>, indices: &[I], repeats: usize) -> Result<f64> {
     if t.num_rows == 0 || indices.is_empty() {
         return Ok(0.0);
