@@ -64,19 +64,22 @@ def test_forward_equals_torch(case: dict[str, Any]) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(bag_inputs().filter(lambda c: c["mode"] != "max"))
-def test_backward_equals_torch(case: dict[str, Any]) -> None:
+@given(bag_inputs().filter(lambda c: c["mode"] != "max"), st.booleans())
+def test_backward_equals_torch(case: dict[str, Any], sparse: bool) -> None:
     def run(f: Any, i: Any, w: Any, a: dict[str, Any]) -> tuple[Any, Any]:
         w = w.clone().requires_grad_(True)
         psw = a["per_sample_weights"]
         if psw is not None:
             psw = psw.clone().requires_grad_(True)
-        out = f(i, w, **{**a, "per_sample_weights": psw})
+        out = f(i, w, **{**a, "per_sample_weights": psw, "sparse": sparse})
         g = torch.Generator().manual_seed(1)
         out.backward(torch.randn(out.shape, generator=g))
         return w.grad, None if psw is None else psw.grad
 
     (gw_t, gp_t), (gw_r, gp_r) = _both(case, run)
+    assert gw_r.layout == gw_t.layout == (torch.sparse_coo if sparse else torch.strided)
+    if sparse:
+        gw_r, gw_t = gw_r.to_dense(), gw_t.to_dense()
     torch.testing.assert_close(gw_r, gw_t, rtol=1e-5, atol=1e-5)
     if gp_t is not None:
         torch.testing.assert_close(gp_r, gp_t, rtol=1e-5, atol=1e-5)

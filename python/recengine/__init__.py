@@ -19,7 +19,7 @@ from typing import Any
 from . import _core
 from ._dtypes import STORAGE_DTYPES
 from .collection import EmbeddingCollection
-from .functional import embedding_bag, sparse_lengths_sum
+from .functional import embedding_bag, embedding_bag_backward, sparse_lengths_sum
 from .table import EmbeddingTable
 
 __version__: str = _core.__version__
@@ -31,6 +31,7 @@ __all__ = [
     "__version__",
     "build_info",
     "embedding_bag",
+    "embedding_bag_backward",
     "get_num_threads",
     "set_num_threads",
     "sparse_lengths_sum",

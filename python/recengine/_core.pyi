@@ -77,7 +77,7 @@ class Collection:
     ) -> NDArray[np.float32]: ...
 
 def pool_array(
-    array: NDArray[np.floating],
+    array: NDArray[np.generic],
     indices: NDArray[np.integer],
     offsets: Optional[NDArray[np.integer]],
     lengths: Optional[NDArray[np.integer]],
@@ -85,8 +85,41 @@ def pool_array(
     mode: str,
     padding_idx: Optional[int],
     include_last_offset: bool,
+    dtype: Optional[str] = None,
+    dim: Optional[int] = None,
 ) -> NDArray[np.float32]:
-    """Pool rows of a plain float32/float16 array ``[num_rows, dim]`` without copying it."""
+    """Pool rows of an array ``[num_rows, dim]`` without copying it: float32 or float16, or
+    uint8 raw rows ``[num_rows, row_bytes]`` of storage ``dtype`` (``dim`` derived from the
+    row width when not given)."""
+
+def pool_arrays(
+    arrays: Sequence[NDArray[np.generic]],
+    indices: Sequence[NDArray[np.integer]],
+    offsets: Sequence[NDArray[np.integer]],
+    modes: Sequence[str],
+    weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
+    padding_idx: Optional[Sequence[Optional[int]]] = None,
+    include_last_offset: bool = False,
+    dtypes: Optional[Sequence[Optional[str]]] = None,
+) -> NDArray[np.float32]:
+    """Pool several arrays (as in :func:`pool_array`, one mode each) for one batch into one
+    ``[B, sum(dims)]`` array in one multithreaded call."""
+
+def pool_backward(
+    grad: NDArray[np.float32],
+    num_rows: int,
+    indices: NDArray[np.integer],
+    offsets: Optional[NDArray[np.integer]] = None,
+    lengths: Optional[NDArray[np.integer]] = None,
+    weights: Optional[NDArray[np.float32]] = None,
+    mode: str = "sum",
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+    out: Optional[NDArray[np.float32]] = None,
+) -> Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+    """The table's gradient from the pooled output's ``grad`` ``[B, D]`` (sum or mean mode):
+    added into ``out`` ``[num_rows, D]`` when given (returns None), else the distinct rows
+    touched, ascending, and their gradients ``(rows [U], values [U, D])``."""
 
 def safetensors_names(path: str) -> list[str]: ...
 def set_num_threads(n: int) -> None: ...

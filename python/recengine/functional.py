@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["embedding_bag", "sparse_lengths_sum"]
+__all__ = ["embedding_bag", "embedding_bag_backward", "sparse_lengths_sum"]
 
 
 def sparse_lengths_sum(
@@ -69,6 +69,54 @@ def embedding_bag(
     """
     return _core.pool_array(_as_table_array(table), indices, offsets, None, weights, mode,
                             padding_idx, include_last_offset)
+
+
+def embedding_bag_backward(
+    grad: Any,
+    num_rows: int,
+    indices: Any,
+    offsets: Any = None,
+    weights: Any = None,
+    mode: str = "sum",
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+    sparse: bool = False,
+) -> Any:
+    """The table's gradient of :func:`embedding_bag` (sum or mean mode), summed on the core's
+    threads: each lookup ``j`` of bag ``b`` adds ``weights[j] * grad[b]`` to its row (divided
+    by the bag's non-padding count in mean mode; padding lookups add nothing).
+
+    Args:
+        grad: ``[B, D]`` float32 gradient of the pooled output.
+        num_rows: N, the table's row count.
+        indices, offsets, weights, padding_idx, include_last_offset: as in
+            :func:`embedding_bag`.
+        mode: "sum" or "mean".
+        sparse: return only the rows touched.
+
+    Returns:
+        ``[N, D]`` float32; or with ``sparse``, ``(rows, values)``: the distinct rows touched,
+        ascending (int64 ``[U]``), and their gradients (float32 ``[U, D]``).
+
+    Example::
+
+        >>> g = np.ones((1, 2), dtype=np.float32)
+        >>> embedding_bag_backward(g, 3, np.array([2, 0, 2]), np.array([0]))
+        array([[1., 1.],
+               [0., 0.],
+               [2., 2.]], dtype=float32)
+    """
+    if not isinstance(num_rows, (int, np.integer)) or num_rows < 0:
+        raise ValueError(f"num_rows must be a non-negative integer, got {num_rows!r}")
+    g = np.ascontiguousarray(grad, dtype=np.float32)
+    if g.ndim != 2:
+        raise ValueError(f"grad must be 2-D [B, D], got shape {g.shape}")
+    args = (g, num_rows, indices, offsets, None, weights, mode, padding_idx, include_last_offset)
+    if sparse:
+        return _core.pool_backward(*args)
+    out = np.zeros((num_rows, g.shape[1]), dtype=np.float32)
+    _core.pool_backward(*args, out=out)
+    return out
 
 
 def _as_table_array(table: Any) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "bag_bounds_reference",
     "dequantize_rowwise_reference",
+    "pool_backward_reference",
     "pool_reference",
     "quantize_rowwise_reference",
     "rowwise_error_bound_reference",
@@ -192,6 +193,66 @@ def pool_reference(
         else:
             total = (w[start:end][keep][:, None] * vals).sum(axis=0)
             out[b] = total / keep.sum() if mode == "mean" else total
+    return out.astype(np.float32)
+
+
+def pool_backward_reference(
+    grad: Any,
+    num_rows: int,
+    indices: Any,
+    offsets: Any = None,
+    lengths: Any = None,
+    weights: Any = None,
+    mode: str = "sum",
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+) -> np.ndarray:
+    """The table's gradient of a sum or mean pooling, one lookup at a time, in float64.
+
+    Each lookup ``j`` of bag ``b`` (row ``r = indices[j]`` not ``padding_idx``) adds
+    ``w_j * grad[b]`` to row ``r``, divided by the bag's number of non-padding rows in mean
+    mode.
+
+    Args:
+        grad: ``[B, D]`` gradient of the pooled output.
+        num_rows: N, the table's row count.
+        indices, offsets, lengths, weights, padding_idx, include_last_offset: as in
+            :func:`pool_reference`.
+        mode: "sum" or "mean".
+
+    Returns:
+        ``[N, D]`` float32.
+
+    Example::
+
+        >>> g = np.array([[1.0, 2.0]], dtype=np.float32)
+        >>> pool_backward_reference(g, 3, np.array([2, 0, 2]), offsets=np.array([0]))
+        array([[1., 2.],
+               [0., 0.],
+               [2., 4.]], dtype=float32)
+    """
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"the backward takes mode 'sum' or 'mean', got {mode!r}")
+    g = np.asarray(grad, dtype=np.float64)
+    idx = _as_int_array(indices, "indices")
+    if idx.ndim == 2:
+        n_bags, per_bag = idx.shape
+        bags = [(b * per_bag, (b + 1) * per_bag) for b in range(n_bags)]
+        idx = idx.reshape(-1)
+    else:
+        bags = bag_bounds_reference(idx.size, offsets, lengths, include_last_offset)
+    if g.shape[0] != len(bags):
+        raise ValueError(f"grad has {g.shape[0]} rows for {len(bags)} bags")
+    w = np.ones(idx.size) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    pad = None if padding_idx is None else int(padding_idx) % num_rows
+    out = np.zeros((num_rows, g.shape[1]), dtype=np.float64)
+    for b, (start, end) in enumerate(bags):
+        keep = [j for j in range(start, end) if idx[j] != pad]
+        for j in keep:
+            if not 0 <= idx[j] < num_rows:
+                raise IndexError(f"index {idx[j]} in bag {b} is outside [0, {num_rows})")
+            scale = w[j] / len(keep) if mode == "mean" else w[j]
+            out[idx[j]] += scale * g[b]
     return out.astype(np.float32)
 
 

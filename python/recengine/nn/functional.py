@@ -12,7 +12,7 @@ from ._op import MODES, embedding_bag_op
 __all__ = ["embedding_bag"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
-_WEIGHT_DTYPES = (torch.float32, torch.float16)
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def embedding_bag(
@@ -40,12 +40,12 @@ def embedding_bag(
     Returns:
         ``[B, D]`` in the weight's dtype.
 
-    The core runs for float32/float16 CPU weights with the options it implements (every mode,
-    per-sample weights, padding_idx, include_last_offset, 1-D and 2-D input); gradients for the
-    weight and per-sample weights in sum and mean mode. Everything else (CUDA tensors, other
-    dtypes, ``max_norm``, ``scale_grad_by_freq``, ``sparse``, max mode with gradients) runs
-    torch's own kernel, so results are always torch's semantics. Input that torch rejects
-    raises torch's exception.
+    The core runs for float32/float16/bfloat16 CPU weights with the options it implements
+    (every mode, per-sample weights, padding_idx, include_last_offset, 1-D and 2-D input), and
+    its threads sum the weight's gradient in sum and mean mode, dense or (``sparse=True``) as a
+    coalesced sparse tensor. Everything else (CUDA tensors, float64, ``max_norm``,
+    ``scale_grad_by_freq``, max mode with gradients) runs torch's own kernel, so results are
+    always torch's semantics. Input that torch rejects raises torch's exception.
 
     Example::
 
@@ -65,14 +65,14 @@ def embedding_bag(
         or weight.dtype not in _WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] == 0
         or input.dtype not in _INDEX_DTYPES
         or (offsets is not None and (offsets.dtype not in _INDEX_DTYPES or offsets.dim() != 1))
-        or max_norm is not None or scale_grad_by_freq or sparse or mode not in MODES
+        or max_norm is not None or scale_grad_by_freq or mode not in MODES
         or (psw is not None and (mode != "sum" or psw.shape != input.shape
                                  or not psw.dtype.is_floating_point))
     ):
         return torch_kernel()
     grad = torch.is_grad_enabled() and (weight.requires_grad
                                         or (psw is not None and psw.requires_grad))
-    if mode == "max" and grad:
+    if mode == "max" and (grad or sparse):
         return torch_kernel()
     num = weight.shape[0]
     if padding_idx is not None and not -num <= padding_idx < num:
@@ -93,7 +93,7 @@ def embedding_bag(
         return torch_kernel()
     try:
         return embedding_bag_op(weight.contiguous(), indices.contiguous(), offsets.contiguous(),
-                                psw, MODES.index(mode), pad, include_last_offset)
+                                psw, MODES.index(mode), pad, include_last_offset, sparse)
     except (IndexError, ValueError):
         # The core refused the input: let torch raise its own exception for it.
         return torch_kernel()

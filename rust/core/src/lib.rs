@@ -8,6 +8,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("recengine stores rows little-endian and supports little-endian targets only");
 
+pub mod backward;
 pub mod dtype;
 pub mod error;
 pub mod kernel;

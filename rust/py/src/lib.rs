@@ -9,10 +9,11 @@ mod errors;
 
 use std::sync::Arc;
 
-use numpy::{PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use recengine_core::backward::Plan;
 use recengine_core::{
     bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
 };
@@ -96,7 +97,7 @@ fn pool_into_new<'py, I: Index>(
     indices: &[&[I]],
     offsets: Vec<Vec<usize>>,
     weights: &[Option<&[f32]>],
-    mode: Mode,
+    modes: &[Mode],
     padding: &[Option<i64>],
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let batch = offsets.first().map_or(0, |o| o.len() - 1);
@@ -121,7 +122,7 @@ fn pool_into_new<'py, I: Index>(
                 .enumerate()
                 .map(|(t, ((v, idx), offs))| {
                     let position = (views.len() > 1).then_some(t);
-                    make_job(*v, idx, offs, weights[t], mode, padding[t], position)
+                    make_job(*v, idx, offs, weights[t], modes[t], padding[t], position)
                 })
                 .collect::<recengine_core::Result<Vec<_>>>()?;
             run(&jobs, &columns, out_slice, stride)
@@ -143,8 +144,8 @@ fn lookup_one<'py>(
     let offsets = req.offsets().py_err()?;
     let w = [req.weights()];
     match req.indices.slice() {
-        IntSlice::I32(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, mode, &[padding_idx]),
-        IntSlice::I64(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, mode, &[padding_idx]),
+        IntSlice::I32(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, &[mode], &[padding_idx]),
+        IntSlice::I64(s) => pool_into_new(py, &[view], &[s], vec![offsets], &w, &[mode], &[padding_idx]),
     }
 }
 
@@ -163,22 +164,24 @@ impl PyTable {
     #[staticmethod]
     fn from_array(py: Python<'_>, array: &Bound<'_, PyAny>, dtype: &str) -> PyResult<PyTable> {
         let dt = self::dtype(dtype)?;
-        if let Ok(a) = array.cast::<PyArray2<f32>>() {
-            let (rows, dim) = (a.shape()[0], a.shape()[1]);
-            let ro = a.try_readonly()?;
-            let s = ro.as_slice().map_err(|_| PyValueError::new_err("the array must be C-contiguous"))?;
-            let t = py.detach(|| Table::from_f32(s, rows, dim, dt)).py_err()?;
-            return Ok(PyTable { inner: Arc::new(t) });
+        let wrong = || PyTypeError::new_err("from_array takes a 2-D float32 or float16 numpy array");
+        if array.cast::<PyArray2<u8>>().is_ok() {
+            return Err(wrong());
         }
-        if let Ok(a) = array.cast::<PyArray2<half::f16>>() {
-            let (rows, dim) = (a.shape()[0], a.shape()[1]);
-            let ro = a.try_readonly()?;
-            let s = ro.as_slice().map_err(|_| PyValueError::new_err("the array must be C-contiguous"))?;
-            let bits: &[u16] = bytemuck_f16(s);
-            let t = py.detach(|| Table::from_f16_bits(bits, rows, dim, dt)).py_err()?;
-            return Ok(PyTable { inner: Arc::new(t) });
-        }
-        Err(PyTypeError::new_err("from_array takes a 2-D float32 or float16 numpy array"))
+        let t = match table_array(array, None, None)? {
+            TableArray::F32(a) => {
+                let (rows, dim) = (a.shape()[0], a.shape()[1]);
+                let s = a.as_slice().expect("checked contiguous");
+                py.detach(|| Table::from_f32(s, rows, dim, dt))
+            }
+            TableArray::F16(a) => {
+                let (rows, dim) = (a.shape()[0], a.shape()[1]);
+                let bits = bytemuck_f16(a.as_slice().expect("checked contiguous"));
+                py.detach(|| Table::from_f16_bits(bits, rows, dim, dt))
+            }
+            TableArray::Raw(..) => return Err(wrong()),
+        };
+        Ok(PyTable { inner: Arc::new(t.py_err()?) })
     }
 
     #[staticmethod]
@@ -364,37 +367,126 @@ impl PyCollection {
                 )
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let offs = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
         let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
-        let ws: Vec<Option<&[f32]>> = reqs.iter().map(Request::weights).collect();
-        let pads = vec![None; t];
-        let slices: Vec<IntSlice<'_>> = reqs.iter().map(|r| r.indices.slice()).collect();
-        if let Some(s32) = slices.iter().map(|s| match s { IntSlice::I32(x) => Some(*x), IntSlice::I64(_) => None }).collect::<Option<Vec<&[i32]>>>() {
-            return pool_into_new(py, &views, &s32, offs, &ws, mode, &pads);
-        }
-        // Mixed or all int64: widen the int32 ones (a copy of those indices only).
-        let widened: Vec<Option<Vec<i64>>> = slices
-            .iter()
-            .map(|s| match s {
-                IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
-                IntSlice::I64(_) => None,
-            })
-            .collect();
-        let s64: Vec<&[i64]> = slices
-            .iter()
-            .zip(&widened)
-            .map(|(s, w)| match s {
-                IntSlice::I64(x) => x,
-                IntSlice::I32(_) => w.as_deref().expect("widened above"),
-            })
-            .collect();
-        pool_into_new(py, &views, &s64, offs, &ws, mode, &pads)
+        pool_requests(py, &views, &reqs, &vec![mode; t], &vec![None; t])
     }
 }
 
-/// Pool rows of a plain float32/float16 array in place (no copy of the table).
+/// Pool several tables' borrowed requests into one `[B, sum(dims)]` array.
+fn pool_requests<'py>(
+    py: Python<'py>,
+    views: &[TableView<'_>],
+    reqs: &[Request<'py>],
+    modes: &[Mode],
+    pads: &[Option<i64>],
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let offs = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+    let ws: Vec<Option<&[f32]>> = reqs.iter().map(Request::weights).collect();
+    let slices: Vec<IntSlice<'_>> = reqs.iter().map(|r| r.indices.slice()).collect();
+    if let Some(s32) = slices.iter().map(|s| match s { IntSlice::I32(x) => Some(*x), IntSlice::I64(_) => None }).collect::<Option<Vec<&[i32]>>>() {
+        return pool_into_new(py, views, &s32, offs, &ws, modes, pads);
+    }
+    // Mixed or all int64: widen the int32 ones (a copy of those indices only).
+    let widened: Vec<Option<Vec<i64>>> = slices
+        .iter()
+        .map(|s| match s {
+            IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
+            IntSlice::I64(_) => None,
+        })
+        .collect();
+    let s64: Vec<&[i64]> = slices
+        .iter()
+        .zip(&widened)
+        .map(|(s, w)| match s {
+            IntSlice::I64(x) => x,
+            IntSlice::I32(_) => w.as_deref().expect("widened above"),
+        })
+        .collect();
+    pool_into_new(py, views, &s64, offs, &ws, modes, pads)
+}
+
+/// A table borrowed from a numpy array without a copy: float32 or float16 rows, or raw rows
+/// of any storage format (uint8 `[num_rows, row_bytes]`, e.g. a bfloat16 tensor's bytes).
+enum TableArray<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F16(PyReadonlyArray2<'py, half::f16>),
+    Raw(PyReadonlyArray2<'py, u8>, DType, usize),
+}
+
+/// Take `array` as a table: float32/float16 as is, or uint8 raw rows of `dtype` (with `dim`,
+/// derived from the row width when it is not given).
+fn table_array<'py>(array: &Bound<'py, PyAny>, dtype: Option<&str>, dim: Option<usize>) -> PyResult<TableArray<'py>> {
+    fn borrow<'py, T: numpy::Element>(a: &Bound<'py, PyArray2<T>>) -> PyResult<PyReadonlyArray2<'py, T>> {
+        if !a.is_c_contiguous() {
+            return Err(PyValueError::new_err("the table array must be C-contiguous"));
+        }
+        Ok(a.try_readonly()?)
+    }
+    let table = if let Ok(a) = array.cast::<PyArray2<u8>>() {
+        let name = dtype.ok_or_else(|| {
+            PyTypeError::new_err("a uint8 table array holds raw rows: give its storage dtype")
+        })?;
+        let dt = self::dtype(name)?;
+        let row_bytes = a.shape()[1];
+        let dim = match dim {
+            Some(d) => d,
+            None => match dt {
+                DType::Fp32 => row_bytes / 4,
+                DType::Fp16 | DType::Bf16 => row_bytes / 2,
+                DType::Int8 => row_bytes.saturating_sub(8),
+                DType::Int4 => row_bytes.saturating_sub(4) * 2,
+            },
+        };
+        if dim == 0 || dt.row_bytes(dim) != row_bytes {
+            return Err(PyValueError::new_err(format!(
+                "{} rows of dim {dim} take {} bytes each, but the array has {row_bytes} columns",
+                dt.name(),
+                dt.row_bytes(dim)
+            )));
+        }
+        TableArray::Raw(borrow(a)?, dt, dim)
+    } else if let Ok(a) = array.cast::<PyArray2<f32>>() {
+        TableArray::F32(borrow(a)?)
+    } else if let Ok(a) = array.cast::<PyArray2<half::f16>>() {
+        TableArray::F16(borrow(a)?)
+    } else {
+        return Err(PyTypeError::new_err(
+            "the table must be a 2-D float32 or float16 numpy array, or uint8 raw rows",
+        ));
+    };
+    if let (Some(name), TableArray::F32(_) | TableArray::F16(_)) = (dtype, &table) {
+        let given = if matches!(table, TableArray::F32(_)) { DType::Fp32 } else { DType::Fp16 };
+        if self::dtype(name)? != given {
+            return Err(PyTypeError::new_err(format!(
+                "a {} array cannot hold {name} rows (raw rows come as uint8)",
+                given.name()
+            )));
+        }
+    }
+    check_dim(table.view().dim)?;
+    Ok(table)
+}
+
+impl TableArray<'_> {
+    fn view(&self) -> TableView<'_> {
+        let (data, rows, dim, dtype) = match self {
+            TableArray::F32(a) => {
+                let s = a.as_slice().expect("checked contiguous");
+                (recengine_core::f32_bytes(s), a.shape()[0], a.shape()[1], DType::Fp32)
+            }
+            TableArray::F16(a) => {
+                let s = bytemuck_f16(a.as_slice().expect("checked contiguous"));
+                (recengine_core::u16_bytes(s), a.shape()[0], a.shape()[1], DType::Fp16)
+            }
+            TableArray::Raw(a, dt, dim) => (a.as_slice().expect("checked contiguous"), a.shape()[0], *dim, *dt),
+        };
+        TableView { data, num_rows: rows, dim, dtype }
+    }
+}
+
+/// Pool rows of a numpy array in place (no copy of the table).
 #[pyfunction]
-#[pyo3(signature = (array, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false))]
+#[pyo3(signature = (array, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, dtype=None, dim=None))]
 #[allow(clippy::too_many_arguments)]
 fn pool_array<'py>(
     py: Python<'py>,
@@ -406,26 +498,132 @@ fn pool_array<'py>(
     mode: &str,
     padding_idx: Option<i64>,
     include_last_offset: bool,
+    dtype: Option<&str>,
+    dim: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let table = table_array(array, dtype, dim)?;
     let req = request(indices, offsets, lengths, weights, include_last_offset)?;
-    let not_contig = || PyValueError::new_err("the table array must be C-contiguous");
-    if let Ok(a) = array.cast::<PyArray2<f32>>() {
-        let (rows, dim) = (a.shape()[0], a.shape()[1]);
-        check_dim(dim)?;
-        let ro = a.try_readonly()?;
-        let s = ro.as_slice().ok().filter(|_| a.is_c_contiguous()).ok_or_else(not_contig)?;
-        let view = TableView { data: recengine_core::f32_bytes(s), num_rows: rows, dim, dtype: DType::Fp32 };
-        return lookup_one(py, view, &req, mode, padding_idx);
+    lookup_one(py, table.view(), &req, mode, padding_idx)
+}
+
+/// Pool several numpy arrays for one batch into one `[B, sum(dims)]` array.
+#[pyfunction]
+#[pyo3(signature = (arrays, indices, offsets, modes, weights=None, padding_idx=None, include_last_offset=false, dtypes=None))]
+#[allow(clippy::too_many_arguments)]
+fn pool_arrays<'py>(
+    py: Python<'py>,
+    arrays: Vec<Bound<'py, PyAny>>,
+    indices: Vec<Bound<'py, PyAny>>,
+    offsets: Vec<Bound<'py, PyAny>>,
+    modes: Vec<String>,
+    weights: Option<Vec<Option<Bound<'py, PyAny>>>>,
+    padding_idx: Option<Vec<Option<i64>>>,
+    include_last_offset: bool,
+    dtypes: Option<Vec<Option<String>>>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let t = arrays.len();
+    if t == 0 {
+        return Err(PyValueError::new_err("pool_arrays needs at least one table"));
     }
-    if let Ok(a) = array.cast::<PyArray2<half::f16>>() {
-        let (rows, dim) = (a.shape()[0], a.shape()[1]);
-        check_dim(dim)?;
-        let ro = a.try_readonly()?;
-        let s = ro.as_slice().ok().filter(|_| a.is_c_contiguous()).ok_or_else(not_contig)?;
-        let view = TableView { data: recengine_core::u16_bytes(bytemuck_f16(s)), num_rows: rows, dim, dtype: DType::Fp16 };
-        return lookup_one(py, view, &req, mode, padding_idx);
+    let check = |what: &str, n: usize| {
+        if n != t {
+            Err(PyValueError::new_err(format!("{what} has {n} entries for {t} tables")))
+        } else {
+            Ok(())
+        }
+    };
+    check("indices", indices.len())?;
+    check("offsets", offsets.len())?;
+    check("modes", modes.len())?;
+    if let Some(w) = &weights {
+        check("weights", w.len())?;
     }
-    Err(PyTypeError::new_err("the table must be a 2-D float32 or float16 numpy array"))
+    if let Some(p) = &padding_idx {
+        check("padding_idx", p.len())?;
+    }
+    if let Some(d) = &dtypes {
+        check("dtypes", d.len())?;
+    }
+    let tables = (0..t)
+        .map(|i| table_array(&arrays[i], dtypes.as_ref().and_then(|d| d[i].as_deref()), None))
+        .collect::<PyResult<Vec<_>>>()?;
+    let reqs = (0..t)
+        .map(|i| {
+            let w = weights.as_ref().and_then(|w| w[i].as_ref());
+            request(&indices[i], Some(&offsets[i]), None, w, include_last_offset)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+    let pads = padding_idx.unwrap_or_else(|| vec![None; t]);
+    let views: Vec<TableView<'_>> = tables.iter().map(TableArray::view).collect();
+    pool_requests(py, &views, &reqs, &modes, &pads)
+}
+
+/// The distinct rows touched and their summed gradients: `(rows [U] int64, values [U, D])`.
+type Compact<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>);
+
+/// The backward of a pooling call: the table's gradient from the output's gradient `grad`
+/// `[B, D]`. With `out` (float32 `[num_rows, D]`) it is added there (dense); without, the
+/// touched rows and their gradients come back (a coalesced sparse gradient).
+#[pyfunction]
+#[pyo3(signature = (grad, num_rows, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn pool_backward<'py>(
+    py: Python<'py>,
+    grad: &Bound<'py, PyAny>,
+    num_rows: usize,
+    indices: &Bound<'py, PyAny>,
+    offsets: Option<&Bound<'py, PyAny>>,
+    lengths: Option<&Bound<'py, PyAny>>,
+    weights: Option<&Bound<'py, PyAny>>,
+    mode: &str,
+    padding_idx: Option<i64>,
+    include_last_offset: bool,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Compact<'py>>> {
+    let g = grad
+        .cast::<PyArray2<f32>>()
+        .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array [B, D]"))?;
+    if !g.is_c_contiguous() {
+        return Err(PyValueError::new_err("grad must be C-contiguous"));
+    }
+    let dim = g.shape()[1];
+    let g = g.try_readonly()?;
+    let gs = g.as_slice().expect("checked contiguous");
+    let req = request(indices, offsets, lengths, weights, include_last_offset)?;
+    let mode = Mode::parse(mode).py_err()?;
+    let offs = req.offsets().py_err()?;
+    let w = req.weights();
+    let idx = req.indices.slice();
+    let plan = py
+        .detach(|| match idx {
+            IntSlice::I32(s) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
+            IntSlice::I64(s) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
+        })
+        .py_err()?;
+    if let Some(out) = out {
+        let o = out
+            .cast::<PyArray2<f32>>()
+            .map_err(|_| PyTypeError::new_err("out must be a 2-D float32 array [num_rows, D]"))?;
+        if o.shape() != [num_rows, dim] || !o.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "out must be a C-contiguous [{num_rows}, {dim}] array, got shape {:?}",
+                o.shape()
+            )));
+        }
+        let mut rw = o.try_readwrite()?;
+        let os = rw.as_slice_mut().expect("checked contiguous");
+        py.detach(|| plan.add_dense(gs, os)).py_err()?;
+        return Ok(None);
+    }
+    let rows = PyArray1::from_vec(py, plan.unique_rows());
+    let values = PyArray2::<f32>::zeros(py, [plan.num_unique(), dim], false);
+    {
+        let mut rw = values.readwrite();
+        let vs = rw.as_slice_mut().expect("a new array is contiguous");
+        py.detach(|| plan.add_compact(gs, vs)).py_err()?;
+    }
+    Ok(Some((rows, values)))
 }
 
 fn check_dim(dim: usize) -> PyResult<()> {
@@ -505,6 +703,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTable>()?;
     m.add_class::<PyCollection>()?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

@@ -1,0 +1,396 @@
+//! The backward of pooling: the table's gradient from the pooled output's gradient.
+//!
+//! Each lookup `j` (index `r`, bag `b`) adds `scale_j * grad[b]` to row `r` of the table's
+//! gradient, where `scale_j` is the per-sample weight (1 without) divided by the bag's
+//! non-padding count in mean mode; padding lookups add nothing. [`Plan`] sorts the lookups by
+//! row (and by position within a row, so sums run in a fixed order and results do not depend
+//! on the thread count), and the threads then each own a run of whole rows: no two threads
+//! write one row, so there are no atomics or locks in the sum, and no `unsafe`. The gradient
+//! comes out dense (added into a `[num_rows, dim]` buffer) or compact (the touched rows, once
+//! each, sorted, with their summed values: a coalesced sparse gradient).
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use rayon::slice::ParallelSliceMut;
+
+use crate::error::{Error, IndexError, Result};
+use crate::kernel::{Index, Mode};
+use crate::lookup::SERIAL_WORK_BYTES;
+use crate::parallel;
+
+/// Work items per thread, so that threads that finish early can take more.
+const ITEMS_PER_THREAD: usize = 4;
+/// Below this many lookups the sort runs on the calling thread.
+const PARALLEL_SORT_LEN: usize = 1 << 16;
+const POSITION_BITS: u32 = 32;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+
+/// The lookups of one pooling call, sorted by the row they touch.
+pub struct Plan {
+    dim: usize,
+    num_rows: usize,
+    bags: usize,
+    /// `row << 32 | position`, sorted; padding lookups left out.
+    keys: Vec<u64>,
+    /// Where each distinct row's keys start in `keys`, then `keys.len()`.
+    starts: Vec<usize>,
+    /// The bag of each position.
+    bag_of: Vec<u32>,
+    /// The factor of each position's gradient.
+    scale: Vec<f32>,
+}
+
+impl Plan {
+    /// Check and sort the lookups of a call: `offsets` are its `B + 1` bag boundaries (from
+    /// [`crate::bag_offsets`]), `weights` its per-sample weights (sum mode only) and
+    /// `padding_idx` its padding row (negative counts from the end). Max mode has no backward
+    /// here (its gradient goes to one row per bag and column, chosen in the forward).
+    pub fn new<I: Index>(
+        num_rows: usize,
+        dim: usize,
+        indices: &[I],
+        offsets: &[usize],
+        weights: Option<&[f32]>,
+        mode: Mode,
+        padding_idx: Option<i64>,
+    ) -> Result<Plan> {
+        let n = indices.len();
+        let bags = offsets.len().checked_sub(1).ok_or_else(|| Error::value("offsets are empty"))?;
+        debug_assert_eq!(offsets[bags], n);
+        if mode == Mode::Max {
+            return Err(Error::value("the core has no backward for mode=\"max\""));
+        }
+        if u64::try_from(n).map_or(true, |n| n > POSITION_MASK) || u32::try_from(bags).is_err() {
+            return Err(Error::value(format!(
+                "a backward takes at most 2^32 - 1 indices and bags, got {n} and {bags}"
+            )));
+        }
+        if u32::try_from(num_rows).is_err() {
+            return Err(Error::value(format!(
+                "a backward takes tables of at most 2^32 - 1 rows, got {num_rows}"
+            )));
+        }
+        if let Some(w) = weights {
+            if mode != Mode::Sum {
+                return Err(Error::value("per-sample weights are only supported with mode=\"sum\""));
+            }
+            if w.len() != n {
+                return Err(Error::value(format!(
+                    "weights has {} entries but there are {n} indices",
+                    w.len()
+                )));
+            }
+        }
+        let padding = match padding_idx {
+            None => None,
+            Some(p) => {
+                let q = if p < 0 { p + num_rows as i64 } else { p };
+                if q < 0 || q >= num_rows as i64 {
+                    return Err(Error::value(format!(
+                        "padding_idx {p} is out of range for a table of {num_rows} rows"
+                    )));
+                }
+                Some(q as u64)
+            }
+        };
+
+        let mut bag_of = vec![0u32; n];
+        let mut counts = vec![0u32; bags];
+        let mut keys = Vec::with_capacity(n);
+        for b in 0..bags {
+            for p in offsets[b]..offsets[b + 1] {
+                bag_of[p] = b as u32;
+                let row = indices[p].to_u64();
+                if row >= num_rows as u64 {
+                    return Err(Error::IndexOutOfRange(IndexError {
+                        index: indices[p].to_i64(),
+                        position: p,
+                        bag: b,
+                        num_rows,
+                        table: None,
+                    }));
+                }
+                if Some(row) != padding {
+                    keys.push(row << POSITION_BITS | p as u64);
+                    counts[b] += 1;
+                }
+            }
+        }
+        let scale: Vec<f32> = (0..n)
+            .map(|p| {
+                let w = weights.map_or(1.0, |w| w[p]);
+                match mode {
+                    Mode::Mean => w / counts[bag_of[p] as usize].max(1) as f32,
+                    _ => w,
+                }
+            })
+            .collect();
+        if keys.len() >= PARALLEL_SORT_LEN && parallel::num_threads() > 1 {
+            parallel::install(|| keys.par_sort_unstable())?;
+        } else {
+            keys.sort_unstable();
+        }
+        let mut starts = Vec::new();
+        let mut last = u64::MAX;
+        for (k, key) in keys.iter().enumerate() {
+            let row = key >> POSITION_BITS;
+            if row != last {
+                starts.push(k);
+                last = row;
+            }
+        }
+        starts.push(keys.len());
+        Ok(Plan { dim, num_rows, bags, keys, starts, bag_of, scale })
+    }
+
+    /// How many distinct rows the lookups touch (padding aside).
+    pub fn num_unique(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// The `u`-th distinct row.
+    fn row(&self, u: usize) -> usize {
+        (self.keys[self.starts[u]] >> POSITION_BITS) as usize
+    }
+
+    /// The distinct rows touched, ascending.
+    pub fn unique_rows(&self) -> Vec<i64> {
+        (0..self.num_unique()).map(|u| self.row(u) as i64).collect()
+    }
+
+    fn check_grad(&self, grad: &[f32]) -> Result<()> {
+        if grad.len() != self.bags * self.dim {
+            return Err(Error::value(format!(
+                "the output gradient has {} values, expected {} bags of {}",
+                grad.len(),
+                self.bags,
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Add the gradient into `out`, the dense `[num_rows, dim]` gradient of the table.
+    pub fn add_dense(&self, grad: &[f32], out: &mut [f32]) -> Result<()> {
+        self.check_grad(grad)?;
+        if out.len() != self.num_rows * self.dim {
+            return Err(Error::value(format!(
+                "the dense gradient has {} values, expected {} rows of {}",
+                out.len(),
+                self.num_rows,
+                self.dim
+            )));
+        }
+        let items = self.split();
+        // Item `k` writes the rows from its first distinct row up to the next item's first.
+        let mut slices = Vec::with_capacity(items.len());
+        let mut rest = out;
+        let mut base = 0;
+        for (k, range) in items.iter().enumerate() {
+            let first = self.row(range.start);
+            let end = items.get(k + 1).map_or(self.row(range.end - 1) + 1, |r| self.row(r.start));
+            let (_, tail) = rest.split_at_mut((first - base) * self.dim);
+            let (mine, tail) = tail.split_at_mut((end - first) * self.dim);
+            slices.push(Mutex::new(mine));
+            rest = tail;
+            base = end;
+        }
+        self.run(&items, &slices, grad, |u, first| (self.row(u) - self.row(first)) * self.dim)
+    }
+
+    /// The compact gradient: `values` gets one `dim`-row per distinct row of
+    /// [`Plan::unique_rows`], in that order (`values` must hold `num_unique * dim` zeros or
+    /// whatever the sums should be added to).
+    pub fn add_compact(&self, grad: &[f32], values: &mut [f32]) -> Result<()> {
+        self.check_grad(grad)?;
+        if values.len() != self.num_unique() * self.dim {
+            return Err(Error::value("the compact gradient has the wrong size"));
+        }
+        let items = self.split();
+        let mut slices = Vec::with_capacity(items.len());
+        let mut rest = values;
+        for range in &items {
+            let (mine, tail) = rest.split_at_mut(range.len() * self.dim);
+            slices.push(Mutex::new(mine));
+            rest = tail;
+        }
+        self.run(&items, &slices, grad, |u, first| (u - first) * self.dim)
+    }
+
+    /// Ranges of distinct rows holding about equal numbers of lookups.
+    fn split(&self) -> Vec<Range<usize>> {
+        let unique = self.num_unique();
+        let bytes = self.keys.len() * self.dim * 8;
+        let threads = parallel::num_threads();
+        let pieces = if threads <= 1 || bytes <= SERIAL_WORK_BYTES {
+            1
+        } else {
+            bytes.div_ceil(SERIAL_WORK_BYTES).clamp(2, threads) * ITEMS_PER_THREAD
+        };
+        let target = self.keys.len().div_ceil(pieces).max(1);
+        let mut items = Vec::with_capacity(pieces + 1);
+        let mut start = 0;
+        for u in 0..unique {
+            if self.starts[u + 1] - self.starts[start] >= target {
+                items.push(start..u + 1);
+                start = u + 1;
+            }
+        }
+        if start < unique {
+            items.push(start..unique);
+        }
+        items
+    }
+
+    /// Sum each item's rows into its slice; `offset(u, first)` places distinct row `u` of an
+    /// item whose first distinct row is `first`.
+    fn run(
+        &self,
+        items: &[Range<usize>],
+        slices: &[Mutex<&mut [f32]>],
+        grad: &[f32],
+        offset: impl Fn(usize, usize) -> usize + Sync,
+    ) -> Result<()> {
+        let dim = self.dim;
+        let useful = (self.keys.len() * dim * 8).div_ceil(SERIAL_WORK_BYTES).max(1);
+        parallel::for_each_index(items.len(), useful, &|k| {
+            let range = items[k].clone();
+            let mut guard = slices[k].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let dst_all: &mut [f32] = &mut guard;
+            for u in range.clone() {
+                let at = offset(u, range.start);
+                let dst = &mut dst_all[at..at + dim];
+                for &key in &self.keys[self.starts[u]..self.starts[u + 1]] {
+                    let p = (key & POSITION_MASK) as usize;
+                    let b = self.bag_of[p] as usize;
+                    axpy(dst, self.scale[p], &grad[b * dim..(b + 1) * dim]);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `dst += a * x`, in a loop the compiler vectorises.
+#[inline]
+fn axpy(dst: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d += a * v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition: every lookup adds its scaled bag gradient to its row.
+    fn naive(
+        num_rows: usize,
+        dim: usize,
+        indices: &[i64],
+        offsets: &[usize],
+        weights: Option<&[f32]>,
+        mean: bool,
+        padding: Option<i64>,
+        grad: &[f32],
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; num_rows * dim];
+        for b in 0..offsets.len() - 1 {
+            let bag = &indices[offsets[b]..offsets[b + 1]];
+            let count = bag.iter().filter(|&&i| Some(i) != padding).count().max(1) as f32;
+            for (j, &i) in bag.iter().enumerate() {
+                if Some(i) == padding {
+                    continue;
+                }
+                let mut s = weights.map_or(1.0, |w| w[offsets[b] + j]);
+                if mean {
+                    s /= count;
+                }
+                for d in 0..dim {
+                    out[i as usize * dim + d] += s * grad[b * dim + d];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dense_and_compact_match_the_definition() {
+        let (rows, dim) = (7, 3);
+        let indices = [1i64, 3, 1, 6, 0, 3, 3, 2];
+        let offsets = [0usize, 3, 3, 6, 8];
+        let weights = [0.5f32, -1.0, 2.0, 1.5, 0.25, 3.0, -0.5, 1.0];
+        let grad: Vec<f32> = (0..4 * dim).map(|x| x as f32 - 5.0).collect();
+        for (w, mode, pad) in [
+            (None, Mode::Sum, None),
+            (Some(&weights[..]), Mode::Sum, Some(3)),
+            (None, Mode::Mean, Some(1)),
+            (None, Mode::Mean, None),
+        ] {
+            let want = naive(rows, dim, &indices, &offsets, w, mode == Mode::Mean, pad, &grad);
+            let plan = Plan::new(rows, dim, &indices, &offsets, w, mode, pad).unwrap();
+            let mut dense = vec![0.0; rows * dim];
+            plan.add_dense(&grad, &mut dense).unwrap();
+            for (a, b) in dense.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{dense:?} != {want:?}");
+            }
+            let mut values = vec![0.0; plan.num_unique() * dim];
+            plan.add_compact(&grad, &mut values).unwrap();
+            for (u, &r) in plan.unique_rows().iter().enumerate() {
+                assert_eq!(&values[u * dim..(u + 1) * dim], &dense[r as usize * dim..(r as usize + 1) * dim]);
+            }
+        }
+    }
+
+    #[test]
+    fn many_rows_split_across_threads() {
+        let (rows, dim, bags, per_bag) = (5000usize, 16usize, 512usize, 40usize);
+        let mut state = 12345u64;
+        let indices: Vec<i64> = (0..bags * per_bag)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 33) % rows as u64) as i64
+            })
+            .collect();
+        let offsets: Vec<usize> = (0..=bags).map(|b| b * per_bag).collect();
+        let grad: Vec<f32> = (0..bags * dim).map(|x| (x % 13) as f32 * 0.5 - 3.0).collect();
+        let want = naive(rows, dim, &indices, &offsets, None, true, Some(7), &grad);
+        let plan = Plan::new(rows, dim, &indices, &offsets, None, Mode::Mean, Some(7)).unwrap();
+        assert!(plan.split().len() > 1 || parallel::num_threads() == 1);
+        let mut dense = vec![0.0; rows * dim];
+        plan.add_dense(&grad, &mut dense).unwrap();
+        for (a, b) in dense.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let offsets = [0usize, 2];
+        assert!(matches!(
+            Plan::new(3, 2, &[0i64, 3], &offsets, None, Mode::Sum, None),
+            Err(Error::IndexOutOfRange(_))
+        ));
+        assert!(matches!(
+            Plan::new(3, 2, &[0i64, -1], &offsets, None, Mode::Sum, None),
+            Err(Error::IndexOutOfRange(_))
+        ));
+        assert!(Plan::new(3, 2, &[0i64, 1], &offsets, None, Mode::Max, None).is_err());
+        assert!(Plan::new(3, 2, &[0i64, 1], &offsets, Some(&[1.0]), Mode::Sum, None).is_err());
+        assert!(Plan::new(3, 2, &[0i64, 1], &offsets, None, Mode::Sum, Some(3)).is_err());
+        let plan = Plan::new(3, 2, &[0i64, 1], &offsets, None, Mode::Sum, None).unwrap();
+        assert!(plan.add_dense(&[1.0; 2], &mut [0.0; 5]).is_err());
+        assert!(plan.add_dense(&[1.0; 3], &mut [0.0; 6]).is_err());
+    }
+
+    #[test]
+    fn empty_calls_work() {
+        let plan = Plan::new(3, 2, &[] as &[i64], &[0, 0, 0], None, Mode::Sum, None).unwrap();
+        assert_eq!(plan.num_unique(), 0);
+        let mut dense = vec![1.0; 6];
+        plan.add_dense(&[0.0; 4], &mut dense).unwrap();
+        assert_eq!(dense, vec![1.0; 6]);
+        plan.add_compact(&[0.0; 4], &mut []).unwrap();
+    }
+}
