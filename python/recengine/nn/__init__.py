@@ -1,11 +1,27 @@
 """recengine.nn: drop-in torch embedding modules on the recengine core.
 
 Change one import: ``torch.nn.EmbeddingBag`` -> ``recengine.nn.EmbeddingBag``, or call
-``recengine.nn.convert(model)`` to swap every EmbeddingBag of a model in place. Needs torch
-(``pip install "recengine[torch]"``).
+``recengine.nn.convert(model)`` to swap every EmbeddingBag of a model in place. Many tables
+with keyed jagged input: :class:`EmbeddingBagCollection` (TorchRec's interface, one core call).
+Quantized inference: :class:`QuantEmbeddingBag`. Needs torch (``pip install "recengine[torch]"``).
 """
 
 from . import functional
+from .collection import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from .jagged import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from .modules import EmbeddingBag, convert
+from .quant import QUANT_DTYPES, QuantEmbeddingBag
 
-__all__ = ["EmbeddingBag", "convert", "functional"]
+__all__ = [
+    "QUANT_DTYPES",
+    "EmbeddingBag",
+    "EmbeddingBagCollection",
+    "EmbeddingBagConfig",
+    "JaggedTensor",
+    "KeyedJaggedTensor",
+    "KeyedTensor",
+    "PoolingType",
+    "QuantEmbeddingBag",
+    "convert",
+    "functional",
+]

@@ -1,9 +1,21 @@
-"""The ``recengine::embedding_bag`` torch custom op: the Rust core's pooling as a torch op
-with a fake (meta) implementation and autograd, reading the weight's storage in place."""
+"""The Rust core's pooling as torch operations.
+
+Two routes to the same implementations (:func:`pool`, :func:`weight_grad`):
+
+* ``torch.ops.recengine.embedding_bag`` and its backward ops: torch custom ops with fake
+  (meta) implementations and registered autograd, which ``torch.compile`` and
+  ``torch.export`` capture as single graph nodes.
+* :class:`EmbeddingBagFunction`: a plain ``torch.autograd.Function`` for eager calls, which
+  skips the custom-op dispatcher (about 10 us a call, the whole cost of a small lookup).
+
+:func:`embedding_bag` picks the route: the custom op while torch is tracing, the function
+otherwise. Both read the weight's storage in place, so in-place optimizer updates are seen at
+the next call.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -13,41 +25,21 @@ from .. import _core
 
 __all__ = [
     "MODES",
+    "EmbeddingBagFunction",
+    "embedding_bag",
     "embedding_bag_backward_op",
     "embedding_bag_op",
     "embedding_bag_sparse_backward_op",
+    "pool",
+    "weight_grad",
 ]
 
-#: Mode codes of the op, in torch's order.
+#: Mode codes of the ops, in torch's order.
 MODES = ("sum", "mean", "max")
 
 
-@torch.library.custom_op("recengine::embedding_bag", mutates_args=(), device_types="cpu")
-def embedding_bag_op(
-    weight: Tensor,
-    indices: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Optional[Tensor],
-    mode: int,
-    padding_idx: int,
-    include_last_offset: bool,
-    sparse: bool,
-) -> Tensor:
-    """Pool ``weight`` rows: 1-D ``indices`` [L], ``offsets`` [B] (or [B + 1] with
-    ``include_last_offset``), optional ``per_sample_weights`` [L] (sum only); ``mode`` an index
-    into :data:`MODES`; ``padding_idx`` -1 for none; ``sparse`` makes the weight's gradient a
-    sparse tensor. Returns [B, D] in the weight's dtype.
-
-    ``weight`` must be a C-contiguous float32, float16 or bfloat16 CPU tensor; the core reads
-    its storage without a copy, so in-place optimizer updates are seen at the next call.
-    """
-    psw = None if per_sample_weights is None else _floats(per_sample_weights)
-    array, dtype = _table(weight)
-    out = _core.pool_array(array, indices.numpy(), offsets.numpy(), None, psw, MODES[mode],
-                           None if padding_idx < 0 else padding_idx, include_last_offset,
-                           dtype=dtype)
-    result = torch.from_numpy(out)
-    return result if weight.dtype == torch.float32 else result.to(weight.dtype)
+# --------------------------------------------------------------------------------------------
+# implementations
 
 
 def _table(weight: Tensor) -> tuple[np.ndarray, Optional[str]]:
@@ -64,6 +56,96 @@ def _floats(t: Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
+def pool(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+         mode: int, padding_idx: int, include_last_offset: bool) -> Tensor:
+    """Pool ``weight`` rows: 1-D ``indices`` [L], ``offsets`` [B] (or [B + 1] with
+    ``include_last_offset``), optional ``per_sample_weights`` [L] (sum only); ``mode`` an index
+    into :data:`MODES`; ``padding_idx`` -1 for none. Returns [B, D] in the weight's dtype.
+
+    ``weight`` must be a C-contiguous float32, float16 or bfloat16 CPU tensor.
+    """
+    psw = None if per_sample_weights is None else _floats(per_sample_weights)
+    array, dtype = _table(weight)
+    out = _core.pool_array(array, indices.numpy(), offsets.numpy(), None, psw, MODES[mode],
+                           None if padding_idx < 0 else padding_idx, include_last_offset,
+                           dtype=dtype)
+    result = torch.from_numpy(out)
+    return result if weight.dtype == torch.float32 else result.to(weight.dtype)
+
+
+def _backward_args(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
+                   psw: Optional[Tensor], mode: int, padding_idx: int,
+                   include_last_offset: bool) -> dict[str, Any]:
+    return dict(grad=_floats(grad), num_rows=num_rows, indices=indices.numpy(),
+                offsets=offsets.numpy(), weights=None if psw is None else _floats(psw),
+                mode=MODES[mode], padding_idx=None if padding_idx < 0 else padding_idx,
+                include_last_offset=include_last_offset)
+
+
+def dense_grad(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
+               psw: Optional[Tensor], mode: int, padding_idx: int,
+               include_last_offset: bool) -> Tensor:
+    """The weight's dense float32 gradient [num_rows, D] from the output's ``grad`` [B, D],
+    summed by the core on its threads (sum and mean modes)."""
+    out = torch.zeros(num_rows, grad.shape[1], dtype=torch.float32)
+    _core.pool_backward(**_backward_args(grad, num_rows, indices, offsets, psw, mode,
+                                         padding_idx, include_last_offset), out=out.numpy())
+    return out
+
+
+def sparse_grad_parts(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
+                      psw: Optional[Tensor], mode: int, padding_idx: int,
+                      include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    """The rows the lookups touched, ascending and once each (int64 [U]), and their float32
+    gradients [U, D]: a coalesced sparse gradient."""
+    rows, values = _core.pool_backward(**_backward_args(grad, num_rows, indices, offsets, psw,
+                                                        mode, padding_idx,
+                                                        include_last_offset))
+    return torch.from_numpy(rows), torch.from_numpy(values)
+
+
+def _psw_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
+              psw: Tensor, padding_idx: int, include_last_offset: bool) -> Tensor:
+    """d out[b] / d psw[j] = weight[idx_j] . grad[b] for j in bag b, padding lookups 0."""
+    starts = offsets[:-1] if include_last_offset else offsets
+    positions = torch.arange(indices.numel(), dtype=starts.dtype)
+    bag = torch.searchsorted(starts.contiguous(), positions, right=True) - 1
+    idx = indices.long()
+    dots = (grad[bag] * weight[idx].to(grad.dtype)).sum(dim=1)
+    if padding_idx >= 0:
+        dots = dots * (idx != padding_idx)
+    return dots.to(psw.dtype)
+
+
+def weight_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
+                psw: Optional[Tensor], mode: int, padding_idx: int, include_last_offset: bool,
+                sparse: bool, traced: bool = False) -> Tensor:
+    """The weight's gradient in its dtype: dense, or a coalesced sparse tensor of the rows
+    touched. ``traced`` goes through the backward custom ops (for graphs torch captures)."""
+    num, dim = weight.shape
+    args = (grad.contiguous(), num, indices, offsets, psw, mode, padding_idx,
+            include_last_offset)
+    if sparse:
+        rows, values = (embedding_bag_sparse_backward_op if traced else sparse_grad_parts)(*args)
+        return torch.sparse_coo_tensor(rows[None], values.to(weight.dtype), (num, dim),
+                                       is_coalesced=True, check_invariants=False)
+    out = (embedding_bag_backward_op if traced else dense_grad)(*args)
+    return out if weight.dtype == torch.float32 else out.to(weight.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops, for torch.compile and torch.export
+
+
+@torch.library.custom_op("recengine::embedding_bag", mutates_args=(), device_types="cpu")
+def embedding_bag_op(weight: Tensor, indices: Tensor, offsets: Tensor,
+                     per_sample_weights: Optional[Tensor], mode: int, padding_idx: int,
+                     include_last_offset: bool, sparse: bool) -> Tensor:
+    """:func:`pool` as a custom op; ``sparse`` makes the weight's gradient sparse."""
+    return pool(weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                include_last_offset)
+
+
 @embedding_bag_op.register_fake
 def _(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
       mode: int, padding_idx: int, include_last_offset: bool, sparse: bool) -> Tensor:
@@ -71,39 +153,14 @@ def _(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Opti
     return weight.new_empty((bags, weight.shape[1]))
 
 
-def _setup(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    weight, indices, offsets, psw, mode, padding_idx, include_last_offset, sparse = inputs
-    ctx.save_for_backward(weight, indices, offsets, psw)
-    ctx.mode, ctx.padding_idx = mode, padding_idx
-    ctx.include_last_offset, ctx.sparse = include_last_offset, sparse
-
-
-def _bag_of_each_index(indices: Tensor, offsets: Tensor, include_last_offset: bool) -> Tensor:
-    starts = offsets[:-1] if include_last_offset else offsets
-    positions = torch.arange(indices.numel(), dtype=starts.dtype)
-    return torch.searchsorted(starts.contiguous(), positions, right=True) - 1
-
-
 @torch.library.custom_op("recengine::embedding_bag_backward", mutates_args=(),
-                        device_types="cpu")
-def embedding_bag_backward_op(
-    grad: Tensor,
-    num_rows: int,
-    indices: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Optional[Tensor],
-    mode: int,
-    padding_idx: int,
-    include_last_offset: bool,
-) -> Tensor:
-    """The weight's dense float32 gradient [num_rows, D] from the output's ``grad`` [B, D],
-    summed by the core on its threads (sum and mean modes; arguments as in
-    :func:`embedding_bag_op`)."""
-    out = torch.zeros(num_rows, grad.shape[1], dtype=torch.float32)
-    _core.pool_backward(**_backward_args(grad, num_rows, indices, offsets, per_sample_weights,
-                                         mode, padding_idx, include_last_offset),
-                        out=out.numpy())
-    return out
+                         device_types="cpu")
+def embedding_bag_backward_op(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
+                              per_sample_weights: Optional[Tensor], mode: int, padding_idx: int,
+                              include_last_offset: bool) -> Tensor:
+    """:func:`dense_grad` as a custom op."""
+    return dense_grad(grad, num_rows, indices, offsets, per_sample_weights, mode, padding_idx,
+                      include_last_offset)
 
 
 @embedding_bag_backward_op.register_fake
@@ -114,23 +171,14 @@ def _(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
 
 
 @torch.library.custom_op("recengine::embedding_bag_sparse_backward", mutates_args=(),
-                        device_types="cpu")
-def embedding_bag_sparse_backward_op(
-    grad: Tensor,
-    num_rows: int,
-    indices: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Optional[Tensor],
-    mode: int,
-    padding_idx: int,
-    include_last_offset: bool,
-) -> tuple[Tensor, Tensor]:
-    """The weight's gradient as the rows the lookups touched, ascending and once each (int64
-    [U]), and their float32 gradients [U, D]: a coalesced sparse gradient."""
-    rows, values = _core.pool_backward(**_backward_args(
-        grad, num_rows, indices, offsets, per_sample_weights, mode, padding_idx,
-        include_last_offset))
-    return torch.from_numpy(rows), torch.from_numpy(values)
+                         device_types="cpu")
+def embedding_bag_sparse_backward_op(grad: Tensor, num_rows: int, indices: Tensor,
+                                     offsets: Tensor, per_sample_weights: Optional[Tensor],
+                                     mode: int, padding_idx: int,
+                                     include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    """:func:`sparse_grad_parts` as a custom op."""
+    return sparse_grad_parts(grad, num_rows, indices, offsets, per_sample_weights, mode,
+                             padding_idx, include_last_offset)
 
 
 @embedding_bag_sparse_backward_op.register_fake
@@ -142,42 +190,64 @@ def _(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
             grad.new_empty((unique, grad.shape[1]), dtype=torch.float32))
 
 
-def _backward_args(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
-                   psw: Optional[Tensor], mode: int, padding_idx: int,
-                   include_last_offset: bool) -> dict:
-    return dict(grad=_floats(grad), num_rows=num_rows, indices=indices.numpy(),
-                offsets=offsets.numpy(), weights=None if psw is None else _floats(psw),
-                mode=MODES[mode], padding_idx=None if padding_idx < 0 else padding_idx,
-                include_last_offset=include_last_offset)
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: Optional[Tensor]) -> None:
+    weight, indices, offsets, psw, mode, padding_idx, include_last_offset, sparse = inputs
+    ctx.save_for_backward(weight, indices, offsets, psw)
+    ctx.args = (mode, padding_idx, include_last_offset, sparse)
 
 
-def _weight_grad(ctx, grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,  # type: ignore[no-untyped-def]
-                 psw: Optional[Tensor]) -> Tensor:
-    """The weight's gradient: dense, or a coalesced sparse tensor of the rows touched."""
-    num, dim = weight.shape
-    args = (grad, num, indices, offsets, psw, ctx.mode, ctx.padding_idx, ctx.include_last_offset)
-    if ctx.sparse:
-        rows, values = embedding_bag_sparse_backward_op(*args)
-        return torch.sparse_coo_tensor(rows[None], values.to(weight.dtype), (num, dim),
-                                       is_coalesced=True, check_invariants=False)
-    return embedding_bag_backward_op(*args).to(weight.dtype)
-
-
-def _backward(ctx, grad):  # type: ignore[no-untyped-def]
+def _backward(ctx: Any, grad: Tensor, traced: bool = True) -> tuple[Optional[Tensor], ...]:
     weight, indices, offsets, psw = ctx.saved_tensors
-    grad = grad.contiguous()
+    mode, padding_idx, include_last_offset, sparse = ctx.args
     grad_weight = grad_psw = None
     if ctx.needs_input_grad[0]:
-        grad_weight = _weight_grad(ctx, grad, weight, indices, offsets, psw)
+        grad_weight = weight_grad(grad, weight, indices, offsets, psw, mode, padding_idx,
+                                  include_last_offset, sparse, traced=traced)
     if psw is not None and ctx.needs_input_grad[3]:
-        # d out[b] / d psw[j] = weight[idx_j] for j in bag b, padding lookups excepted.
-        idx = indices.long()
-        bag = _bag_of_each_index(indices, offsets, ctx.include_last_offset)
-        dots = (grad[bag] * weight[idx].to(grad.dtype)).sum(dim=1)
-        if ctx.padding_idx >= 0:
-            dots = dots * (idx != ctx.padding_idx)
-        grad_psw = dots.to(psw.dtype)
+        grad_psw = _psw_grad(grad, weight, indices, offsets, psw, padding_idx,
+                             include_last_offset)
     return grad_weight, None, None, grad_psw, None, None, None, None
 
 
 embedding_bag_op.register_autograd(_backward, setup_context=_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# eager route
+
+
+class EmbeddingBagFunction(torch.autograd.Function):
+    """:func:`pool` with the core's backward, for eager calls (same arguments as
+    :func:`embedding_bag_op`)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, indices: Tensor,  # type: ignore[override]
+                offsets: Tensor, per_sample_weights: Optional[Tensor], mode: int,
+                padding_idx: int, include_last_offset: bool, sparse: bool) -> Tensor:
+        # The classic form (ctx as the first argument): the setup_context form binds the
+        # signature with inspect on every call, which costs more than a small lookup.
+        _setup(ctx, (weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                     include_last_offset, sparse), None)
+        return pool(weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                    include_last_offset)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        return _backward(ctx, grad, traced=False)
+
+
+def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
+                  per_sample_weights: Optional[Tensor], mode: int, padding_idx: int,
+                  include_last_offset: bool, sparse: bool) -> Tensor:
+    """Pool on the core (arguments as :func:`embedding_bag_op`): through the custom op while
+    torch traces (compile, export), else straight to the core, through autograd only when a
+    gradient is needed."""
+    if torch.compiler.is_compiling():
+        return embedding_bag_op(weight, indices, offsets, per_sample_weights, mode,
+                                padding_idx, include_last_offset, sparse)
+    if torch.is_grad_enabled() and (weight.requires_grad or (
+            per_sample_weights is not None and per_sample_weights.requires_grad)):
+        return EmbeddingBagFunction.apply(weight, indices, offsets, per_sample_weights, mode,
+                                          padding_idx, include_last_offset, sparse)
+    return pool(weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                include_last_offset)

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._op import MODES, embedding_bag_op
+from . import _op
+from ._op import MODES
 
 __all__ = ["embedding_bag"]
 
@@ -92,8 +93,9 @@ def embedding_bag(
     else:
         return torch_kernel()
     try:
-        return embedding_bag_op(weight.contiguous(), indices.contiguous(), offsets.contiguous(),
-                                psw, MODES.index(mode), pad, include_last_offset, sparse)
+        return _op.embedding_bag(weight.contiguous(), indices.contiguous(),
+                                 offsets.contiguous(), psw, MODES.index(mode), pad,
+                                 include_last_offset, sparse)
     except (IndexError, ValueError):
         # The core refused the input: let torch raise its own exception for it.
         return torch_kernel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -37,8 +37,9 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
     """Replace every ``torch.nn.EmbeddingBag`` in ``model`` (at any depth) in place by a
-    :class:`EmbeddingBag` that shares its weight ``Parameter`` and settings; returns ``model``
-    (a bare ``torch.nn.EmbeddingBag`` passed in is returned converted).
+    :class:`EmbeddingBag` that shares its weight ``Parameter`` and settings, and every
+    ``torchrec`` ``EmbeddingBagCollection`` by a :class:`recengine.nn.EmbeddingBagCollection`
+    sharing its tables; returns ``model`` (a bare module passed in is returned converted).
 
     Example::
 
@@ -48,12 +49,27 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     """
     if type(model) is torch.nn.EmbeddingBag:
         return _converted(model)
+    if _is_torchrec_collection(model):
+        return _collection().from_torchrec(model)
     for name, child in list(model.named_children()):
         if type(child) is torch.nn.EmbeddingBag:
             setattr(model, name, _converted(child))
+        elif _is_torchrec_collection(child):
+            setattr(model, name, _collection().from_torchrec(child))
         else:
             convert(child)
     return model
+
+
+def _is_torchrec_collection(module: torch.nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "EmbeddingBagCollection" and cls.__module__.startswith("torchrec")
+
+
+def _collection() -> Any:
+    from .collection import EmbeddingBagCollection
+
+    return EmbeddingBagCollection
 
 
 def _converted(old: torch.nn.EmbeddingBag) -> EmbeddingBag:

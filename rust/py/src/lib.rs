@@ -559,6 +559,109 @@ fn pool_arrays<'py>(
     pool_requests(py, &views, &reqs, &modes, &pads)
 }
 
+/// Pool keyed jagged ids (TorchRec's layout) for one batch in one call.
+///
+/// `values` holds the ids of `num_keys` keys, key-major, and `lengths[k * batch + b]` is how
+/// many ids key `k` has for sample `b`. Output block `j` pools key `slots[j]` with table
+/// `tables[j]`; the output is `[batch, sum of the blocks' dims]`, blocks side by side in order.
+#[pyfunction]
+#[pyo3(signature = (arrays, tables, slots, values, lengths, batch, modes, weights=None, dtypes=None))]
+#[allow(clippy::too_many_arguments)]
+fn pool_keyed<'py>(
+    py: Python<'py>,
+    arrays: Vec<Bound<'py, PyAny>>,
+    tables: Vec<usize>,
+    slots: Vec<usize>,
+    values: &Bound<'py, PyAny>,
+    lengths: &Bound<'py, PyAny>,
+    batch: usize,
+    modes: Vec<String>,
+    weights: Option<&Bound<'py, PyAny>>,
+    dtypes: Option<Vec<Option<String>>>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let t = arrays.len();
+    if modes.len() != t || dtypes.as_ref().is_some_and(|d| d.len() != t) {
+        return Err(PyValueError::new_err(format!("modes and dtypes need one entry per table ({t})")));
+    }
+    if tables.is_empty() || tables.len() != slots.len() {
+        return Err(PyValueError::new_err("tables and slots need one entry per output block (at least one)"));
+    }
+    if let Some(&bad) = tables.iter().find(|&&x| x >= t) {
+        return Err(PyValueError::new_err(format!("table {bad} is not one of the {t} tables")));
+    }
+    let arrays = (0..t)
+        .map(|i| table_array(&arrays[i], dtypes.as_ref().and_then(|d| d[i].as_deref()), None))
+        .collect::<PyResult<Vec<_>>>()?;
+    let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+    let values = ints_1d(values, "values")?;
+    let lengths = ints_1d(lengths, "lengths")?;
+    let weights = weights.map(|w| floats(w, "weights")).transpose()?;
+    let n = values.slice().len();
+    let num_lengths = lengths.slice().len();
+    // With batch 0 there are no lengths: every key the slots name exists, empty.
+    let num_keys = num_lengths.checked_div(batch).unwrap_or_else(|| slots.iter().max().map_or(0, |&m| m + 1));
+    if num_lengths != num_keys * batch {
+        return Err(PyValueError::new_err(format!(
+            "{num_lengths} lengths do not split into keys of batch {batch}"
+        )));
+    }
+    if let Some(&bad) = slots.iter().find(|&&k| k >= num_keys) {
+        return Err(PyValueError::new_err(format!("key {bad} is not one of the {num_keys} keys")));
+    }
+    let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
+    if let Some(w) = w_all {
+        if w.len() != n {
+            return Err(PyValueError::new_err(format!("weights has {} entries for {n} values", w.len())));
+        }
+    }
+    // Where each key's ids start, from the lengths (each checked non-negative).
+    let mut starts = Vec::with_capacity(num_keys + 1);
+    let mut total = 0u64;
+    starts.push(0usize);
+    for k in 0..num_keys {
+        let r = k * batch..(k + 1) * batch;
+        let sum = match lengths.slice() {
+            IntSlice::I32(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
+            IntSlice::I64(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
+        }
+        .ok_or_else(|| PyValueError::new_err(format!("key {k} has a negative length")))?;
+        total = total.saturating_add(sum);
+        if total > n as u64 {
+            return Err(PyValueError::new_err(format!("the lengths of key {k} run past the {n} values")));
+        }
+        starts.push(total as usize);
+    }
+    if total != n as u64 {
+        return Err(PyValueError::new_err(format!("the lengths sum to {total} but there are {n} values")));
+    }
+    let offs = slots
+        .iter()
+        .map(|&k| {
+            let r = k * batch..(k + 1) * batch;
+            let count = starts[k + 1] - starts[k];
+            match lengths.slice() {
+                IntSlice::I32(l) => bag_offsets(Bags::Lengths(&l[r]), count),
+                IntSlice::I64(l) => bag_offsets(Bags::Lengths(&l[r]), count),
+            }
+        })
+        .collect::<recengine_core::Result<Vec<_>>>()
+        .py_err()?;
+    let views: Vec<TableView<'_>> = tables.iter().map(|&i| arrays[i].view()).collect();
+    let bmodes: Vec<Mode> = tables.iter().map(|&i| modes[i]).collect();
+    let ws: Vec<Option<&[f32]>> = slots.iter().map(|&k| w_all.map(|w| &w[starts[k]..starts[k + 1]])).collect();
+    let pads = vec![None; slots.len()];
+    match values.slice() {
+        IntSlice::I32(v) => {
+            let idx: Vec<&[i32]> = slots.iter().map(|&k| &v[starts[k]..starts[k + 1]]).collect();
+            pool_into_new(py, &views, &idx, offs, &ws, &bmodes, &pads)
+        }
+        IntSlice::I64(v) => {
+            let idx: Vec<&[i64]> = slots.iter().map(|&k| &v[starts[k]..starts[k + 1]]).collect();
+            pool_into_new(py, &views, &idx, offs, &ws, &bmodes, &pads)
+        }
+    }
+}
+
 /// The distinct rows touched and their summed gradients: `(rows [U] int64, values [U, D])`.
 type Compact<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>);
 
@@ -704,6 +807,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCollection>()?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_keyed, m)?)?;
     m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

@@ -1,0 +1,255 @@
+"""recengine.nn.EmbeddingBagCollection and KeyedJaggedTensor against per-table
+torch.nn.EmbeddingBag: forward, backward (dense and sparse), weighted features, key order,
+TorchRec-style inputs, and bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+import recengine.nn as rnn  # noqa: E402
+from recengine.nn import EmbeddingBagConfig, KeyedJaggedTensor, PoolingType  # noqa: E402
+
+
+def _reference(ebc: Any, kjt: KeyedJaggedTensor) -> Any:
+    """Torch's own kernel, one feature at a time."""
+    outs = []
+    for cfg in ebc.embedding_bag_configs():
+        bag = ebc.embedding_bags[cfg.name]
+        for f in cfg.feature_names:
+            jt = kjt[f]
+            psw = jt.weights_or_none() if ebc.is_weighted() else None
+            outs.append(torch.nn.functional.embedding_bag(
+                jt.values(), bag.weight, jt.offsets()[:-1], mode=cfg.pooling.value.lower(),
+                per_sample_weights=psw, sparse=bag.sparse))
+    return torch.cat(outs, dim=1)
+
+
+@st.composite
+def collections(draw: Any) -> tuple[Any, KeyedJaggedTensor]:
+    n_tables = draw(st.integers(1, 4))
+    weighted = draw(st.booleans())
+    configs, features = [], []
+    for t in range(n_tables):
+        n_feat = draw(st.integers(1, 2))
+        names = [f"f{t}_{k}" for k in range(n_feat)]
+        features += names
+        pooling = PoolingType.SUM if weighted else draw(st.sampled_from(list(PoolingType)))
+        configs.append(EmbeddingBagConfig(draw(st.integers(1, 40)),
+                                          draw(st.sampled_from([1, 4, 8, 17])), f"t{t}", names,
+                                          pooling=pooling))
+    sparse = draw(st.booleans())
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    ebc = rnn.EmbeddingBagCollection(configs, is_weighted=weighted, sparse=sparse)
+    # Input keys in a shuffled order, plus one key no table uses.
+    keys = draw(st.permutations([*features, "unused"]))
+    batch = draw(st.integers(0, 6))
+    index_dtype = draw(st.sampled_from([torch.int32, torch.int64]))
+    rows = {f: cfg.num_embeddings for cfg in configs for f in cfg.feature_names}
+    rows["unused"] = 1000
+    lengths = torch.tensor(draw(st.lists(st.integers(0, 5), min_size=len(keys) * batch,
+                                         max_size=len(keys) * batch)), dtype=index_dtype)
+    values = []
+    for k, key in enumerate(keys):
+        n = int(lengths[k * batch:(k + 1) * batch].sum())
+        values.append(torch.randint(0, rows[key], (n,), dtype=index_dtype))
+    v = torch.cat(values) if values else torch.zeros(0, dtype=index_dtype)
+    w = torch.randn(v.shape) if weighted else None
+    return ebc, KeyedJaggedTensor(keys, v, w, lengths=lengths, stride=batch)
+
+
+@given(collections())
+def test_forward_and_backward_equal_torch(case: tuple[Any, KeyedJaggedTensor]) -> None:
+    ebc, kjt = case
+    with torch.no_grad():
+        out = ebc(kjt)
+        want = _reference(ebc, kjt)
+    names = [f for c in ebc.embedding_bag_configs() for f in c.feature_names]
+    assert out.keys() == names
+    assert out.length_per_key() == [c.embedding_dim for c in ebc.embedding_bag_configs()
+                                    for _ in c.feature_names]
+    torch.testing.assert_close(out.values(), want, rtol=1e-5, atol=1e-5)
+    for name in names:
+        assert out[name].shape == (kjt.stride(), out.length_per_key()[names.index(name)])
+
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(0))
+    ebc.zero_grad(set_to_none=True)
+    ebc(kjt).values().backward(g)
+    ours = {n: b.weight.grad for n, b in ebc.embedding_bags.items()}
+    ebc.zero_grad(set_to_none=True)
+    _reference(ebc, kjt).backward(g)
+    for name, bag in ebc.embedding_bags.items():
+        theirs, mine = bag.weight.grad, ours[name]
+        if theirs is None or mine is None:
+            # No lookups reached the table: one side may leave no gradient at all.
+            for grad in (theirs, mine):
+                assert grad is None or not grad.to_dense().any()
+            continue
+        assert mine.layout == theirs.layout
+        torch.testing.assert_close(mine.to_dense(), theirs.to_dense(), rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_keys_follow_torchrec() -> None:
+    ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "user", ["uid"]),
+                                      EmbeddingBagConfig(20, 2, "item", ["iid", "hist"])])
+    assert list(ebc.state_dict()) == ["embedding_bags.user.weight", "embedding_bags.item.weight"]
+    bound = (1 / 10) ** 0.5
+    assert ebc.embedding_bags["user"].weight.abs().max() <= bound
+
+
+def test_in_place_updates_and_replaced_weights_are_seen() -> None:
+    ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["f"])])
+    kjt = KeyedJaggedTensor(["f"], torch.tensor([1, 2]), lengths=torch.tensor([2]))
+    with torch.no_grad():
+        before = ebc(kjt).values().clone()
+        ebc.embedding_bags["t"].weight.add_(1.0)  # in place: the cached view sees it
+        torch.testing.assert_close(ebc(kjt).values(), before + 2.0)
+        ebc.embedding_bags["t"].weight = torch.nn.Parameter(torch.zeros(10, 4))  # new storage
+        assert not ebc(kjt).values().any()
+
+
+def test_torchrec_style_input_is_accepted() -> None:
+    class TorchrecLike:
+        """The accessors a torchrec.sparse.jagged_tensor.KeyedJaggedTensor has."""
+
+        def keys(self) -> list[str]:
+            return ["f"]
+
+        def values(self) -> Any:
+            return torch.tensor([1, 2, 3])
+
+        def lengths(self) -> Any:
+            return torch.tensor([1, 2])
+
+        def weights_or_none(self) -> None:
+            return None
+
+        def stride(self) -> int:
+            return 2
+
+    ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["f"])])
+    with torch.no_grad():
+        want = ebc(KeyedJaggedTensor(["f"], torch.tensor([1, 2, 3]),
+                                     lengths=torch.tensor([1, 2])))
+        torch.testing.assert_close(ebc(TorchrecLike()).values(), want.values())
+    with pytest.raises(TypeError):
+        ebc({"f": torch.tensor([1])})
+
+
+def test_kjt_accessors() -> None:
+    kjt = KeyedJaggedTensor.from_offsets_sync(["a", "b"], torch.tensor([5, 6, 7, 8]),
+                                              torch.tensor([0, 1, 1, 3, 4]))
+    assert kjt.stride() == 2 and kjt.length_per_key() == [1, 3]
+    assert kjt.lengths().tolist() == [1, 0, 2, 1] and kjt.offset_per_key() == [0, 1, 4]
+    assert kjt["b"].values().tolist() == [6, 7, 8]
+    assert kjt["b"].offsets().tolist() == [0, 2, 3]
+    again = KeyedJaggedTensor.from_jt_dict(kjt.to_dict())
+    assert again.keys() == ["a", "b"] and torch.equal(again.values(), kjt.values())
+    with pytest.raises(ValueError):
+        KeyedJaggedTensor(["a"], torch.tensor([1]))  # neither lengths nor offsets
+    with pytest.raises(ValueError):
+        KeyedJaggedTensor(["a", "b"], torch.tensor([1]), lengths=torch.tensor([1, 0, 0]))
+    with pytest.raises(ValueError):
+        kjt.weights()
+
+
+@pytest.mark.parametrize(
+    "keys, values, lengths, error",
+    [
+        (["f"], [1, 99], [1, 1], IndexError),  # id past the table
+        (["f"], [1, -1], [1, 1], IndexError),  # negative id
+        (["g"], [1, 2], [1, 1], ValueError),  # the table's feature is missing
+        (["f"], [1, 2], [3, -1], ValueError),  # negative length
+    ],
+)
+def test_bad_input(keys: list[str], values: list[int], lengths: list[int], error: type) -> None:
+    ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["f"])])
+    kjt = KeyedJaggedTensor(keys, torch.tensor(values), lengths=torch.tensor(lengths))
+    with torch.no_grad(), pytest.raises(error):
+        ebc(kjt)
+
+
+def test_bad_configs() -> None:
+    with pytest.raises(ValueError):
+        EmbeddingBagConfig(10, 4, "t", [])
+    with pytest.raises(ValueError):
+        rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["a"]),
+                                    EmbeddingBagConfig(10, 4, "t", ["b"])])
+    with pytest.raises(ValueError):
+        rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["a"], pooling="mean")],
+                                   is_weighted=True)
+    weighted = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["a"])],
+                                          is_weighted=True)
+    with pytest.raises(ValueError):
+        weighted(KeyedJaggedTensor(["a"], torch.tensor([1]), lengths=torch.tensor([1])))
+
+
+def test_half_precision_tables_run_on_the_core() -> None:
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(30, 8, "t", ["f"], dtype=dtype)])
+        kjt = KeyedJaggedTensor(["f"], torch.randint(0, 30, (9,)),
+                                lengths=torch.tensor([4, 0, 5]))
+        with torch.no_grad():
+            out = ebc(kjt).values()
+            w = ebc.embedding_bags["t"].weight.float()
+            want = torch.nn.functional.embedding_bag(kjt.values(), w, torch.tensor([0, 4, 4]),
+                                                     mode="sum")
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_many_tables_one_core_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recengine.nn import collection
+
+    calls: list[int] = []
+    real = collection._core.pool_keyed
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(collection._core, "pool_keyed", counting)
+    configs = [EmbeddingBagConfig(50, 8, f"t{t}", [f"f{t}"]) for t in range(6)]
+    ebc = rnn.EmbeddingBagCollection(configs)
+    rng = np.random.default_rng(0)
+    kjt = KeyedJaggedTensor([f"f{t}" for t in range(6)],
+                            torch.from_numpy(rng.integers(0, 50, 6 * 4 * 3)),
+                            lengths=torch.full((24,), 3))
+    with torch.no_grad():
+        assert ebc(kjt).values().shape == (4, 48)
+    assert calls == [1]
+
+
+def test_convert_replaces_a_torchrec_collection() -> None:
+    # torchrec is not a dependency: a stand-in with the public surface convert reads, under
+    # torchrec's module name, shows the swap and the shared weights.
+    class EmbeddingBagCollection(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding_bags = torch.nn.ModuleDict({
+                "t": torch.nn.EmbeddingBag(10, 4, mode="sum", include_last_offset=True)})
+
+        def embedding_bag_configs(self) -> list[Any]:
+            return [EmbeddingBagConfig(10, 4, "t", ["f"], pooling=PoolingType.SUM)]
+
+        def is_weighted(self) -> bool:
+            return False
+
+    EmbeddingBagCollection.__module__ = "torchrec.modules.embedding_modules"
+    model = torch.nn.Sequential(EmbeddingBagCollection())
+    weight = model[0].embedding_bags["t"].weight
+    rnn.convert(model)
+    assert type(model[0]) is rnn.EmbeddingBagCollection
+    assert model[0].embedding_bags["t"].weight is weight
+    kjt = KeyedJaggedTensor(["f"], torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 2]))
+    with torch.no_grad():
+        want = torch.nn.functional.embedding_bag(kjt.values(), weight, torch.tensor([0, 1]),
+                                                 mode="sum")
+        torch.testing.assert_close(model[0](kjt).values(), want)
