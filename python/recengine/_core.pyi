@@ -118,8 +118,8 @@ def pool_backward(
     out: Optional[NDArray[np.float32]] = None,
 ) -> Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]:
     """The table's gradient from the pooled output's ``grad`` ``[B, D]`` (sum or mean mode):
-    added into ``out`` ``[num_rows, D]`` when given (returns None), else the distinct rows
-    touched, ascending, and their gradients ``(rows [U], values [U, D])``."""
+    added into ``out`` ``[num_rows, D]`` when given (returns None), else the sparse gradient
+    ``(rows [K], values [K, D])``: each non-padding lookup's row and scaled gradient."""
 
 def safetensors_names(path: str) -> list[str]: ...
 def set_num_threads(n: int) -> None: ...

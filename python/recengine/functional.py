@@ -92,11 +92,13 @@ def embedding_bag_backward(
         indices, offsets, weights, padding_idx, include_last_offset: as in
             :func:`embedding_bag`.
         mode: "sum" or "mean".
-        sparse: return only the rows touched.
+        sparse: return the gradient per lookup instead of per row.
 
     Returns:
-        ``[N, D]`` float32; or with ``sparse``, ``(rows, values)``: the distinct rows touched,
-        ascending (int64 ``[U]``), and their gradients (float32 ``[U, D]``).
+        ``[N, D]`` float32; or with ``sparse``, ``(rows, values)``: each non-padding lookup's
+        row (int64 ``[K]``) and its scaled output gradient (float32 ``[K, D]``), in lookup
+        order (torch's uncoalesced sparse gradient; rows repeat, and summing the values of
+        equal rows gives the dense gradient's rows).
 
     Example::
 

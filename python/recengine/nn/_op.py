@@ -96,8 +96,8 @@ def dense_grad(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
 def sparse_grad_parts(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
                       psw: Optional[Tensor], mode: int, padding_idx: int,
                       include_last_offset: bool) -> tuple[Tensor, Tensor]:
-    """The rows the lookups touched, ascending and once each (int64 [U]), and their float32
-    gradients [U, D]: a coalesced sparse gradient."""
+    """The sparse gradient as torch makes it (uncoalesced): each non-padding lookup's row
+    (int64 [K]) and its scaled output gradient (float32 [K, D]), in lookup order."""
     rows, values = _core.pool_backward(**_backward_args(grad, num_rows, indices, offsets, psw,
                                                         mode, padding_idx,
                                                         include_last_offset))
@@ -120,15 +120,16 @@ def _psw_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
 def weight_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                 psw: Optional[Tensor], mode: int, padding_idx: int, include_last_offset: bool,
                 sparse: bool, traced: bool = False) -> Tensor:
-    """The weight's gradient in its dtype: dense, or a coalesced sparse tensor of the rows
-    touched. ``traced`` goes through the backward custom ops (for graphs torch captures)."""
+    """The weight's gradient in its dtype: dense, or (``sparse``) an uncoalesced sparse COO
+    tensor with one entry per non-padding lookup, as torch's. ``traced`` goes through the
+    backward custom ops (for graphs torch captures)."""
     num, dim = weight.shape
     args = (grad.contiguous(), num, indices, offsets, psw, mode, padding_idx,
             include_last_offset)
     if sparse:
         rows, values = (embedding_bag_sparse_backward_op if traced else sparse_grad_parts)(*args)
         return torch.sparse_coo_tensor(rows[None], values.to(weight.dtype), (num, dim),
-                                       is_coalesced=True, check_invariants=False)
+                                       check_invariants=False)
     out = (embedding_bag_backward_op if traced else dense_grad)(*args)
     return out if weight.dtype == torch.float32 else out.to(weight.dtype)
 

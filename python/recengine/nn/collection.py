@@ -89,7 +89,7 @@ class EmbeddingBagCollection(torch.nn.Module):
         tables: the tables' :class:`EmbeddingBagConfig`.
         is_weighted: the input carries per-id weights (SUM tables only).
         device: where the weights live; CUDA weights run torch's own kernel per feature.
-        sparse: make the weights' gradients sparse (coalesced when a table serves one feature).
+        sparse: make the weights' gradients sparse (uncoalesced, as torch's).
 
     ``forward(features)`` takes a :class:`KeyedJaggedTensor` (ours, or TorchRec's) whose keys
     include every table's feature names, and returns a :class:`KeyedTensor` with one ``[B, D]``
@@ -247,7 +247,6 @@ class EmbeddingBagCollection(torch.nn.Module):
                 rows = torch.cat([r for r, _ in parts[t]])
                 vals = torch.cat([v for _, v in parts[t]]).to(w.dtype)
                 out.append(torch.sparse_coo_tensor(rows[None], vals, tuple(w.shape),
-                                                   is_coalesced=len(parts[t]) == 1,
                                                    check_invariants=False))
             else:
                 out.append(None)

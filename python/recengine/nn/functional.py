@@ -43,8 +43,8 @@ def embedding_bag(
 
     The core runs for float32/float16/bfloat16 CPU weights with the options it implements
     (every mode, per-sample weights, padding_idx, include_last_offset, 1-D and 2-D input), and
-    its threads sum the weight's gradient in sum and mean mode, dense or (``sparse=True``) as a
-    coalesced sparse tensor. Everything else (CUDA tensors, float64, ``max_norm``,
+    its threads compute the weight's gradient in sum and mean mode, dense or (``sparse=True``)
+    sparse. Everything else (CUDA tensors, float64, ``max_norm``,
     ``scale_grad_by_freq``, max mode with gradients) runs torch's own kernel, so results are
     always torch's semantics. Input that torch rejects raises torch's exception.
 

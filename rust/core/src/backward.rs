@@ -5,9 +5,10 @@
 //! non-padding count in mean mode; padding lookups add nothing. [`Plan`] sorts the lookups by
 //! row (and by position within a row, so sums run in a fixed order and results do not depend
 //! on the thread count), and the threads then each own a run of whole rows: no two threads
-//! write one row, so there are no atomics or locks in the sum, and no `unsafe`. The gradient
-//! comes out dense (added into a `[num_rows, dim]` buffer) or compact (the touched rows, once
-//! each, sorted, with their summed values: a coalesced sparse gradient).
+//! write one row, so there are no atomics or locks in the sum, and no `unsafe`. That gives the
+//! dense gradient (added into a `[num_rows, dim]` buffer). The sparse gradient is torch's
+//! uncoalesced one and needs no sort: one row id and one scaled gradient row per non-padding
+//! lookup, in lookup order ([`Plan::unsorted`], [`Plan::gather`]).
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -31,9 +32,9 @@ pub struct Plan {
     dim: usize,
     num_rows: usize,
     bags: usize,
-    /// `row << 32 | position`, sorted; padding lookups left out.
+    /// `row << 32 | position`, sorted (or in position order, unsorted); padding left out.
     keys: Vec<u64>,
-    /// Where each distinct row's keys start in `keys`, then `keys.len()`.
+    /// Where each distinct row's keys start in `keys`, then `keys.len()` (sorted plans).
     starts: Vec<usize>,
     /// The bag of each position.
     bag_of: Vec<u32>,
@@ -47,6 +48,36 @@ impl Plan {
     /// `padding_idx` its padding row (negative counts from the end). Max mode has no backward
     /// here (its gradient goes to one row per bag and column, chosen in the forward).
     pub fn new<I: Index>(
+        num_rows: usize,
+        dim: usize,
+        indices: &[I],
+        offsets: &[usize],
+        weights: Option<&[f32]>,
+        mode: Mode,
+        padding_idx: Option<i64>,
+    ) -> Result<Plan> {
+        let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?;
+        if plan.keys.len() >= PARALLEL_SORT_LEN && parallel::num_threads() > 1 {
+            let keys = &mut plan.keys;
+            parallel::install(|| keys.par_sort_unstable())?;
+        } else {
+            plan.keys.sort_unstable();
+        }
+        let mut last = u64::MAX;
+        for (k, key) in plan.keys.iter().enumerate() {
+            let row = key >> POSITION_BITS;
+            if row != last {
+                plan.starts.push(k);
+                last = row;
+            }
+        }
+        plan.starts.push(plan.keys.len());
+        Ok(plan)
+    }
+
+    /// The same checks as [`Plan::new`], with the lookups left in position order: enough for
+    /// [`Plan::rows`] and [`Plan::gather`] (the sparse gradient), not for the dense one.
+    pub fn unsorted<I: Index>(
         num_rows: usize,
         dim: usize,
         indices: &[I],
@@ -126,27 +157,12 @@ impl Plan {
                 }
             })
             .collect();
-        if keys.len() >= PARALLEL_SORT_LEN && parallel::num_threads() > 1 {
-            parallel::install(|| keys.par_sort_unstable())?;
-        } else {
-            keys.sort_unstable();
-        }
-        let mut starts = Vec::new();
-        let mut last = u64::MAX;
-        for (k, key) in keys.iter().enumerate() {
-            let row = key >> POSITION_BITS;
-            if row != last {
-                starts.push(k);
-                last = row;
-            }
-        }
-        starts.push(keys.len());
-        Ok(Plan { dim, num_rows, bags, keys, starts, bag_of, scale })
+        Ok(Plan { dim, num_rows, bags, keys, starts: Vec::new(), bag_of, scale })
     }
 
-    /// How many distinct rows the lookups touch (padding aside).
+    /// How many distinct rows the lookups touch (padding aside); sorted plans only.
     pub fn num_unique(&self) -> usize {
-        self.starts.len() - 1
+        self.starts.len().saturating_sub(1)
     }
 
     /// The `u`-th distinct row.
@@ -154,9 +170,50 @@ impl Plan {
         (self.keys[self.starts[u]] >> POSITION_BITS) as usize
     }
 
-    /// The distinct rows touched, ascending.
-    pub fn unique_rows(&self) -> Vec<i64> {
-        (0..self.num_unique()).map(|u| self.row(u) as i64).collect()
+    /// The row of each non-padding lookup, in the plan's order (lookup order when unsorted).
+    pub fn rows(&self) -> Vec<i64> {
+        self.keys.iter().map(|k| (k >> POSITION_BITS) as i64).collect()
+    }
+
+    /// How many lookups the gradient has (padding lookups aside).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no lookup reaches the gradient.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The sparse gradient's values: row `k` of `values` (`len() * dim`) gets lookup `k`'s
+    /// scaled output gradient, for the rows of [`Plan::rows`].
+    pub fn gather(&self, grad: &[f32], values: &mut [f32]) -> Result<()> {
+        self.check_grad(grad)?;
+        let dim = self.dim;
+        if values.len() != self.keys.len() * dim {
+            return Err(Error::value("the sparse gradient has the wrong size"));
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        let threads = parallel::num_threads();
+        let bytes = values.len() * 8;
+        let useful = bytes.div_ceil(SERIAL_WORK_BYTES).clamp(1, threads);
+        let per_item = self.keys.len().div_ceil(useful * ITEMS_PER_THREAD).max(1);
+        let chunks: Vec<Mutex<&mut [f32]>> = values.chunks_mut(per_item * dim).map(Mutex::new).collect();
+        parallel::for_each_index(chunks.len(), useful, &|c| {
+            let mut guard = chunks[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let keys = &self.keys[c * per_item..];
+            for (dst, &key) in guard.chunks_mut(dim).zip(keys) {
+                let p = (key & POSITION_MASK) as usize;
+                let b = self.bag_of[p] as usize;
+                let s = self.scale[p];
+                for (d, &g) in dst.iter_mut().zip(&grad[b * dim..(b + 1) * dim]) {
+                    *d = s * g;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn check_grad(&self, grad: &[f32]) -> Result<()> {
@@ -174,6 +231,10 @@ impl Plan {
     /// Add the gradient into `out`, the dense `[num_rows, dim]` gradient of the table.
     pub fn add_dense(&self, grad: &[f32], out: &mut [f32]) -> Result<()> {
         self.check_grad(grad)?;
+        assert!(
+            self.keys.is_empty() || !self.starts.is_empty(),
+            "add_dense needs a sorted plan (Plan::new)"
+        );
         if out.len() != self.num_rows * self.dim {
             return Err(Error::value(format!(
                 "the dense gradient has {} values, expected {} rows of {}",
@@ -196,26 +257,7 @@ impl Plan {
             rest = tail;
             base = end;
         }
-        self.run(&items, &slices, grad, |u, first| (self.row(u) - self.row(first)) * self.dim)
-    }
-
-    /// The compact gradient: `values` gets one `dim`-row per distinct row of
-    /// [`Plan::unique_rows`], in that order (`values` must hold `num_unique * dim` zeros or
-    /// whatever the sums should be added to).
-    pub fn add_compact(&self, grad: &[f32], values: &mut [f32]) -> Result<()> {
-        self.check_grad(grad)?;
-        if values.len() != self.num_unique() * self.dim {
-            return Err(Error::value("the compact gradient has the wrong size"));
-        }
-        let items = self.split();
-        let mut slices = Vec::with_capacity(items.len());
-        let mut rest = values;
-        for range in &items {
-            let (mine, tail) = rest.split_at_mut(range.len() * self.dim);
-            slices.push(Mutex::new(mine));
-            rest = tail;
-        }
-        self.run(&items, &slices, grad, |u, first| (u - first) * self.dim)
+        self.run(&items, &slices, grad)
     }
 
     /// Ranges of distinct rows holding about equal numbers of lookups.
@@ -243,15 +285,9 @@ impl Plan {
         items
     }
 
-    /// Sum each item's rows into its slice; `offset(u, first)` places distinct row `u` of an
-    /// item whose first distinct row is `first`.
-    fn run(
-        &self,
-        items: &[Range<usize>],
-        slices: &[Mutex<&mut [f32]>],
-        grad: &[f32],
-        offset: impl Fn(usize, usize) -> usize + Sync,
-    ) -> Result<()> {
+    /// Add each item's rows into its slice of the dense gradient, which starts at the item's
+    /// first distinct row.
+    fn run(&self, items: &[Range<usize>], slices: &[Mutex<&mut [f32]>], grad: &[f32]) -> Result<()> {
         let dim = self.dim;
         let useful = (self.keys.len() * dim * 8).div_ceil(SERIAL_WORK_BYTES).max(1);
         parallel::for_each_index(items.len(), useful, &|k| {
@@ -259,7 +295,7 @@ impl Plan {
             let mut guard = slices[k].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let dst_all: &mut [f32] = &mut guard;
             for u in range.clone() {
-                let at = offset(u, range.start);
+                let at = (self.row(u) - self.row(range.start)) * dim;
                 let dst = &mut dst_all[at..at + dim];
                 for &key in &self.keys[self.starts[u]..self.starts[u + 1]] {
                     let p = (key & POSITION_MASK) as usize;
@@ -335,10 +371,19 @@ mod tests {
             for (a, b) in dense.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{dense:?} != {want:?}");
             }
-            let mut values = vec![0.0; plan.num_unique() * dim];
-            plan.add_compact(&grad, &mut values).unwrap();
-            for (u, &r) in plan.unique_rows().iter().enumerate() {
-                assert_eq!(&values[u * dim..(u + 1) * dim], &dense[r as usize * dim..(r as usize + 1) * dim]);
+            // The sparse form: summing its rows gives the dense gradient.
+            let sparse = Plan::unsorted(rows, dim, &indices, &offsets, w, mode, pad).unwrap();
+            let mut values = vec![0.0; sparse.len() * dim];
+            sparse.gather(&grad, &mut values).unwrap();
+            let mut summed = vec![0.0; rows * dim];
+            for (k, &r) in sparse.rows().iter().enumerate() {
+                assert_ne!(Some(r), pad);
+                for d in 0..dim {
+                    summed[r as usize * dim + d] += values[k * dim + d];
+                }
+            }
+            for (a, b) in summed.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5);
             }
         }
     }
@@ -391,6 +436,6 @@ mod tests {
         let mut dense = vec![1.0; 6];
         plan.add_dense(&[0.0; 4], &mut dense).unwrap();
         assert_eq!(dense, vec![1.0; 6]);
-        plan.add_compact(&[0.0; 4], &mut []).unwrap();
+        plan.gather(&[0.0; 4], &mut []).unwrap();
     }
 }

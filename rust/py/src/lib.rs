@@ -662,12 +662,13 @@ fn pool_keyed<'py>(
     }
 }
 
-/// The distinct rows touched and their summed gradients: `(rows [U] int64, values [U, D])`.
-type Compact<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>);
+/// A sparse gradient: `(rows [K] int64, values [K, D])`, one per non-padding lookup.
+type SparseGrad<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>);
 
 /// The backward of a pooling call: the table's gradient from the output's gradient `grad`
 /// `[B, D]`. With `out` (float32 `[num_rows, D]`) it is added there (dense); without, the
-/// touched rows and their gradients come back (a coalesced sparse gradient).
+/// sparse gradient comes back: each non-padding lookup's row and scaled output gradient, in
+/// lookup order (torch's uncoalesced layout).
 #[pyfunction]
 #[pyo3(signature = (grad, num_rows, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, out=None))]
 #[allow(clippy::too_many_arguments)]
@@ -683,7 +684,7 @@ fn pool_backward<'py>(
     padding_idx: Option<i64>,
     include_last_offset: bool,
     out: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Option<Compact<'py>>> {
+) -> PyResult<Option<SparseGrad<'py>>> {
     let g = grad
         .cast::<PyArray2<f32>>()
         .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array [B, D]"))?;
@@ -698,10 +699,13 @@ fn pool_backward<'py>(
     let offs = req.offsets().py_err()?;
     let w = req.weights();
     let idx = req.indices.slice();
+    let dense = out.is_some();
     let plan = py
-        .detach(|| match idx {
-            IntSlice::I32(s) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
-            IntSlice::I64(s) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
+        .detach(|| match (idx, dense) {
+            (IntSlice::I32(s), true) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
+            (IntSlice::I64(s), true) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
+            (IntSlice::I32(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, padding_idx),
+            (IntSlice::I64(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, padding_idx),
         })
         .py_err()?;
     if let Some(out) = out {
@@ -719,12 +723,14 @@ fn pool_backward<'py>(
         py.detach(|| plan.add_dense(gs, os)).py_err()?;
         return Ok(None);
     }
-    let rows = PyArray1::from_vec(py, plan.unique_rows());
-    let values = PyArray2::<f32>::zeros(py, [plan.num_unique(), dim], false);
+    let rows = PyArray1::from_vec(py, plan.rows());
+    // SAFETY: `gather` writes every value (one row per lookup) before Python sees the array;
+    // on error the array is dropped unread.
+    let values = unsafe { PyArray2::<f32>::new(py, [plan.len(), dim], false) };
     {
         let mut rw = values.readwrite();
         let vs = rw.as_slice_mut().expect("a new array is contiguous");
-        py.detach(|| plan.add_compact(gs, vs)).py_err()?;
+        py.detach(|| plan.gather(gs, vs)).py_err()?;
     }
     Ok(Some((rows, values)))
 }
