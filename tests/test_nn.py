@@ -219,3 +219,14 @@ def test_core_runs_where_it_should(monkeypatch: pytest.MonkeyPatch) -> None:
     RF.embedding_bag(x, w.clone(), o, max_norm=1.0)
     RF.embedding_bag(x, w.clone().requires_grad_(True), o, mode="max")
     assert calls == []
+
+
+def test_replaced_weight_data_is_seen() -> None:
+    mod = rnn.EmbeddingBag(10, 4, mode="sum")
+    x, o = torch.tensor([1, 2]), torch.tensor([0])
+    with torch.no_grad():
+        mod(x, o)
+        mod.weight.data = torch.ones(10, 4)  # new storage: the cached view must not be reused
+        torch.testing.assert_close(mod(x, o), torch.full((1, 4), 2.0))
+        mod.weight.data = torch.ones(12, 4).half()  # new shape and dtype
+        torch.testing.assert_close(mod(x, o), torch.full((1, 4), 2.0).half())

@@ -15,6 +15,7 @@ the next call.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import numpy as np
@@ -42,13 +43,43 @@ MODES = ("sum", "mean", "max")
 # implementations
 
 
+#: Each live weight's numpy view, by ``id``, with a weak reference to the weight (whose
+#: callback drops the entry) and the storage address and shape the view was made for: making
+#: a view costs more than a small lookup. The view holds a detached alias of the weight, not
+#: the weight, so it does not keep the weight alive.
+_VIEWS: dict[int, tuple[weakref.ref[Tensor], int, torch.Size, np.ndarray, Optional[str]]] = {}
+
+
 def _table(weight: Tensor) -> tuple[np.ndarray, Optional[str]]:
     """The weight as the core takes it, sharing its storage: ``(array, None)`` for float32 and
-    float16, ``(bytes, "bf16")`` for bfloat16 (numpy has no bfloat16)."""
+    float16, ``(bytes, "bf16")`` for bfloat16 (numpy has no bfloat16). Cached per weight while
+    its storage stays where it is (in-place updates keep it; ``.data =`` moves it)."""
+    ptr = weight.data_ptr()
+    key = id(weight)
+    cached = _VIEWS.get(key)
+    if cached is not None and cached[0]() is weight and cached[1] == ptr \
+            and cached[2] == weight.shape and cached[3].dtype == _NUMPY_OF.get(weight.dtype):
+        return cached[3], cached[4]
     w = weight.detach()
     if w.dtype == torch.bfloat16:
-        return w.view(torch.uint8).numpy(), "bf16"
-    return w.numpy(), None
+        array, dtype = w.view(torch.uint8).numpy(), "bf16"
+    else:
+        array, dtype = w.numpy(), None
+    try:
+        ref = weakref.ref(weight, lambda _r, key=key: _drop_view(key, _r))
+    except TypeError:  # not weakly referenceable: no cache
+        return array, dtype
+    _VIEWS[key] = (ref, ptr, weight.shape, array, dtype)
+    return array, dtype
+
+
+def _drop_view(key: int, ref: weakref.ref[Tensor]) -> None:
+    entry = _VIEWS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _VIEWS[key]
+
+
+_NUMPY_OF = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint8}
 
 
 def _floats(t: Tensor) -> np.ndarray:

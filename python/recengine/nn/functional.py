@@ -62,7 +62,7 @@ def embedding_bag(
 
     psw = per_sample_weights
     if (
-        weight.device.type != "cpu" or input.device.type != "cpu"
+        not weight.is_cpu or not input.is_cpu
         or weight.dtype not in _WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] == 0
         or input.dtype not in _INDEX_DTYPES
         or (offsets is not None and (offsets.dtype not in _INDEX_DTYPES or offsets.dim() != 1))
