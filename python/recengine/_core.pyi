@@ -105,6 +105,37 @@ def pool_arrays(
     """Pool several arrays (as in :func:`pool_array`, one mode each) for one batch into one
     ``[B, sum(dims)]`` array in one multithreaded call."""
 
+def pool_keyed(
+    arrays: Sequence[NDArray[np.generic]],
+    tables: Sequence[int],
+    slots: Sequence[int],
+    values: NDArray[np.integer],
+    lengths: NDArray[np.integer],
+    batch: int,
+    modes: Sequence[str],
+    weights: Optional[NDArray[np.float32]] = None,
+    dtypes: Optional[Sequence[Optional[str]]] = None,
+) -> NDArray[np.float32]:
+    """Pool keyed jagged ids (TorchRec's layout: ``values`` key-major, ``lengths``
+    ``[num_keys * batch]``) in one call: output block ``j`` pools key ``slots[j]`` with table
+    ``tables[j]``; returns ``[batch, sum of the blocks' dims]``."""
+
+def pool_keyed_backward(
+    grad: NDArray[np.float32],
+    tables: Sequence[int],
+    slots: Sequence[int],
+    num_rows: Sequence[int],
+    dims: Sequence[int],
+    values: NDArray[np.integer],
+    lengths: NDArray[np.integer],
+    batch: int,
+    modes: Sequence[str],
+    outs: Sequence[Optional[NDArray[np.float32]]],
+    weights: Optional[NDArray[np.float32]] = None,
+) -> list[Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]]:
+    """The backward of :func:`pool_keyed`: block ``j`` adds into ``outs[tables[j]]`` (dense)
+    when given, else its entry is the block's sparse gradient ``(rows, values)``."""
+
 def pool_backward(
     grad: NDArray[np.float32],
     num_rows: int,

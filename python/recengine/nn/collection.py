@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,11 +73,12 @@ class _Keyed(torch.autograd.Function):
     def forward(ctx: Any, ebc: EmbeddingBagCollection, kjt: KeyedJaggedTensor,  # type: ignore[override]
                 slots: list[int], *weights: Tensor) -> Tensor:
         ctx.ebc, ctx.kjt, ctx.slots = ebc, kjt, slots
-        return ebc._pool(kjt, slots)
+        return ebc._pool(kjt, slots, list(weights))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        return (None, None, None, *ctx.ebc._weight_grads(ctx.kjt, ctx.slots, grad,
+        weights = ctx.ebc._weights()
+        return (None, None, None, *ctx.ebc._weight_grads(ctx.kjt, ctx.slots, grad, weights,
                                                          ctx.needs_input_grad[3:]))
 
 
@@ -136,8 +136,10 @@ class EmbeddingBagCollection(torch.nn.Module):
         self._block_tables = [t for t, _ in self._blocks]
         self._dims = [self._configs[t].embedding_dim for t, _ in self._blocks]
         self._modes = [cfg.pooling.value.lower() for cfg in self._configs]
-        self._views: list[Optional[tuple[int, np.ndarray, Optional[str]]]] = \
-            [None] * len(self._configs)
+        self._names = [cfg.name for cfg in self._configs]
+        # The core's view of the weights, kept while the same tensors keep the same storage.
+        self._core_args: Optional[tuple[list[Tensor], list[tuple[int, int]], list[Any],
+                                        list[Optional[str]]]] = None
         self._slot_cache: tuple[tuple[str, ...], list[int]] = ((), [])
 
     @classmethod
@@ -172,7 +174,9 @@ class EmbeddingBagCollection(torch.nn.Module):
         return next(iter(self.embedding_bags.values())).weight.device
 
     def _weights(self) -> list[Tensor]:
-        return [self.embedding_bags[cfg.name].weight for cfg in self._configs]
+        # Straight from the modules' dicts: Module.__getattr__ would cost more than a lookup.
+        modules = self.embedding_bags._modules
+        return [modules[name]._parameters["weight"] for name in self._names]  # type: ignore[index,union-attr,misc]
 
     def _slots(self, keys: list[str]) -> list[int]:
         """Where each output block's feature sits among ``keys`` (cached per key order)."""
@@ -186,70 +190,63 @@ class EmbeddingBagCollection(torch.nn.Module):
             self._slot_cache = (tuple(keys), slots)
         return slots
 
-    def _array(self, t: int, weight: Tensor) -> tuple[np.ndarray, Optional[str]]:
-        """Table ``t``'s weight as a numpy view, rebuilt only when its storage moves."""
-        view = self._views[t]
-        ptr = weight.data_ptr()
-        if view is None or view[0] != ptr or view[1].shape[0] != weight.shape[0]:
-            array, dtype = _op._table(weight)
-            self._views[t] = view = (ptr, array, dtype)
-        return view[1], view[2]
+    def _core_tables(self, weights: list[Tensor]) -> Optional[tuple[list[Any], list[Any]]]:
+        """The weights as the core takes them (arrays and storage dtypes), or None when one
+        cannot run on the core (CUDA, float64, non-contiguous). Rebuilt only when a weight is
+        replaced or its storage moves (in-place updates keep it)."""
+        keys = [(w.data_ptr(), w.shape[0]) for w in weights]
+        cached = self._core_args
+        if cached is not None and cached[1] == keys and all(
+                a is b for a, b in zip(cached[0], weights)):
+            return cached[2], cached[3]
+        if not all(w.is_cpu and w.dtype in _CORE_DTYPES and w.is_contiguous() for w in weights):
+            self._core_args = None
+            return None
+        arrays, dtypes = (list(x) for x in zip(*map(_op._table, weights)))
+        self._core_args = (list(weights), keys, arrays, dtypes)
+        return arrays, dtypes
 
-    def _core_ok(self, weights: list[Tensor]) -> bool:
-        return all(w.is_cpu and w.dtype in _CORE_DTYPES and w.is_contiguous() for w in weights)
-
-    def _pool(self, kjt: KeyedJaggedTensor, slots: list[int]) -> Tensor:
-        weights = self._weights()
-        arrays, dtypes = zip(*(self._array(t, w) for t, w in enumerate(weights)))
+    def _pool(self, kjt: KeyedJaggedTensor, slots: list[int], weights: list[Tensor],
+              tables: Optional[tuple[list[Any], list[Any]]] = None) -> Tensor:
+        tables = tables or self._core_tables(weights)
+        assert tables is not None, "checked by forward"
         psw = kjt.weights_or_none() if self._is_weighted else None
-        out = _core.pool_keyed(list(arrays), self._block_tables, slots,
-                               kjt.values().numpy(), kjt.lengths().numpy(), kjt.stride(),
-                               self._modes, None if psw is None else _op._floats(psw),
-                               list(dtypes))
+        out = _core.pool_keyed(tables[0], self._block_tables, slots,
+                               kjt.values().contiguous().numpy(),
+                               kjt.lengths().contiguous().numpy(), kjt.stride(), self._modes,
+                               None if psw is None else _op._floats(psw), tables[1])
         result = torch.from_numpy(out)
         dtype = weights[0].dtype
         return result if dtype == torch.float32 or any(w.dtype != dtype for w in weights) \
             else result.to(dtype)
 
     def _weight_grads(self, kjt: KeyedJaggedTensor, slots: list[int], grad: Tensor,
-                      needed: Sequence[bool]) -> list[Optional[Tensor]]:
-        weights = self._weights()
-        b = kjt.stride()
-        starts = kjt.offset_per_key()
-        values, lengths = kjt.values().numpy(), kjt.lengths().numpy()
+                      weights: list[Tensor], needed: Sequence[bool]) -> list[Optional[Tensor]]:
+        """Every table's gradient from one core call: dense tables are summed into their
+        buffers, sparse ones get torch's uncoalesced sparse gradient."""
+        sparse = [self.embedding_bags[name].sparse for name in self._names]
+        dense = [None if sparse[t] or not needed[t] else torch.zeros(w.shape, dtype=torch.float32)
+                 for t, w in enumerate(weights)]
         psw = kjt.weights_or_none() if self._is_weighted else None
-        psw_np = None if psw is None else _op._floats(psw)
-        dense: dict[int, Tensor] = {}
-        parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        col = 0
-        for j, (t, k) in enumerate(zip(self._block_tables, slots)):
-            dim = self._dims[j]
-            block, col = grad[:, col:col + dim], col + dim
-            if not needed[t]:
-                continue
-            w = weights[t]
-            args = dict(grad=_op._floats(block), num_rows=w.shape[0],
-                        indices=values[starts[k]:starts[k + 1]],
-                        lengths=lengths[k * b:(k + 1) * b], mode=self._modes[t],
-                        weights=None if psw_np is None else psw_np[starts[k]:starts[k + 1]])
-            if self.embedding_bags[self._configs[t].name].sparse:
-                rows, vals = _core.pool_backward(**args)
-                parts.setdefault(t, []).append((torch.from_numpy(rows), torch.from_numpy(vals)))
-            else:
-                if t not in dense:
-                    dense[t] = torch.zeros(w.shape, dtype=torch.float32)
-                _core.pool_backward(**args, out=dense[t].numpy())
+        parts = _core.pool_keyed_backward(
+            _op._floats(grad), self._block_tables, slots, [w.shape[0] for w in weights],
+            [w.shape[1] for w in weights], kjt.values().contiguous().numpy(),
+            kjt.lengths().contiguous().numpy(), kjt.stride(), self._modes,
+            [None if d is None else d.numpy() for d in dense],
+            None if psw is None else _op._floats(psw))
         out: list[Optional[Tensor]] = []
         for t, w in enumerate(weights):
-            if t in dense:
-                out.append(dense[t].to(w.dtype))
-            elif t in parts:
-                rows = torch.cat([r for r, _ in parts[t]])
-                vals = torch.cat([v for _, v in parts[t]]).to(w.dtype)
+            if not needed[t]:
+                out.append(None)
+            elif dense[t] is not None:
+                d = dense[t]
+                out.append(d if w.dtype == torch.float32 else d.to(w.dtype))
+            else:
+                mine = [p for p, table in zip(parts, self._block_tables) if table == t]
+                rows = torch.cat([torch.from_numpy(r) for r, _ in mine])
+                vals = torch.cat([torch.from_numpy(v) for _, v in mine]).to(w.dtype)
                 out.append(torch.sparse_coo_tensor(rows[None], vals, tuple(w.shape),
                                                    check_invariants=False))
-            else:
-                out.append(None)
         return out
 
     def _pool_torch(self, kjt: KeyedJaggedTensor) -> Tensor:
@@ -271,7 +268,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         if self._is_weighted and kjt.weights_or_none() is None:
             raise ValueError("this collection is weighted: the input needs weights")
         weights = self._weights()
-        if (torch.compiler.is_compiling() or not self._core_ok(weights)
+        tables = None if torch.compiler.is_compiling() else self._core_tables(weights)
+        if (tables is None
                 or not kjt.values().is_cpu
                 or kjt.values().dtype not in (torch.int32, torch.int64)):
             values = self._pool_torch(kjt)
@@ -280,5 +278,5 @@ class EmbeddingBagCollection(torch.nn.Module):
             if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
                 values = _Keyed.apply(self, kjt, slots, *weights)
             else:
-                values = self._pool(kjt, slots)
+                values = self._pool(kjt, slots, weights, tables)
         return KeyedTensor(self._feature_names, self._dims, values)

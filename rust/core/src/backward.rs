@@ -27,6 +27,29 @@ const PARALLEL_SORT_LEN: usize = 1 << 16;
 const POSITION_BITS: u32 = 32;
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
 
+/// The pooled output's gradient as a backward reads it: bag `b`'s row is
+/// `data[b * stride + col..][..dim]`, so one table's columns of a many-table output are read in
+/// place.
+#[derive(Clone, Copy)]
+pub struct Grad<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+    pub col: usize,
+}
+
+impl<'a> Grad<'a> {
+    /// A `[B, dim]` gradient of one table.
+    pub fn dense(data: &'a [f32], dim: usize) -> Grad<'a> {
+        Grad { data, stride: dim, col: 0 }
+    }
+
+    #[inline(always)]
+    fn row(&self, b: usize, dim: usize) -> &'a [f32] {
+        let at = b * self.stride + self.col;
+        &self.data[at..at + dim]
+    }
+}
+
 /// The lookups of one pooling call, sorted by the row they touch.
 pub struct Plan {
     dim: usize,
@@ -187,7 +210,7 @@ impl Plan {
 
     /// The sparse gradient's values: row `k` of `values` (`len() * dim`) gets lookup `k`'s
     /// scaled output gradient, for the rows of [`Plan::rows`].
-    pub fn gather(&self, grad: &[f32], values: &mut [f32]) -> Result<()> {
+    pub fn gather(&self, grad: Grad<'_>, values: &mut [f32]) -> Result<()> {
         self.check_grad(grad)?;
         let dim = self.dim;
         if values.len() != self.keys.len() * dim {
@@ -208,7 +231,7 @@ impl Plan {
                 let p = (key & POSITION_MASK) as usize;
                 let b = self.bag_of[p] as usize;
                 let s = self.scale[p];
-                for (d, &g) in dst.iter_mut().zip(&grad[b * dim..(b + 1) * dim]) {
+                for (d, &g) in dst.iter_mut().zip(grad.row(b, dim)) {
                     *d = s * g;
                 }
             }
@@ -216,20 +239,25 @@ impl Plan {
         })
     }
 
-    fn check_grad(&self, grad: &[f32]) -> Result<()> {
-        if grad.len() != self.bags * self.dim {
+    fn check_grad(&self, grad: Grad<'_>) -> Result<()> {
+        let fits = grad.col + self.dim <= grad.stride
+            && grad.data.len() == self.bags * grad.stride;
+        if !fits {
             return Err(Error::value(format!(
-                "the output gradient has {} values, expected {} bags of {}",
-                grad.len(),
+                "the output gradient has {} values, expected {} bags of {} (columns {}..{} of {})",
+                grad.data.len(),
                 self.bags,
-                self.dim
+                self.dim,
+                grad.col,
+                grad.col + self.dim,
+                grad.stride
             )));
         }
         Ok(())
     }
 
     /// Add the gradient into `out`, the dense `[num_rows, dim]` gradient of the table.
-    pub fn add_dense(&self, grad: &[f32], out: &mut [f32]) -> Result<()> {
+    pub fn add_dense(&self, grad: Grad<'_>, out: &mut [f32]) -> Result<()> {
         self.check_grad(grad)?;
         assert!(
             self.keys.is_empty() || !self.starts.is_empty(),
@@ -287,7 +315,7 @@ impl Plan {
 
     /// Add each item's rows into its slice of the dense gradient, which starts at the item's
     /// first distinct row.
-    fn run(&self, items: &[Range<usize>], slices: &[Mutex<&mut [f32]>], grad: &[f32]) -> Result<()> {
+    fn run(&self, items: &[Range<usize>], slices: &[Mutex<&mut [f32]>], grad: Grad<'_>) -> Result<()> {
         let dim = self.dim;
         let useful = (self.keys.len() * dim * 8).div_ceil(SERIAL_WORK_BYTES).max(1);
         parallel::for_each_index(items.len(), useful, &|k| {
@@ -300,7 +328,7 @@ impl Plan {
                 for &key in &self.keys[self.starts[u]..self.starts[u + 1]] {
                     let p = (key & POSITION_MASK) as usize;
                     let b = self.bag_of[p] as usize;
-                    axpy(dst, self.scale[p], &grad[b * dim..(b + 1) * dim]);
+                    axpy(dst, self.scale[p], grad.row(b, dim));
                 }
             }
             Ok(())
@@ -367,14 +395,14 @@ mod tests {
             let want = naive(rows, dim, &indices, &offsets, w, mode == Mode::Mean, pad, &grad);
             let plan = Plan::new(rows, dim, &indices, &offsets, w, mode, pad).unwrap();
             let mut dense = vec![0.0; rows * dim];
-            plan.add_dense(&grad, &mut dense).unwrap();
+            plan.add_dense(Grad::dense(&grad, dim), &mut dense).unwrap();
             for (a, b) in dense.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{dense:?} != {want:?}");
             }
             // The sparse form: summing its rows gives the dense gradient.
             let sparse = Plan::unsorted(rows, dim, &indices, &offsets, w, mode, pad).unwrap();
             let mut values = vec![0.0; sparse.len() * dim];
-            sparse.gather(&grad, &mut values).unwrap();
+            sparse.gather(Grad::dense(&grad, dim), &mut values).unwrap();
             let mut summed = vec![0.0; rows * dim];
             for (k, &r) in sparse.rows().iter().enumerate() {
                 assert_ne!(Some(r), pad);
@@ -404,7 +432,7 @@ mod tests {
         let plan = Plan::new(rows, dim, &indices, &offsets, None, Mode::Mean, Some(7)).unwrap();
         assert!(plan.split().len() > 1 || parallel::num_threads() == 1);
         let mut dense = vec![0.0; rows * dim];
-        plan.add_dense(&grad, &mut dense).unwrap();
+        plan.add_dense(Grad::dense(&grad, dim), &mut dense).unwrap();
         for (a, b) in dense.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4);
         }
@@ -425,8 +453,8 @@ mod tests {
         assert!(Plan::new(3, 2, &[0i64, 1], &offsets, Some(&[1.0]), Mode::Sum, None).is_err());
         assert!(Plan::new(3, 2, &[0i64, 1], &offsets, None, Mode::Sum, Some(3)).is_err());
         let plan = Plan::new(3, 2, &[0i64, 1], &offsets, None, Mode::Sum, None).unwrap();
-        assert!(plan.add_dense(&[1.0; 2], &mut [0.0; 5]).is_err());
-        assert!(plan.add_dense(&[1.0; 3], &mut [0.0; 6]).is_err());
+        assert!(plan.add_dense(Grad::dense(&[1.0; 2], 2), &mut [0.0; 5]).is_err());
+        assert!(plan.add_dense(Grad::dense(&[1.0; 3], 2), &mut [0.0; 6]).is_err());
     }
 
     #[test]
@@ -434,8 +462,8 @@ mod tests {
         let plan = Plan::new(3, 2, &[] as &[i64], &[0, 0, 0], None, Mode::Sum, None).unwrap();
         assert_eq!(plan.num_unique(), 0);
         let mut dense = vec![1.0; 6];
-        plan.add_dense(&[0.0; 4], &mut dense).unwrap();
+        plan.add_dense(Grad::dense(&[0.0; 4], 2), &mut dense).unwrap();
         assert_eq!(dense, vec![1.0; 6]);
-        plan.gather(&[0.0; 4], &mut []).unwrap();
+        plan.gather(Grad::dense(&[0.0; 4], 2), &mut []).unwrap();
     }
 }

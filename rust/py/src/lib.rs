@@ -13,7 +13,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArray
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use recengine_core::backward::Plan;
+use recengine_core::backward::{Grad, Plan};
 use recengine_core::{
     bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
 };
@@ -559,6 +559,162 @@ fn pool_arrays<'py>(
     pool_requests(py, &views, &reqs, &modes, &pads)
 }
 
+/// Where each key's ids start in the flat `values` (`num_keys + 1` entries) and each slot's
+/// bag boundaries, from TorchRec-style `lengths` `[num_keys * batch]` (checked).
+#[allow(clippy::type_complexity)]
+fn keyed_layout(slots: &[usize], n: usize, lengths: &Ints<'_>, batch: usize) -> PyResult<(Vec<usize>, Vec<Vec<usize>>)> {
+    let num_lengths = lengths.slice().len();
+    // With batch 0 there are no lengths: every key the slots name exists, empty.
+    let num_keys = num_lengths.checked_div(batch).unwrap_or_else(|| slots.iter().max().map_or(0, |&m| m + 1));
+    if num_lengths != num_keys * batch {
+        return Err(PyValueError::new_err(format!(
+            "{num_lengths} lengths do not split into keys of batch {batch}"
+        )));
+    }
+    if let Some(&bad) = slots.iter().find(|&&k| k >= num_keys) {
+        return Err(PyValueError::new_err(format!("key {bad} is not one of the {num_keys} keys")));
+    }
+    let mut starts = Vec::with_capacity(num_keys + 1);
+    let mut total = 0u64;
+    starts.push(0usize);
+    for k in 0..num_keys {
+        let r = k * batch..(k + 1) * batch;
+        let sum = match lengths.slice() {
+            IntSlice::I32(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
+            IntSlice::I64(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
+        }
+        .ok_or_else(|| PyValueError::new_err(format!("key {k} has a negative length")))?;
+        total = total.saturating_add(sum);
+        if total > n as u64 {
+            return Err(PyValueError::new_err(format!("the lengths of key {k} run past the {n} values")));
+        }
+        starts.push(total as usize);
+    }
+    if total != n as u64 {
+        return Err(PyValueError::new_err(format!("the lengths sum to {total} but there are {n} values")));
+    }
+    let offs = slots
+        .iter()
+        .map(|&k| {
+            let r = k * batch..(k + 1) * batch;
+            let count = starts[k + 1] - starts[k];
+            match lengths.slice() {
+                IntSlice::I32(l) => bag_offsets(Bags::Lengths(&l[r]), count),
+                IntSlice::I64(l) => bag_offsets(Bags::Lengths(&l[r]), count),
+            }
+        })
+        .collect::<recengine_core::Result<Vec<_>>>()
+        .py_err()?;
+    Ok((starts, offs))
+}
+
+/// The backward of [`pool_keyed`]: `grad` is the output's gradient `[batch, sum of the
+/// blocks' dims]`; block `j` (key `slots[j]`, table `tables[j]` of `num_rows[tables[j]]` rows
+/// and dim `dims[tables[j]]`) adds its gradient into `outs[tables[j]]` (float32
+/// `[num_rows, dim]`, dense) when that is given, else returns its sparse gradient (rows and
+/// values per lookup) in the result's entry `j`.
+#[pyfunction]
+#[pyo3(signature = (grad, tables, slots, num_rows, dims, values, lengths, batch, modes, outs, weights=None))]
+#[allow(clippy::too_many_arguments)]
+fn pool_keyed_backward<'py>(
+    py: Python<'py>,
+    grad: &Bound<'py, PyAny>,
+    tables: Vec<usize>,
+    slots: Vec<usize>,
+    num_rows: Vec<usize>,
+    dims: Vec<usize>,
+    values: &Bound<'py, PyAny>,
+    lengths: &Bound<'py, PyAny>,
+    batch: usize,
+    modes: Vec<String>,
+    outs: Vec<Option<Bound<'py, PyAny>>>,
+    weights: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Vec<Option<SparseGrad<'py>>>> {
+    let t = num_rows.len();
+    if dims.len() != t || modes.len() != t || outs.len() != t {
+        return Err(PyValueError::new_err(format!("dims, modes and outs need one entry per table ({t})")));
+    }
+    if tables.len() != slots.len() || tables.iter().any(|&x| x >= t) {
+        return Err(PyValueError::new_err("tables and slots need one entry per block, naming known tables"));
+    }
+    let g = grad
+        .cast::<PyArray2<f32>>()
+        .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array"))?;
+    let stride: usize = tables.iter().map(|&x| dims[x]).sum();
+    if !g.is_c_contiguous() || g.shape() != [batch, stride] {
+        return Err(PyValueError::new_err(format!(
+            "grad must be a C-contiguous [{batch}, {stride}] array, got shape {:?}",
+            g.shape()
+        )));
+    }
+    let g = g.try_readonly()?;
+    let gs = g.as_slice().expect("checked contiguous");
+    let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+    let values = ints_1d(values, "values")?;
+    let lengths = ints_1d(lengths, "lengths")?;
+    let weights = weights.map(|w| floats(w, "weights")).transpose()?;
+    let n = values.slice().len();
+    let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
+    if w_all.is_some_and(|w| w.len() != n) {
+        return Err(PyValueError::new_err(format!("weights need one entry per value ({n})")));
+    }
+    let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
+    let mut dense = Vec::with_capacity(t);
+    for (i, o) in outs.iter().enumerate() {
+        dense.push(match o {
+            None => None,
+            Some(o) => {
+                let a = o
+                    .cast::<PyArray2<f32>>()
+                    .map_err(|_| PyTypeError::new_err("outs must hold float32 [num_rows, dim] arrays"))?;
+                if a.shape() != [num_rows[i], dims[i]] || !a.is_c_contiguous() {
+                    return Err(PyValueError::new_err(format!(
+                        "outs[{i}] must be a C-contiguous [{}, {}] array",
+                        num_rows[i], dims[i]
+                    )));
+                }
+                Some(a.try_readwrite()?)
+            }
+        });
+    }
+    let idx = values.slice();
+    let mut result = Vec::with_capacity(tables.len());
+    let mut col = 0;
+    for (j, (&ti, &k)) in tables.iter().zip(&slots).enumerate() {
+        let dim = dims[ti];
+        let view = Grad { data: gs, stride, col };
+        col += dim;
+        let ids = starts[k]..starts[k + 1];
+        let w = w_all.map(|w| &w[ids.clone()]);
+        let sorted = dense[ti].is_some();
+        let plan = py
+            .detach(|| match idx {
+                IntSlice::I32(v) if sorted => Plan::new(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
+                IntSlice::I64(v) if sorted => Plan::new(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
+                IntSlice::I32(v) => Plan::unsorted(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
+                IntSlice::I64(v) => Plan::unsorted(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
+            })
+            .py_err()?;
+        if let Some(out) = dense[ti].as_mut() {
+            let os = out.as_slice_mut().expect("checked contiguous");
+            py.detach(|| plan.add_dense(view, os)).py_err()?;
+            result.push(None);
+        } else {
+            let rows = PyArray1::from_vec(py, plan.rows());
+            // SAFETY: `gather` writes every value before Python sees the array; on error the
+            // array is dropped unread.
+            let vals = unsafe { PyArray2::<f32>::new(py, [plan.len(), dim], false) };
+            {
+                let mut rw = vals.readwrite();
+                let vs = rw.as_slice_mut().expect("a new array is contiguous");
+                py.detach(|| plan.gather(view, vs)).py_err()?;
+            }
+            result.push(Some((rows, vals)));
+        }
+    }
+    Ok(result)
+}
+
 /// Pool keyed jagged ids (TorchRec's layout) for one batch in one call.
 ///
 /// `values` holds the ids of `num_keys` keys, key-major, and `lengths[k * batch + b]` is how
@@ -597,55 +753,13 @@ fn pool_keyed<'py>(
     let lengths = ints_1d(lengths, "lengths")?;
     let weights = weights.map(|w| floats(w, "weights")).transpose()?;
     let n = values.slice().len();
-    let num_lengths = lengths.slice().len();
-    // With batch 0 there are no lengths: every key the slots name exists, empty.
-    let num_keys = num_lengths.checked_div(batch).unwrap_or_else(|| slots.iter().max().map_or(0, |&m| m + 1));
-    if num_lengths != num_keys * batch {
-        return Err(PyValueError::new_err(format!(
-            "{num_lengths} lengths do not split into keys of batch {batch}"
-        )));
-    }
-    if let Some(&bad) = slots.iter().find(|&&k| k >= num_keys) {
-        return Err(PyValueError::new_err(format!("key {bad} is not one of the {num_keys} keys")));
-    }
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
     if let Some(w) = w_all {
         if w.len() != n {
             return Err(PyValueError::new_err(format!("weights has {} entries for {n} values", w.len())));
         }
     }
-    // Where each key's ids start, from the lengths (each checked non-negative).
-    let mut starts = Vec::with_capacity(num_keys + 1);
-    let mut total = 0u64;
-    starts.push(0usize);
-    for k in 0..num_keys {
-        let r = k * batch..(k + 1) * batch;
-        let sum = match lengths.slice() {
-            IntSlice::I32(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
-            IntSlice::I64(l) => l[r].iter().try_fold(0u64, |a, &x| u64::try_from(x).ok().map(|x| a + x)),
-        }
-        .ok_or_else(|| PyValueError::new_err(format!("key {k} has a negative length")))?;
-        total = total.saturating_add(sum);
-        if total > n as u64 {
-            return Err(PyValueError::new_err(format!("the lengths of key {k} run past the {n} values")));
-        }
-        starts.push(total as usize);
-    }
-    if total != n as u64 {
-        return Err(PyValueError::new_err(format!("the lengths sum to {total} but there are {n} values")));
-    }
-    let offs = slots
-        .iter()
-        .map(|&k| {
-            let r = k * batch..(k + 1) * batch;
-            let count = starts[k + 1] - starts[k];
-            match lengths.slice() {
-                IntSlice::I32(l) => bag_offsets(Bags::Lengths(&l[r]), count),
-                IntSlice::I64(l) => bag_offsets(Bags::Lengths(&l[r]), count),
-            }
-        })
-        .collect::<recengine_core::Result<Vec<_>>>()
-        .py_err()?;
+    let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
     let views: Vec<TableView<'_>> = tables.iter().map(|&i| arrays[i].view()).collect();
     let bmodes: Vec<Mode> = tables.iter().map(|&i| modes[i]).collect();
     let ws: Vec<Option<&[f32]>> = slots.iter().map(|&k| w_all.map(|w| &w[starts[k]..starts[k + 1]])).collect();
@@ -720,7 +834,7 @@ fn pool_backward<'py>(
         }
         let mut rw = o.try_readwrite()?;
         let os = rw.as_slice_mut().expect("checked contiguous");
-        py.detach(|| plan.add_dense(gs, os)).py_err()?;
+        py.detach(|| plan.add_dense(Grad::dense(gs, dim), os)).py_err()?;
         return Ok(None);
     }
     let rows = PyArray1::from_vec(py, plan.rows());
@@ -730,7 +844,7 @@ fn pool_backward<'py>(
     {
         let mut rw = values.readwrite();
         let vs = rw.as_slice_mut().expect("a new array is contiguous");
-        py.detach(|| plan.gather(gs, vs)).py_err()?;
+        py.detach(|| plan.gather(Grad::dense(gs, dim), vs)).py_err()?;
     }
     Ok(Some((rows, values)))
 }
@@ -814,6 +928,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
     m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
