@@ -14,7 +14,7 @@ import pytest
 from recengine.cli import main
 
 REQUIRED = (
-    "model", "batch", "dtype", "threads", "lookups",
+    "model", "batch", "dtype", "op", "threads", "lookups",
     "recengine_lookups_per_s", "torch_lookups_per_s", "numpy_lookups_per_s",
     "ratio_vs_torch", "recengine_gb_per_s", "probe_fraction", "correct",
     "recengine_s", "torch_s", "numpy_s",
@@ -36,11 +36,16 @@ def test_bench_quick_json_rows(quick_run: dict[str, Any]) -> None:
     assert quick_run["code"] == 0, quick_run["stderr"]
     rows = json.loads(quick_run["stdout"])  # stdout holds the JSON list and nothing else
     assert isinstance(rows, list)
-    assert {(r["batch"], r["dtype"]) for r in rows} == {
-        (1, "fp32"), (16, "fp32"), (1, "int8"), (16, "int8")}
     for row in rows:
         missing = [k for k in REQUIRED if k not in row]
         assert not missing, f"row lacks {missing}"
+    # Every op by default; the module ops on fp32 tables only.
+    assert {(r["batch"], r["dtype"], r["op"]) for r in rows} == {
+        (1, "fp32", "pool"), (16, "fp32", "pool"), (1, "int8", "pool"), (16, "int8", "pool"),
+        (1, "fp32", "forward"), (16, "fp32", "forward"),
+        (1, "fp32", "forward_backward"), (16, "fp32", "forward_backward")}
+    pool = [r for r in rows if r["op"] == "pool"]
+    for row in pool:
         assert row["model"] == "rmc1"
         assert row["threads"] == 2
         assert row["lookups"] == row["batch"] * 8 * 80  # rmc1: 8 tables x 80 lookups
@@ -51,6 +56,14 @@ def test_bench_quick_json_rows(quick_run: dict[str, Any]) -> None:
             row["lookups"] / row["recengine_s"])
         assert row["ratio_vs_torch"] == pytest.approx(row["torch_s"] / row["recengine_s"])
         assert row["correct"] is True, row
+    for row in (r for r in rows if r["op"] != "pool"):
+        assert row["lookups"] == row["batch"] * 8 * 80
+        for key in ("recengine_lookups_per_s", "torch_lookups_per_s", "modules_lookups_per_s",
+                    "ratio_vs_torch", "ratio_modules_vs_torch"):
+            assert row[key] is not None and math.isfinite(row[key]) and row[key] > 0, key
+        assert row["numpy_s"] is None and row["probe_fraction"] is None
+        assert row["grad"] == ("sparse" if row["op"] == "forward_backward" else None)
+        assert row["correct"] is True, row
 
 
 def test_bench_out_file(quick_run: dict[str, Any]) -> None:
@@ -59,8 +72,11 @@ def test_bench_out_file(quick_run: dict[str, Any]) -> None:
     summary = doc["summary"]
     assert summary["all_correct"] is True
     assert summary["ratio_vs_torch_small_batch"]["n"] == 2
+    assert summary["per_op"]["forward"]["small_batch"]["n"] == 2
+    assert summary["per_op"]["forward_backward"]["all"]["n"] == 2
     assert summary["int8_over_fp32"]["n"] == 2
     assert doc["config"]["models"] == ["rmc1"]
+    assert doc["config"]["ops"] == ["pool", "forward", "forward_backward"]
 
 
 def test_bench_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,8 +2,9 @@
 
 For every (model, dtype, batch) the harness builds the model's tables once (R2 shapes from
 :mod:`recengine.shapes`, row counts scaled), draws uniform random indices with each table's
-fixed pooling factor, and times the model's whole embedding stage three ways on the same
-rows, the same indices and the same thread count:
+fixed pooling factor, and times the model's whole embedding stage on the same rows, the same
+indices and the same thread count, as up to three operations (:data:`OPS`, one result row each,
+``row["op"]``). The ``"pool"`` op times the stage three ways:
 
 * **recengine**: one :meth:`recengine.EmbeddingCollection.lookup` call over all tables.
 * **torch** (eval, ``torch.no_grad()``): the DLRM-style stage, one ``nn.EmbeddingBag(mode="sum")``
@@ -12,6 +13,22 @@ rows, the same indices and the same thread count:
   bytes recengine stores.
 * **numpy**: :data:`NUMPY_METHOD`, one table at a time; numpy's gathers run on one thread
   whatever the thread count. int8 rows are dequantized from the same fused rows.
+
+The ``"forward"`` and ``"forward_backward"`` ops (fp32 tables only, they need torch) time the
+stage as torch modules (:class:`ModuleStage`), all three routes on the same weight Parameters:
+
+* **recengine**: one :class:`recengine.nn.EmbeddingBagCollection` call on a prebuilt
+  ``KeyedJaggedTensor`` (its ``embedding_bags`` are torch's modules themselves);
+* **torch**: one ``nn.EmbeddingBag(mode="sum")`` per table + ``torch.cat(dim=1)``, as above;
+* **modules** (extra columns): the drop-in route, each module :func:`recengine.nn.convert`-ed,
+  + ``torch.cat``.
+
+``"forward"`` runs in eval mode under ``torch.no_grad()``. ``"forward_backward"`` is one
+training step without the optimizer (DLRM-style): forward in train mode with weights that
+require grad (``sparse=True`` unless ``grad="dense"``), ``out.backward(g)`` with a fixed random
+``g``, then every weight's ``.grad`` set to None, all inside the timed call. Each op's outputs
+(and, for the training step, every table's weight gradient) are checked against torch's once
+per case, outside the timing.
 
 Each implementation's time is the median of up to ``repeats`` calls after ``warmup`` calls,
 taken in ``rounds`` blocks that alternate between the implementations (so that a slow spell of
@@ -60,20 +77,31 @@ __all__ = [
     "DEFAULT_BATCHES",
     "DEFAULT_DTYPES",
     "DEFAULT_TABLE_MB",
+    "GRAD_KINDS",
     "IMPLEMENTATIONS",
+    "MODULE_OPS",
+    "MODULE_ROUTES",
     "NUMPY_METHOD",
+    "OPS",
+    "OP_TARGETS",
     "BenchConfig",
     "IndexSet",
+    "ModuleStage",
     "Stage",
+    "aligned",
     "auto_scale",
     "bench_case",
+    "bench_module_case",
+    "case_name",
     "config_dict",
     "default_threads",
+    "grads_agree",
     "index_set_count",
     "iter_bench",
     "make_index_sets",
     "numpy_pool",
     "outputs_agree",
+    "planned_rows",
     "run_bench",
     "summarize",
     "torch_available",
@@ -84,6 +112,21 @@ DEFAULT_DTYPES: tuple[str, ...] = ("fp32", "int8")
 #: dtypes the harness can compare against torch.
 BENCH_DTYPES: tuple[str, ...] = ("fp32", "int8")
 IMPLEMENTATIONS: tuple[str, ...] = ("recengine", "torch", "numpy")
+#: What one result row measures: the stage's pooling (recengine's core API vs torch vs numpy),
+#: its eval forward as torch modules, or its training step (forward + backward) as modules.
+OPS: tuple[str, ...] = ("pool", "forward", "forward_backward")
+#: The ops that run the stage as torch modules (fp32 tables only; they need torch).
+MODULE_OPS: tuple[str, ...] = ("forward", "forward_backward")
+#: The routes a module op times, in the order each round runs them (see :class:`ModuleStage`).
+MODULE_ROUTES: tuple[str, ...] = ("recengine", "torch", "modules")
+#: Weight gradients of the ``forward_backward`` op.
+GRAD_KINDS: tuple[str, ...] = ("sparse", "dense")
+#: The speed ratios vs torch the project tracks, per op (fp32): (group, least ratio), groups as
+#: in :func:`summarize` ("small_batch": batch <= 16, "large_batch": batch >= 64, "all").
+OP_TARGETS: dict[str, tuple[tuple[str, float], ...]] = {
+    "forward": (("large_batch", 1.5), ("small_batch", 3.0)),
+    "forward_backward": (("all", 1.2),),
+}
 #: fp32 bytes a model's tables are scaled to by default: well above a 32 MB L3, small enough
 #: that the eight models build and run in a few minutes on a laptop.
 DEFAULT_TABLE_MB: float = 256.0
@@ -148,7 +191,11 @@ class BenchConfig:
             ``repeats / rounds`` calls and ``budget_s / rounds`` seconds, the cache flushed
             before each block; the median is over all rounds' calls.
         seed: seed of the tables and the indices.
-        impls: implementations to time, from :data:`IMPLEMENTATIONS`.
+        impls: implementations to time, from :data:`IMPLEMENTATIONS` (the module ops time
+            recengine and the drop-in modules, and torch when it is listed; numpy does not
+            apply to them).
+        ops: what to measure, from :data:`OPS`; the module ops run for fp32 tables only.
+        grad: the ``forward_backward`` op's weight gradients, "sparse" or "dense".
         probe: whether to measure the gather roofline.
         per_table: also time each table alone (recengine vs torch), in ``row["tables"]``.
         evict_mb: bytes written before each measurement to flush the caches (0: don't).
@@ -169,6 +216,8 @@ class BenchConfig:
     rounds: int = 3
     seed: int = 0
     impls: Sequence[str] = IMPLEMENTATIONS
+    ops: Sequence[str] = OPS
+    grad: str = "sparse"
     probe: bool = True
     per_table: bool = False
     evict_mb: float = 64.0
@@ -179,6 +228,8 @@ class BenchConfig:
         self.batches = tuple(int(b) for b in self.batches)
         self.dtypes = tuple(str(d).lower() for d in self.dtypes)
         self.impls = tuple(str(i).lower() for i in self.impls)
+        self.ops = tuple(dict.fromkeys(str(o).lower() for o in self.ops))
+        self.grad = str(self.grad).lower()
         if not self.models:
             raise ValueError("no models to benchmark")
         if not self.batches or min(self.batches) < 1:
@@ -191,6 +242,14 @@ class BenchConfig:
         if bad or "recengine" not in self.impls:
             raise ValueError(f"impls must include 'recengine' and come from "
                              f"{', '.join(IMPLEMENTATIONS)}; got {list(self.impls)}")
+        bad = [o for o in self.ops if o not in OPS]
+        if bad or not self.ops:
+            raise ValueError(f"unsupported op(s) {bad}; expected some of {', '.join(OPS)}")
+        if "pool" not in self.ops and "fp32" not in self.dtypes:
+            raise ValueError(f"the ops {', '.join(self.ops)} run on fp32 tables only; "
+                             f"dtypes {list(self.dtypes)} leave nothing to measure")
+        if self.grad not in GRAD_KINDS:
+            raise ValueError(f"grad must be one of {', '.join(GRAD_KINDS)}, got {self.grad!r}")
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale!r}")
         if self.threads is not None and self.threads < 1:
@@ -203,6 +262,11 @@ class BenchConfig:
         if self.scale is not None:
             return float(self.scale)
         return auto_scale(model, self.table_mb, self.min_rows)
+
+    def case_ops(self, dtype: str) -> tuple[str, ...]:
+        """The ops measured on ``dtype`` tables (module ops on fp32 only), in :data:`OPS`
+        order."""
+        return tuple(o for o in OPS if o in self.ops and (o == "pool" or dtype == "fp32"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,13 +323,18 @@ class _Threads:
 @dataclass
 class IndexSet:
     """One call's inputs: per table, ``batch * lookups`` int64 row ids and ``batch`` offsets
-    (fixed pooling: bag b of table t is ``indices[t][b*n_t:(b+1)*n_t]``)."""
+    (fixed pooling: bag b of table t is ``indices[t][b*n_t:(b+1)*n_t]``).
+
+    ``values``, where given, holds every table's ids one table after the other (the key-major
+    values of a KeyedJaggedTensor) and ``indices[t]`` are views into it.
+    """
 
     indices: list[np.ndarray]
     offsets: list[np.ndarray]
     batch: int
     torch_indices: Optional[list[Any]] = None
     torch_offsets: Optional[list[Any]] = None
+    values: Optional[np.ndarray] = None
 
     @property
     def lookups(self) -> int:
@@ -277,15 +346,21 @@ def make_index_sets(
 ) -> list[IndexSet]:
     """``count`` independent draws of uniform random indices for ``batch`` bags per table.
 
-    With ``torch`` given, each set also carries zero-copy torch views of its arrays.
+    With ``torch`` given, each set also carries zero-copy torch views of its arrays. Each set's
+    indices lie one table after the other in one buffer (``IndexSet.values``).
     """
     rng = np.random.default_rng([seed, batch])
     offsets = [np.arange(0, batch * s.lookups, s.lookups, dtype=np.int64) for s in specs]
+    bounds = np.cumsum([0] + [batch * s.lookups for s in specs]).tolist()
     out = []
     for _ in range(count):
-        idx = [rng.integers(0, s.num_rows, size=batch * s.lookups, dtype=np.int64)
-               for s in specs]
-        iset = IndexSet(idx, offsets, batch)
+        values = np.empty(bounds[-1], dtype=np.int64)
+        idx = []
+        for t, s in enumerate(specs):
+            part = values[bounds[t]:bounds[t + 1]]
+            part[:] = rng.integers(0, s.num_rows, size=part.size, dtype=np.int64)
+            idx.append(part)
+        iset = IndexSet(idx, offsets, batch, values=values)
         if torch is not None:
             iset.torch_indices = [torch.from_numpy(i) for i in idx]
             iset.torch_offsets = [torch.from_numpy(o) for o in offsets]
@@ -365,6 +440,21 @@ def _pool_fixed_int8(raw: np.ndarray, dim: int, indices: np.ndarray, batch: int,
     return pooled
 
 
+def aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``array`` whose data starts on an ``alignment``-byte boundary.
+
+    Example::
+
+        >>> aligned(np.ones((3, 5), np.float32)).ctypes.data % 64
+        0
+    """
+    buf = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    start = -buf.ctypes.data % alignment
+    out = buf[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
 class Stage:
     """One model's embedding stage in one storage dtype, ready to run three ways.
 
@@ -398,7 +488,9 @@ class Stage:
         # Plain arrays: fp32 values, or the fused int8 rows exactly as recengine stores them.
         self.arrays: Optional[list[np.ndarray]] = None
         if numpy or torch is not None:
-            self.arrays = [t.to_numpy() if self.dtype == "fp32" else t.raw_rows()
+            # 64-byte aligned, as torch's own allocations and recengine's tables are: numpy's
+            # default alignment (16 bytes) makes rows straddle one cache line more.
+            self.arrays = [aligned(t.to_numpy() if self.dtype == "fp32" else t.raw_rows())
                            for t in self.tables]
         self._modules: list[Any] = []
         self._weights: list[Any] = []
@@ -467,6 +559,174 @@ class Stage:
             outs = [_pool_fixed_int8(a, d, i, b, i.size // b)
                     for a, d, i in zip(self.arrays, self.dims, iset.indices)]
         return np.concatenate(outs, axis=1)
+
+
+class ModuleStage:
+    """One model's fp32 embedding stage as torch modules, for the ``forward`` and
+    ``forward_backward`` ops: three routes (:data:`MODULE_ROUTES`) on the same weights.
+
+    * ``"torch"``: one ``torch.nn.EmbeddingBag(mode="sum")`` per table, called with 1-D
+      indices and offsets, then ``torch.cat(dim=1)`` (what :meth:`Stage.runner` ``("torch")``
+      runs);
+    * ``"recengine"``: one :class:`recengine.nn.EmbeddingBagCollection` call on the set's
+      prebuilt ``KeyedJaggedTensor``; its ``embedding_bags`` hold the torch modules themselves;
+    * ``"modules"``: the drop-in route, :func:`recengine.nn.convert` of each torch module
+      (sharing its weight Parameter) + ``torch.cat``.
+
+    The weights are Parameters over the tables' numpy arrays (no copy; ``stage.arrays`` where
+    the stage has them, so torch's pool modules read the same memory), with ``sparse=True``
+    gradients unless ``grad="dense"``. Call :meth:`prepare` with a batch's index sets before
+    running them. :meth:`runner` puts the modules in its op's mode (:meth:`set_mode`): for
+    ``forward`` eval mode and weights that do not require grad (a frozen inference model: torch
+    then takes its forward-only kernel, as the ``pool`` op's modules do; with weights that
+    require grad it also builds the backward's bookkeeping, even under ``no_grad``), for
+    ``forward_backward`` train mode and weights that require grad.
+
+    Args:
+        stage: an fp32 :class:`Stage`.
+        torch: the torch module.
+        grad: "sparse" or "dense" weight gradients.
+
+    Example::
+
+        >>> import torch
+        >>> stage = Stage([EmbeddingTable.random(1000, 32, seed=s) for s in range(3)], torch)
+        >>> sets = make_index_sets(stage.specs(lookups=[2, 2, 2]), batch=4, torch=torch)
+        >>> mstage = ModuleStage(stage, torch)
+        >>> mstage.prepare(sets)
+        >>> step = mstage.runner("recengine", "forward_backward")
+        >>> step(sets[0]).shape
+        torch.Size([4, 96])
+    """
+
+    def __init__(self, stage: Stage, torch: Any, grad: str = "sparse") -> None:
+        if stage.dtype != "fp32":
+            raise ValueError(f"a ModuleStage needs fp32 tables, got {stage.dtype}")
+        if grad not in GRAD_KINDS:
+            raise ValueError(f"grad must be one of {', '.join(GRAD_KINDS)}, got {grad!r}")
+        import recengine.nn as rnn
+
+        self.torch, self.grad = torch, grad
+        sparse = grad == "sparse"
+        arrays = stage.arrays if stage.arrays is not None else [t.to_numpy()
+                                                                  for t in stage.tables]
+        self.dims = list(stage.dims)
+        self.keys = [f"f{t}" for t in range(len(arrays))]
+        self.modules = [torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(a), freeze=False,
+                                                              mode="sum", sparse=sparse)
+                        for a in arrays]
+        self.params = [m.weight for m in self.modules]
+        configs = [rnn.EmbeddingBagConfig(num_embeddings=a.shape[0], embedding_dim=a.shape[1],
+                                          name=f"t{t}", feature_names=[key])
+                   for t, (a, key) in enumerate(zip(arrays, self.keys))]
+        # On the meta device the constructor allocates nothing; the real weights go in next.
+        self.ebc = rnn.EmbeddingBagCollection(configs, sparse=sparse, device="meta")
+        for t, module in enumerate(self.modules):
+            self.ebc.embedding_bags[f"t{t}"] = module
+        self.converted = [rnn.convert(m) for m in self.modules]
+        self._kjt_class = rnn.KeyedJaggedTensor
+        self._kjts: dict[int, tuple[IndexSet, Any]] = {}
+        self._grad_out: Any = None
+
+    def prepare(self, sets: Sequence[IndexSet], seed: int = 0) -> None:
+        """Build each set's KeyedJaggedTensor (zero-copy over ``IndexSet.values`` where it
+        exists) and the fixed random output gradient ``g`` ``[B, sum(D)]`` of their batch."""
+        torch = self.torch
+        self._kjts.clear()  # in place: the runners made earlier see the new sets
+        for iset in sets:
+            b = iset.batch
+            if iset.torch_indices is None:
+                raise ValueError("the index sets need torch views (make_index_sets(torch=...))")
+            values = (torch.from_numpy(iset.values) if iset.values is not None
+                      else torch.cat(iset.torch_indices))
+            # Table-major lengths: table 0's B bag sizes, then table 1's, ...
+            lengths = torch.from_numpy(np.repeat(
+                np.array([i.size // b for i in iset.indices], dtype=np.int64), b))
+            kjt = self._kjt_class(keys=self.keys, values=values, lengths=lengths)
+            self._kjts[id(iset)] = (iset, kjt)
+        if sets:
+            gen = torch.Generator().manual_seed(seed * 1000 + sets[0].batch)
+            self._grad_out = torch.randn(sets[0].batch, sum(self.dims), generator=gen)
+
+    def kjt(self, iset: IndexSet) -> Any:
+        """The prepared KeyedJaggedTensor of ``iset``."""
+        entry = self._kjts.get(id(iset))
+        if entry is None or entry[0] is not iset:
+            raise KeyError("this index set was not prepared (ModuleStage.prepare)")
+        return entry[1]
+
+    def _forward(self, route: str) -> Callable[[IndexSet], Any]:
+        torch = self.torch
+        if route == "recengine":
+            ebc, kjts = self.ebc, self._kjts
+
+            def run_ebc(iset: IndexSet) -> Any:
+                return ebc(kjts[id(iset)][1]).values()
+            return run_ebc
+        if route in ("torch", "modules"):
+            modules = self.modules if route == "torch" else self.converted
+
+            def run_modules(iset: IndexSet) -> Any:
+                return torch.cat([m(i, o) for m, i, o in zip(modules, iset.torch_indices,
+                                                             iset.torch_offsets)], dim=1)
+            return run_modules
+        raise ValueError(f"unknown route {route!r}; expected one of {MODULE_ROUTES}")
+
+    def set_mode(self, op: str) -> None:
+        """Eval mode and frozen weights for ``forward``; train mode and weights that require
+        grad for ``forward_backward``."""
+        if op not in MODULE_OPS:
+            raise ValueError(f"unknown module op {op!r}; expected one of {MODULE_OPS}")
+        train = op == "forward_backward"
+        self.ebc.train(train)
+        for m in (*self.modules, *self.converted):
+            m.train(train)
+        for p in self.params:
+            p.grad = None
+            p.requires_grad_(train)
+
+    def runner(self, route: str, op: str) -> Callable[[IndexSet], Any]:
+        """The timed call of ``op`` with ``route`` on one prepared IndexSet: for "forward" the
+        ``[B, sum(D)]`` output under ``torch.no_grad()``; for "forward_backward" forward,
+        ``out.backward(g)``, every weight's ``.grad`` set to None, returning the detached output.
+        Puts the modules in ``op``'s mode (:meth:`set_mode`).
+        """
+        torch = self.torch
+        forward = self._forward(route)
+        self.set_mode(op)
+        if op == "forward":
+            def run(iset: IndexSet) -> Any:
+                with torch.no_grad():
+                    return forward(iset)
+            return run
+        if op == "forward_backward":
+            params = self.params
+
+            def step(iset: IndexSet) -> Any:
+                with torch.enable_grad():
+                    out = forward(iset)
+                    out.backward(self._grad_out)
+                for p in params:
+                    p.grad = None
+                return out.detach()
+            return step
+        raise ValueError(f"unknown module op {op!r}; expected one of {MODULE_OPS}")
+
+    def gradients(self, route: str, iset: IndexSet) -> tuple[Any, list[Any]]:
+        """One untimed training step of ``route`` on ``iset``: its output and every table's
+        weight gradient (sparse ones coalesced), the ``.grad`` fields cleared before and after.
+        Puts the modules in training mode (:meth:`set_mode`)."""
+        torch = self.torch
+        self.set_mode("forward_backward")
+        with torch.enable_grad():
+            out = self._forward(route)(iset)
+            out.backward(self._grad_out)
+        grads = [None if p.grad is None else
+                 (p.grad.coalesce() if p.grad.is_sparse else p.grad.clone())
+                 for p in self.params]
+        for p in self.params:
+            p.grad = None
+        return out.detach(), grads
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,8 +813,63 @@ def outputs_agree(a: Any, b: Any, lookups_per_bag: int = 1) -> tuple[bool, float
     return bool(np.allclose(a, b, rtol=_RTOL, atol=atol)), diff
 
 
+def grads_agree(a: Sequence[Any], b: Sequence[Any],
+                max_hits: Sequence[int]) -> tuple[bool, float]:
+    """Whether two lists of per-table weight gradients (torch tensors, sparse ones coalesced)
+    agree: the same rows exactly and values to fp32 rounding for rows summed from up to
+    ``max_hits[t]`` lookups; and the largest absolute difference."""
+    ok, worst = True, 0.0
+    for ga, gb, hits in zip(a, b, max_hits):
+        if ga is None or gb is None:
+            if ga is not gb:
+                return False, math.inf
+            continue
+        if ga.is_sparse != gb.is_sparse or tuple(ga.shape) != tuple(gb.shape):
+            return False, math.inf
+        if ga.is_sparse:
+            ia, ib = ga.indices().numpy(), gb.indices().numpy()
+            if ia.shape != ib.shape or not np.array_equal(ia, ib):
+                return False, math.inf
+            ga, gb = ga.values(), gb.values()
+        agree, diff = outputs_agree(ga, gb, hits)
+        ok, worst = ok and agree, max(worst, diff)
+    return ok, worst
+
+
 def _per_second(lookups: int, seconds: Optional[float]) -> Optional[float]:
     return lookups / seconds if seconds else None
+
+
+def _case_sets(row_bytes: Sequence[int], specs: Sequence[TableSpec], batch: int,
+               config: BenchConfig, torch: Any = None) -> list[IndexSet]:
+    """The index sets one (stage, batch) cycles through (see :func:`index_set_count`), for
+    tables of ``row_bytes`` bytes a row."""
+    lookups_per_call = batch * sum(s.lookups for s in specs)
+    bytes_per_call = batch * sum(s.lookups * rb for s, rb in zip(specs, row_bytes))
+    per_block = math.ceil(config.repeats / config.rounds)
+    n_sets = index_set_count(bytes_per_call, lookups_per_call, config.fresh_mb,
+                             per_block * config.rounds + config.warmup)
+    return make_index_sets(specs, batch, n_sets, seed=config.seed, torch=torch)
+
+
+def _run_rounds(timers: dict[str, _Timer], config: BenchConfig, evict: _Evictor,
+                after_round: Optional[Callable[[], None]] = None) -> None:
+    """``config.rounds`` rounds, each timing every timer in turn for one block (cache flushed
+    before each), so that a slow spell of the machine (other tenants, frequency changes) falls
+    on all of them rather than on one; ``after_round`` runs at the end of each round."""
+    per_block = math.ceil(config.repeats / config.rounds)
+    for _ in range(config.rounds):
+        for timer in timers.values():
+            evict()
+            timer.block(per_block, config.budget_s / config.rounds)
+        if after_round is not None:
+            after_round()
+
+
+def case_name(row: dict[str, Any]) -> str:
+    """A row's short name: ``model/dtype/bBATCH``, then ``/op`` for the module ops."""
+    op = row.get("op", "pool")
+    return f"{row['model']}/{row['dtype']}/b{row['batch']}" + ("" if op == "pool" else f"/{op}")
 
 
 def bench_case(
@@ -564,32 +879,33 @@ def bench_case(
     config: BenchConfig,
     evict: Optional[_Evictor] = None,
     model: str = "",
+    sets: Optional[Sequence[IndexSet]] = None,
 ) -> dict[str, Any]:
-    """Measure one (stage, batch): every implementation in ``config.impls`` on the same index
-    sets, the probe, and the cross-checks. Returns one result row (see :func:`run_bench`)."""
+    """Measure one (stage, batch) of the ``"pool"`` op: every implementation in
+    ``config.impls`` on the same index sets, the probe, and the cross-checks. Returns one
+    result row (see :func:`run_bench`). ``sets`` (with torch views where torch is timed) are
+    drawn here when not given."""
     evict = evict or _Evictor(0)
     lookups_per_call = batch * sum(s.lookups for s in specs)
     bytes_per_call = batch * sum(s.lookups * rb for s, rb in zip(specs, stage.row_bytes))
-    per_block = math.ceil(config.repeats / config.rounds)
-    n_sets = index_set_count(bytes_per_call, lookups_per_call, config.fresh_mb,
-                             per_block * config.rounds + config.warmup)
-    sets = make_index_sets(specs, batch, n_sets, seed=config.seed,
-                           torch=stage.torch if "torch" in config.impls else None)
+    if sets is None:
+        sets = _case_sets(stage.row_bytes, specs, batch, config,
+                          torch=stage.torch if "torch" in config.impls else None)
+    n_sets = len(sets)
     timers = {impl: _Timer(stage.runner(impl), sets, config.warmup) for impl in IMPLEMENTATIONS
               if impl in config.impls and not (impl == "torch" and stage.torch is None)}
     # The roofline gathers every set's rows (what one cycle of calls reads), once per round.
     probe_rows = ([np.concatenate([s.indices[t] for s in sets]) for t in range(len(specs))]
                   if config.probe else None)
     probe_best = math.inf
-    # Rounds interleave the implementations, so that a slow spell of the machine (other
-    # tenants, frequency changes) falls on all of them rather than on one.
-    for _ in range(config.rounds):
-        for timer in timers.values():
-            evict()
-            timer.block(per_block, config.budget_s / config.rounds)
+
+    def probe() -> None:
+        nonlocal probe_best
         if probe_rows is not None:
             evict()
             probe_best = min(probe_best, _probe_round(stage, probe_rows))
+
+    _run_rounds(timers, config, evict, probe)
     seconds: dict[str, Optional[float]] = dict.fromkeys(IMPLEMENTATIONS)
     calls: dict[str, int] = dict.fromkeys(IMPLEMENTATIONS, 0)
     outputs: dict[str, Any] = {}
@@ -616,6 +932,8 @@ def bench_case(
         "model": model,
         "batch": batch,
         "dtype": stage.dtype,
+        "op": "pool",
+        "grad": None,
         "threads": get_num_threads(),
         "tables": len(specs),
         "lookups": lookups_per_call,
@@ -625,12 +943,15 @@ def bench_case(
         "torch_s": torch_s,
         "numpy_s": numpy_s,
         "probe_s": probe_s,
+        "modules_s": None,
         "recengine_lookups_per_s": _per_second(lookups_per_call, rec_s),
         "torch_lookups_per_s": _per_second(lookups_per_call, torch_s),
         "numpy_lookups_per_s": _per_second(lookups_per_call, numpy_s),
         "probe_lookups_per_s": _per_second(lookups_per_call, probe_s),
+        "modules_lookups_per_s": None,
         "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
         "ratio_vs_numpy": numpy_s / rec_s if numpy_s and rec_s else None,
+        "ratio_modules_vs_torch": None,
         "recengine_gb_per_s": bytes_per_call / rec_s / 1e9 if rec_s else None,
         "torch_gb_per_s": bytes_per_call / torch_s / 1e9 if torch_s else None,
         "probe_gb_per_s": bytes_per_call / probe_s / 1e9 if probe_s else None,
@@ -641,9 +962,12 @@ def bench_case(
         "torch_matches_numpy": torch_matches_numpy,
         "max_abs_diff_vs_torch": diff_torch,
         "max_abs_diff_vs_numpy": diff_numpy,
+        "modules_correct_vs_torch": None,
+        "modules_max_abs_diff_vs_torch": None,
         "recengine_calls": calls["recengine"],
         "torch_calls": calls["torch"],
         "numpy_calls": calls["numpy"],
+        "modules_calls": None,
         "index_sets": n_sets,
     }
     if config.per_table:
@@ -694,6 +1018,109 @@ def _per_table_rows(stage: Stage, sets: Sequence[IndexSet], config: BenchConfig,
     return rows
 
 
+def bench_module_case(
+    mstage: ModuleStage,
+    specs: Sequence[TableSpec],
+    batch: int,
+    op: str,
+    config: BenchConfig,
+    evict: Optional[_Evictor] = None,
+    model: str = "",
+    sets: Optional[Sequence[IndexSet]] = None,
+) -> dict[str, Any]:
+    """Measure one (stage, batch) of a module op ("forward" or "forward_backward", see
+    :class:`ModuleStage`): recengine's EmbeddingBagCollection, torch's modules (when "torch"
+    is in ``config.impls``) and the drop-in modules, in alternating rounds on the same index
+    sets (``sets``, with torch views, are drawn here when not given). Their outputs, and for
+    the training step every table's weight gradient, are first checked against torch's, once
+    and untimed. Returns one result row (see :func:`run_bench`)."""
+    if op not in MODULE_OPS:
+        raise ValueError(f"unknown module op {op!r}; expected one of {MODULE_OPS}")
+    evict = evict or _Evictor(0)
+    row_bytes = [4 * d for d in mstage.dims]
+    lookups_per_call = batch * sum(s.lookups for s in specs)
+    bytes_per_call = batch * sum(s.lookups * rb for s, rb in zip(specs, row_bytes))
+    if sets is None:
+        sets = _case_sets(row_bytes, specs, batch, config, torch=mstage.torch)
+    mstage.prepare(sets, seed=config.seed)
+
+    # The checks, untimed, on the first set: every route against torch's modules.
+    n_max = max(s.lookups for s in specs)
+    iset = sets[0]
+    checks: dict[str, tuple[bool, float]] = {}
+    if op == "forward":
+        reference = mstage.runner("torch", op)(iset)
+        for route in ("recengine", "modules"):
+            checks[route] = outputs_agree(mstage.runner(route, op)(iset), reference, n_max)
+    else:
+        # A gradient row sums one row of g per lookup of that row.
+        hits = [int(np.bincount(i).max()) if i.size else 1 for i in iset.indices]
+        ref_out, ref_grads = mstage.gradients("torch", iset)
+        for route in ("recengine", "modules"):
+            out, grads = mstage.gradients(route, iset)
+            ok_out, diff_out = outputs_agree(out, ref_out, n_max)
+            ok_grad, diff_grad = grads_agree(grads, ref_grads, hits)
+            checks[route] = (ok_out and ok_grad, max(diff_out, diff_grad))
+            del grads
+        del ref_grads
+    gc.collect()
+
+    routes = [r for r in MODULE_ROUTES if r != "torch" or "torch" in config.impls]
+    timers = {r: _Timer(mstage.runner(r, op), sets, config.warmup) for r in routes}
+    _run_rounds(timers, config, evict)
+    seconds: dict[str, Optional[float]] = {r: timers[r].median if r in timers else None
+                                           for r in MODULE_ROUTES}
+    calls = {r: len(timers[r].times) if r in timers else 0 for r in MODULE_ROUTES}
+    del timers
+
+    rec_s, torch_s, mod_s = seconds["recengine"], seconds["torch"], seconds["modules"]
+    forward = op == "forward"
+    correct = checks["recengine"][0] and checks["modules"][0]
+    return {
+        "model": model,
+        "batch": batch,
+        "dtype": "fp32",
+        "op": op,
+        "grad": None if forward else mstage.grad,
+        "threads": get_num_threads(),
+        "tables": len(specs),
+        "lookups": lookups_per_call,
+        "bytes_per_call": bytes_per_call,
+        "table_mb": sum(s.num_rows * rb for s, rb in zip(specs, row_bytes)) / 2**20,
+        "recengine_s": rec_s,
+        "torch_s": torch_s,
+        "numpy_s": None,
+        "probe_s": None,
+        "modules_s": mod_s,
+        "recengine_lookups_per_s": _per_second(lookups_per_call, rec_s),
+        "torch_lookups_per_s": _per_second(lookups_per_call, torch_s),
+        "numpy_lookups_per_s": None,
+        "probe_lookups_per_s": None,
+        "modules_lookups_per_s": _per_second(lookups_per_call, mod_s),
+        "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
+        "ratio_vs_numpy": None,
+        "ratio_modules_vs_torch": torch_s / mod_s if torch_s and mod_s else None,
+        # Row bytes read per second: a forward's whole traffic, not a training step's.
+        "recengine_gb_per_s": bytes_per_call / rec_s / 1e9 if forward and rec_s else None,
+        "torch_gb_per_s": bytes_per_call / torch_s / 1e9 if forward and torch_s else None,
+        "probe_gb_per_s": None,
+        "probe_fraction": None,
+        "correct": correct,
+        "correct_vs_torch": checks["recengine"][0],
+        "correct_vs_numpy": None,
+        "torch_matches_numpy": None,
+        "max_abs_diff_vs_torch": checks["recengine"][1],
+        "max_abs_diff_vs_numpy": None,
+        "modules_correct_vs_torch": checks["modules"][0],
+        "modules_max_abs_diff_vs_torch": checks["modules"][1],
+        "recengine_calls": calls["recengine"],
+        "torch_calls": calls["torch"],
+        "numpy_calls": None,
+        "modules_calls": calls["modules"],
+        "index_sets": len(sets),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # driver
 
@@ -702,14 +1129,21 @@ def iter_bench(
     config: Optional[BenchConfig] = None,
     status: Optional[Callable[[str], None]] = None,
 ) -> Iterator[dict[str, Any]]:
-    """Run the benchmark, yielding one row per (model, dtype, batch) as it is measured.
+    """Run the benchmark, yielding one row per (model, dtype, batch, op) as it is measured:
+    for each batch, the ops in :data:`OPS` order on the same index sets.
 
     Models run one after the other; a model's tables are freed before the next model's are
-    built. ``status`` is called with a short text whenever setup work starts.
+    built. ``status`` is called with a short text whenever setup work starts. The module ops
+    need torch: without it they are left out (torch's absence warns once).
     """
     config = config or BenchConfig()
     say = status or (lambda _msg: None)
-    torch = _torch() if "torch" in config.impls else None
+    module_ops = [op for op in config.ops if op in MODULE_OPS]
+    torch = _torch() if "torch" in config.impls or module_ops else None
+    pool_torch = torch if "torch" in config.impls else None
+    if torch is None:
+        module_ops = []
+    dtypes = [d for d in config.dtypes if "pool" in config.ops or (d == "fp32" and module_ops)]
     threads = config.threads or default_threads()
     evict = _Evictor(config.evict_mb)
     with _Threads(threads, torch):
@@ -721,26 +1155,53 @@ def iter_bench(
             base = [EmbeddingTable.random(s.num_rows, s.dim, "fp32",
                                           seed=config.seed * 1000 + t)
                     for t, s in enumerate(specs)]
-            for k, dtype in enumerate(config.dtypes):
+            for k, dtype in enumerate(dtypes):
                 if dtype == "fp32":
                     tables = base
                 else:
                     say(f"{model}: quantizing to {dtype}")
                     tables = [t.quantize(dtype) for t in base]
-                if k == len(config.dtypes) - 1:
+                if k == len(dtypes) - 1:
                     base = []  # the last dtype: let the fp32 tables go as soon as possible
                 say(f"{model}: preparing the {dtype} stage")
-                stage = Stage(tables, torch, numpy="numpy" in config.impls)
+                pool = "pool" in config.ops
+                stage = Stage(tables, pool_torch if pool else None,
+                              numpy=pool and "numpy" in config.impls)
                 del tables
+                ops = [op for op in config.case_ops(dtype) if op == "pool" or op in module_ops]
+                mstage = None
+                if any(op in MODULE_OPS for op in ops):
+                    say(f"{model}: preparing the {dtype} modules")
+                    mstage = ModuleStage(stage, torch, config.grad)
                 for batch in config.batches:
-                    say(f"{model} {dtype} batch {batch}")
-                    row = bench_case(stage, specs, batch, config, evict, model=model)
-                    row["scale"] = scale
-                    yield row
-                del stage
+                    sets = _case_sets(stage.row_bytes, specs, batch, config, torch=torch)
+                    for op in ops:
+                        say(f"{model} {dtype} batch {batch} {op}")
+                        if op == "pool":
+                            row = bench_case(stage, specs, batch, config, evict, model=model,
+                                             sets=sets)
+                        else:
+                            assert mstage is not None
+                            row = bench_module_case(mstage, specs, batch, op, config, evict,
+                                                    model=model, sets=sets)
+                        row["scale"] = scale
+                        yield row
+                    del sets
+                del stage, mstage
                 gc.collect()
             del base
             gc.collect()
+
+
+def planned_rows(config: BenchConfig) -> int:
+    """How many rows :func:`iter_bench` yields for ``config`` (the module ops count only where
+    torch imports; checking may warn once that it does not)."""
+    module_ops = [op for op in config.ops if op in MODULE_OPS]
+    if module_ops and _torch() is None:
+        module_ops = []
+    per_model = sum(len([op for op in config.case_ops(d) if op == "pool" or op in module_ops])
+                    for d in config.dtypes)
+    return len(config.models) * len(config.batches) * per_model
 
 
 def run_bench(
@@ -749,14 +1210,18 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run the benchmark and return its rows.
 
-    Every row holds: ``model``, ``batch``, ``dtype``, ``threads``, ``tables``, ``lookups``
+    Every row holds: ``model``, ``batch``, ``dtype``, ``op`` (from :data:`OPS`), ``grad`` (the
+    training step's "sparse" or "dense", else None), ``threads``, ``tables``, ``lookups``
     (rows pooled per call, all tables), ``bytes_per_call``, ``table_mb``, ``scale``; the median
-    seconds per call ``recengine_s``, ``torch_s``, ``numpy_s``, ``probe_s``; the matching
-    ``*_lookups_per_s``; ``ratio_vs_torch`` and ``ratio_vs_numpy`` (> 1: recengine is faster);
+    seconds per call ``recengine_s``, ``torch_s``, ``numpy_s``, ``probe_s``, ``modules_s``; the
+    matching ``*_lookups_per_s``; ``ratio_vs_torch`` and ``ratio_vs_numpy`` (> 1: recengine is
+    faster), ``ratio_modules_vs_torch`` (the drop-in modules' speed over torch's);
     ``recengine_gb_per_s`` (row bytes read / time), ``probe_fraction`` (probe time / recengine
-    time); ``correct`` (recengine's output matches torch's and numpy's), the separate checks
-    and largest differences; and how many calls and index sets each median came from. Torch
-    columns are None without torch.
+    time); ``correct`` (recengine's output, and for the module ops the drop-in modules' and the
+    weight gradients, match torch's and numpy's), the separate checks and largest differences;
+    and how many calls and index sets each median came from. Columns that do not apply to a
+    row's op (numpy and the probe for the module ops, the modules for ``pool``), and torch
+    columns without torch, are None.
     """
     return list(iter_bench(config, status))
 
@@ -791,28 +1256,47 @@ def _spread(rows: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
+def _batch_groups(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    return {"small_batch": [r for r in rows if r["batch"] <= 16],
+            "large_batch": [r for r in rows if r["batch"] >= 64],
+            "all": list(rows)}
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The issue's target metrics from :func:`run_bench` rows.
+
+    Of the ``pool`` op (rows without an ``op`` count as ``pool``):
 
     * ``ratio_vs_torch_large_batch``: fp32, batch >= 64: geometric mean, min (and where) of
       recengine speed / torch speed;
     * ``ratio_vs_torch_small_batch``: the same at batch <= 16;
     * ``ratio_vs_torch_int8``: int8 at every batch;
     * ``int8_over_fp32``: recengine int8 lookups/s over fp32 lookups/s, per (model, batch);
-    * ``probe_fraction_batch_1024``: per dtype, probe time / recengine time at batch 1024;
-    * ``slower_than_torch``: every (model, batch, dtype) where torch was faster;
-    * ``all_correct``: every checked output agreed (None when nothing was checked).
+    * ``probe_fraction_batch_1024``: per dtype, probe time / recengine time at batch 1024.
+
+    Per op, ``per_op[op]`` (fp32 rows): ``small_batch`` (batch <= 16), ``large_batch``
+    (batch >= 64) and ``all``, each the spread of ``ratio_vs_torch``; ``modules_vs_torch``
+    (``ratio_modules_vs_torch`` at every batch); ``targets``, one per :data:`OP_TARGETS` entry:
+    the group, the ``target`` ratio, that group's ``geomean`` and ``min`` and ``met`` (every
+    case of the group reaches the target; None without cases); and ``all_correct``.
+
+    Over every row:
+
+    * ``slower_than_torch``: every (model, batch, dtype, op) where torch was faster;
+    * ``all_correct``: every checked output agreed (None when nothing was checked), and
+      ``incorrect``: the cases that did not (:func:`case_name`).
     """
-    fp32 = [r for r in rows if r["dtype"] == "fp32"]
+    pool = [r for r in rows if r.get("op", "pool") == "pool"]
+    fp32 = [r for r in pool if r["dtype"] == "fp32"]
     out: dict[str, Any] = {
         "ratio_vs_torch_large_batch": _spread([r for r in fp32 if r["batch"] >= 64],
                                               "ratio_vs_torch"),
         "ratio_vs_torch_small_batch": _spread([r for r in fp32 if r["batch"] <= 16],
                                               "ratio_vs_torch"),
-        "ratio_vs_torch_int8": _spread([r for r in rows if r["dtype"] == "int8"],
+        "ratio_vs_torch_int8": _spread([r for r in pool if r["dtype"] == "int8"],
                                        "ratio_vs_torch"),
     }
-    by_key = {(r["model"], r["batch"], r["dtype"]): r for r in rows}
+    by_key = {(r["model"], r["batch"], r["dtype"]): r for r in pool}
     pairs = []
     for (model, batch, dtype), r in by_key.items():
         base = by_key.get((model, batch, "fp32"))
@@ -823,12 +1307,32 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                           / base["recengine_lookups_per_s"]})
     out["int8_over_fp32"] = _spread(pairs, "int8_over_fp32")
     out["probe_fraction_batch_1024"] = {
-        dtype: _spread([r for r in rows if r["dtype"] == dtype and r["batch"] == 1024],
+        dtype: _spread([r for r in pool if r["dtype"] == dtype and r["batch"] == 1024],
                        "probe_fraction")
-        for dtype in sorted({r["dtype"] for r in rows})
+        for dtype in sorted({r["dtype"] for r in pool})
     }
+    per_op: dict[str, Any] = {}
+    present = {r.get("op", "pool") for r in rows}
+    for op in [o for o in OPS if o in present]:
+        op_rows = [r for r in rows if r.get("op", "pool") == op and r["dtype"] == "fp32"]
+        groups = {name: _spread(rs, "ratio_vs_torch")
+                  for name, rs in _batch_groups(op_rows).items()}
+        targets = []
+        for group, target in OP_TARGETS.get(op, ()):
+            spread = groups[group]
+            targets.append({"group": group, "target": target, "geomean": spread["geomean"],
+                            "min": spread["min"], "min_at": spread["min_at"],
+                            "n": spread["n"],
+                            "met": None if spread["min"] is None else spread["min"] >= target})
+        checked = [r["correct"] for r in op_rows if r.get("correct") is not None]
+        per_op[op] = {**groups,
+                      "modules_vs_torch": _spread(op_rows, "ratio_modules_vs_torch"),
+                      "targets": targets,
+                      "all_correct": all(checked) if checked else None}
+    out["per_op"] = per_op
     out["slower_than_torch"] = [
         {"model": r["model"], "batch": r["batch"], "dtype": r["dtype"],
+         "op": r.get("op", "pool"),
          "ratio_vs_torch": r["ratio_vs_torch"],
          "recengine_lookups_per_s": r["recengine_lookups_per_s"],
          "torch_lookups_per_s": r["torch_lookups_per_s"]}
@@ -836,6 +1340,5 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ]
     checked = [r["correct"] for r in rows if r.get("correct") is not None]
     out["all_correct"] = all(checked) if checked else None
-    out["incorrect"] = [f"{r['model']}/{r['dtype']}/b{r['batch']}" for r in rows
-                        if r.get("correct") is False]
+    out["incorrect"] = [case_name(r) for r in rows if r.get("correct") is False]
     return out

@@ -1,11 +1,13 @@
 """The ``recengine`` command line.
 
 ``recengine bench`` measures pooling for the DeepRecInfra models against torch and numpy on
-this machine and prints a table and the target metrics; ``recengine info`` shows the build.
+this machine (and the embedding stage's forward and training step as torch modules against
+torch's) and prints a table and the target metrics; ``recengine info`` shows the build.
 
 Example::
 
     $ recengine bench --models rmc1,wnd --batches 64,1024 --dtypes fp32
+    $ recengine bench --ops forward,forward_backward --grad dense
     $ recengine bench --quick --json > rows.json
     $ python -m recengine info
 """
@@ -99,6 +101,14 @@ def _impl(text: str) -> str:
     return text.lower()
 
 
+def _op(text: str) -> str:
+    from .bench import OPS
+    op = text.lower().replace("-", "_")
+    if op not in OPS:
+        raise ValueError(f"{text!r} is not one of {', '.join(OPS)}")
+    return op
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recengine",
@@ -114,7 +124,11 @@ def _parser() -> argparse.ArgumentParser:
             "indices) with recengine, torch and numpy side by side on the same tables, "
             "indices and thread count, check that the outputs agree, and compare with a plain "
             "gather of the same rows (the probe). Tables are scaled to --table-mb per model "
-            "unless --scale is given."),
+            "unless --scale is given. The forward and forward_backward ops (fp32, need torch) "
+            "time the stage as torch modules: recengine.nn.EmbeddingBagCollection on a "
+            "KeyedJaggedTensor and the converted drop-in modules against torch's "
+            "nn.EmbeddingBag per table, in eval or as a training step without the optimizer, "
+            "checking outputs and weight gradients."),
     )
     bench.add_argument("--models", type=_comma_list(_model, "model"), default=None,
                        help="comma list of models (default: all eight: rmc1,rmc2,rmc3,wnd,"
@@ -126,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--impls", type=_comma_list(_impl, "implementation"), default=None,
                        help="comma list of implementations to time (default: "
                             "recengine,torch,numpy)")
+    bench.add_argument("--ops", type=_comma_list(_op, "op"), default=None,
+                       help="comma list of what to measure: pool (recengine's lookup vs "
+                            "torch vs numpy), forward (eval forward as torch modules), "
+                            "forward_backward (forward + backward, no optimizer step); the "
+                            "last two on fp32 tables only (default: all three)")
+    bench.add_argument("--grad", choices=("sparse", "dense"), default="sparse",
+                       help="weight gradients of the forward_backward op (default: sparse, "
+                            "as in DLRM training)")
     bench.add_argument("--scale", type=_arg_positive_float, default=None,
                        help="row-count factor applied to every model's tables (1 = the paper's "
                             "full size, e.g. 4M rows per RMC1 table); overrides --table-mb")
@@ -225,16 +247,21 @@ def _fmt_bool(v: Optional[bool]) -> str:
     return "-" if v is None else ("yes" if v else "NO")
 
 
+#: Columns shown left-aligned (the names); the rest are right-aligned.
+_LEFT_COLUMNS = ("model", "dtype", "op")
+
 _COLUMNS = [  # header, row key, formatter
     ("model", "model", str),
     ("batch", "batch", str),
     ("dtype", "dtype", str),
+    ("op", "op", str),
     ("lookups", "lookups", lambda v: f"{v:,}"),
     ("recengine", "recengine_lookups_per_s", _fmt_rate),
     ("torch", "torch_lookups_per_s", _fmt_rate),
     ("numpy", "numpy_lookups_per_s", _fmt_rate),
     ("vs torch", "ratio_vs_torch", _fmt_ratio),
     ("vs numpy", "ratio_vs_numpy", _fmt_ratio),
+    ("modules vs torch", "ratio_modules_vs_torch", _fmt_ratio),
     ("GB/s", "recengine_gb_per_s", _fmt_num),
     ("of probe", "probe_fraction", _fmt_pct),
     ("ok", "correct", _fmt_bool),
@@ -248,23 +275,65 @@ def _summary_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
         return (f"geomean {fmt(s['geomean'])}, min {fmt(s['min'])} ({s['min_at']}), "
                 f"max {fmt(s['max'])}, n={s['n']}")
 
-    lines = [
-        ("fp32 vs torch, batch >= 64", spread(summary["ratio_vs_torch_large_batch"],
-                                               _fmt_ratio)),
-        ("fp32 vs torch, batch <= 16", spread(summary["ratio_vs_torch_small_batch"],
-                                               _fmt_ratio)),
-        ("int8 vs torch (int8 op)", spread(summary["ratio_vs_torch_int8"], _fmt_ratio)),
-        ("recengine int8 / fp32 lookups/s", spread(summary["int8_over_fp32"], _fmt_ratio)),
-    ]
-    for dtype, s in summary["probe_fraction_batch_1024"].items():
-        lines.append((f"{dtype} fraction of probe, batch 1024", spread(s, _fmt_pct)))
+    per_op = summary.get("per_op") or {}
+    lines = []
+    if "pool" in per_op or not per_op:
+        lines += [
+            ("pool fp32 vs torch, batch >= 64", spread(summary["ratio_vs_torch_large_batch"],
+                                                        _fmt_ratio)),
+            ("pool fp32 vs torch, batch <= 16", spread(summary["ratio_vs_torch_small_batch"],
+                                                        _fmt_ratio)),
+            ("pool int8 vs torch (int8 op)", spread(summary["ratio_vs_torch_int8"],
+                                                     _fmt_ratio)),
+            ("pool recengine int8 / fp32 lookups/s", spread(summary["int8_over_fp32"],
+                                                             _fmt_ratio)),
+        ]
+        for dtype, s in summary["probe_fraction_batch_1024"].items():
+            lines.append((f"pool {dtype} fraction of probe, batch 1024", spread(s, _fmt_pct)))
+    groups = (("large_batch", "batch >= 64"), ("small_batch", "batch <= 16"),
+              ("all", "all batches"))
+    for op, o in per_op.items():
+        if op == "pool":
+            continue
+        targets = {t["group"]: t for t in o["targets"]}
+        for group, label in groups:
+            name, value = f"{op} vs torch, {label}", spread(o[group], _fmt_ratio)
+            t = targets.get(group)
+            if t is not None:
+                name += f" (target >= {t['target']:g}x)"
+                if t["met"] is not None:
+                    value += ": target met" if t["met"] else ": target NOT met"
+            lines.append((name, value))
+        lines.append((f"{op} drop-in modules vs torch", spread(o["modules_vs_torch"],
+                                                               _fmt_ratio)))
     slow = summary["slower_than_torch"]
     lines.append(("slower than torch", "none" if not slow else "; ".join(
-        f"{s['model']}/{s['dtype']}/b{s['batch']} {s['ratio_vs_torch']:.2f}x" for s in slow)))
+        f"{_case(s)} {s['ratio_vs_torch']:.2f}x" for s in slow)))
     ok = summary["all_correct"]
     lines.append(("outputs agree", "-" if ok is None else (
         "yes, every case" if ok else "NO: " + ", ".join(summary["incorrect"]))))
     return lines
+
+
+def _case(row: dict[str, Any]) -> str:
+    from .bench import case_name
+    return case_name(row)
+
+
+def _display_order(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by model, dtype and op (in the order they first appear, ops in
+    ``bench.OPS`` order), batches in measurement order within a group."""
+    from .bench import OPS
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+        op = r.get("op", "pool")
+        return (models.index(r["model"]), dtypes.index(r["dtype"]),
+                OPS.index(op) if op in OPS else len(OPS))
+
+    return sorted(rows, key=key)
 
 
 def _print_plain(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out: Any) -> None:
@@ -281,18 +350,21 @@ def _print_plain(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out: A
 def _print_rich(rich: Any, console: Any, rows: Sequence[dict[str, Any]],
                 summary: dict[str, Any], title: str) -> None:
     table = rich.table.Table(title=title, title_justify="left")
-    for i, (header, _, _) in enumerate(_COLUMNS):
-        table.add_column(header, justify="left" if i in (0, 2) else "right")
+    for header, key, _ in _COLUMNS:
+        # The op names are kept whole ("forward_backward"): other columns wrap instead.
+        table.add_column(header, justify="left" if key in _LEFT_COLUMNS else "right",
+                         min_width=len("forward_backward") if key == "op" else None)
     previous = None
     for r in rows:
-        if previous is not None and (r["model"], r["dtype"]) != previous:
+        group = (r["model"], r["dtype"], r.get("op", "pool"))
+        if previous is not None and group != previous:
             table.add_section()
-        previous = (r["model"], r["dtype"])
+        previous = group
         cells = []
         for _, key, fmt in _COLUMNS:
             v = r.get(key)
             text = fmt(v) if v is not None else "-"
-            if key == "ratio_vs_torch" and v is not None:
+            if key in ("ratio_vs_torch", "ratio_modules_vs_torch") and v is not None:
                 text = f"[{'green' if v >= 1 else 'bold red'}]{text}[/]"
             if key == "correct" and v is False:
                 text = f"[bold red]{text}[/]"
@@ -311,7 +383,7 @@ def _wide_console(rich: Any) -> Any:
     """A stdout console; when stdout is not a terminal, wide enough for the results table."""
     console = rich.console.Console()
     if not console.is_terminal:
-        console = rich.console.Console(width=max(console.width, 132))
+        console = rich.console.Console(width=max(console.width, 150))
     return console
 
 
@@ -338,15 +410,19 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dtypes = [d for d in ("fp32", "int8") if any(r["dtype"] == d for r in rows)]
+    from .bench import OPS
+
+    # One panel per (op, dtype) measured: pool fp32, pool int8, forward fp32, ...
+    panels = [(op, d) for op in OPS for d in ("fp32", "int8")
+              if any(r.get("op", "pool") == op and r["dtype"] == d for r in rows)]
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(6.0, 1.3 * len(models) + 2),
-                                                      3.6 * len(dtypes)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.3 * len(models) + 2),
+                                                      3.6 * len(panels)), squeeze=False)
     width = 0.8 / max(len(batches), 1)
-    for ax, dtype in zip(axes[:, 0], dtypes):
+    for ax, (op, dtype) in zip(axes[:, 0], panels):
         lookup = {(r["model"], r["batch"]): r["ratio_vs_torch"] for r in rows
-                  if r["dtype"] == dtype}
+                  if r["dtype"] == dtype and r.get("op", "pool") == op}
         for j, batch in enumerate(batches):
             xs = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
             ys = [lookup.get((m, batch)) or 0.0 for m in models]
@@ -355,7 +431,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models)
         ax.set_ylabel("recengine speed / torch speed")
-        ax.set_title(f"{dtype}: speedup over torch (> 1: recengine faster)")
+        ax.set_title(f"{op}, {dtype}: speedup over torch (> 1: recengine faster)",
+                     fontsize="medium")
         if any(v for v in lookup.values()):
             ax.set_yscale("log")
         ax.legend(fontsize="small", ncol=min(len(batches), 5))
@@ -407,6 +484,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds or quick.get("rounds") or bench.BenchConfig.rounds,
         seed=args.seed,
         impls=args.impls or bench.IMPLEMENTATIONS,
+        ops=args.ops or bench.OPS,
+        grad=args.grad,
         probe=not args.no_probe,
         per_table=args.per_table,
         evict_mb=quick.get("evict_mb", 64.0),
@@ -435,14 +514,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     header = (f"recengine {info.get('version', recengine.__version__)} "
               f"({info.get('profile', '?')}, simd {info.get('simd', '?')}), {threads} threads, "
               f"{len(config.models)} models x {len(config.dtypes)} dtypes x "
-              f"{len(config.batches)} batches")
+              f"{len(config.batches)} batches, ops {','.join(config.ops)}"
+              + (f" (grad {config.grad})" if "forward_backward" in config.ops else ""))
     if not args.json:
         note(header)
-    total = len(config.models) * len(config.dtypes) * len(config.batches)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
+        total = bench.planned_rows(config)  # may warn that torch is missing
         if rich is not None:
             progress = rich.progress.Progress(
                 rich.progress.SpinnerColumn(),
@@ -463,8 +543,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             for row in bench.iter_bench(config, status=lambda m: print(m, file=sys.stderr)):
                 rows.append(row)
                 print(f"  [{len(rows)}/{total}] {row['model']} {row['dtype']} "
-                      f"b{row['batch']}: ratio vs torch {_fmt_ratio(row['ratio_vs_torch'])}",
-                      file=sys.stderr)
+                      f"b{row['batch']} {row['op']}: ratio vs torch "
+                      f"{_fmt_ratio(row['ratio_vs_torch'])}", file=sys.stderr)
     for w in caught:
         note(f"warning: {w.message}", style="yellow")
     wall = time.perf_counter() - start
@@ -474,12 +554,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     elif rich is not None:
-        _print_rich(rich, out_console, rows, summary,
+        _print_rich(rich, out_console, _display_order(rows), summary,
                     title=f"embedding stage: million lookups/s (median per call), "
                           f"{threads} threads")
         _print_per_table(rows, lambda s: out_console.print(s, highlight=False))
     else:
-        _print_plain(rows, summary, sys.stdout)
+        _print_plain(_display_order(rows), summary, sys.stdout)
         _print_per_table(rows, print)
     note(f"numpy column: {bench.NUMPY_METHOD}")
     note(f"wall time {wall:.1f} s")
