@@ -65,6 +65,11 @@ class EmbeddingBagConfig:
             raise ValueError(f"table {self.name!r} has no feature_names")
 
 
+def _cat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat`` that does not copy a single part (sparse gradients can be large)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class _Keyed(torch.autograd.Function):
     """Forward: one ``pool_keyed`` call. Backward: the core's scatter-add per block into each
     table's gradient (dense, or sparse for tables whose module has ``sparse=True``)."""
@@ -243,8 +248,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                 out.append(d if w.dtype == torch.float32 else d.to(w.dtype))
             else:
                 mine = [p for p, table in zip(parts, self._block_tables) if table == t]
-                rows = torch.cat([torch.from_numpy(r) for r, _ in mine])
-                vals = torch.cat([torch.from_numpy(v) for _, v in mine]).to(w.dtype)
+                rows = _cat([torch.from_numpy(r) for r, _ in mine])
+                vals = _cat([torch.from_numpy(v) for _, v in mine]).to(w.dtype)
                 out.append(torch.sparse_coo_tensor(rows[None], vals, tuple(w.shape),
                                                    check_invariants=False))
         return out
