@@ -13,6 +13,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 use crate::error::{Error, IndexError, Result};
@@ -334,6 +335,17 @@ impl Plan {
             Ok(())
         })
     }
+}
+
+/// Build `n` plans (`make(j)`) in parallel, one per task: the backward of a many-table call.
+pub fn plans(n: usize, make: impl Fn(usize) -> Result<Plan> + Sync + Send) -> Result<Vec<Plan>> {
+    parallel::install(|| (0..n).into_par_iter().map(make).collect::<Result<Vec<_>>>())?
+}
+
+/// Gather several sparse gradients in parallel, one block per task (each gather may split
+/// further across the threads left idle).
+pub fn gather_all(jobs: Vec<(&Plan, Grad<'_>, &mut [f32])>) -> Result<()> {
+    parallel::install(|| jobs.into_par_iter().try_for_each(|(plan, grad, values)| plan.gather(grad, values)))?
 }
 
 /// `dst += a * x`, in a loop the compiler vectorises.

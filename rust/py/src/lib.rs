@@ -13,7 +13,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArray
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use recengine_core::backward::{Grad, Plan};
+use recengine_core::backward::{self, Grad, Plan};
 use recengine_core::{
     bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
 };
@@ -678,40 +678,58 @@ fn pool_keyed_backward<'py>(
         });
     }
     let idx = values.slice();
-    let mut result = Vec::with_capacity(tables.len());
+    // Each block's gradient columns, and its plan (sorted for dense tables), built in parallel.
+    let mut cols = Vec::with_capacity(tables.len());
     let mut col = 0;
-    for (j, (&ti, &k)) in tables.iter().zip(&slots).enumerate() {
-        let dim = dims[ti];
-        let view = Grad { data: gs, stride, col };
-        col += dim;
-        let ids = starts[k]..starts[k + 1];
-        let w = w_all.map(|w| &w[ids.clone()]);
-        let sorted = dense[ti].is_some();
-        let plan = py
-            .detach(|| match idx {
-                IntSlice::I32(v) if sorted => Plan::new(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
-                IntSlice::I64(v) if sorted => Plan::new(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
-                IntSlice::I32(v) => Plan::unsorted(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
-                IntSlice::I64(v) => Plan::unsorted(num_rows[ti], dim, &v[ids.clone()], &offs[j], w, modes[ti], None),
+    for &ti in &tables {
+        cols.push(col);
+        col += dims[ti];
+    }
+    let sorted: Vec<bool> = tables.iter().map(|&ti| dense[ti].is_some()).collect();
+    let plans = py
+        .detach(|| {
+            backward::plans(tables.len(), |j| {
+                let (ti, ids) = (tables[j], starts[slots[j]]..starts[slots[j] + 1]);
+                let w = w_all.map(|w| &w[ids.clone()]);
+                let (rows, dim, mode) = (num_rows[ti], dims[ti], modes[ti]);
+                match (idx, sorted[j]) {
+                    (IntSlice::I32(v), true) => Plan::new(rows, dim, &v[ids], &offs[j], w, mode, None),
+                    (IntSlice::I64(v), true) => Plan::new(rows, dim, &v[ids], &offs[j], w, mode, None),
+                    (IntSlice::I32(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None),
+                    (IntSlice::I64(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None),
+                }
             })
-            .py_err()?;
-        if let Some(out) = dense[ti].as_mut() {
+        })
+        .py_err()?;
+    let view = |j: usize| Grad { data: gs, stride, col: cols[j] };
+    // Dense blocks one after another (blocks of one table add into one buffer).
+    for (j, plan) in plans.iter().enumerate() {
+        if let Some(out) = dense[tables[j]].as_mut() {
             let os = out.as_slice_mut().expect("checked contiguous");
-            py.detach(|| plan.add_dense(view, os)).py_err()?;
-            result.push(None);
-        } else {
-            let rows = PyArray1::from_vec(py, plan.rows());
-            // SAFETY: `gather` writes every value before Python sees the array; on error the
-            // array is dropped unread.
-            let vals = unsafe { PyArray2::<f32>::new(py, [plan.len(), dim], false) };
-            {
-                let mut rw = vals.readwrite();
-                let vs = rw.as_slice_mut().expect("a new array is contiguous");
-                py.detach(|| plan.gather(view, vs)).py_err()?;
-            }
-            result.push(Some((rows, vals)));
+            py.detach(|| plan.add_dense(view(j), os)).py_err()?;
         }
     }
+    // Sparse blocks: allocate every block's values, then gather them all in parallel.
+    let mut result = Vec::with_capacity(tables.len());
+    let mut arrays = Vec::new();
+    for (j, plan) in plans.iter().enumerate() {
+        if sorted[j] {
+            result.push(None);
+            continue;
+        }
+        let rows = PyArray1::from_vec(py, plan.rows());
+        // SAFETY: `gather_all` below writes every value (one row per lookup) before Python
+        // sees the array; on error the arrays are dropped unread.
+        let vals = unsafe { PyArray2::<f32>::new(py, [plan.len(), dims[tables[j]]], false) };
+        arrays.push((j, vals.clone()));
+        result.push(Some((rows, vals)));
+    }
+    let mut borrows = arrays.iter().map(|(j, a)| Ok((*j, a.try_readwrite()?))).collect::<PyResult<Vec<_>>>()?;
+    let jobs: Vec<(&Plan, Grad<'_>, &mut [f32])> = borrows
+        .iter_mut()
+        .map(|(j, rw)| (&plans[*j], view(*j), rw.as_slice_mut().expect("a new array is contiguous")))
+        .collect();
+    py.detach(|| backward::gather_all(jobs)).py_err()?;
     Ok(result)
 }
 
