@@ -337,14 +337,22 @@ impl Plan {
     }
 }
 
-/// Build `n` plans (`make(j)`) in parallel, one per task: the backward of a many-table call.
-pub fn plans(n: usize, make: impl Fn(usize) -> Result<Plan> + Sync + Send) -> Result<Vec<Plan>> {
+/// Build `n` plans (`make(j)`), in parallel (one per task) when the call's `lookups` are
+/// worth waking threads for: the backward of a many-table call.
+pub fn plans(n: usize, lookups: usize, make: impl Fn(usize) -> Result<Plan> + Sync + Send) -> Result<Vec<Plan>> {
+    if parallel::num_threads() <= 1 || lookups * 16 <= SERIAL_WORK_BYTES {
+        return (0..n).map(make).collect();
+    }
     parallel::install(|| (0..n).into_par_iter().map(make).collect::<Result<Vec<_>>>())?
 }
 
-/// Gather several sparse gradients in parallel, one block per task (each gather may split
-/// further across the threads left idle).
+/// Gather several sparse gradients, in parallel (one block per task, each free to split
+/// further across idle threads) when there is enough work to wake threads for.
 pub fn gather_all(jobs: Vec<(&Plan, Grad<'_>, &mut [f32])>) -> Result<()> {
+    let bytes: usize = jobs.iter().map(|(_, _, v)| v.len() * 8).sum();
+    if parallel::num_threads() <= 1 || bytes <= SERIAL_WORK_BYTES {
+        return jobs.into_iter().try_for_each(|(plan, grad, values)| plan.gather(grad, values));
+    }
     parallel::install(|| jobs.into_par_iter().try_for_each(|(plan, grad, values)| plan.gather(grad, values)))?
 }
 

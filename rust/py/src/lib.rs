@@ -688,7 +688,7 @@ fn pool_keyed_backward<'py>(
     let sorted: Vec<bool> = tables.iter().map(|&ti| dense[ti].is_some()).collect();
     let plans = py
         .detach(|| {
-            backward::plans(tables.len(), |j| {
+            backward::plans(tables.len(), n, |j| {
                 let (ti, ids) = (tables[j], starts[slots[j]]..starts[slots[j] + 1]);
                 let w = w_all.map(|w| &w[ids.clone()]);
                 let (rows, dim, mode) = (num_rows[ti], dims[ti], modes[ti]);
