@@ -110,6 +110,9 @@ pub struct TableView<'a> {
     pub num_rows: usize,
     pub dim: usize,
     pub dtype: DType,
+    /// Whether the rows live in 2 MiB pages (the kernels then prefetch every line of a row;
+    /// on 4 KiB pages, where nearly every random row misses the TLB, only its first lines).
+    pub huge_pages: bool,
 }
 
 /// Check the per-call arguments and build a job.
@@ -155,6 +158,7 @@ pub fn make_job<'a, I: Index>(
         num_rows: table.num_rows,
         dim: table.dim,
         dtype: table.dtype,
+        huge_pages: table.huge_pages,
         indices,
         offsets,
         weights,

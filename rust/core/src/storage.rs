@@ -32,6 +32,11 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
+    /// Whether the rows were asked to live in 2 MiB pages (an anonymous mapping advised so).
+    pub fn huge_pages(&self) -> bool {
+        matches!(self, Storage::Anon { .. })
+    }
+
     /// A zeroed owned buffer of `len` bytes (huge pages requested when large).
     pub fn zeroed(len: usize) -> Storage {
         if len >= HUGE_MIN {

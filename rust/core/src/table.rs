@@ -260,7 +260,13 @@ impl Table {
     }
 
     pub fn view(&self) -> TableView<'_> {
-        TableView { data: self.storage.bytes(), num_rows: self.num_rows, dim: self.dim, dtype: self.dtype }
+        TableView {
+            data: self.storage.bytes(),
+            num_rows: self.num_rows,
+            dim: self.dim,
+            dtype: self.dtype,
+            huge_pages: self.storage.huge_pages(),
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {

@@ -480,7 +480,8 @@ impl TableArray<'_> {
             }
             TableArray::Raw(a, dt, dim) => (a.as_slice().expect("checked contiguous"), a.shape()[0], *dim, *dt),
         };
-        TableView { data, num_rows: rows, dim, dtype }
+        // A caller's array: its pages are whatever its allocator gave (4 KiB, as a rule).
+        TableView { data, num_rows: rows, dim, dtype, huge_pages: false }
     }
 }
 
