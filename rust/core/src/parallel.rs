@@ -81,12 +81,27 @@ fn current_pool() -> Result<Arc<PoolState>> {
     let state = Arc::new(PoolState { pid, threads: want, pool });
     if let Some(old) = POOL.swap(Some(state.clone())) {
         if old.pid != pid {
-            // Inherited across fork: its threads do not exist here. Never drop it.
+            // Inherited across fork: its threads do not exist here. Never drop it, and forget
+            // its lingering helpers, which do not exist here either.
             std::mem::forget(old);
+            LINGERING.store(0, Ordering::Release);
+            LATEST.store(None);
         }
     }
     Ok(state)
 }
+
+/// How long a helper keeps looking for the next call's work after finishing its items, before
+/// it goes back to the pool to sleep: back-to-back calls (a serving loop, one call per table)
+/// then find their helpers awake, instead of paying a sleeping thread's wake-up (tens of
+/// microseconds, more than a small call's whole work) each time. OpenMP runtimes spin the
+/// same way after a parallel region.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The latest call with work to share, for lingering helpers to join.
+static LATEST: ArcSwapOption<Shared> = ArcSwapOption::const_empty();
+/// How many helpers are lingering now.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
 
 /// A call's work items, shared by the calling thread and the pool's helpers.
 struct Shared {
@@ -105,6 +120,41 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
+    /// Whether every item has been claimed (a helper joining now would find nothing).
+    fn exhausted(&self) -> bool {
+        self.next.load(Ordering::Acquire) >= self.n
+    }
+
+    /// A pool thread's task: claim items of `call`, then linger for `LINGER`, joining any
+    /// newer call that is published meanwhile, and return to the pool when none comes.
+    fn help(mut call: Arc<Shared>) {
+        loop {
+            call.work();
+            LINGERING.fetch_add(1, Ordering::AcqRel);
+            let start = std::time::Instant::now();
+            let mut next = None;
+            let mut spins = 0u32;
+            while next.is_none() {
+                if let Some(latest) = LATEST.load_full() {
+                    if !Arc::ptr_eq(&latest, &call) && !latest.exhausted() {
+                        next = Some(latest);
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+                spins += 1;
+                if spins.is_multiple_of(64) && start.elapsed() >= LINGER {
+                    break;
+                }
+            }
+            LINGERING.fetch_sub(1, Ordering::AcqRel);
+            match next {
+                Some(latest) => call = latest,
+                None => return,
+            }
+        }
+    }
+
     /// Claim and run items until none are left.
     fn work(&self) {
         loop {
@@ -154,9 +204,13 @@ pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Res
         task,
         error: std::sync::Mutex::new(None),
     });
-    for _ in 1..threads.min(n) {
+    // Helpers lingering after an earlier call join from the published slot at once; wake
+    // sleeping ones only for the rest.
+    LATEST.store(Some(shared.clone()));
+    let wanted = threads.min(n) - 1;
+    for _ in 0..wanted.saturating_sub(LINGERING.load(Ordering::Acquire)) {
         let s = shared.clone();
-        pool.pool.spawn(move || s.work());
+        pool.pool.spawn(move || Shared::help(s));
     }
     shared.work();
     // Every item is claimed; wait for the ones still running elsewhere.
@@ -169,6 +223,8 @@ pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Res
             std::thread::yield_now();
         }
     }
+    // Unpublish this call if it is still the latest (lingering helpers then stop checking it).
+    LATEST.compare_and_swap(&Some(shared.clone()), None::<Arc<Shared>>);
     let mut slot = shared.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     slot.take().map_or(Ok(()), Err)
 }
