@@ -13,7 +13,6 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
 use crate::error::{Error, IndexError, Result};
@@ -337,23 +336,37 @@ impl Plan {
     }
 }
 
-/// Build `n` plans (`make(j)`), in parallel (one per task) when the call's `lookups` are
-/// worth waking threads for: the backward of a many-table call.
-pub fn plans(n: usize, lookups: usize, make: impl Fn(usize) -> Result<Plan> + Sync + Send) -> Result<Vec<Plan>> {
+/// Build `n` plans (`make(j)`), in parallel (one per work item) when the call's `lookups`
+/// are worth waking threads for: the backward of a many-table call.
+pub fn plans(n: usize, lookups: usize, make: impl Fn(usize) -> Result<Plan> + Sync) -> Result<Vec<Plan>> {
     if parallel::num_threads() <= 1 || lookups * 16 <= SERIAL_WORK_BYTES {
         return (0..n).map(make).collect();
     }
-    parallel::install(|| (0..n).into_par_iter().map(make).collect::<Result<Vec<_>>>())?
+    let slots: Vec<Mutex<Option<Plan>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    parallel::for_each_index(n, parallel::num_threads(), &|j| {
+        let plan = make(j)?;
+        *slots[j].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
+        Ok(())
+    })?;
+    Ok(slots
+        .into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every item ran"))
+        .collect())
 }
 
-/// Gather several sparse gradients, in parallel (one block per task, each free to split
+/// Gather several sparse gradients, in parallel (one block per work item, each free to split
 /// further across idle threads) when there is enough work to wake threads for.
 pub fn gather_all(jobs: Vec<(&Plan, Grad<'_>, &mut [f32])>) -> Result<()> {
     let bytes: usize = jobs.iter().map(|(_, _, v)| v.len() * 8).sum();
     if parallel::num_threads() <= 1 || bytes <= SERIAL_WORK_BYTES {
         return jobs.into_iter().try_for_each(|(plan, grad, values)| plan.gather(grad, values));
     }
-    parallel::install(|| jobs.into_par_iter().try_for_each(|(plan, grad, values)| plan.gather(grad, values)))?
+    let jobs: Vec<_> = jobs.into_iter().map(Mutex::new).collect();
+    parallel::for_each_index(jobs.len(), parallel::num_threads(), &|j| {
+        let mut job = jobs[j].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (plan, grad, values) = &mut *job;
+        plan.gather(*grad, values)
+    })
 }
 
 /// `dst += a * x`, in a loop the compiler vectorises.

@@ -59,7 +59,8 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` inside the pool (rayon's parallel iterators in `f` use it).
+/// Run `f` inside the pool (rayon's parallel iterators in `f` use it, on the pool's
+/// `num_threads() - 1` threads while the caller waits).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
     let pool = current_pool()?;
     Ok(pool.pool.install(f))
@@ -73,8 +74,11 @@ fn current_pool() -> Result<Arc<PoolState>> {
             return Ok(state);
         }
     }
+    // The thread that calls `for_each_index` works too, so `want - 1` helpers make `want`
+    // threads: one more would oversubscribe the cores while helpers linger, and a calling
+    // thread that loses its core to a spinning helper waits a whole scheduler time slice.
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(want)
+        .num_threads(want.saturating_sub(1).max(1))
         .thread_name(|i| format!("recengine-{i}"))
         .build()
         .map_err(|e| Error::value(format!("could not start {want} threads: {e}")))?;
