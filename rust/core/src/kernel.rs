@@ -127,38 +127,34 @@ unsafe impl Send for Out {}
 // SAFETY: see `Send`; shared `Out`s are only used to write disjoint cells.
 unsafe impl Sync for Out {}
 
+/// A tuning knob read once from the environment variable `name` (a number, at most `max`),
+/// else `default`; `cell` caches it (`usize::MAX`: not read yet).
+fn env_knob(cell: &std::sync::atomic::AtomicUsize, name: &str, default: usize, max: usize) -> usize {
+    use std::sync::atomic::Ordering;
+    let v = cell.load(Ordering::Relaxed);
+    if v != usize::MAX {
+        return v;
+    }
+    let v = std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(default, |v| v.min(max));
+    cell.store(v, Ordering::Relaxed);
+    v
+}
+
 /// How many lookups ahead the kernels prefetch rows: `RECENGINE_PREFETCH_DISTANCE` when set
 /// (a tuning knob, 0 to 64), else 16, as FBGEMM's kernels do.
 pub fn prefetch_distance() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static DISTANCE: AtomicUsize = AtomicUsize::new(usize::MAX);
-    let d = DISTANCE.load(Ordering::Relaxed);
-    if d != usize::MAX {
-        return d;
-    }
-    let d = std::env::var("RECENGINE_PREFETCH_DISTANCE")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .map_or(16, |d| d.min(64));
-    DISTANCE.store(d, Ordering::Relaxed);
-    d
+    static DISTANCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    env_knob(&DISTANCE, "RECENGINE_PREFETCH_DISTANCE", 16, 64)
 }
 
 /// How many lines of each row the kernels prefetch at most: `RECENGINE_PREFETCH_LINES` when set
-/// (a tuning knob, 0 for none), else `usize::MAX - 1` (no cap beyond `Prefetch::new`'s own).
+/// (a tuning knob, 0 for none), else no cap beyond `Prefetch::new`'s own.
 pub fn prefetch_lines() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static LINES: AtomicUsize = AtomicUsize::new(usize::MAX);
-    let n = LINES.load(Ordering::Relaxed);
-    if n != usize::MAX {
-        return n;
-    }
-    let n = std::env::var("RECENGINE_PREFETCH_LINES")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .map_or(usize::MAX - 1, |n| n.min(64));
-    LINES.store(n, Ordering::Relaxed);
-    n
+    static LINES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    env_knob(&LINES, "RECENGINE_PREFETCH_LINES", usize::MAX - 1, 64)
 }
 
 /// Pool `bags` of `job` into `out` with the kernels of `level`.
@@ -366,7 +362,7 @@ mod x86 {
         /// On 4 KiB pages (`huge_pages` false) only the first `SMALL_PAGE_LINES` lines of a
         /// row are prefetched: there nearly every random row misses the TLB, each prefetched
         /// line that misses starts a page walk of its own, and measured on a Xeon, prefetching
-        /// every line of 256- and 512-byte rows made lookups 10-25% slower than prefetching
+        /// every line of 256- and 512-byte rows made lookups 20-35% slower than prefetching
         /// the first two (the hardware fetches the rest once the first loads arrive). On
         /// 2 MiB pages every line is prefetched, which measured best there.
         pub(crate) fn new(base: *const u8, row_bytes: usize, from: usize, to: usize, huge_pages: bool) -> Prefetch {

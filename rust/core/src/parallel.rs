@@ -139,9 +139,11 @@ impl Shared {
             let mut next = None;
             let mut spins = 0u32;
             while next.is_none() {
-                if let Some(latest) = LATEST.load_full() {
-                    if !Arc::ptr_eq(&latest, &call) && !latest.exhausted() {
-                        next = Some(latest);
+                // A guard, not a clone: spinning must not bounce the call's reference count.
+                let latest = LATEST.load();
+                if let Some(latest) = latest.as_ref() {
+                    if !Arc::ptr_eq(latest, &call) && !latest.exhausted() {
+                        next = Some(Arc::clone(latest));
                         break;
                     }
                 }

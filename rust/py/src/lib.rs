@@ -338,23 +338,12 @@ impl PyCollection {
         include_last_offset: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let t = self.tables.len();
-        let check = |what: &str, n: usize| {
-            if n != t {
-                Err(PyValueError::new_err(format!("{what} has {n} entries for {t} tables")))
-            } else {
-                Ok(())
-            }
-        };
-        check("indices", indices.len())?;
-        if let Some(o) = &offsets {
-            check("offsets", o.len())?;
-        }
-        if let Some(l) = &lengths {
-            check("lengths", l.len())?;
-        }
-        if let Some(w) = &weights {
-            check("weights", w.len())?;
-        }
+        per_table(t, &[
+            ("indices", Some(indices.len())),
+            ("offsets", offsets.as_ref().map(Vec::len)),
+            ("lengths", lengths.as_ref().map(Vec::len)),
+            ("weights", weights.as_ref().map(Vec::len)),
+        ])?;
         let mode = Mode::parse(mode).py_err()?;
         let reqs = (0..t)
             .map(|i| {
@@ -370,6 +359,16 @@ impl PyCollection {
         let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
         pool_requests(py, &views, &reqs, &vec![mode; t], &vec![None; t])
     }
+}
+
+/// Check that each per-table argument given (`Some(len)`) has one entry per table.
+fn per_table(t: usize, args: &[(&str, Option<usize>)]) -> PyResult<()> {
+    for &(what, n) in args {
+        if let Some(n) = n.filter(|&n| n != t) {
+            return Err(PyValueError::new_err(format!("{what} has {n} entries for {t} tables")));
+        }
+    }
+    Ok(())
 }
 
 /// Pool several tables' borrowed requests into one `[B, sum(dims)]` array.
@@ -526,25 +525,14 @@ fn pool_arrays<'py>(
     if t == 0 {
         return Err(PyValueError::new_err("pool_arrays needs at least one table"));
     }
-    let check = |what: &str, n: usize| {
-        if n != t {
-            Err(PyValueError::new_err(format!("{what} has {n} entries for {t} tables")))
-        } else {
-            Ok(())
-        }
-    };
-    check("indices", indices.len())?;
-    check("offsets", offsets.len())?;
-    check("modes", modes.len())?;
-    if let Some(w) = &weights {
-        check("weights", w.len())?;
-    }
-    if let Some(p) = &padding_idx {
-        check("padding_idx", p.len())?;
-    }
-    if let Some(d) = &dtypes {
-        check("dtypes", d.len())?;
-    }
+    per_table(t, &[
+        ("indices", Some(indices.len())),
+        ("offsets", Some(offsets.len())),
+        ("modes", Some(modes.len())),
+        ("weights", weights.as_ref().map(Vec::len)),
+        ("padding_idx", padding_idx.as_ref().map(Vec::len)),
+        ("dtypes", dtypes.as_ref().map(Vec::len)),
+    ])?;
     let tables = (0..t)
         .map(|i| table_array(&arrays[i], dtypes.as_ref().and_then(|d| d[i].as_deref()), None))
         .collect::<PyResult<Vec<_>>>()?;
