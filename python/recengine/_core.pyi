@@ -92,19 +92,6 @@ def pool_array(
     uint8 raw rows ``[num_rows, row_bytes]`` of storage ``dtype`` (``dim`` derived from the
     row width when not given)."""
 
-def pool_arrays(
-    arrays: Sequence[NDArray[np.generic]],
-    indices: Sequence[NDArray[np.integer]],
-    offsets: Sequence[NDArray[np.integer]],
-    modes: Sequence[str],
-    weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
-    padding_idx: Optional[Sequence[Optional[int]]] = None,
-    include_last_offset: bool = False,
-    dtypes: Optional[Sequence[Optional[str]]] = None,
-) -> NDArray[np.float32]:
-    """Pool several arrays (as in :func:`pool_array`, one mode each) for one batch into one
-    ``[B, sum(dims)]`` array in one multithreaded call."""
-
 def pool_keyed(
     arrays: Sequence[NDArray[np.generic]],
     tables: Sequence[int],

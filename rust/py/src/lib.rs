@@ -506,48 +506,6 @@ fn pool_array<'py>(
     lookup_one(py, table.view(), &req, mode, padding_idx)
 }
 
-/// Pool several numpy arrays for one batch into one `[B, sum(dims)]` array.
-#[pyfunction]
-#[pyo3(signature = (arrays, indices, offsets, modes, weights=None, padding_idx=None, include_last_offset=false, dtypes=None))]
-#[allow(clippy::too_many_arguments)]
-fn pool_arrays<'py>(
-    py: Python<'py>,
-    arrays: Vec<Bound<'py, PyAny>>,
-    indices: Vec<Bound<'py, PyAny>>,
-    offsets: Vec<Bound<'py, PyAny>>,
-    modes: Vec<String>,
-    weights: Option<Vec<Option<Bound<'py, PyAny>>>>,
-    padding_idx: Option<Vec<Option<i64>>>,
-    include_last_offset: bool,
-    dtypes: Option<Vec<Option<String>>>,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let t = arrays.len();
-    if t == 0 {
-        return Err(PyValueError::new_err("pool_arrays needs at least one table"));
-    }
-    per_table(t, &[
-        ("indices", Some(indices.len())),
-        ("offsets", Some(offsets.len())),
-        ("modes", Some(modes.len())),
-        ("weights", weights.as_ref().map(Vec::len)),
-        ("padding_idx", padding_idx.as_ref().map(Vec::len)),
-        ("dtypes", dtypes.as_ref().map(Vec::len)),
-    ])?;
-    let tables = (0..t)
-        .map(|i| table_array(&arrays[i], dtypes.as_ref().and_then(|d| d[i].as_deref()), None))
-        .collect::<PyResult<Vec<_>>>()?;
-    let reqs = (0..t)
-        .map(|i| {
-            let w = weights.as_ref().and_then(|w| w[i].as_ref());
-            request(&indices[i], Some(&offsets[i]), None, w, include_last_offset)
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
-    let pads = padding_idx.unwrap_or_else(|| vec![None; t]);
-    let views: Vec<TableView<'_>> = tables.iter().map(TableArray::view).collect();
-    pool_requests(py, &views, &reqs, &modes, &pads)
-}
-
 /// Where each key's ids start in the flat `values` (`num_keys + 1` entries) and each slot's
 /// bag boundaries, from TorchRec-style `lengths` `[num_keys * batch]` (checked).
 #[allow(clippy::type_complexity)]
@@ -933,7 +891,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTable>()?;
     m.add_class::<PyCollection>()?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
-    m.add_function(wrap_pyfunction!(pool_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
     m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
