@@ -157,6 +157,12 @@ def test_kjt_accessors() -> None:
         KeyedJaggedTensor(["a", "b"], torch.tensor([1]), lengths=torch.tensor([1, 0, 0]))
     with pytest.raises(ValueError):
         kjt.weights()
+    # Derived tensors stay on the input's device.
+    meta = KeyedJaggedTensor(["a"], torch.zeros(3, dtype=torch.long, device="meta"),
+                             lengths=torch.zeros(2, dtype=torch.long, device="meta"))
+    assert meta.offsets().device.type == "meta"
+    jt = rnn.JaggedTensor(meta.values(), meta.lengths())
+    assert jt.offsets().device.type == "meta"
 
 
 @pytest.mark.parametrize(

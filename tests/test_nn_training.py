@@ -169,3 +169,26 @@ def test_export_keeps_the_op() -> None:
     assert _op_in(ep.graph_module)
     x2, o2 = torch.tensor([7, 8, 9, 1, 1, 2, 3]), torch.tensor([0, 1, 1, 4])
     torch.testing.assert_close(ep.module()(x2, o2), model(x2, o2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_modules_run_torchs_kernel() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.EmbeddingBag(1000, 16, mode="mean", sparse=True)
+    mod = rnn.EmbeddingBag(1000, 16, mode="mean", sparse=True)
+    mod.load_state_dict(ref.state_dict())
+    ref, mod = ref.cuda(), mod.cuda()
+    x = torch.randint(0, 1000, (50,), device="cuda")
+    o = torch.tensor([0, 10, 30], device="cuda")
+    a, b = ref(x, o), mod(x, o)
+    torch.testing.assert_close(a, b)
+    a.sum().backward()
+    b.sum().backward()
+    torch.testing.assert_close(ref.weight.grad.to_dense(), mod.weight.grad.to_dense())
+    ebc = rnn.EmbeddingBagCollection([rnn.EmbeddingBagConfig(100, 8, "t", ["f"])]).cuda()
+    kjt = rnn.KeyedJaggedTensor(["f"], torch.tensor([1, 2, 3], device="cuda"),
+                                lengths=torch.tensor([1, 2], device="cuda"))
+    out = ebc(kjt).values()
+    assert out.is_cuda and out.shape == (2, 8)
+    out.sum().backward()
+    assert ebc.embedding_bags["t"].weight.grad.is_cuda

@@ -30,7 +30,7 @@ def _lengths_from_offsets(offsets: Tensor) -> Tensor:
 
 
 def _offsets_from_lengths(lengths: Tensor) -> Tensor:
-    out = torch.zeros(lengths.numel() + 1, dtype=lengths.dtype)
+    out = torch.zeros(lengths.numel() + 1, dtype=lengths.dtype, device=lengths.device)
     torch.cumsum(lengths, 0, out=out[1:])
     return out
 
@@ -181,7 +181,7 @@ class KeyedJaggedTensor:
         if self._length_per_key is None:
             k, b = len(self._keys), self._stride
             per_key = self._lengths.reshape(k, b).sum(dim=1) if k and b else \
-                torch.zeros(k, dtype=torch.long)
+                torch.zeros(k, dtype=torch.long, device=self._lengths.device)
             self._length_per_key = [int(x) for x in per_key.tolist()]
         return self._length_per_key
 
