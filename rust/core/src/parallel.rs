@@ -112,6 +112,9 @@ struct Shared {
     next: AtomicUsize,
     done: AtomicUsize,
     n: usize,
+    /// Helpers that joined, and how many the call's work can use (see `join`).
+    joined: AtomicUsize,
+    max_helpers: usize,
     /// The task, with its lifetime erased; dereferenced only by whoever claimed an item `< n`,
     /// and the caller does not return before every claimed item is done (see `for_each_index`).
     task: *const (dyn Fn(usize) -> Result<()> + Sync),
@@ -129,11 +132,20 @@ impl Shared {
         self.next.load(Ordering::Acquire) >= self.n
     }
 
+    /// Take a helper's place in this call, if its work can use one more: a small call that
+    /// is worth two threads is not split sixteen ways because sixteen happen to be awake.
+    fn join(&self) -> bool {
+        self.joined.fetch_add(1, Ordering::AcqRel) < self.max_helpers
+    }
+
     /// A pool thread's task: claim items of `call`, then linger for `LINGER`, joining any
     /// newer call that is published meanwhile, and return to the pool when none comes.
     fn help(mut call: Arc<Shared>) {
+        let mut joined = call.join();
         loop {
-            call.work();
+            if joined {
+                call.work();
+            }
             LINGERING.fetch_add(1, Ordering::AcqRel);
             let start = std::time::Instant::now();
             let mut next = None;
@@ -142,9 +154,13 @@ impl Shared {
                 // A guard, not a clone: spinning must not bounce the call's reference count.
                 let latest = LATEST.load();
                 if let Some(latest) = latest.as_ref() {
-                    if !Arc::ptr_eq(latest, &call) && !latest.exhausted() {
-                        next = Some(Arc::clone(latest));
-                        break;
+                    if !Arc::ptr_eq(latest, &call) {
+                        if !latest.exhausted() && latest.join() {
+                            next = Some(Arc::clone(latest));
+                            break;
+                        }
+                        // Full or done: remember it as seen, so it is asked only once.
+                        call = Arc::clone(latest);
                     }
                 }
                 std::hint::spin_loop();
@@ -155,7 +171,10 @@ impl Shared {
             }
             LINGERING.fetch_sub(1, Ordering::AcqRel);
             match next {
-                Some(latest) => call = latest,
+                Some(latest) => {
+                    call = latest;
+                    joined = true;
+                }
                 None => return,
             }
         }
@@ -203,17 +222,19 @@ pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Res
             *const (dyn Fn(usize) -> Result<()> + Sync + 'static),
         >(task)
     };
+    let wanted = threads.min(n) - 1;
     let shared = Arc::new(Shared {
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         n,
+        joined: AtomicUsize::new(0),
+        max_helpers: wanted,
         task,
         error: std::sync::Mutex::new(None),
     });
     // Helpers lingering after an earlier call join from the published slot at once; wake
     // sleeping ones only for the rest.
     LATEST.store(Some(shared.clone()));
-    let wanted = threads.min(n) - 1;
     for _ in 0..wanted.saturating_sub(LINGERING.load(Ordering::Acquire)) {
         let s = shared.clone();
         pool.pool.spawn(move || Shared::help(s));
