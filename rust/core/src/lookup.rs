@@ -111,7 +111,7 @@ pub struct TableView<'a> {
     pub dim: usize,
     pub dtype: DType,
     /// Whether the rows live in 2 MiB pages (the kernels then prefetch every line of a row;
-    /// on 4 KiB pages, where nearly every random row misses the TLB, only its first lines).
+    /// on 4 KiB pages, where nearly every random row misses the TLB, only its first line).
     pub huge_pages: bool,
 }
 
