@@ -31,6 +31,7 @@ __all__ = [
     "embedding_bag_backward_op",
     "embedding_bag_op",
     "embedding_bag_sparse_backward_op",
+    "flatten_2d",
     "pool",
     "weight_grad",
 ]
@@ -85,6 +86,16 @@ _NUMPY_OF = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat1
 def _floats(t: Tensor) -> np.ndarray:
     """A float32 numpy view (or copy, for other dtypes) of ``t``."""
     return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def flatten_2d(input: Tensor, per_sample_weights: Optional[Tensor]
+               ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """2-D input ``[B, n]`` (B bags of n) as flat indices ``[B * n]``, bag offsets ``[B]`` and
+    flat per-sample weights."""
+    bags, per_bag = input.shape
+    offsets = torch.arange(0, bags * per_bag, max(per_bag, 1), dtype=input.dtype)[:bags]
+    psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+    return input.reshape(-1), offsets, psw
 
 
 def pool(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],

@@ -82,11 +82,7 @@ def embedding_bag(
     if input.dim() == 2:
         if offsets is not None:
             return torch_kernel()
-        bags, per_bag = input.shape
-        indices = input.reshape(-1)
-        offsets = torch.arange(0, bags * per_bag, max(per_bag, 1), dtype=input.dtype)[:bags]
-        if psw is not None:
-            psw = psw.reshape(-1)
+        indices, offsets, psw = _op.flatten_2d(input, psw)
         include_last_offset = False
     elif input.dim() == 1 and offsets is not None:
         indices = input

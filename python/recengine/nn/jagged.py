@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,6 +28,11 @@ __all__ = ["JaggedTensor", "KeyedJaggedTensor", "KeyedTensor"]
 
 def _lengths_from_offsets(offsets: Tensor) -> Tensor:
     return offsets[1:] - offsets[:-1]
+
+
+def _prefix_sums(counts: Sequence[int]) -> list[int]:
+    """``[0, c0, c0 + c1, ...]``: where each of ``counts`` starts, then the total."""
+    return [0, *itertools.accumulate(counts)]
 
 
 def _offsets_from_lengths(lengths: Tensor) -> Tensor:
@@ -186,10 +192,7 @@ class KeyedJaggedTensor:
         return self._length_per_key
 
     def offset_per_key(self) -> list[int]:
-        out = [0]
-        for n in self.length_per_key():
-            out.append(out[-1] + n)
-        return out
+        return _prefix_sums(self.length_per_key())
 
     def __getitem__(self, key: str) -> JaggedTensor:
         k = self._keys.index(key)
@@ -243,10 +246,7 @@ class KeyedTensor:
         return self._lengths
 
     def offset_per_key(self) -> list[int]:
-        out = [0]
-        for n in self._lengths:
-            out.append(out[-1] + n)
-        return out
+        return _prefix_sums(self._lengths)
 
     def __getitem__(self, key: str) -> Tensor:
         k = self._keys.index(key)

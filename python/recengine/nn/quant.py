@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import _core
 from .._dtypes import normalize_dtype, row_bytes
 from ..table import EmbeddingTable
+from . import _op
 from ._op import MODES
 
 __all__ = ["QUANT_DTYPES", "QuantEmbeddingBag", "quant_embedding_bag_op"]
@@ -47,7 +48,7 @@ def _(packed: Tensor, dim: int, dtype: str, indices: Tensor, offsets: Tensor,
 def _pool(packed: Tensor, dim: int, dtype: str, indices: Tensor, offsets: Tensor,
           psw: Optional[Tensor], mode: int, padding_idx: int,
           include_last_offset: bool) -> Tensor:
-    weights = None if psw is None else psw.detach().to(torch.float32).contiguous().numpy()
+    weights = None if psw is None else _op._floats(psw)
     out = _core.pool_array(packed.numpy(), indices.numpy(), offsets.numpy(), None, weights,
                            MODES[mode], None if padding_idx < 0 else padding_idx,
                            include_last_offset, dtype=dtype, dim=dim)
@@ -141,10 +142,7 @@ class QuantEmbeddingBag(torch.nn.Module):
         if input.dim() == 2:
             if offsets is not None:
                 raise ValueError("if input is 2-D, offsets must be None")
-            bags, per_bag = input.shape
-            indices = input.reshape(-1)
-            offsets = torch.arange(0, bags * per_bag, max(per_bag, 1), dtype=input.dtype)[:bags]
-            psw = None if psw is None else psw.reshape(-1)
+            indices, offsets, psw = _op.flatten_2d(input, psw)
             include_last = False
         elif input.dim() == 1:
             if offsets is None or offsets.dim() != 1:

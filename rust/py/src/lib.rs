@@ -506,6 +506,17 @@ fn pool_array<'py>(
     lookup_one(py, table.view(), &req, mode, padding_idx)
 }
 
+/// The per-value weights of a keyed call, checked to hold one float per value.
+fn keyed_weights<'py>(weights: Option<&Bound<'py, PyAny>>, n: usize) -> PyResult<Option<numpy::PyReadonlyArrayDyn<'py, f32>>> {
+    let weights = weights.map(|w| floats(w, "weights")).transpose()?;
+    if let Some(len) = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous").len()) {
+        if len != n {
+            return Err(PyValueError::new_err(format!("weights has {len} entries for {n} values")));
+        }
+    }
+    Ok(weights)
+}
+
 /// Where each key's ids start in the flat `values` (`num_keys + 1` entries) and each slot's
 /// bag boundaries, from TorchRec-style `lengths` `[num_keys * batch]` (checked).
 #[allow(clippy::type_complexity)]
@@ -599,12 +610,9 @@ fn pool_keyed_backward<'py>(
     let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
     let values = ints_1d(values, "values")?;
     let lengths = ints_1d(lengths, "lengths")?;
-    let weights = weights.map(|w| floats(w, "weights")).transpose()?;
     let n = values.slice().len();
+    let weights = keyed_weights(weights, n)?;
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
-    if w_all.is_some_and(|w| w.len() != n) {
-        return Err(PyValueError::new_err(format!("weights need one entry per value ({n})")));
-    }
     let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
     let mut dense = Vec::with_capacity(t);
     for (i, o) in outs.iter().enumerate() {
@@ -716,14 +724,9 @@ fn pool_keyed<'py>(
     let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
     let values = ints_1d(values, "values")?;
     let lengths = ints_1d(lengths, "lengths")?;
-    let weights = weights.map(|w| floats(w, "weights")).transpose()?;
     let n = values.slice().len();
+    let weights = keyed_weights(weights, n)?;
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
-    if let Some(w) = w_all {
-        if w.len() != n {
-            return Err(PyValueError::new_err(format!("weights has {} entries for {n} values", w.len())));
-        }
-    }
     let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
     let views: Vec<TableView<'_>> = tables.iter().map(|&i| arrays[i].view()).collect();
     let bmodes: Vec<Mode> = tables.iter().map(|&i| modes[i]).collect();
