@@ -114,6 +114,53 @@ def test_in_place_updates_and_replaced_weights_are_seen() -> None:
         assert not ebc(kjt).values().any()
 
 
+def test_weights_swapped_through_data_are_seen() -> None:
+    ebc = rnn.EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["f"])])
+    kjt = KeyedJaggedTensor(["f"], torch.tensor([1, 7]), lengths=torch.tensor([2]))
+    weight = ebc.embedding_bags["t"].weight
+    with torch.no_grad():
+        ebc(kjt)
+        weight.data = torch.ones(10, 4)  # the same Parameter, new storage
+        torch.testing.assert_close(ebc(kjt).values(), torch.full((1, 4), 2.0))
+        weight.data = weight.data[:5]  # the same address, fewer rows: id 7 is now out of range
+        with pytest.raises(IndexError):
+            ebc(kjt)
+        weight.data = torch.ones(10, 4, dtype=torch.float64)  # not a core dtype: torch's kernel
+        assert ebc(kjt).values().dtype == torch.float64
+        weight.data = torch.full((10, 4), 3.0)  # and back to the core
+        torch.testing.assert_close(ebc(kjt).values(), torch.full((1, 4), 6.0))
+
+
+def test_core_hold_checks_its_weights() -> None:
+    from recengine import _core
+
+    w = torch.nn.Parameter(torch.rand(6, 3))
+    held = _core.KeyedTables([w], [w.detach()], ["fp32"], ["sum"])
+    values, lengths = np.array([0, 5]), np.array([2])
+    out = held.pool([w], [0], [0], values, lengths, 1)
+    torch.testing.assert_close(torch.from_numpy(out), w.detach()[[0, 5]].sum(0, keepdim=True))
+    assert held.current([w]) and len(held) == 1
+    other = torch.nn.Parameter(w.detach().clone())
+    assert not held.current([other]) and held.pool([other], [0], [0], values, lengths, 1) is None
+    w.data = torch.rand(6, 3)
+    assert not held.current([w]) and held.pool([w], [0], [0], values, lengths, 1) is None
+    with pytest.raises(ValueError):
+        _core.KeyedTables([w], [w.detach()], ["fp16"], ["sum"])  # float32 storage
+    with pytest.raises(ValueError):
+        _core.KeyedTables([w.t()], [w.detach().t()], ["fp32"], ["sum"])  # not contiguous
+    with pytest.raises(ValueError):
+        _core.KeyedTables([w], [torch.rand(6, 3)], ["fp32"], ["sum"])  # not an alias
+    with pytest.raises(TypeError):
+        _core.KeyedTables([w], [w.detach()], ["int8"], ["sum"])
+    with pytest.raises(ValueError):
+        _core.KeyedTables([w], [w.detach()], ["fp32"], ["median"])
+    held = _core.KeyedTables([w], [w.detach()], ["fp32"], ["sum"])
+    with pytest.raises(IndexError):
+        held.pool([w], [0], [0], np.array([0, 6]), lengths, 1)
+    with pytest.raises(ValueError):
+        held.pool([w], [1], [0], values, lengths, 1)
+
+
 def test_torchrec_style_input_is_accepted() -> None:
     class TorchrecLike:
         """The accessors a torchrec.sparse.jagged_tensor.KeyedJaggedTensor has."""
@@ -215,13 +262,26 @@ def test_many_tables_one_core_call(monkeypatch: pytest.MonkeyPatch) -> None:
     from recengine.nn import collection
 
     calls: list[int] = []
-    real = collection._core.pool_keyed
+    real = collection._core.KeyedTables
 
-    def counting(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kw)
+    class Counting:
+        """The core's hold, counting its pooling calls."""
 
-    monkeypatch.setattr(collection._core, "pool_keyed", counting)
+        def __init__(self, *args: Any) -> None:
+            self.inner = real(*args)
+
+        def current(self, weights: Any) -> bool:
+            return bool(self.inner.current(weights))
+
+        def pool(self, *args: Any) -> Any:
+            calls.append(1)
+            return self.inner.pool(*args)
+
+    def no_torch(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("torch's kernel ran")
+
+    monkeypatch.setattr(collection._core, "KeyedTables", Counting)
+    monkeypatch.setattr(torch.nn.functional, "embedding_bag", no_torch)
     configs = [EmbeddingBagConfig(50, 8, f"t{t}", [f"f{t}"]) for t in range(6)]
     ebc = rnn.EmbeddingBagCollection(configs)
     rng = np.random.default_rng(0)
@@ -230,7 +290,9 @@ def test_many_tables_one_core_call(monkeypatch: pytest.MonkeyPatch) -> None:
                             lengths=torch.full((24,), 3))
     with torch.no_grad():
         assert ebc(kjt).values().shape == (4, 48)
-    assert calls == [1]
+        assert calls == [1]
+        ebc(kjt)
+    assert calls == [1, 1]
 
 
 def test_convert_replaces_a_torchrec_collection() -> None:

@@ -92,20 +92,36 @@ def pool_array(
     uint8 raw rows ``[num_rows, row_bytes]`` of storage ``dtype`` (``dim`` derived from the
     row width when not given)."""
 
-def pool_keyed(
-    arrays: Sequence[NDArray[np.generic]],
-    tables: Sequence[int],
-    slots: Sequence[int],
-    values: NDArray[np.integer],
-    lengths: NDArray[np.integer],
-    batch: int,
-    modes: Sequence[str],
-    weights: Optional[NDArray[np.float32]] = None,
-    dtypes: Optional[Sequence[Optional[str]]] = None,
-) -> NDArray[np.float32]:
-    """Pool keyed jagged ids (TorchRec's layout: ``values`` key-major, ``lengths``
-    ``[num_keys * batch]``) in one call: output block ``j`` pools key ``slots[j]`` with table
-    ``tables[j]``; returns ``[batch, sum of the blocks' dims]``."""
+class KeyedTables:
+    """Torch weights pooled by keyed jagged ids straight from their storage. Built once; each
+    call checks that the weights are still the same tensors at the same addresses and shapes,
+    and returns None (reading nothing) when they are not.
+
+    ``pool`` takes TorchRec's layout (``values`` key-major, ``lengths`` ``[num_keys * batch]``)
+    and pools key ``slots[j]`` with table ``tables[j]`` into output block ``j``; it returns
+    ``[batch, sum of the blocks' dims]``."""
+
+    def __init__(
+        self,
+        weights: Sequence[object],
+        aliases: Sequence[object],
+        dtypes: Sequence[str],
+        modes: Sequence[str],
+    ) -> None:
+        """``weights``: C-contiguous 2-D CPU tensors; ``aliases``: ``w.detach()`` of each (they
+        keep the storage alive); ``dtypes``: "fp32", "fp16" or "bf16"; ``modes``: per table."""
+    def current(self, weights: Sequence[object]) -> bool: ...
+    def pool(
+        self,
+        weights: Sequence[object],
+        tables: Sequence[int],
+        slots: Sequence[int],
+        values: NDArray[np.integer],
+        lengths: NDArray[np.integer],
+        batch: int,
+        per_value_weights: Optional[NDArray[np.float32]] = None,
+    ) -> Optional[NDArray[np.float32]]: ...
+    def __len__(self) -> int: ...
 
 def pool_keyed_backward(
     grad: NDArray[np.float32],
@@ -120,7 +136,7 @@ def pool_keyed_backward(
     outs: Sequence[Optional[NDArray[np.float32]]],
     weights: Optional[NDArray[np.float32]] = None,
 ) -> list[Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]]:
-    """The backward of :func:`pool_keyed`: block ``j`` adds into ``outs[tables[j]]`` (dense)
+    """The backward of :meth:`KeyedTables.pool`: block ``j`` adds into ``outs[tables[j]]`` (dense)
     when given, else its entry is the block's sparse gradient ``(rows, values)``."""
 
 def pool_backward(

@@ -3,7 +3,7 @@
 Mirrors TorchRec's ``EmbeddingBagCollection`` (``EmbeddingBagConfig``, ``PoolingType``, a
 ``KeyedJaggedTensor`` in and a ``KeyedTensor`` out, state_dict keys
 ``embedding_bags.<table>.weight``) for users coming from it, but pools every feature of every
-table in one multithreaded call of the core (``_core.pool_keyed``) straight from the batch's
+table in one multithreaded call of the core (``_core.KeyedTables``) straight from the batch's
 flat ids, with no per-table Python work.
 """
 
@@ -23,7 +23,8 @@ from .jagged import KeyedJaggedTensor, KeyedTensor, as_kjt
 
 __all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "PoolingType"]
 
-_CORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: Weight dtypes the core pools, with its names for them.
+_CORE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class PoolingType(enum.Enum):
@@ -71,14 +72,17 @@ def _cat(parts: list[Tensor]) -> Tensor:
 
 
 class _Keyed(torch.autograd.Function):
-    """Forward: one ``pool_keyed`` call. Backward: the core's scatter-add per block into each
+    """Forward: one ``KeyedTables.pool`` call. Backward: the core's scatter-add per block into each
     table's gradient (dense, or sparse for tables whose module has ``sparse=True``)."""
 
     @staticmethod
     def forward(ctx: Any, ebc: EmbeddingBagCollection, kjt: KeyedJaggedTensor,  # type: ignore[override]
                 slots: list[int], *weights: Tensor) -> Tensor:
         ctx.ebc, ctx.kjt, ctx.slots = ebc, kjt, slots
-        return ebc._pool(kjt, slots, list(weights))
+        out = ebc._pool(kjt, slots, list(weights))
+        if out is None:  # only if another thread moved a weight since forward checked it
+            raise RuntimeError("a weight left the CPU or changed dtype during the forward")
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
@@ -142,9 +146,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         self._dims = [self._configs[t].embedding_dim for t, _ in self._blocks]
         self._modes = [cfg.pooling.value.lower() for cfg in self._configs]
         self._names = [cfg.name for cfg in self._configs]
-        # The core's view of the weights, kept while the same tensors keep the same storage.
-        self._core_args: Optional[tuple[list[Tensor], list[tuple[int, int]], list[Any],
-                                        list[Optional[str]]]] = None
+        # The core's hold on the weights, rebuilt when one is replaced or its storage moves.
+        self._held: Optional[_core.KeyedTables] = None
         self._slot_cache: tuple[tuple[str, ...], list[int]] = ((), [])
 
     @classmethod
@@ -180,7 +183,7 @@ class EmbeddingBagCollection(torch.nn.Module):
 
     def _weights(self) -> list[Tensor]:
         # Straight from the modules' dicts: Module.__getattr__ would cost more than a lookup.
-        modules = self.embedding_bags._modules
+        modules = self._modules["embedding_bags"]._modules  # type: ignore[union-attr]
         return [modules[name]._parameters["weight"] for name in self._names]  # type: ignore[index,union-attr,misc]
 
     def _slots(self, keys: list[str]) -> list[int]:
@@ -195,31 +198,36 @@ class EmbeddingBagCollection(torch.nn.Module):
             self._slot_cache = (tuple(keys), slots)
         return slots
 
-    def _core_tables(self, weights: list[Tensor]) -> Optional[tuple[list[Any], list[Any]]]:
-        """The weights as the core takes them (arrays and storage dtypes), or None when one
-        cannot run on the core (CUDA, float64, non-contiguous). Rebuilt only when a weight is
-        replaced or its storage moves (in-place updates keep it)."""
-        keys = [(w.data_ptr(), w.shape[0]) for w in weights]
-        cached = self._core_args
-        if cached is not None and cached[1] == keys and all(
-                a is b for a, b in zip(cached[0], weights)):
-            return cached[2], cached[3]
-        if not all(w.is_cpu and w.dtype in _CORE_DTYPES and w.is_contiguous() for w in weights):
-            self._core_args = None
+    def _held_tables(self, weights: list[Tensor]) -> Optional[_core.KeyedTables]:
+        """The core's hold on ``weights`` (kept while they are the same tensors at the same
+        addresses: in-place updates keep it), or None when one cannot run on the core (CUDA,
+        float64, non-contiguous)."""
+        held = self._held
+        if held is not None and held.current(weights):
+            return held
+        self._held = None
+        if not all(w.is_cpu and w.dtype in _CORE_DTYPES and w.dim() == 2 and w.is_contiguous()
+                   for w in weights):
             return None
-        arrays, dtypes = (list(x) for x in zip(*map(_op._table, weights)))
-        self._core_args = (list(weights), keys, arrays, dtypes)
-        return arrays, dtypes
+        self._held = _core.KeyedTables(weights, [w.detach() for w in weights],
+                                       [_CORE_DTYPES[w.dtype] for w in weights], self._modes)
+        return self._held
 
-    def _pool(self, kjt: KeyedJaggedTensor, slots: list[int], weights: list[Tensor],
-              tables: Optional[tuple[list[Any], list[Any]]] = None) -> Tensor:
-        tables = tables or self._core_tables(weights)
-        assert tables is not None, "checked by forward"
+    def _pool(self, kjt: KeyedJaggedTensor, slots: list[int],
+              weights: list[Tensor]) -> Optional[Tensor]:
+        """One core call for every block, or None when a weight cannot run on the core."""
         psw = kjt.weights_or_none() if self._is_weighted else None
-        out = _core.pool_keyed(tables[0], self._block_tables, slots,
-                               kjt.values().contiguous().numpy(),
-                               kjt.lengths().contiguous().numpy(), kjt.stride(), self._modes,
-                               None if psw is None else _op._floats(psw), tables[1])
+        args = (weights, self._block_tables, slots, kjt.values().contiguous().numpy(),
+                kjt.lengths().contiguous().numpy(), kjt.stride(),
+                None if psw is None else _op._floats(psw))
+        # The hold checks that the weights are still where it found them before reading.
+        out = None if self._held is None else self._held.pool(*args)
+        if out is None:
+            held = self._held_tables(weights)
+            if held is None:
+                return None
+            out = held.pool(*args)
+            assert out is not None, "a hold made from these weights a moment ago"
         result = torch.from_numpy(out)
         dtype = weights[0].dtype
         return result if dtype == torch.float32 or any(w.dtype != dtype for w in weights) \
@@ -273,15 +281,14 @@ class EmbeddingBagCollection(torch.nn.Module):
         if self._is_weighted and kjt.weights_or_none() is None:
             raise ValueError("this collection is weighted: the input needs weights")
         weights = self._weights()
-        tables = None if torch.compiler.is_compiling() else self._core_tables(weights)
-        if (tables is None
-                or not kjt.values().is_cpu
-                or kjt.values().dtype not in (torch.int32, torch.int64)):
-            values = self._pool_torch(kjt)
-        else:
+        values: Optional[Tensor] = None
+        if (not torch.compiler.is_compiling() and kjt.values().is_cpu
+                and kjt.values().dtype in (torch.int32, torch.int64)):
             slots = self._slots(kjt.keys())
-            if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+                values = self._pool(kjt, slots, weights)
+            elif self._held_tables(weights) is not None:
                 values = _Keyed.apply(self, kjt, slots, *weights)
-            else:
-                values = self._pool(kjt, slots, weights, tables)
+        if values is None:
+            values = self._pool_torch(kjt)
         return KeyedTensor(self._feature_names, self._dims, values)

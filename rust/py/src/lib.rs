@@ -566,7 +566,7 @@ fn keyed_layout(slots: &[usize], n: usize, lengths: &Ints<'_>, batch: usize) -> 
     Ok((starts, offs))
 }
 
-/// The backward of [`pool_keyed`]: `grad` is the output's gradient `[batch, sum of the
+/// The backward of [`KeyedTables::pool`]: `grad` is the output's gradient `[batch, sum of the
 /// blocks' dims]`; block `j` (key `slots[j]`, table `tables[j]` of `num_rows[tables[j]]` rows
 /// and dim `dims[tables[j]]`) adds its gradient into `outs[tables[j]]` (float32
 /// `[num_rows, dim]`, dense) when that is given, else returns its sparse gradient (rows and
@@ -692,55 +692,171 @@ fn pool_keyed_backward<'py>(
 ///
 /// `values` holds the ids of `num_keys` keys, key-major, and `lengths[k * batch + b]` is how
 /// many ids key `k` has for sample `b`. Output block `j` pools key `slots[j]` with table
-/// `tables[j]`; the output is `[batch, sum of the blocks' dims]`, blocks side by side in order.
-#[pyfunction]
-#[pyo3(signature = (arrays, tables, slots, values, lengths, batch, modes, weights=None, dtypes=None))]
+/// `views[tables[j]]` by `modes[tables[j]]`; the output is `[batch, sum of the blocks' dims]`,
+/// blocks side by side in order.
 #[allow(clippy::too_many_arguments)]
-fn pool_keyed<'py>(
+fn pool_keyed_views<'py>(
     py: Python<'py>,
-    arrays: Vec<Bound<'py, PyAny>>,
-    tables: Vec<usize>,
-    slots: Vec<usize>,
+    views: &[TableView<'_>],
+    modes: &[Mode],
+    tables: &[usize],
+    slots: &[usize],
     values: &Bound<'py, PyAny>,
     lengths: &Bound<'py, PyAny>,
     batch: usize,
-    modes: Vec<String>,
     weights: Option<&Bound<'py, PyAny>>,
-    dtypes: Option<Vec<Option<String>>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let t = arrays.len();
-    if modes.len() != t || dtypes.as_ref().is_some_and(|d| d.len() != t) {
-        return Err(PyValueError::new_err(format!("modes and dtypes need one entry per table ({t})")));
-    }
-    if tables.is_empty() || tables.len() != slots.len() {
-        return Err(PyValueError::new_err("tables and slots need one entry per output block (at least one)"));
-    }
-    if let Some(&bad) = tables.iter().find(|&&x| x >= t) {
-        return Err(PyValueError::new_err(format!("table {bad} is not one of the {t} tables")));
-    }
-    let arrays = (0..t)
-        .map(|i| table_array(&arrays[i], dtypes.as_ref().and_then(|d| d[i].as_deref()), None))
-        .collect::<PyResult<Vec<_>>>()?;
-    let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
     let values = ints_1d(values, "values")?;
     let lengths = ints_1d(lengths, "lengths")?;
     let n = values.slice().len();
     let weights = keyed_weights(weights, n)?;
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
-    let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
-    let views: Vec<TableView<'_>> = tables.iter().map(|&i| arrays[i].view()).collect();
+    let (starts, offs) = keyed_layout(slots, n, &lengths, batch)?;
+    let block_views: Vec<TableView<'_>> = tables.iter().map(|&i| views[i]).collect();
     let bmodes: Vec<Mode> = tables.iter().map(|&i| modes[i]).collect();
     let ws: Vec<Option<&[f32]>> = slots.iter().map(|&k| w_all.map(|w| &w[starts[k]..starts[k + 1]])).collect();
     let pads = vec![None; slots.len()];
     match values.slice() {
         IntSlice::I32(v) => {
             let idx: Vec<&[i32]> = slots.iter().map(|&k| &v[starts[k]..starts[k + 1]]).collect();
-            pool_into_new(py, &views, &idx, offs, &ws, &bmodes, &pads)
+            pool_into_new(py, &block_views, &idx, offs, &ws, &bmodes, &pads)
         }
         IntSlice::I64(v) => {
             let idx: Vec<&[i64]> = slots.iter().map(|&k| &v[starts[k]..starts[k + 1]]).collect();
-            pool_into_new(py, &views, &idx, offs, &ws, &bmodes, &pads)
+            pool_into_new(py, &block_views, &idx, offs, &ws, &bmodes, &pads)
         }
+    }
+}
+
+/// One torch weight held by a [`KeyedTables`]: the Parameter (or tensor) the caller passes
+/// each call, a detached alias of it that keeps its storage alive, and where that storage was.
+struct HeldWeight {
+    weight: Py<PyAny>,
+    /// Never read: holding it keeps the storage `ptr` points into allocated.
+    _alias: Py<PyAny>,
+    ptr: usize,
+    rows: usize,
+    dim: usize,
+    dtype: DType,
+}
+
+impl HeldWeight {
+    /// Whether `w` is still the held weight with the same storage address and shape.
+    fn current(&self, w: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = w.py();
+        if !w.is(self.weight.bind(py)) || w.call_method0(pyo3::intern!(py, "data_ptr"))?.extract::<usize>()? != self.ptr {
+            return Ok(false);
+        }
+        let shape: (usize, usize) = w.getattr(pyo3::intern!(py, "shape"))?.extract()?;
+        Ok(shape == (self.rows, self.dim))
+    }
+}
+
+/// Torch weights pooled by keyed jagged ids ([`pool_keyed_views`]'s layout) straight from their
+/// storage: everything about the tables is taken once, when this is built, so a call costs
+/// the same whatever the number of tables, bar one address check per weight.
+#[pyclass(name = "KeyedTables", module = "recengine._core", frozen)]
+struct KeyedTables {
+    held: Vec<HeldWeight>,
+    modes: Vec<Mode>,
+}
+
+#[pymethods]
+impl KeyedTables {
+    /// `weights`: C-contiguous 2-D CPU tensors; `aliases`: a detached alias of each (what
+    /// `weight.detach()` returns); `dtypes`: their storage dtypes ("fp32", "fp16", "bf16");
+    /// `modes`: how each table pools.
+    #[new]
+    fn new(weights: Vec<Bound<'_, PyAny>>, aliases: Vec<Bound<'_, PyAny>>, dtypes: Vec<String>, modes: Vec<String>) -> PyResult<Self> {
+        let t = weights.len();
+        per_table(t, &[("aliases", Some(aliases.len())), ("dtypes", Some(dtypes.len())), ("modes", Some(modes.len()))])?;
+        let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+        let held = weights
+            .into_iter()
+            .zip(aliases)
+            .zip(&dtypes)
+            .map(|((weight, alias), dt)| {
+                let dtype = self::dtype(dt)?;
+                if !matches!(dtype, DType::Fp32 | DType::Fp16 | DType::Bf16) {
+                    return Err(PyTypeError::new_err(format!("a torch weight cannot hold {dt} rows")));
+                }
+                let element = if dtype == DType::Fp32 { 4 } else { 2 };
+                let contiguous: bool = alias.call_method0("is_contiguous")?.extract()?;
+                let (rows, dim): (usize, usize) = alias.getattr("shape")?.extract()?;
+                let size: usize = alias.call_method0("element_size")?.extract()?;
+                let ptr: usize = alias.call_method0("data_ptr")?.extract()?;
+                let same: usize = weight.call_method0("data_ptr")?.extract()?;
+                if !contiguous || size != element || ptr != same || (ptr == 0 && rows > 0) {
+                    return Err(PyValueError::new_err(format!(
+                        "each weight must be a C-contiguous 2-D {dt} CPU tensor with its alias"
+                    )));
+                }
+                check_dim(dim)?;
+                Ok(HeldWeight { weight: weight.unbind(), _alias: alias.unbind(), ptr, rows, dim, dtype })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(KeyedTables { held, modes })
+    }
+
+    /// Whether `weights` are still the held tensors, at the same addresses and shapes.
+    fn current(&self, weights: Vec<Bound<'_, PyAny>>) -> PyResult<bool> {
+        if weights.len() != self.held.len() {
+            return Ok(false);
+        }
+        for (h, w) in self.held.iter().zip(&weights) {
+            if !h.current(w)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Pool as [`pool_keyed_views`] does (output block `j`: key `slots[j]` through table
+    /// `tables[j]`), or return None, touching nothing, when `weights` are not
+    /// [`current`](Self::current): the caller then builds a new `KeyedTables`.
+    #[pyo3(signature = (weights, tables, slots, values, lengths, batch, per_value_weights=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn pool<'py>(
+        &self,
+        py: Python<'py>,
+        weights: Vec<Bound<'py, PyAny>>,
+        tables: Vec<usize>,
+        slots: Vec<usize>,
+        values: &Bound<'py, PyAny>,
+        lengths: &Bound<'py, PyAny>,
+        batch: usize,
+        per_value_weights: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyArray2<f32>>>> {
+        if !self.current(weights)? {
+            return Ok(None);
+        }
+        let t = self.held.len();
+        if tables.is_empty() || tables.len() != slots.len() {
+            return Err(PyValueError::new_err("tables and slots need one entry per output block (at least one)"));
+        }
+        if let Some(&bad) = tables.iter().find(|&&x| x >= t) {
+            return Err(PyValueError::new_err(format!("table {bad} is not one of the {t} tables")));
+        }
+        let views: Vec<TableView<'_>> = self
+            .held
+            .iter()
+            .map(|h| {
+                let len = h.rows * h.dtype.row_bytes(h.dim);
+                // SAFETY: `ptr` is the start of the alias's C-contiguous `rows x dim` storage
+                // (checked when built), which the held alias keeps allocated, and `current`
+                // has just checked, with the GIL held, that the weight still has this address
+                // and shape, so its storage was neither replaced nor resized. The slice is
+                // only read, and only during this call (while `self` holds the alias). Writes
+                // from another thread during the call race as they do in torch's own kernels.
+                let data = if len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(h.ptr as *const u8, len) } };
+                TableView { data, num_rows: h.rows, dim: h.dim, dtype: h.dtype, huge_pages: false }
+            })
+            .collect();
+        pool_keyed_views(py, &views, &self.modes, &tables, &slots, values, lengths, batch, per_value_weights).map(Some)
+    }
+
+    fn __len__(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -893,8 +1009,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyTable>()?;
     m.add_class::<PyCollection>()?;
+    m.add_class::<KeyedTables>()?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
-    m.add_function(wrap_pyfunction!(pool_keyed, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
     m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
