@@ -87,10 +87,12 @@ def pool_array(
     include_last_offset: bool,
     dtype: Optional[str] = None,
     dim: Optional[int] = None,
+    huge_pages: bool = False,
 ) -> NDArray[np.float32]:
     """Pool rows of an array ``[num_rows, dim]`` without copying it: float32 or float16, or
     uint8 raw rows ``[num_rows, row_bytes]`` of storage ``dtype`` (``dim`` derived from the
-    row width when not given)."""
+    row width when not given). ``huge_pages``: the array lies on 2 MiB pages (a prefetch
+    hint)."""
 
 class KeyedTables:
     """Torch weights pooled by keyed jagged ids straight from their storage. Built once; each
@@ -107,9 +109,11 @@ class KeyedTables:
         aliases: Sequence[object],
         dtypes: Sequence[str],
         modes: Sequence[str],
+        huge_pages: Optional[Sequence[bool]] = None,
     ) -> None:
         """``weights``: C-contiguous 2-D CPU tensors; ``aliases``: ``w.detach()`` of each (they
-        keep the storage alive); ``dtypes``: "fp32", "fp16" or "bf16"; ``modes``: per table."""
+        keep the storage alive); ``dtypes``: "fp32", "fp16" or "bf16"; ``modes``: per table;
+        ``huge_pages``: which weights lie on 2 MiB pages (a prefetch hint)."""
     def current(self, weights: Sequence[object]) -> bool: ...
     def pool(
         self,

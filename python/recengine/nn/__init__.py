@@ -3,10 +3,12 @@
 Change one import: ``torch.nn.EmbeddingBag`` -> ``recengine.nn.EmbeddingBag``, or call
 ``recengine.nn.convert(model)`` to swap every EmbeddingBag of a model in place. Many tables
 with keyed jagged input: :class:`EmbeddingBagCollection` (TorchRec's interface, one core call).
-Quantized inference: :class:`QuantEmbeddingBag`. Needs torch (``pip install "recengine[torch]"``).
+Quantized inference: :class:`QuantEmbeddingBag`. CPU weights that recengine allocates or
+converts live on huge pages (:mod:`recengine.nn.hugepages`). Needs torch
+(``pip install "recengine[torch]"``).
 """
 
-from . import functional
+from . import functional, hugepages
 from .collection import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 from .jagged import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from .modules import EmbeddingBag, convert
@@ -24,4 +26,5 @@ __all__ = [
     "QuantEmbeddingBag",
     "convert",
     "functional",
+    "hugepages",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _core
+from .hugepages import on_huge_pages
 
 __all__ = [
     "MODES",
@@ -45,33 +46,36 @@ MODES = ("sum", "mean", "max")
 
 
 #: Each live weight's numpy view, by ``id``, with a weak reference to the weight (whose
-#: callback drops the entry) and the storage address and shape the view was made for: making
-#: a view costs more than a small lookup. The view holds a detached alias of the weight, not
-#: the weight, so it does not keep the weight alive.
-_VIEWS: dict[int, tuple[weakref.ref[Tensor], int, torch.Size, np.ndarray, Optional[str]]] = {}
+#: callback drops the entry), the storage address and shape the view was made for, the
+#: storage dtype for the core, and whether the weight lies on huge pages: making a view costs
+#: more than a small lookup. The view holds a detached alias of the weight, not the weight, so
+#: it does not keep the weight alive.
+_VIEWS: dict[int, tuple[weakref.ref[Tensor], int, torch.Size, np.ndarray, Optional[str], bool]] = {}
 
 
-def _table(weight: Tensor) -> tuple[np.ndarray, Optional[str]]:
-    """The weight as the core takes it, sharing its storage: ``(array, None)`` for float32 and
-    float16, ``(bytes, "bf16")`` for bfloat16 (numpy has no bfloat16). Cached per weight while
-    its storage stays where it is (in-place updates keep it; ``.data =`` moves it)."""
+def _table(weight: Tensor) -> tuple[np.ndarray, Optional[str], bool]:
+    """The weight as the core takes it, sharing its storage: ``(array, None, huge)`` for
+    float32 and float16, ``(bytes, "bf16", huge)`` for bfloat16 (numpy has no bfloat16), with
+    ``huge`` whether it lies on huge pages. Cached per weight while its storage stays where it
+    is (in-place updates keep it; ``.data =`` moves it)."""
     ptr = weight.data_ptr()
     key = id(weight)
     cached = _VIEWS.get(key)
     if cached is not None and cached[0]() is weight and cached[1] == ptr \
             and cached[2] == weight.shape and cached[3].dtype == _NUMPY_OF.get(weight.dtype):
-        return cached[3], cached[4]
+        return cached[3], cached[4], cached[5]
     w = weight.detach()
     if w.dtype == torch.bfloat16:
         array, dtype = w.view(torch.uint8).numpy(), "bf16"
     else:
         array, dtype = w.numpy(), None
+    huge = on_huge_pages(w)
     try:
         ref = weakref.ref(weight, lambda _r, key=key: _drop_view(key, _r))
     except TypeError:  # not weakly referenceable: no cache
-        return array, dtype
-    _VIEWS[key] = (ref, ptr, weight.shape, array, dtype)
-    return array, dtype
+        return array, dtype, huge
+    _VIEWS[key] = (ref, ptr, weight.shape, array, dtype, huge)
+    return array, dtype, huge
 
 
 def _drop_view(key: int, ref: weakref.ref[Tensor]) -> None:
@@ -107,10 +111,10 @@ def pool(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: O
     ``weight`` must be a C-contiguous float32, float16 or bfloat16 CPU tensor.
     """
     psw = None if per_sample_weights is None else _floats(per_sample_weights)
-    array, dtype = _table(weight)
+    array, dtype, huge = _table(weight)
     out = _core.pool_array(array, indices.numpy(), offsets.numpy(), None, psw, MODES[mode],
                            None if padding_idx < 0 else padding_idx, include_last_offset,
-                           dtype=dtype)
+                           dtype=dtype, huge_pages=huge)
     result = torch.from_numpy(out)
     return result if weight.dtype == torch.float32 else result.to(weight.dtype)
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from . import _op
+from . import _op, hugepages
+from .hugepages import on_huge_pages
 from .jagged import KeyedJaggedTensor, KeyedTensor, as_kjt
 
 __all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "PoolingType"]
@@ -97,7 +98,8 @@ class EmbeddingBagCollection(torch.nn.Module):
     Args:
         tables: the tables' :class:`EmbeddingBagConfig`.
         is_weighted: the input carries per-id weights (SUM tables only).
-        device: where the weights live; CUDA weights run torch's own kernel per feature.
+        device: where the weights live: on the CPU (the default) on huge pages
+            (:mod:`recengine.nn.hugepages`); CUDA weights run torch's own kernel per feature.
         sparse: make the weights' gradients sparse (uncoalesced, as torch's).
 
     ``forward(features)`` takes a :class:`KeyedJaggedTensor` (ours, or TorchRec's) whose keys
@@ -129,10 +131,14 @@ class EmbeddingBagCollection(torch.nn.Module):
         self._configs = list(tables)
         self._is_weighted = is_weighted
         self.embedding_bags = torch.nn.ModuleDict()
+        on_cpu = device is None or torch.device(device).type == "cpu"
         for cfg in self._configs:
             bag = torch.nn.EmbeddingBag(cfg.num_embeddings, cfg.embedding_dim,
                                         mode=cfg.pooling.value.lower(), sparse=sparse,
-                                        device=device, dtype=cfg.dtype)
+                                        device="meta" if on_cpu else device, dtype=cfg.dtype)
+            if on_cpu:  # CPU weights on huge pages (see recengine.nn.hugepages)
+                bag.weight = torch.nn.Parameter(
+                    hugepages.empty((cfg.num_embeddings, cfg.embedding_dim), cfg.dtype))
             bound = math.sqrt(1.0 / cfg.num_embeddings)
             lo = -bound if cfg.weight_init_min is None else cfg.weight_init_min
             hi = bound if cfg.weight_init_max is None else cfg.weight_init_max
@@ -210,7 +216,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                    for w in weights):
             return None
         self._held = _core.KeyedTables(weights, [w.detach() for w in weights],
-                                       [_CORE_DTYPES[w.dtype] for w in weights], self._modes)
+                                       [_CORE_DTYPES[w.dtype] for w in weights], self._modes,
+                                       [on_huge_pages(w) for w in weights])
         return self._held
 
     def _pool(self, kjt: KeyedJaggedTensor, slots: list[int],

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from . import hugepages
 from .functional import embedding_bag
 
 __all__ = ["EmbeddingBag", "convert"]
@@ -19,7 +20,9 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
     ``embedding_dim``, ``mode``, ``padding_idx`` ...), ``from_pretrained``,
     ``reset_parameters`` and ``state_dict`` keys are torch's own, so torch checkpoints load
     unchanged and back. See :func:`recengine.nn.functional.embedding_bag` for what runs on
-    the core and what falls back to torch's kernel.
+    the core and what falls back to torch's kernel. A CPU weight the constructor allocates
+    lives on huge pages (:mod:`recengine.nn.hugepages`); one handed in (``_weight``,
+    ``from_pretrained``) stays where it is, shared as in torch.
 
     Example::
 
@@ -28,6 +31,13 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
         torch.Size([2, 16])
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A weight allocated here moves to huge pages (one copy, at construction); a weight
+        # handed in (``_weight``, as ``from_pretrained`` does) stays shared, as in torch.
+        if kwargs.get("_weight") is None and (len(args) < 8 or args[7] is None):
+            self.weight.data = hugepages.to_huge_pages(self.weight.data)
+
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
         return embedding_bag(input, self.weight, offsets, self.max_norm, self.norm_type,
@@ -35,11 +45,16 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
                              per_sample_weights, self.include_last_offset, self.padding_idx)
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def convert(model: torch.nn.Module, huge_pages: bool = True) -> torch.nn.Module:
     """Replace every ``torch.nn.EmbeddingBag`` in ``model`` (at any depth) in place by a
     :class:`EmbeddingBag` that shares its weight ``Parameter`` and settings, and every
     ``torchrec`` ``EmbeddingBagCollection`` by a :class:`recengine.nn.EmbeddingBagCollection`
     sharing its tables; returns ``model`` (a bare module passed in is returned converted).
+
+    With ``huge_pages`` (the default) each converted CPU weight of 2 MiB or more moves onto
+    huge pages (:func:`recengine.nn.hugepages.to_huge_pages`, one copy): the ``Parameter``
+    stays the same object, so optimizers and the old module see the move, but other tensors
+    that shared its old storage no longer do.
 
     Example::
 
@@ -48,17 +63,24 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         'EmbeddingBag'
     """
     if type(model) is torch.nn.EmbeddingBag:
-        return _converted(model)
+        return _converted(model, huge_pages)
     if _is_torchrec_collection(model):
-        return _collection().from_torchrec(model)
+        return _collection(model, huge_pages)
     for name, child in list(model.named_children()):
         if type(child) is torch.nn.EmbeddingBag:
-            setattr(model, name, _converted(child))
+            setattr(model, name, _converted(child, huge_pages))
         elif _is_torchrec_collection(child):
-            setattr(model, name, _collection().from_torchrec(child))
+            setattr(model, name, _collection(child, huge_pages))
         else:
-            convert(child)
+            convert(child, huge_pages)
     return model
+
+
+def _rehome(weight: torch.nn.Parameter) -> None:
+    """Move ``weight``'s storage onto huge pages, keeping the Parameter."""
+    moved = hugepages.to_huge_pages(weight.data)
+    if moved is not weight.data:
+        weight.data = moved
 
 
 def _is_torchrec_collection(module: torch.nn.Module) -> bool:
@@ -66,18 +88,23 @@ def _is_torchrec_collection(module: torch.nn.Module) -> bool:
     return cls.__name__ == "EmbeddingBagCollection" and cls.__module__.startswith("torchrec")
 
 
-def _collection() -> Any:
+def _collection(module: torch.nn.Module, huge_pages: bool) -> torch.nn.Module:
     from .collection import EmbeddingBagCollection
 
-    return EmbeddingBagCollection
+    if huge_pages:
+        for bag in module.embedding_bags.values():  # type: ignore[union-attr,operator]
+            _rehome(bag.weight)
+    return EmbeddingBagCollection.from_torchrec(module)
 
 
-def _converted(old: torch.nn.EmbeddingBag) -> EmbeddingBag:
+def _converted(old: torch.nn.EmbeddingBag, huge_pages: bool) -> EmbeddingBag:
     new = EmbeddingBag(old.num_embeddings, old.embedding_dim, max_norm=old.max_norm,
                        norm_type=old.norm_type, scale_grad_by_freq=old.scale_grad_by_freq,
                        mode=old.mode, sparse=old.sparse,
                        include_last_offset=old.include_last_offset,
                        padding_idx=old.padding_idx, device="meta")
+    if huge_pages:
+        _rehome(old.weight)
     new.weight = old.weight
     new.train(old.training)
     return new

@@ -484,9 +484,10 @@ impl TableArray<'_> {
     }
 }
 
-/// Pool rows of a numpy array in place (no copy of the table).
+/// Pool rows of a numpy array in place (no copy of the table). `huge_pages` says the array lies
+/// on 2 MiB pages (the kernels then prefetch whole rows).
 #[pyfunction]
-#[pyo3(signature = (array, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, dtype=None, dim=None))]
+#[pyo3(signature = (array, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, dtype=None, dim=None, huge_pages=false))]
 #[allow(clippy::too_many_arguments)]
 fn pool_array<'py>(
     py: Python<'py>,
@@ -500,10 +501,13 @@ fn pool_array<'py>(
     include_last_offset: bool,
     dtype: Option<&str>,
     dim: Option<usize>,
+    huge_pages: bool,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let table = table_array(array, dtype, dim)?;
     let req = request(indices, offsets, lengths, weights, include_last_offset)?;
-    lookup_one(py, table.view(), &req, mode, padding_idx)
+    // Only a prefetch hint: a wrong flag changes speed, never results.
+    let view = TableView { huge_pages, ..table.view() };
+    lookup_one(py, view, &req, mode, padding_idx)
 }
 
 /// The per-value weights of a keyed call, checked to hold one float per value.
@@ -738,6 +742,7 @@ struct HeldWeight {
     rows: usize,
     dim: usize,
     dtype: DType,
+    huge_pages: bool,
 }
 
 impl HeldWeight {
@@ -765,17 +770,32 @@ struct KeyedTables {
 impl KeyedTables {
     /// `weights`: C-contiguous 2-D CPU tensors; `aliases`: a detached alias of each (what
     /// `weight.detach()` returns); `dtypes`: their storage dtypes ("fp32", "fp16", "bf16");
-    /// `modes`: how each table pools.
+    /// `modes`: how each table pools; `huge_pages`: which weights live on 2 MiB pages (the
+    /// kernels then prefetch whole rows).
     #[new]
-    fn new(weights: Vec<Bound<'_, PyAny>>, aliases: Vec<Bound<'_, PyAny>>, dtypes: Vec<String>, modes: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (weights, aliases, dtypes, modes, huge_pages=None))]
+    fn new(
+        weights: Vec<Bound<'_, PyAny>>,
+        aliases: Vec<Bound<'_, PyAny>>,
+        dtypes: Vec<String>,
+        modes: Vec<String>,
+        huge_pages: Option<Vec<bool>>,
+    ) -> PyResult<Self> {
         let t = weights.len();
-        per_table(t, &[("aliases", Some(aliases.len())), ("dtypes", Some(dtypes.len())), ("modes", Some(modes.len()))])?;
+        per_table(t, &[
+            ("aliases", Some(aliases.len())),
+            ("dtypes", Some(dtypes.len())),
+            ("modes", Some(modes.len())),
+            ("huge_pages", huge_pages.as_ref().map(Vec::len)),
+        ])?;
+        let huge = huge_pages.unwrap_or_else(|| vec![false; t]);
         let modes = modes.iter().map(|m| Mode::parse(m)).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
         let held = weights
             .into_iter()
             .zip(aliases)
             .zip(&dtypes)
-            .map(|((weight, alias), dt)| {
+            .zip(huge)
+            .map(|(((weight, alias), dt), huge_pages)| {
                 let dtype = self::dtype(dt)?;
                 if !matches!(dtype, DType::Fp32 | DType::Fp16 | DType::Bf16) {
                     return Err(PyTypeError::new_err(format!("a torch weight cannot hold {dt} rows")));
@@ -792,7 +812,7 @@ impl KeyedTables {
                     )));
                 }
                 check_dim(dim)?;
-                Ok(HeldWeight { weight: weight.unbind(), _alias: alias.unbind(), ptr, rows, dim, dtype })
+                Ok(HeldWeight { weight: weight.unbind(), _alias: alias.unbind(), ptr, rows, dim, dtype, huge_pages })
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(KeyedTables { held, modes })
@@ -849,7 +869,7 @@ impl KeyedTables {
                 // only read, and only during this call (while `self` holds the alias). Writes
                 // from another thread during the call race as they do in torch's own kernels.
                 let data = if len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(h.ptr as *const u8, len) } };
-                TableView { data, num_rows: h.rows, dim: h.dim, dtype: h.dtype, huge_pages: false }
+                TableView { data, num_rows: h.rows, dim: h.dim, dtype: h.dtype, huge_pages: h.huge_pages }
             })
             .collect();
         pool_keyed_views(py, &views, &self.modes, &tables, &slots, values, lengths, batch, per_value_weights).map(Some)
