@@ -56,6 +56,8 @@ class Table:
         include_last_offset: bool,
     ) -> NDArray[np.float32]: ...
     def quantize(self, dtype: str) -> Table: ...
+    def slice(self, row_start: int, row_end: int, col_start: int, col_end: int) -> Table:
+        """A new owned table of those rows and columns, in the same format."""
     def to_numpy(self) -> NDArray[np.float32]: ...
     def raw(self) -> NDArray[np.uint8]:
         """A copy of the stored rows, ``[num_rows, row_bytes]`` uint8."""
@@ -93,6 +95,62 @@ def pool_array(
     uint8 raw rows ``[num_rows, row_bytes]`` of storage ``dtype`` (``dim`` derived from the
     row width when not given). ``huge_pages``: the array lies on 2 MiB pages (a prefetch
     hint)."""
+
+#: One table's pieces: ``(shard, row_start, row_end, col_start, col_end)``.
+PlanPieces = list[tuple[int, int, int, int, int]]
+
+class ShardedCollection:
+    """Tables split over shards by a plan (``splits[t]``: "table", "row", "column",
+    "table_row" or "replicated"; ``pieces[t]``), pooled in process with the unsharded
+    collection's results."""
+
+    def __init__(
+        self, tables: Sequence[Table], num_shards: int, splits: Sequence[str],
+        pieces: Sequence[PlanPieces],
+    ) -> None: ...
+    @property
+    def dims(self) -> list[int]: ...
+    def plan(self) -> tuple[int, list[str], list[PlanPieces]]: ...
+    def piece(self, table: int, piece: int) -> Table: ...
+    def lookup(
+        self,
+        indices: Sequence[NDArray[np.integer]],
+        offsets: Optional[Sequence[NDArray[np.integer]]] = None,
+        lengths: Optional[Sequence[NDArray[np.integer]]] = None,
+        weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
+        mode: str = "sum",
+        include_last_offset: bool = False,
+    ) -> NDArray[np.float32]: ...
+
+class Router:
+    """A plan and the tables' ``(rows, dim)``, for routing batches to shards elsewhere."""
+
+    def __init__(
+        self, shapes: Sequence[tuple[int, int]], num_shards: int, splits: Sequence[str],
+        pieces: Sequence[PlanPieces],
+    ) -> None: ...
+    def plan(self) -> tuple[int, list[str], list[PlanPieces]]: ...
+    def route(
+        self,
+        indices: Sequence[NDArray[np.integer]],
+        offsets: Optional[Sequence[NDArray[np.integer]]] = None,
+        lengths: Optional[Sequence[NDArray[np.integer]]] = None,
+        weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
+        mode: str = "sum",
+        include_last_offset: bool = False,
+    ) -> Routed: ...
+
+class Routed:
+    """One routed batch: one share per piece with lookups."""
+
+    def by_shard(self, router: Router) -> dict[int, list[tuple[
+        int, int, NDArray[np.int64], NDArray[np.int64], Optional[NDArray[np.float32]], str]]]:
+        """Each involved shard's ``(table, piece, indices, offsets, weights, mode)`` shares;
+        offsets end with the share's length."""
+    def merge(self, router: Router, blocks: dict[tuple[int, int], NDArray[np.float32]]
+              ) -> NDArray[np.float32]:
+        """The ``[B, sum(dims)]`` output from each share's pooled block."""
+    def __len__(self) -> int: ...
 
 class KeyedTables:
     """Torch weights pooled by keyed jagged ids straight from their storage. Built once; each

@@ -190,6 +190,20 @@ class EmbeddingTable:
         return self._t.lookup(indices, offsets, lengths, weights, mode, padding_idx,
                               include_last_offset)
 
+    def slice(self, rows: tuple[int, int], cols: Optional[tuple[int, int]] = None
+              ) -> EmbeddingTable:
+        """A new owned table of rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` (all
+        columns by default), in the same format: quantized rows keep their scale and bias, so
+        every value reads back exactly. Only those rows are read from a memory-mapped table.
+
+        Example::
+
+            >>> EmbeddingTable.random(100, 8).slice((10, 20), (2, 6)).shape
+            (10, 4)
+        """
+        c0, c1 = (0, self.dim) if cols is None else cols
+        return self._wrap(self._t.slice(int(rows[0]), int(rows[1]), int(c0), int(c1)))
+
     def to_numpy(self) -> np.ndarray:
         """All rows as a new ``[num_rows, dim]`` float32 array (dequantized)."""
         return self._t.to_numpy()

@@ -40,6 +40,8 @@ impl Mode {
 pub trait Index: Copy + Send + Sync + 'static {
     fn to_u64(self) -> u64;
     fn to_i64(self) -> i64;
+    /// `v`, which the caller knows fits (an index shifted down into a smaller range).
+    fn from_i64(v: i64) -> Self;
 }
 
 impl Index for i32 {
@@ -50,6 +52,10 @@ impl Index for i32 {
     #[inline(always)]
     fn to_i64(self) -> i64 {
         i64::from(self)
+    }
+    #[inline(always)]
+    fn from_i64(v: i64) -> Self {
+        v as i32
     }
 }
 
@@ -62,7 +68,12 @@ impl Index for i64 {
     fn to_i64(self) -> i64 {
         self
     }
+    #[inline(always)]
+    fn from_i64(v: i64) -> Self {
+        v
+    }
 }
+
 
 /// One table's share of a pooling call, already validated: `offsets` has `B + 1` entries,
 /// non-decreasing, ending at `indices.len()`; `weights`, when given, has one per index and the

@@ -16,6 +16,7 @@ pub mod lookup;
 pub mod parallel;
 pub mod probe;
 pub mod quant;
+pub mod shard;
 pub mod simd;
 mod storage;
 pub mod table;

@@ -191,15 +191,29 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
     assert_eq!(out.len(), batch * stride, "output buffer of the wrong size");
     let base = out.as_mut_ptr();
     let outs: Vec<Out> = columns.iter().map(|&c| Out { ptr: base.wrapping_add(c), stride }).collect();
+    // SAFETY: `out` holds `batch` rows of `stride` floats, every job has `batch` bags and
+    // writes its own `dim` columns starting at `columns[t]`, inside the row (checked above);
+    // `out` is borrowed mutably for the whole call.
+    unsafe { run_outs(jobs, &outs) }
+}
+
+/// Pool every job into its own output: job `t` writes its `num_bags()` rows of `dim` floats
+/// at `outs[t]`, rows `outs[t].stride` floats apart.
+///
+/// # Safety
+///
+/// Each `outs[t]` must point to `jobs[t].num_bags()` rows of `jobs[t].dim` writable floats,
+/// `outs[t].stride` apart, valid for the whole call, and no two jobs' cells may overlap.
+pub unsafe fn run_outs<I: Index>(jobs: &[Job<'_, I>], outs: &[Out]) -> Result<()> {
+    assert_eq!(outs.len(), jobs.len());
     let level = simd::level();
-    let total: usize = jobs.iter().map(|j| work(j, 0..batch)).sum();
+    let total: usize = jobs.iter().map(|j| work(j, 0..j.num_bags())).sum();
     let threads = parallel::num_threads();
 
-    let result = if threads <= 1 || total <= SERIAL_WORK_BYTES || batch == 0 {
-        jobs.iter().zip(&outs).try_for_each(|(job, &o)| {
-            // SAFETY: `out` holds `batch` rows of `stride` floats and each job writes only its
-            // own columns (checked above), one job at a time.
-            unsafe { pool_range(level, job, 0..batch, o) }
+    let result = if threads <= 1 || total <= SERIAL_WORK_BYTES {
+        jobs.iter().zip(outs).try_for_each(|(job, &o)| {
+            // SAFETY: the caller's contract: `o` holds this job's rows, disjoint from others'.
+            unsafe { pool_range(level, job, 0..job.num_bags(), o) }
         })
     } else {
         // A thread is worth waking for about SERIAL_WORK_BYTES of work.
@@ -207,8 +221,8 @@ pub fn run<I: Index>(jobs: &[Job<'_, I>], columns: &[usize], out: &mut [f32], st
         let items = split(jobs, total, useful * ITEMS_PER_THREAD, useful);
         parallel::for_each_index(items.len(), useful, &|k| {
             let (t, bags) = &items[k];
-            // SAFETY: the items cover disjoint (bag range, table columns) cells of `out`,
-            // which outlives this call; see `split`.
+            // SAFETY: the items cover disjoint bag ranges of each job, and jobs' outputs are
+            // disjoint and valid for the call (the caller's contract); see `split`.
             unsafe { pool_range(level, &jobs[*t], bags.clone(), outs[*t]) }
         })
     };

@@ -242,6 +242,28 @@ impl Table {
         })
     }
 
+    /// A new owned table of rows `rows` and columns `cols` of this one, in the same format.
+    /// Quantized rows keep their scale and bias, so every value decodes exactly as before.
+    pub fn slice(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Result<Table> {
+        if rows.start > rows.end || rows.end > self.num_rows || cols.start >= cols.end || cols.end > self.dim {
+            return Err(Error::value(format!(
+                "rows {rows:?} and columns {cols:?} are not a non-empty part of a {} x {} table",
+                self.num_rows, self.dim
+            )));
+        }
+        let (dtype, src_rb) = (self.dtype, self.row_bytes());
+        let dim = cols.len();
+        let src = self.storage.bytes();
+        let (first_row, c0) = (rows.start, cols.start);
+        let rb = dtype.row_bytes(dim);
+        Table::build(rows.len(), dim, dtype, |first, chunk| {
+            for (i, dst) in chunk.chunks_exact_mut(rb).enumerate() {
+                let r = first_row + first + i;
+                slice_row(dtype, &src[r * src_rb..(r + 1) * src_rb], self.dim, c0, dst, dim);
+            }
+        })
+    }
+
     /// Decode every row into `out` (`num_rows * dim` floats).
     pub fn to_f32(&self, out: &mut [f32]) -> Result<()> {
         if out.len() != self.num_rows * self.dim {
@@ -289,6 +311,29 @@ impl Table {
     }
     pub fn is_mmap(&self) -> bool {
         self.storage.is_mapped()
+    }
+}
+
+/// Columns `c0..c0 + dim` of one stored row of `src_dim` values, in the same format.
+fn slice_row(dtype: DType, src: &[u8], src_dim: usize, c0: usize, dst: &mut [u8], dim: usize) {
+    match dtype {
+        DType::Fp32 => dst.copy_from_slice(&src[4 * c0..4 * (c0 + dim)]),
+        DType::Fp16 | DType::Bf16 => dst.copy_from_slice(&src[2 * c0..2 * (c0 + dim)]),
+        DType::Int8 => {
+            dst[..dim].copy_from_slice(&src[c0..c0 + dim]);
+            dst[dim..].copy_from_slice(&src[src_dim..src_dim + 8]);
+        }
+        DType::Int4 => {
+            let nbytes = dim.div_ceil(2);
+            dst[..nbytes].fill(0);
+            for c in 0..dim {
+                let s = c0 + c;
+                let code = (src[s / 2] >> ((s % 2) * 4)) & 0x0f;
+                dst[c / 2] |= code << ((c % 2) * 4);
+            }
+            let src_nbytes = src_dim.div_ceil(2);
+            dst[nbytes..].copy_from_slice(&src[src_nbytes..src_nbytes + 4]);
+        }
     }
 }
 

@@ -9,11 +9,13 @@ mod errors;
 
 use std::sync::Arc;
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use recengine_core::backward::{self, Grad, Plan};
+use recengine_core::backward::{self, Grad};
+use recengine_core::backward::Plan;
+use recengine_core::shard::{self, Layout, Piece, ShardedCollection, Split, TablePlan};
 use recengine_core::{
     bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
 };
@@ -278,6 +280,12 @@ impl PyTable {
         Ok(PyTable { inner: Arc::new(t) })
     }
 
+    /// A new owned table of rows `row_start..row_end` and columns `col_start..col_end`.
+    fn slice(&self, py: Python<'_>, row_start: usize, row_end: usize, col_start: usize, col_end: usize) -> PyResult<PyTable> {
+        let t = py.detach(|| self.inner.slice(row_start..row_end, col_start..col_end)).py_err()?;
+        Ok(PyTable { inner: Arc::new(t) })
+    }
+
     fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let out = PyArray2::<f32>::zeros(py, [self.inner.num_rows(), self.inner.dim()], false);
         {
@@ -358,6 +366,350 @@ impl PyCollection {
             .collect::<PyResult<Vec<_>>>()?;
         let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
         pool_requests(py, &views, &reqs, &vec![mode; t], &vec![None; t])
+    }
+}
+
+/// A plan from Python: `splits[t]` names table `t`'s split and `pieces[t]` lists its pieces as
+/// `(shard, row_start, row_end, col_start, col_end)`.
+fn plan_from(num_shards: usize, splits: &[String], pieces: &[PlanPieces]) -> PyResult<shard::Plan> {
+    if splits.len() != pieces.len() {
+        return Err(PyValueError::new_err("splits and pieces need one entry per table"));
+    }
+    let tables = splits
+        .iter()
+        .zip(pieces)
+        .map(|(split, ps)| {
+            Ok(TablePlan {
+                split: Split::parse(split).py_err()?,
+                pieces: ps.iter().map(|&(shard, r0, r1, c0, c1)| Piece { shard, rows: r0..r1, cols: c0..c1 }).collect(),
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(shard::Plan { num_shards, tables })
+}
+
+fn plan_to(plan: &shard::Plan) -> (usize, Vec<String>, Vec<PlanPieces>) {
+    let splits = plan.tables.iter().map(|t| t.split.name().to_string()).collect();
+    let pieces = plan
+        .tables
+        .iter()
+        .map(|t| t.pieces.iter().map(|p| (p.shard, p.rows.start, p.rows.end, p.cols.start, p.cols.end)).collect())
+        .collect();
+    (plan.num_shards, splits, pieces)
+}
+
+/// One table's pieces as `(shard, row_start, row_end, col_start, col_end)`.
+type PlanPieces = Vec<(usize, usize, usize, usize, usize)>;
+
+/// Per-table requests of a sharded call, with int64 indices (int32 ones widened, a copy).
+struct Requests<'py> {
+    reqs: Vec<Request<'py>>,
+    widened: Vec<Option<Vec<i64>>>,
+    offsets: Vec<Vec<usize>>,
+}
+
+impl<'py> Requests<'py> {
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        t: usize,
+        indices: &[Bound<'py, PyAny>],
+        offsets: Option<&Vec<Bound<'py, PyAny>>>,
+        lengths: Option<&Vec<Bound<'py, PyAny>>>,
+        weights: Option<&Vec<Option<Bound<'py, PyAny>>>>,
+        include_last_offset: bool,
+    ) -> PyResult<Requests<'py>> {
+        per_table(t, &[
+            ("indices", Some(indices.len())),
+            ("offsets", offsets.map(Vec::len)),
+            ("lengths", lengths.map(Vec::len)),
+            ("weights", weights.map(Vec::len)),
+        ])?;
+        let reqs = (0..t)
+            .map(|i| {
+                request(
+                    &indices[i],
+                    offsets.map(|o| &o[i]),
+                    lengths.map(|l| &l[i]),
+                    weights.and_then(|w| w[i].as_ref()),
+                    include_last_offset,
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let offsets = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
+        let widened = reqs
+            .iter()
+            .map(|r| match r.indices.slice() {
+                IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
+                IntSlice::I64(_) => None,
+            })
+            .collect();
+        Ok(Requests { reqs, widened, offsets })
+    }
+
+    fn shard_requests(&self) -> Vec<shard::Request<'_, i64>> {
+        self.reqs
+            .iter()
+            .zip(&self.widened)
+            .zip(&self.offsets)
+            .map(|((r, w), o)| shard::Request {
+                indices: match (r.indices.slice(), w) {
+                    (IntSlice::I64(x), _) => x,
+                    (IntSlice::I32(_), w) => w.as_deref().expect("widened above"),
+                },
+                offsets: o.clone(),
+                weights: r.weights(),
+            })
+            .collect()
+    }
+}
+
+/// Tables split over shards by a plan, pooled in process (every piece's share of a batch on
+/// the core's threads at once) with the same results as the unsharded collection.
+#[pyclass(name = "ShardedCollection", module = "recengine._core", frozen)]
+struct PyShardedCollection {
+    inner: Arc<ShardedCollection>,
+}
+
+#[pymethods]
+impl PyShardedCollection {
+    /// Split `tables` by the plan (`num_shards`, per-table `splits` and `pieces` as
+    /// `(shard, row_start, row_end, col_start, col_end)`), copying each piece out.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        tables: Vec<Bound<'_, PyTable>>,
+        num_shards: usize,
+        splits: Vec<String>,
+        pieces: Vec<PlanPieces>,
+    ) -> PyResult<PyShardedCollection> {
+        let plan = plan_from(num_shards, &splits, &pieces)?;
+        let tables: Vec<Arc<Table>> = tables.iter().map(|t| t.get().inner.clone()).collect();
+        let refs: Vec<&Table> = tables.iter().map(|t| t.as_ref()).collect();
+        let inner = py.detach(|| ShardedCollection::new(plan, &refs)).py_err()?;
+        Ok(PyShardedCollection { inner: Arc::new(inner) })
+    }
+
+    #[getter]
+    fn dims(&self) -> Vec<usize> {
+        self.inner.dims()
+    }
+
+    /// The checked plan: `(num_shards, splits, pieces)` (pieces in row or column order).
+    fn plan(&self) -> (usize, Vec<String>, Vec<PlanPieces>) {
+        plan_to(self.inner.plan())
+    }
+
+    /// Piece `p` of table `t` (a table of its own).
+    fn piece(&self, t: usize, p: usize) -> PyResult<PyTable> {
+        let tp = self.inner.plan().tables.get(t).ok_or_else(|| PyIndexError::new_err(format!("no table {t}")))?;
+        if p >= tp.pieces.len() {
+            return Err(PyIndexError::new_err(format!("table {t} has no piece {p}")));
+        }
+        Ok(PyTable { inner: self.inner.piece(t, p).clone() })
+    }
+
+    #[pyo3(signature = (indices, offsets=None, lengths=None, weights=None, mode="sum", include_last_offset=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<Bound<'py, PyAny>>,
+        offsets: Option<Vec<Bound<'py, PyAny>>>,
+        lengths: Option<Vec<Bound<'py, PyAny>>>,
+        weights: Option<Vec<Option<Bound<'py, PyAny>>>>,
+        mode: &str,
+        include_last_offset: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let t = self.inner.dims().len();
+        let mode = Mode::parse(mode).py_err()?;
+        let reqs = Requests::take(t, &indices, offsets.as_ref(), lengths.as_ref(), weights.as_ref(), include_last_offset)?;
+        let sreqs = reqs.shard_requests();
+        let batch = sreqs.first().map_or(0, |r| r.offsets.len() - 1);
+        let stride: usize = self.inner.dims().iter().sum();
+        let out = py.detach(|| self.inner.lookup(&sreqs, mode)).py_err()?;
+        Ok(numpy::ndarray::Array2::from_shape_vec((batch, stride), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
+    }
+}
+
+/// Routing for a distributed sharded lookup: the plan and the tables' shapes, no rows.
+#[pyclass(name = "Router", module = "recengine._core", frozen)]
+struct PyRouter {
+    plan: shard::Plan,
+    shapes: Vec<(usize, usize)>,
+}
+
+/// One routed batch: each shard's share (`by_shard`) and the merge of the shards' blocks.
+#[pyclass(name = "Routed", module = "recengine._core", frozen)]
+struct PyRouted {
+    subs: Vec<OwnedSub>,
+    offsets: Vec<Vec<usize>>,
+    mode: Mode,
+    batch: usize,
+}
+
+struct OwnedSub {
+    table: usize,
+    piece: usize,
+    indices: Vec<i64>,
+    offsets: Vec<i64>,
+    weights: Option<Vec<f32>>,
+    mode: Mode,
+    bags: std::ops::Range<usize>,
+}
+
+#[pymethods]
+impl PyRouter {
+    #[new]
+    fn new(
+        shapes: Vec<(usize, usize)>,
+        num_shards: usize,
+        splits: Vec<String>,
+        pieces: Vec<PlanPieces>,
+    ) -> PyResult<PyRouter> {
+        let plan = plan_from(num_shards, &splits, &pieces)?.check(&shapes).py_err()?;
+        Ok(PyRouter { plan, shapes })
+    }
+
+    fn plan(&self) -> (usize, Vec<String>, Vec<PlanPieces>) {
+        plan_to(&self.plan)
+    }
+
+    /// Route a batch (arguments as `ShardedCollection.lookup`): indices are checked here.
+    #[pyo3(signature = (indices, offsets=None, lengths=None, weights=None, mode="sum", include_last_offset=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        indices: Vec<Bound<'py, PyAny>>,
+        offsets: Option<Vec<Bound<'py, PyAny>>>,
+        lengths: Option<Vec<Bound<'py, PyAny>>>,
+        weights: Option<Vec<Option<Bound<'py, PyAny>>>>,
+        mode: &str,
+        include_last_offset: bool,
+    ) -> PyResult<PyRouted> {
+        let t = self.shapes.len();
+        let mode = Mode::parse(mode).py_err()?;
+        let reqs = Requests::take(t, &indices, offsets.as_ref(), lengths.as_ref(), weights.as_ref(), include_last_offset)?;
+        let sreqs = reqs.shard_requests();
+        let batch = sreqs.first().map_or(0, |r| r.offsets.len() - 1);
+        if let Some(bad) = sreqs.iter().position(|r| r.offsets.len() - 1 != batch) {
+            return Err(PyValueError::new_err(format!(
+                "table {bad} has {} bags but table 0 has {batch}; every table needs the same batch",
+                sreqs[bad].offsets.len() - 1
+            )));
+        }
+        let subs = py
+            .detach(|| -> recengine_core::Result<Vec<OwnedSub>> {
+                let mut all = Vec::new();
+                for (i, r) in sreqs.iter().enumerate() {
+                    for s in shard::route(&self.plan.tables[i], i, self.shapes[i].0, r.indices, &r.offsets, r.weights, mode)? {
+                        all.push(OwnedSub {
+                            table: s.table,
+                            piece: s.piece,
+                            offsets: s.offsets.iter().map(|&o| o as i64).collect(),
+                            indices: s.indices.into_owned(),
+                            weights: s.weights.map(|w| w.into_owned()),
+                            mode: s.mode,
+                            bags: s.bags,
+                        });
+                    }
+                }
+                Ok(all)
+            })
+            .py_err()?;
+        Ok(PyRouted { subs, offsets: sreqs.into_iter().map(|r| r.offsets).collect(), mode, batch })
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Sum => "sum",
+        Mode::Mean => "mean",
+        Mode::Max => "max",
+    }
+}
+
+/// One shard's share of a routed batch: `(table, piece, indices, offsets, weights, mode)`.
+type ShardWork<'py> = (usize, usize, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Option<Bound<'py, PyArray1<f32>>>, &'static str);
+
+#[pymethods]
+impl PyRouted {
+    /// Each involved shard's work, keyed by shard id: a list of `(table, piece, indices,
+    /// offsets, weights, mode)`, offsets with the last entry (`include_last_offset`).
+    fn by_shard<'py>(&self, py: Python<'py>, router: &PyRouter) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for s in &self.subs {
+            let shard = router.plan.tables[s.table].pieces[s.piece].shard;
+            let item: ShardWork<'py> = (
+                s.table,
+                s.piece,
+                PyArray1::from_slice(py, &s.indices),
+                PyArray1::from_slice(py, &s.offsets),
+                s.weights.as_ref().map(|w| PyArray1::from_slice(py, w)),
+                mode_name(s.mode),
+            );
+            match out.get_item(shard)? {
+                Some(list) => list.cast::<PyList>()?.append(item)?,
+                None => out.set_item(shard, PyList::new(py, [item])?)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many pieces' shares there are (one per piece with lookups).
+    fn __len__(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// The pooled output `[B, sum(dims)]` from every share's block, `blocks[(table, piece)]`
+    /// a float32 `[bags, piece columns]` array (bags: the whole batch, or a replica's share).
+    fn merge<'py>(&self, py: Python<'py>, router: &PyRouter, blocks: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let dims: Vec<usize> = router.shapes.iter().map(|s| s.1).collect();
+        let layout = Layout::new(&dims);
+        let mut out = vec![0f32; self.batch * layout.stride];
+        let mut held = Vec::with_capacity(self.subs.len());
+        for s in &self.subs {
+            let block = blocks
+                .get_item((s.table, s.piece))?
+                .ok_or_else(|| PyValueError::new_err(format!("no block for table {} piece {}", s.table, s.piece)))?;
+            let a = block
+                .cast::<PyArray2<f32>>()
+                .map_err(|_| PyTypeError::new_err("each block must be a 2-D float32 array"))?
+                .try_readonly()?;
+            let width = router.plan.tables[s.table].pieces[s.piece].cols.len();
+            if a.shape() != [s.bags.len(), width] || !a.is_c_contiguous() {
+                return Err(PyValueError::new_err(format!(
+                    "the block of table {} piece {} must be a C-contiguous [{}, {width}] array, got {:?}",
+                    s.table,
+                    s.piece,
+                    s.bags.len(),
+                    a.shape()
+                )));
+            }
+            held.push(a);
+        }
+        for (t, tp) in router.plan.tables.iter().enumerate() {
+            let mine: Vec<usize> = (0..self.subs.len()).filter(|&k| self.subs[k].table == t).collect();
+            if matches!(tp.split, Split::Row | Split::TableRow) {
+                let offs: Vec<Vec<usize>> = mine.iter().map(|&k| self.subs[k].offsets.iter().map(|&o| o as usize).collect()).collect();
+                let parts: Vec<(&[usize], &[f32])> = mine
+                    .iter()
+                    .zip(&offs)
+                    .map(|(&k, o)| (o.as_slice(), held[k].as_slice().expect("checked contiguous")))
+                    .collect();
+                shard::merge_rows(&layout, t, dims[t], self.mode, &self.offsets[t], &parts, &mut out);
+            } else {
+                for &k in &mine {
+                    let s = &self.subs[k];
+                    shard::place(tp, &layout, t, s.piece, &s.bags, held[k].as_slice().expect("checked contiguous"), &mut out);
+                }
+            }
+        }
+        Ok(numpy::ndarray::Array2::from_shape_vec((self.batch, layout.stride), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
     }
 }
 
@@ -1030,6 +1382,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTable>()?;
     m.add_class::<PyCollection>()?;
     m.add_class::<KeyedTables>()?;
+    m.add_class::<PyShardedCollection>()?;
+    m.add_class::<PyRouter>()?;
+    m.add_class::<PyRouted>()?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
     m.add_function(wrap_pyfunction!(pool_backward, m)?)?;
