@@ -234,3 +234,41 @@ def test_calls_count_the_lookups_each_shard_receives() -> None:
     calls = emb.calls([np.array([1, 2, 60]), np.array([5])], lengths=[np.array([3]),
                                                                      np.array([1])])
     assert calls == {0: 2, 1: 2}  # shard 2 holds nothing and is not called
+
+
+def test_the_study_in_process_and_its_command_line(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from recengine.cli import main
+    from recengine.shard.study import StudyConfig, model_nets, run_study, summarize_study
+
+    rows = run_study(StudyConfig(model="ncf", shards=2, queries=10, warmup=2, table_mb=2,
+                                 backends=("inprocess",)))
+    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    base = rows[0]
+    assert base["strategy"] == "singular" and base["p99_overhead"] == 1.0
+    assert base["compute_overhead"] == 1.0 and base["shard_calls_per_query"] == 1.0
+    for r in rows[1:]:
+        assert r["shards"] == 2 and r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"]
+        assert r["shard_calls_per_query"] == 2.0  # every ncf query reads all four tables
+        assert r["lookups_per_shard_call"] * r["shard_calls_per_query"] == \
+            base["lookups_per_shard_call"]
+    assert summarize_study(rows)["inprocess"]["best"] in STRATEGIES
+    assert model_nets("ncf", 4) == ["mf", "mf", "mlp", "mlp"]
+    assert model_nets("rmc1", 8) == ["user"] * 4 + ["item"] * 4
+
+    plot = tmp_path / "shard.png"
+    assert main(["shard", "--model", "wnd", "--shards", "3", "--queries", "5", "--table-mb", "4",
+                 "--backends", "inprocess", "--strategies", "load,cost", "--json",
+                 "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["strategy"], r["backend"]) for r in out] == [
+        ("singular", "inprocess"), ("load", "inprocess"), ("cost", "inprocess")]
+    for key in ("model", "strategy", "backend", "p50_ms", "p99_ms", "p99_overhead",
+                "compute_overhead"):
+        assert all(key in r for r in out)
+    assert plot.stat().st_size > 0
+    for bad in (["--shards", "0"], ["--strategies", "random"], ["--backends", "mpi"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["shard", *bad])
+        assert exit_.value.code == 2

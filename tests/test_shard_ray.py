@@ -138,3 +138,15 @@ def test_missing_files_are_reported(local_ray: None, tables: Any, tmp_path: Path
     _, specs, _ = tables
     with pytest.raises(FileNotFoundError, match=r"t0\.safetensors"):
         RayShardedEmbedding(plan(specs, 2, strategy="capacity"), tmp_path)
+
+
+def test_the_study_on_ray(local_ray: None) -> None:
+    from recengine.shard.study import StudyConfig, run_study
+
+    rows = run_study(StudyConfig(model="ncf", shards=2, queries=5, warmup=1, table_mb=2,
+                                 strategies=("singular", "capacity")))
+    assert [(r["strategy"], r["backend"]) for r in rows] == [
+        ("singular", "inprocess"), ("capacity", "inprocess"), ("singular", "ray"),
+        ("capacity", "ray")]
+    ray_rows = [r for r in rows if r["backend"] == "ray"]
+    assert all(r["p99_overhead"] > 1 and r["compute_overhead"] > 0 for r in ray_rows)

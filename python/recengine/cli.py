@@ -188,6 +188,49 @@ def _parser() -> argparse.ArgumentParser:
                             "(needs matplotlib)")
     bench.set_defaults(func=_cmd_bench)
 
+    shard = sub.add_parser(
+        "shard",
+        help="serve a model's tables sharded by each planner, in process and on Ray",
+        description=(
+            "Serve one DeepRecInfra model's embedding tables singular (one shard) and sharded "
+            "by each planning strategy, in this process and on Ray (one actor per shard), "
+            "from the same queries, and report p50/p99 latency per query, the p99 and compute "
+            "overheads over singular in-process serving, the lookups each shard call carries "
+            "and the bytes each shard holds."),
+    )
+    shard.add_argument("--model", type=_model, default="rmc1",
+                       help="the model (default: rmc1)")
+    shard.add_argument("--shards", type=_arg_positive_int, default=4,
+                       help="shards for the sharded strategies (default: 4)")
+    shard.add_argument("--strategies", type=_comma_list(_strategy, "strategy"), default=None,
+                       help="comma list of planners (default: all: singular,capacity,load,"
+                            "net,cost; singular is always run, as the baseline)")
+    shard.add_argument("--backends", type=_comma_list(_backend, "backend"), default=None,
+                       help="comma list of inprocess, ray (default: both, or inprocess alone "
+                            "where Ray is not installed)")
+    shard.add_argument("--queries", type=_arg_positive_int, default=300,
+                       help="timed queries per strategy and backend (default: 300)")
+    shard.add_argument("--batch", type=_arg_positive_int, default=16,
+                       help="samples per query (default: 16)")
+    shard.add_argument("--table-mb", type=_arg_positive_float, default=128.0,
+                       help="scale the model's fp32 tables to about this many MiB (default: "
+                            "128)")
+    shard.add_argument("--memory-mb", type=_arg_positive_float, default=None,
+                       help="per-shard memory cap for the planners (default: none)")
+    shard.add_argument("--seed", type=int, default=0, help="seed of tables and queries")
+    shard.add_argument("--ray-address", default=None,
+                       help="an existing Ray cluster's address (default: start a local one)")
+    shard.add_argument("--ray-cpus", type=_arg_positive_int, default=None,
+                       help="CPUs of the local Ray instance (default: all)")
+    shard.add_argument("--plans", action="store_true", help="also print each strategy's plan")
+    shard.add_argument("--json", action="store_true",
+                       help="print only a JSON list of row objects to stdout")
+    shard.add_argument("--out", metavar="FILE", default=None,
+                       help="also write {rows, summary, config} as JSON")
+    shard.add_argument("--plot", metavar="FILE.png", default=None,
+                       help="save a chart of latency and compute overhead per strategy")
+    shard.set_defaults(func=_cmd_shard)
+
     info = sub.add_parser("info", help="show how this build of recengine was made")
     info.add_argument("--json", action="store_true", help="print the build info as JSON")
     info.set_defaults(func=_cmd_info)
@@ -589,6 +632,113 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         note(f"wrote {args.out}")
     if args.plot and _matplotlib_available():
         _plot(rows, args.plot)
+        note(f"wrote {args.plot}")
+    return 0
+
+
+def _strategy(text: str) -> str:
+    from .shard import STRATEGIES
+
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"unknown strategy {text!r}; expected one of "
+                                         f"{', '.join(STRATEGIES)}")
+    return text
+
+
+def _backend(text: str) -> str:
+    if text not in ("inprocess", "ray"):
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; expected inprocess or ray")
+    return text
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .shard import STRATEGIES
+    from .shard import study as st
+
+    rich = _rich()
+    err_console = rich.console.Console(stderr=True) if rich else None
+
+    def note(msg: str, style: Optional[str] = None) -> None:
+        if err_console is not None:
+            err_console.print(msg, style=style, markup=False, highlight=False)
+        else:
+            print(msg, file=sys.stderr)
+
+    backends = args.backends
+    if backends is None:
+        backends = ["inprocess", "ray"] if importlib.util.find_spec("ray") else ["inprocess"]
+        if "ray" not in backends:
+            note('Ray is not installed (pip install "recengine[shard]"): in-process only',
+                 style="yellow")
+    config = st.StudyConfig(model=args.model, shards=args.shards,
+                            strategies=args.strategies or STRATEGIES, backends=backends,
+                            queries=args.queries, batch=args.batch, table_mb=args.table_mb,
+                            memory_mb=args.memory_mb, seed=args.seed,
+                            ray_address=args.ray_address, ray_cpus=args.ray_cpus)
+    if args.plot and not _matplotlib_available():
+        note(f"--plot {args.plot}: matplotlib is not installed; no chart.", style="yellow")
+    runs = len(config.backends) * len({"singular", *config.strategies})
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    if rich is not None:
+        progress = rich.progress.Progress(
+            rich.progress.SpinnerColumn(), rich.progress.TextColumn("{task.description}"),
+            rich.progress.BarColumn(), rich.progress.MofNCompleteColumn(),
+            rich.progress.TimeElapsedColumn(), console=err_console, transient=True)
+        with progress:
+            task = progress.add_task("starting", total=runs * config.queries)
+            for row in st.iter_study(config,
+                                     status=lambda m: progress.update(task, description=m),
+                                     tick=lambda: progress.advance(task)):
+                rows.append(row)
+    else:
+        for row in st.iter_study(config, status=lambda m: print(m, file=sys.stderr)):
+            rows.append(row)
+    wall = time.perf_counter() - start
+    rows = _jsonable(rows)
+    summary = st.summarize_study(rows)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        head = ["strategy", "backend", "shards", "p50 ms", "p99 ms", "p99 overhead",
+                "compute overhead", "calls/query", "lookups/call", "max shard MiB",
+                "predicted ms", "splits"]
+        body = [[r["strategy"], r["backend"], str(r["shards"]), f"{r['p50_ms']:.3f}",
+                 f"{r['p99_ms']:.3f}", f"{r['p99_overhead']:.3f}x",
+                 f"{r['compute_overhead']:.2f}x", f"{r['shard_calls_per_query']:.1f}",
+                 f"{r['lookups_per_shard_call']:,.0f}", f"{r['max_shard_mb']:.1f}",
+                 f"{r['predicted_ms']:.3f}", ",".join(r["splits"])] for r in rows]
+        title = (f"{config.model}: {config.queries} queries of batch {config.batch}, "
+                 f"{config.shards} shards")
+        if rich is not None:
+            table = rich.table.Table(title=title)
+            for h in head:
+                table.add_column(h, justify="left" if h in ("strategy", "backend", "splits")
+                                 else "right")
+            for line in body:
+                table.add_row(*line)
+            _wide_console(rich).print(table)
+        else:
+            print(title)
+            print(" | ".join(head))
+            for line in body:
+                print(" | ".join(line))
+        for backend, best in summary.items():
+            print(f"best {backend}: {best['best']}, p99 {best['p99_overhead']:.3f}x singular "
+                  f"in process, compute {best['compute_overhead']:.2f}x")
+    if args.plans and not args.json:
+        for p in st.study_plans(config).values():
+            print(p.describe(config.batch))
+    note(f"wall time {wall:.1f} s")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(_jsonable({"rows": rows, "summary": summary,
+                                 "config": st.config_dict(config), "wall_s": wall}), f, indent=1)
+        note(f"wrote {args.out}")
+    if args.plot and _matplotlib_available():
+        st.plot_study(rows, args.plot)
         note(f"wrote {args.plot}")
     return 0
 
