@@ -147,15 +147,18 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def _serve(embs: Sequence[Any], queries: Sequence[Any], warmup: int,
            tick: Callable[[], None]) -> list[tuple[list[float], float]]:
     """Serve every query on each of ``embs`` in turn (query by query, so that a slow spell of
-    the machine falls on all of them): per embedding, its per-query latencies (s) and the
-    CPU seconds of this process its timed queries used."""
+    the machine falls on all of them, and starting each query with the next one, so that none
+    always goes first): per embedding, its per-query latencies (s) and the CPU seconds of
+    this process its timed queries used."""
     for indices, lengths in queries[:warmup]:
         for emb in embs:
             emb.lookup(indices, lengths=lengths)
     times: list[list[float]] = [[] for _ in embs]
     cpu = [0.0] * len(embs)
-    for indices, lengths in queries[warmup:]:
-        for k, emb in enumerate(embs):
+    n = len(embs)
+    for q, (indices, lengths) in enumerate(queries[warmup:]):
+        for k in ((q + j) % n for j in range(n)):  # each query starts with the next one
+            emb = embs[k]
             c0, t0 = time.process_time(), time.perf_counter()
             emb.lookup(indices, lengths=lengths)
             times[k].append(time.perf_counter() - t0)
@@ -292,10 +295,11 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
         axes[1].bar(x + k * width, [by[s]["compute_overhead"] if s in by else np.nan
                                     for s in strategies], width, label=b)
     model = rows[0]["model"] if rows else ""
-    for ax, title in ((axes[0], f"{model}: latency per query (ms)"),
+    for ax, title in ((axes[0], f"{model}: latency per query (ms, log scale)"),
                       (axes[1], "compute overhead (CPU time / singular in process)")):
         ax.set_xticks(x + width * (len(backends) - 1) / 2, strategies)
         ax.set_title(title)
+        ax.set_yscale("log")
         ax.legend()
     axes[1].axhline(1.0, color="grey", lw=0.8)
     fig.tight_layout()
