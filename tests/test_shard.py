@@ -272,3 +272,17 @@ def test_the_study_in_process_and_its_command_line(tmp_path: Any, capsys: Any) -
         with pytest.raises(SystemExit) as exit_:
             main(["shard", *bad])
         assert exit_.value.code == 2
+
+
+def test_weights_outside_sum_mode_are_refused_as_unsharded() -> None:
+    tables = [recengine.EmbeddingTable.random(40, 4)]
+    rows = TablePlacement(ShardTable("a", 40, 4), "row", [Piece(0, (0, 20), (0, 4)),
+                                                          Piece(1, (20, 40), (0, 4))])
+    emb = ShardedEmbedding(ShardPlan("given", 2, [rows]).check(), tables)
+    args = ([np.array([1, 30])], None, [np.array([2])], [np.ones(2, np.float32)])
+    for target in (emb, recengine.EmbeddingCollection(tables)):
+        with pytest.raises(ValueError, match="only supported with mode"):
+            target.lookup(*args, mode="mean")
+    with pytest.raises(ValueError, match="weights has 1 entries"):
+        emb.lookup([np.array([1, 30])], lengths=[np.array([2])],
+                   weights=[np.ones(1, np.float32)])

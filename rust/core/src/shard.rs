@@ -194,12 +194,6 @@ pub struct Sub<'a, I: Clone> {
     pub bags: Range<usize>,
 }
 
-impl<I: Clone> Sub<'_, I> {
-    pub fn num_lookups(&self) -> usize {
-        self.indices.len()
-    }
-}
-
 /// The error the unsharded lookup reports for the first out-of-range index of table `t`.
 fn first_bad<I: Index>(t: usize, indices: &[I], offsets: &[usize], num_rows: usize) -> Option<Error> {
     let n = num_rows as u64;
@@ -215,7 +209,7 @@ fn first_bad<I: Index>(t: usize, indices: &[I], offsets: &[usize], num_rows: usi
 }
 
 /// Route table `t`'s lookup (`indices` in bags `offsets`, `B + 1` boundaries, checked) to the
-/// pieces of `plan`: one [`Sub`] per piece with lookups to pool (pieces that receive none
+/// pieces of `plan` (a table of a [`Plan::check`]ed plan): one [`Sub`] per piece with lookups to pool (pieces that receive none
 /// are left out; their output cells stay zero). Indices are checked against the table's
 /// `num_rows` here, so errors name the same index, position and bag as unsharded.
 #[allow(clippy::too_many_arguments)]
@@ -231,8 +225,17 @@ pub fn route<'a, I: Index>(
     if let Some(e) = first_bad(t, indices, offsets, num_rows) {
         return Err(e);
     }
-    if weights.is_some_and(|w| w.len() != indices.len()) {
-        return Err(Error::value(format!("table {t}: weights need one entry per index")));
+    if let Some(w) = weights {
+        if mode != Mode::Sum {
+            return Err(Error::value("per-sample weights are only supported with mode=\"sum\""));
+        }
+        if w.len() != indices.len() {
+            return Err(Error::value(format!(
+                "weights has {} entries but there are {} indices",
+                w.len(),
+                indices.len()
+            )));
+        }
     }
     let batch = offsets.len() - 1;
     let mut subs = Vec::with_capacity(plan.pieces.len());
