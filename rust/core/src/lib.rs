@@ -9,6 +9,7 @@
 compile_error!("recengine stores rows little-endian and supports little-endian targets only");
 
 pub mod backward;
+pub mod cache;
 pub mod dtype;
 pub mod error;
 pub mod kernel;
