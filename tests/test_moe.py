@@ -185,3 +185,38 @@ def test_placement_balances_the_busiest_device() -> None:
         placement.place(loads, 2, capacity=3)
     with pytest.raises(ValueError, match="correlation"):
         placement.place(loads, 4, method="anticorrelation")
+
+
+def test_the_study_and_its_command_line(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from recengine.cli import main
+    from recengine.moe.study import MoEStudyConfig, run_study, summarize_study
+
+    config = MoEStudyConfig(num_experts=8, d_model=8, d_hidden=16, batches=30, tokens=4,
+                            slots=(2, 4, 8), timed_batches=3, gating_tokens=64, devices=2)
+    rows = run_study(config)
+    cache = [r for r in rows if r["kind"] == "cache"]
+    assert len(cache) == 3 * len(POLICIES)
+    for r in cache:
+        assert 0 <= r["belady_miss_rate"] <= r["miss_rate"] <= 1
+        assert r["memory_reduction"] >= 1 and r["throughput_ratio"] > 0
+    full = [r for r in cache if r["slots"] == 8]  # every expert fits: only cold misses
+    assert len({r["misses"] for r in full}) == 1 and full[0]["misses"] <= 8
+    gating = {r["gating"]: r for r in rows if r["kind"] == "gating"}
+    assert gating["dynamic"]["dropped_fraction"] == 0
+    assert gating["static"]["intermediate_mb"] > 0
+    assert set(summarize_study(rows)["placement"]) == {"blocked", "greedy", "anticorrelation"}
+
+    plot = tmp_path / "moe.png"
+    assert main(["moe", "--experts", "6", "--d-model", "8", "--d-hidden", "8", "--batches", "10",
+                 "--tokens", "3", "--slots", "2,6", "--policies", "inactive_lifo,fifo",
+                 "--timed-batches", "2", "--gating-tokens", "16", "--devices", "2", "--json",
+                 "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for r in (r for r in out if r["kind"] == "cache"):
+        for key in ("policy", "slots", "miss_rate", "memory_reduction", "throughput_ratio"):
+            assert key in r
+    assert plot.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["moe", "--policies", "random"])

@@ -231,6 +231,53 @@ def _parser() -> argparse.ArgumentParser:
                        help="save a chart of latency and compute overhead per strategy")
     shard.set_defaults(func=_cmd_shard)
 
+    moe = sub.add_parser(
+        "moe",
+        help="Expert Buffering: cache policies and sizes, dynamic vs static gating, placement",
+        description=(
+            "Replay an MoE routing trace (synthetic Zipf with temporal locality, or recorded "
+            "from the layer's gate) through expert caches of each policy and size, next to "
+            "Belady's MIN; time the buffered layer against all experts resident; compare "
+            "dynamic with static (capacity) gating; and place experts on devices for load "
+            "balance."),
+    )
+    moe.add_argument("--experts", type=_arg_positive_int, default=64,
+                     help="experts in the layer (default: 64)")
+    moe.add_argument("--d-model", type=_arg_positive_int, default=256,
+                     help="token width (default: 256)")
+    moe.add_argument("--d-hidden", type=_arg_positive_int, default=1024,
+                     help="expert hidden width (default: 1024; 2 MiB per expert)")
+    moe.add_argument("--top-k", type=_arg_positive_int, default=2, help="experts per token")
+    moe.add_argument("--batches", type=_arg_positive_int, default=300,
+                     help="batches in the trace (default: 300)")
+    moe.add_argument("--tokens", type=_arg_positive_int, default=8,
+                     help="tokens per batch of the trace (default: 8, decode-sized)")
+    moe.add_argument("--trace", choices=("synthetic", "recorded"), default="synthetic",
+                     help="where the routing comes from (default: synthetic)")
+    moe.add_argument("--zipf", type=float, default=1.0,
+                     help="synthetic trace's Zipf exponent (default: 1.0)")
+    moe.add_argument("--locality", type=float, default=0.5,
+                     help="synthetic trace's temporal locality in [0, 1] (default: 0.5)")
+    moe.add_argument("--slots", type=_comma_list(_positive_int, "slot count"), default=None,
+                     help="comma list of cache sizes in experts (default: 8,16,24,32,48)")
+    moe.add_argument("--policies", type=_comma_list(_policy, "policy"), default=None,
+                     help="comma list of policies (default: inactive_lifo,lru,fifo,lfu,"
+                          "belady)")
+    moe.add_argument("--timed-batches", type=_arg_positive_int, default=50,
+                     help="batches the throughput is timed on (default: 50)")
+    moe.add_argument("--gating-tokens", type=_arg_positive_int, default=2048,
+                     help="tokens of the dynamic vs static gating batch (default: 2048)")
+    moe.add_argument("--devices", type=_arg_positive_int, default=8,
+                     help="devices to place experts on (default: 8)")
+    moe.add_argument("--seed", type=int, default=0, help="seed of the layer and trace")
+    moe.add_argument("--json", action="store_true",
+                     help="print only a JSON list of row objects to stdout")
+    moe.add_argument("--out", metavar="FILE", default=None,
+                     help="also write {rows, summary, config} as JSON")
+    moe.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="save miss rate and throughput ratio against slots per policy")
+    moe.set_defaults(func=_cmd_moe)
+
     info = sub.add_parser("info", help="show how this build of recengine was made")
     info.add_argument("--json", action="store_true", help="print the build info as JSON")
     info.set_defaults(func=_cmd_info)
@@ -740,6 +787,82 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     if args.plot and _matplotlib_available():
         st.plot_study(rows, args.plot)
         note(f"wrote {args.plot}")
+    return 0
+
+
+def _policy(text: str) -> str:
+    from .cache import POLICIES
+
+    if text not in POLICIES:
+        raise argparse.ArgumentTypeError(f"unknown policy {text!r}; expected one of "
+                                         f"{', '.join(POLICIES)}")
+    return text
+
+
+def _cmd_moe(args: argparse.Namespace) -> int:
+    from .cache import POLICIES
+    from .moe import study as st
+
+    rich = _rich()
+    err_console = rich.console.Console(stderr=True) if rich else None
+    config = st.MoEStudyConfig(
+        num_experts=args.experts, d_model=args.d_model, d_hidden=args.d_hidden,
+        top_k=args.top_k, batches=args.batches, tokens=args.tokens, trace=args.trace,
+        zipf_s=args.zipf, locality=args.locality,
+        slots=args.slots or st.MoEStudyConfig.slots, policies=args.policies or POLICIES,
+        timed_batches=args.timed_batches, gating_tokens=args.gating_tokens,
+        devices=args.devices, seed=args.seed)
+    if args.plot and not _matplotlib_available():
+        print(f"--plot {args.plot}: matplotlib is not installed; no chart.", file=sys.stderr)
+    steps = len({min(s, config.num_experts) for s in config.slots}) * len(config.policies) + 4
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    if rich is not None:
+        progress = rich.progress.Progress(
+            rich.progress.SpinnerColumn(), rich.progress.TextColumn("{task.description}"),
+            rich.progress.BarColumn(), rich.progress.MofNCompleteColumn(),
+            rich.progress.TimeElapsedColumn(), console=err_console, transient=True)
+        with progress:
+            task = progress.add_task("starting", total=steps)
+            for row in st.iter_study(config, status=lambda m: progress.update(
+                    task, description=m, advance=1)):
+                rows.append(row)
+    else:
+        rows = list(st.iter_study(config, status=lambda m: print(m, file=sys.stderr)))
+    wall = time.perf_counter() - start
+    rows = _jsonable(rows)
+    summary = st.summarize_study(rows)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        lines = [f"{config.num_experts} experts of {config.d_model}->{config.d_hidden}, top-"
+                 f"{config.top_k}, {config.batches} batches of {config.tokens} tokens "
+                 f"({config.trace} trace)",
+                 f"{'policy':<14}{'slots':>6}{'miss rate':>11}{'Belady':>9}{'copied MiB':>12}"
+                 f"{'memory /':>10}{'throughput':>12}"]
+        for r in rows:
+            if r["kind"] == "cache":
+                lines.append(f"{r['policy']:<14}{r['slots']:>6}{r['miss_rate']:>11.3f}"
+                             f"{r['belady_miss_rate']:>9.3f}{r['bytes_copied'] / 2**20:>12.0f}"
+                             f"{r['memory_reduction']:>9.2f}x{r['throughput_ratio']:>11.2f}x")
+        for r in rows:
+            if r["kind"] == "gating":
+                lines.append(f"{r['gating']} gating, {r['tokens']} tokens: "
+                             f"{r['ms_per_batch']:.1f} ms, intermediates "
+                             f"{r['intermediate_mb']:.1f} MiB, dropped "
+                             f"{r['dropped_fraction']:.1%}")
+        lines.append("max device load per batch: " + ", ".join(
+            f"{m} {v:.3f}" for m, v in summary["placement"].items()))
+        print("\n".join(lines))
+    print(f"wall time {wall:.1f} s", file=sys.stderr)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(_jsonable({"rows": rows, "summary": summary,
+                                 "config": st.config_dict(config), "wall_s": wall}), f, indent=1)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.plot and _matplotlib_available():
+        st.plot_study(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
