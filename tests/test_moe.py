@@ -220,3 +220,36 @@ def test_the_study_and_its_command_line(tmp_path: Any, capsys: Any) -> None:
     assert plot.stat().st_size > 0
     with pytest.raises(SystemExit):
         main(["moe", "--policies", "random"])
+
+
+def test_the_cache_directory_keeps_the_books() -> None:
+    from recengine import _core
+
+    d = _core.CacheDirectory(2, 5, "fifo")
+    slots, fills = d.acquire(np.array([3, 1]))
+    assert sorted(slots) == [0, 1] and sorted(fills) == sorted(zip([3, 1], slots))
+    d.loaded(fills)
+    d.release(np.array([3, 1]))
+    slots2, fills2 = d.acquire(np.array([1, 4]))  # 1 hits; 4 evicts 3 (loaded first)
+    assert slots2[0] == slots[1] and fills2 == [(4, slots[0])]
+    with pytest.raises(ValueError, match="pin"):
+        d.acquire(np.array([0]))  # both slots pinned
+    d.release(np.array([1, 4]))
+    assert d.stats()["hits"] == 1 and d.contents().count(None) == 0
+    with pytest.raises(IndexError):
+        d.acquire(np.array([5]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_buffered_cuda_layer_equals_all_resident() -> None:
+    layer = _layer(64, 128, 16, 2, 5).cuda().eval()
+    xs = [torch.randn(40, 64, device="cuda") for _ in range(6)]
+    with torch.no_grad():
+        want = [layer(x) for x in xs]
+        layer.attach_buffer(ExpertBuffer(slots=5, policy="inactive_lifo"))
+        got = [layer(x) for x in xs]
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    s = layer.buffer.stats()
+    assert s["misses"] >= 5 and s["bytes_copied"] == s["misses"] * layer._layout["size"] * 4

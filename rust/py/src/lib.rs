@@ -856,6 +856,62 @@ impl PyBlobCache {
     }
 }
 
+/// The cache's bookkeeping alone, for callers that move the data themselves (GPU slots).
+#[pyclass(name = "CacheDirectory", module = "recengine._core", frozen)]
+struct PyCacheDirectory {
+    inner: std::sync::Mutex<cache::Directory>,
+}
+
+impl PyCacheDirectory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, cache::Directory> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[pymethods]
+impl PyCacheDirectory {
+    #[new]
+    #[pyo3(signature = (slots, num_ids, policy="inactive_lifo"))]
+    fn new(slots: usize, num_ids: usize, policy: &str) -> PyResult<Self> {
+        let policy = CachePolicy::parse(policy).py_err()?;
+        Ok(PyCacheDirectory { inner: std::sync::Mutex::new(cache::Directory::new(slots, num_ids, policy).py_err()?) })
+    }
+
+    /// Make `ids` resident and pinned: `(slots, fills)`, each id's slot and the `(id, slot)`
+    /// misses to copy (then call `loaded`). ValueError when other batches pin the slots
+    /// needed.
+    #[allow(clippy::type_complexity)]
+    fn acquire(&self, ids: &Bound<'_, PyAny>) -> PyResult<(Vec<usize>, Vec<(usize, usize)>)> {
+        let ids = id_list(ids)?;
+        match self.lock().acquire(&ids).py_err()? {
+            Some(g) => Ok((g.slots, g.fills.iter().map(|f| (f.id, f.slot)).collect())),
+            None => Err(PyValueError::new_err("other batches pin the slots this batch needs; release them first")),
+        }
+    }
+
+    /// The misses of an `acquire` are in their slots.
+    fn loaded(&self, fills: Vec<(usize, usize)>) {
+        let fills: Vec<cache::Fill> = fills.into_iter().map(|(id, slot)| cache::Fill { id, slot }).collect();
+        self.lock().loaded(&fills);
+    }
+
+    fn release(&self, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.lock().release(&id_list(ids)?).py_err()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        cache_stats(py, self.lock().stats())
+    }
+
+    fn contents(&self) -> Vec<Option<usize>> {
+        self.lock().contents()
+    }
+
+    fn set_future(&self, trace: Vec<Vec<usize>>) {
+        self.lock().set_future(&trace);
+    }
+}
+
 /// Replay `trace` (active ids per batch) through a cache of `slots` slots without data: hits,
 /// misses, evictions and the miss rate.
 #[pyfunction]
@@ -1538,6 +1594,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRouter>()?;
     m.add_class::<PyRouted>()?;
     m.add_class::<PyBlobCache>()?;
+    m.add_class::<PyCacheDirectory>()?;
     m.add_function(wrap_pyfunction!(simulate_cache, m)?)?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
