@@ -196,6 +196,14 @@ class CacheDirectory:
     def contents(self) -> list[Optional[int]]: ...
     def set_future(self, trace: Sequence[Sequence[int]]) -> None: ...
 
+def dram_run(addrs: NDArray[np.integer], config: Optional[dict[str, float]] = None,
+             trace: bool = False) -> tuple[list[dict[str, int]], list[NDArray[np.int64]]]:
+    """Emulate the DDR4 host controllers serving 64-byte line reads: per-channel counters and,
+    with ``trace``, each channel's ``[n, 6]`` command trace."""
+
+def dram_validate(trace: NDArray[np.int64], config: Optional[dict[str, float]] = None) -> None:
+    """Check a channel's command trace against every timing constraint."""
+
 def simulate_cache(policy: str, slots: int, num_ids: int,
                    trace: Sequence[Sequence[int]]) -> dict[str, float]:
     """Replay a trace of batches through a cache without data."""

@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use recengine_core::backward::{self, Grad};
 use recengine_core::backward::Plan;
+use recengine_core::dram;
 use recengine_core::cache::{self, BlobCache, Policy as CachePolicy, Stats as CacheStats, Store};
 use recengine_core::shard::{self, Layout, Piece, ShardedCollection, Split, TablePlan};
 use recengine_core::{
@@ -921,6 +922,126 @@ fn simulate_cache<'py>(py: Python<'py>, policy: &str, slots: usize, num_ids: usi
     cache_stats(py, st)
 }
 
+/// A DDR4 configuration from a dict of the fields of `dram::Config` and `dram::Timing` (missing
+/// ones keep their defaults; unknown ones are an error).
+fn dram_config(cfg: Option<&Bound<'_, PyDict>>) -> PyResult<dram::Config> {
+    let mut c = dram::Config::default();
+    let Some(d) = cfg else { return Ok(c) };
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        let t = &mut c.timing;
+        match key.as_str() {
+            "channels" => c.channels = v.extract()?,
+            "dimms_per_channel" => c.dimms_per_channel = v.extract()?,
+            "ranks_per_dimm" => c.ranks_per_dimm = v.extract()?,
+            "bank_groups" => c.bank_groups = v.extract()?,
+            "banks_per_group" => c.banks_per_group = v.extract()?,
+            "row_bytes" => c.row_bytes = v.extract()?,
+            "line_bytes" => c.line_bytes = v.extract()?,
+            "queue_depth" => c.queue_depth = v.extract()?,
+            "tck_ns" => t.tck_ns = v.extract()?,
+            "cl" => t.cl = v.extract()?,
+            "trcd" => t.trcd = v.extract()?,
+            "trp" => t.trp = v.extract()?,
+            "tras" => t.tras = v.extract()?,
+            "trtp" => t.trtp = v.extract()?,
+            "tccd_s" => t.tccd_s = v.extract()?,
+            "tccd_l" => t.tccd_l = v.extract()?,
+            "trrd_s" => t.trrd_s = v.extract()?,
+            "trrd_l" => t.trrd_l = v.extract()?,
+            "tfaw" => t.tfaw = v.extract()?,
+            "tbl" => t.tbl = v.extract()?,
+            "trtrs" => t.trtrs = v.extract()?,
+            _ => return Err(PyValueError::new_err(format!("unknown DRAM setting {key:?}"))),
+        }
+    }
+    c.check().py_err()?;
+    Ok(c)
+}
+
+/// Command traces as int64 arrays `[n, 6]`: cycle, kind (0 ACT, 1 RD, 2 PRE), rank, bank
+/// group, bank, row.
+fn trace_array<'py>(py: Python<'py>, tr: &[dram::Command]) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let kind = |k: dram::Kind| match k {
+        dram::Kind::Act => 0,
+        dram::Kind::Rd => 1,
+        dram::Kind::Pre => 2,
+    };
+    let flat: Vec<i64> = tr
+        .iter()
+        .flat_map(|c| [c.cycle as i64, kind(c.kind), c.rank as i64, c.bank_group as i64, c.bank as i64, c.row as i64])
+        .collect();
+    Ok(numpy::ndarray::Array2::from_shape_vec((tr.len(), 6), flat)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?
+        .into_pyarray(py))
+}
+
+/// Emulate the memory system serving 64-byte line reads at byte addresses `addrs` (in arrival
+/// order): per channel a dict of reads, activates, precharges, row_hits and finish (cycles),
+/// and with `trace` each channel's command trace.
+#[pyfunction]
+#[pyo3(signature = (addrs, config=None, trace=false))]
+#[allow(clippy::type_complexity)]
+fn dram_run<'py>(
+    py: Python<'py>,
+    addrs: &Bound<'py, PyAny>,
+    config: Option<&Bound<'py, PyDict>>,
+    trace: bool,
+) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<Bound<'py, PyArray2<i64>>>)> {
+    let cfg = dram_config(config)?;
+    let a = ints(addrs, "addrs")?;
+    let addrs: Vec<u64> = match a.slice() {
+        IntSlice::I32(v) => v.iter().map(|&x| u64::try_from(x)).collect::<Result<_, _>>(),
+        IntSlice::I64(v) => v.iter().map(|&x| u64::try_from(x)).collect::<Result<_, _>>(),
+    }
+    .map_err(|_| PyValueError::new_err("addresses must not be negative"))?;
+    let (stats, traces) = py.detach(|| dram::run(&cfg, &addrs, trace)).py_err()?;
+    let dicts = stats
+        .iter()
+        .map(|s| {
+            let d = PyDict::new(py);
+            d.set_item("reads", s.reads)?;
+            d.set_item("activates", s.activates)?;
+            d.set_item("precharges", s.precharges)?;
+            d.set_item("row_hits", s.row_hits)?;
+            d.set_item("finish", s.finish)?;
+            Ok(d)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let arrays = traces.iter().map(|t| trace_array(py, t)).collect::<PyResult<Vec<_>>>()?;
+    Ok((dicts, arrays))
+}
+
+/// Check one channel's command trace (an `[n, 6]` array as `dram_run` gives) against every
+/// timing constraint: ValueError naming the first violation.
+#[pyfunction]
+#[pyo3(signature = (trace, config=None))]
+fn dram_validate(trace: PyReadonlyArray2<'_, i64>, config: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    let cfg = dram_config(config)?;
+    let a = trace.as_array();
+    if a.ncols() != 6 {
+        return Err(PyValueError::new_err("a trace is an [n, 6] array"));
+    }
+    let cmds = a
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let kind = match r[1] {
+                0 => dram::Kind::Act,
+                1 => dram::Kind::Rd,
+                2 => dram::Kind::Pre,
+                k => return Err(PyValueError::new_err(format!("unknown command kind {k}"))),
+            };
+            let u = |x: i64| usize::try_from(x).map_err(|_| PyValueError::new_err("negative field in a trace"));
+            Ok(dram::Command { cycle: r[0] as u64, kind, rank: u(r[2])?, bank_group: u(r[3])?, bank: u(r[4])?, row: r[5] as u64, request: 0 })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    if let Some(c) = cmds.iter().find(|c| c.rank >= cfg.ranks_per_channel() || c.bank_group >= cfg.bank_groups || c.bank >= cfg.banks_per_group) {
+        return Err(PyValueError::new_err(format!("a command names rank {}, bank group {}, bank {} outside the configuration", c.rank, c.bank_group, c.bank)));
+    }
+    dram::validate(&cfg, &cmds).py_err()
+}
+
 /// Check that each per-table argument given (`Some(len)`) has one entry per table.
 fn per_table(t: usize, args: &[(&str, Option<usize>)]) -> PyResult<()> {
     for &(what, n) in args {
@@ -1595,6 +1716,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRouted>()?;
     m.add_class::<PyBlobCache>()?;
     m.add_class::<PyCacheDirectory>()?;
+    m.add_function(wrap_pyfunction!(dram_run, m)?)?;
+    m.add_function(wrap_pyfunction!(dram_validate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_cache, m)?)?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;
