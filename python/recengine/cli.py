@@ -614,15 +614,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         total = bench.planned_rows(config)  # may warn that torch is missing
         if rich is not None:
-            progress = rich.progress.Progress(
-                rich.progress.SpinnerColumn(),
-                rich.progress.TextColumn("{task.description}"),
-                rich.progress.BarColumn(),
-                rich.progress.MofNCompleteColumn(),
-                rich.progress.TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            )
+            progress = _progress(rich, err_console)
             with progress:
                 task = progress.add_task("starting", total=total)
                 for row in bench.iter_bench(
@@ -683,6 +675,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(rich: Any, console: Any) -> Any:
+    """A transient progress bar on ``console`` (stderr)."""
+    return rich.progress.Progress(
+        rich.progress.SpinnerColumn(), rich.progress.TextColumn("{task.description}"),
+        rich.progress.BarColumn(), rich.progress.MofNCompleteColumn(),
+        rich.progress.TimeElapsedColumn(), console=console, transient=True)
+
+
+def _write_study(args: argparse.Namespace, rows: list[dict[str, Any]], summary: Any,
+                 config: dict[str, Any], wall: float, plot: Callable[[Any, str], None],
+                 note: Callable[[str], None]) -> None:
+    """A study's ``--out`` JSON and ``--plot`` chart."""
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(_jsonable({"rows": rows, "summary": summary, "config": config,
+                                 "wall_s": wall}), f, indent=1)
+        note(f"wrote {args.out}")
+    if args.plot and _matplotlib_available():
+        plot(rows, args.plot)
+        note(f"wrote {args.plot}")
+
+
 def _strategy(text: str) -> str:
     from .shard import STRATEGIES
 
@@ -730,10 +744,7 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     if rich is not None:
-        progress = rich.progress.Progress(
-            rich.progress.SpinnerColumn(), rich.progress.TextColumn("{task.description}"),
-            rich.progress.BarColumn(), rich.progress.MofNCompleteColumn(),
-            rich.progress.TimeElapsedColumn(), console=err_console, transient=True)
+        progress = _progress(rich, err_console)
         with progress:
             task = progress.add_task("starting", total=runs * config.queries)
             for row in st.iter_study(config,
@@ -779,14 +790,7 @@ def _cmd_shard(args: argparse.Namespace) -> int:
         for p in st.study_plans(config).values():
             print(p.describe(config.batch))
     note(f"wall time {wall:.1f} s")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(_jsonable({"rows": rows, "summary": summary,
-                                 "config": st.config_dict(config), "wall_s": wall}), f, indent=1)
-        note(f"wrote {args.out}")
-    if args.plot and _matplotlib_available():
-        st.plot_study(rows, args.plot)
-        note(f"wrote {args.plot}")
+    _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study, note)
     return 0
 
 
@@ -818,10 +822,7 @@ def _cmd_moe(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     if rich is not None:
-        progress = rich.progress.Progress(
-            rich.progress.SpinnerColumn(), rich.progress.TextColumn("{task.description}"),
-            rich.progress.BarColumn(), rich.progress.MofNCompleteColumn(),
-            rich.progress.TimeElapsedColumn(), console=err_console, transient=True)
+        progress = _progress(rich, err_console)
         with progress:
             task = progress.add_task("starting", total=steps)
             for row in st.iter_study(config, status=lambda m: progress.update(
@@ -855,14 +856,8 @@ def _cmd_moe(args: argparse.Namespace) -> int:
             f"{m} {v:.3f}" for m, v in summary["placement"].items()))
         print("\n".join(lines))
     print(f"wall time {wall:.1f} s", file=sys.stderr)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(_jsonable({"rows": rows, "summary": summary,
-                                 "config": st.config_dict(config), "wall_s": wall}), f, indent=1)
-        print(f"wrote {args.out}", file=sys.stderr)
-    if args.plot and _matplotlib_available():
-        st.plot_study(rows, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+    _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study,
+                 lambda m: print(m, file=sys.stderr))
     return 0
 
 
