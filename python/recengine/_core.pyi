@@ -204,6 +204,12 @@ def dram_run(addrs: NDArray[np.integer], config: Optional[dict[str, float]] = No
 def dram_validate(trace: NDArray[np.int64], config: Optional[dict[str, float]] = None) -> None:
     """Check a channel's command trace against every timing constraint."""
 
+def nmp_emulate(table_rows: Sequence[int], models: NDArray[np.int64], tables: NDArray[np.int64],
+                rows: NDArray[np.int64], bags: NDArray[np.int64],
+                config: Optional[dict[str, float]] = None) -> dict[str, float]:
+    """Emulate SLS lookups on the host or on RecNMP: cycles, latency_ns, DRAM commands, cache
+    hits and accesses, channel bytes, energy_pj."""
+
 def simulate_cache(policy: str, slots: int, num_ids: int,
                    trace: Sequence[Sequence[int]]) -> dict[str, float]:
     """Replay a trace of batches through a cache without data."""

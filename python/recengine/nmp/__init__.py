@@ -1,8 +1,27 @@
 """recengine.nmp: emulating near-memory processing of SparseLengthsSum (RecNMP, R7).
 
-So far: the DDR4 memory-system model and the host baseline (:mod:`recengine.nmp.dram`).
+The DDR4 memory-system model and host baseline (:mod:`recengine.nmp.dram`), and the RecNMP
+emulation of SLS traces with RankCache, hot-entry profiling, table-aware scheduling and an
+energy account (:mod:`recengine.nmp.emulator`).
+
+Example::
+
+    >>> from recengine.nmp import NMPConfig, Trace, emulate
+    >>> t = Trace.synthetic([10_000] * 2, bags=8, pooling=20)
+    >>> emulate(t, NMPConfig.preset("ddr4-baseline")).raw["dram_reads"]
+    640
 """
 
 from .dram import DramConfig, DramResult, run, validate
+from .emulator import (
+    PRESETS,
+    TECHNOLOGIES,
+    EmulationResult,
+    NMPConfig,
+    NMPDevice,
+    Trace,
+    emulate,
+)
 
-__all__ = ["DramConfig", "DramResult", "run", "validate"]
+__all__ = ["PRESETS", "TECHNOLOGIES", "DramConfig", "DramResult", "EmulationResult",
+           "NMPConfig", "NMPDevice", "Trace", "emulate", "run", "validate"]

@@ -9,13 +9,13 @@ mod errors;
 
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use recengine_core::backward::{self, Grad};
 use recengine_core::backward::Plan;
-use recengine_core::dram;
+use recengine_core::{dram, nmp};
 use recengine_core::cache::{self, BlobCache, Policy as CachePolicy, Stats as CacheStats, Store};
 use recengine_core::shard::{self, Layout, Piece, ShardedCollection, Split, TablePlan};
 use recengine_core::{
@@ -1042,6 +1042,81 @@ fn dram_validate(trace: PyReadonlyArray2<'_, i64>, config: Option<&Bound<'_, PyD
     dram::validate(&cfg, &cmds).py_err()
 }
 
+/// Emulate SLS lookups on the host or on RecNMP (see `recengine_core::nmp`): `table_rows`
+/// gives each table's rows; `models`, `tables`, `rows`, `bags` one entry per lookup; `config`
+/// the DRAM fields (as `dram_run`) plus nmp, vector_bytes, instr_per_packet, cache_bytes,
+/// cache_ways, hot_threshold, table_aware, cache_hit_cycles and the energy fields.
+#[pyfunction]
+#[pyo3(signature = (table_rows, models, tables, rows, bags, config=None))]
+fn nmp_emulate<'py>(
+    py: Python<'py>,
+    table_rows: Vec<u64>,
+    models: PyReadonlyArray1<'py, i64>,
+    tables: PyReadonlyArray1<'py, i64>,
+    rows: PyReadonlyArray1<'py, i64>,
+    bags: PyReadonlyArray1<'py, i64>,
+    config: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut c = nmp::NmpConfig::default();
+    let dram_keys = PyDict::new(py);
+    if let Some(d) = config {
+        for (k, v) in d.iter() {
+            let key: String = k.extract()?;
+            let e = &mut c.energy;
+            match key.as_str() {
+                "nmp" => c.nmp = v.extract()?,
+                "vector_bytes" => c.vector_bytes = v.extract()?,
+                "instr_per_packet" => c.instr_per_packet = v.extract()?,
+                "cache_bytes" => c.cache_bytes = v.extract()?,
+                "cache_ways" => c.cache_ways = v.extract()?,
+                "hot_threshold" => c.hot_threshold = v.extract()?,
+                "table_aware" => c.table_aware = v.extract()?,
+                "cache_hit_cycles" => c.cache_hit_cycles = v.extract()?,
+                "act_pj" => e.act_pj = v.extract()?,
+                "rd_pj" => e.rd_pj = v.extract()?,
+                "pre_pj" => e.pre_pj = v.extract()?,
+                "io_pj_per_bit" => e.io_pj_per_bit = v.extract()?,
+                "background_mw_per_rank" => e.background_mw_per_rank = v.extract()?,
+                "nmp_add_pj" => e.nmp_add_pj = v.extract()?,
+                "cache_read_pj" => e.cache_read_pj = v.extract()?,
+                "cache_write_pj" => e.cache_write_pj = v.extract()?,
+                _ => dram_keys.set_item(k, v)?,
+            }
+        }
+    }
+    c.dram = dram_config(Some(&dram_keys))?;
+    let (m, t, r, b) = (models.as_slice()?, tables.as_slice()?, rows.as_slice()?, bags.as_slice()?);
+    let n = m.len();
+    if t.len() != n || r.len() != n || b.len() != n {
+        return Err(PyValueError::new_err("models, tables, rows and bags need one entry per lookup"));
+    }
+    let neg = || PyIndexError::new_err("models, tables, rows and bags must not be negative");
+    let lookups = (0..n)
+        .map(|i| {
+            Ok(nmp::Lookup {
+                model: u32::try_from(m[i]).map_err(|_| neg())?,
+                table: u32::try_from(t[i]).map_err(|_| neg())?,
+                row: u64::try_from(r[i]).map_err(|_| neg())?,
+                bag: u64::try_from(b[i]).map_err(|_| neg())?,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let rep = py.detach(|| nmp::emulate(&c, &table_rows, &lookups)).py_err()?;
+    let d = PyDict::new(py);
+    d.set_item("lookups", rep.lookups)?;
+    d.set_item("cycles", rep.cycles)?;
+    d.set_item("latency_ns", rep.cycles as f64 * c.dram.timing.tck_ns)?;
+    d.set_item("dram_reads", rep.dram_reads)?;
+    d.set_item("activates", rep.activates)?;
+    d.set_item("precharges", rep.precharges)?;
+    d.set_item("row_hits", rep.row_hits)?;
+    d.set_item("cache_hits", rep.cache_hits)?;
+    d.set_item("cache_accesses", rep.cache_accesses)?;
+    d.set_item("channel_bytes", rep.channel_bytes)?;
+    d.set_item("energy_pj", rep.energy_pj)?;
+    Ok(d)
+}
+
 /// Check that each per-table argument given (`Some(len)`) has one entry per table.
 fn per_table(t: usize, args: &[(&str, Option<usize>)]) -> PyResult<()> {
     for &(what, n) in args {
@@ -1718,6 +1793,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCacheDirectory>()?;
     m.add_function(wrap_pyfunction!(dram_run, m)?)?;
     m.add_function(wrap_pyfunction!(dram_validate, m)?)?;
+    m.add_function(wrap_pyfunction!(nmp_emulate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_cache, m)?)?;
     m.add_function(wrap_pyfunction!(pool_array, m)?)?;
     m.add_function(wrap_pyfunction!(pool_keyed_backward, m)?)?;

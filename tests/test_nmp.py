@@ -1,0 +1,102 @@
+"""The RecNMP emulation: bytes read, caches, ranks, thread counts, NMPDevice, bad configs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import recengine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from recengine.nmp import DramConfig, NMPConfig, NMPDevice, Trace, emulate
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([64, 128, 256]), st.booleans(), st.integers(1, 40),
+       st.integers(0, 2**31 - 1))
+def test_without_a_cache_every_vector_is_read_once(vector_bytes: int, nmp: bool, bags: int,
+                                                   seed: int) -> None:
+    trace = Trace.synthetic([5000, 300], bags=bags, pooling=7, seed=seed)
+    cfg = NMPConfig(nmp=nmp, vector_bytes=vector_bytes, cache_bytes=0, hot_threshold=0)
+    r = emulate(trace, cfg).raw
+    assert r["dram_reads"] * 64 == len(trace) * vector_bytes
+    assert r["cache_accesses"] == 0 and r["cycles"] > 0 and r["energy_pj"] > 0
+
+
+def test_a_cache_that_always_hits_reads_only_cold_misses() -> None:
+    rows = np.tile(np.arange(4), 500)  # 4 rows, again and again
+    trace = Trace.from_lookups([1000], [rows], [np.full(100, 20)])
+    r = emulate(trace, NMPConfig(hot_threshold=0)).raw
+    assert r["cache_hits"] == len(trace) - 4
+    assert r["dram_reads"] == 4 * 2  # one cold miss per row, 2 lines of 128 bytes each
+    no_cache = emulate(trace, NMPConfig(cache_bytes=0, hot_threshold=0)).raw
+    assert no_cache["dram_reads"] == len(trace) * 2 and r["cycles"] < no_cache["cycles"]
+
+
+def test_hot_entry_profiling_caches_only_hot_rows() -> None:
+    hot = np.repeat(np.arange(8), 10)
+    cold = np.arange(1000, 1100)
+    trace = Trace.from_lookups([5000], [np.concatenate([hot, cold])], [np.array([180])])
+    profiled = emulate(trace, NMPConfig(hot_threshold=2)).raw
+    assert profiled["cache_hits"] == len(hot) - 8
+
+
+def test_more_ranks_are_never_slower_on_uniform_traffic() -> None:
+    trace = Trace.synthetic([1_000_000] * 4, bags=128, pooling=20, seed=3)
+    cycles = [emulate(trace, NMPConfig(dram=DramConfig(channels=1, dimms_per_channel=d),
+                                       cache_bytes=0, hot_threshold=0)).raw["cycles"]
+              for d in (1, 2, 4)]
+    assert cycles[0] >= cycles[1] >= cycles[2]
+
+
+def test_nmp_beats_the_host_and_results_ignore_the_thread_count() -> None:
+    trace = Trace.synthetic([1_000_000] * 4, bags=64, pooling=40, zipf=0.5, seed=4)
+    before = recengine.get_num_threads()
+    try:
+        recengine.set_num_threads(1)
+        one = [emulate(trace, NMPConfig.preset(p)).raw for p in ("ddr4-baseline", "recnmp")]
+        recengine.set_num_threads(2)
+        two = [emulate(trace, NMPConfig.preset(p)).raw for p in ("ddr4-baseline", "recnmp")]
+    finally:
+        recengine.set_num_threads(before)
+    assert one == two
+    host, nmp = one
+    assert nmp["cycles"] < host["cycles"] and nmp["channel_bytes"] < host["channel_bytes"]
+
+
+def test_the_device_pools_as_the_cpu_kernel() -> None:
+    table = recengine.EmbeddingTable.random(2000, 32, dtype="int8")
+    idx = np.random.default_rng(5).integers(0, 2000, 90)
+    lens = np.array([30, 0, 60])
+    dev = NMPDevice()
+    for mode in ("sum", "mean", "max"):
+        np.testing.assert_array_equal(dev.lookup(table, idx, lens, mode=mode),
+                                      table.lookup(idx, lengths=lens, mode=mode))
+    assert dev.calls == 3 and dev.elapsed_ns > 0 and dev.energy_nj > 0
+
+
+def test_memory_technologies_change_the_cache_energy() -> None:
+    trace = Trace.synthetic([10_000] * 2, bags=32, pooling=20, zipf=1.0, seed=6)
+    sram = emulate(trace, NMPConfig(cache_technology="sram")).raw
+    pcm = emulate(trace, NMPConfig(cache_technology="pcm-pessimistic")).raw
+    assert pcm["energy_pj"] > sram["energy_pj"] and pcm["cycles"] == sram["cycles"]
+
+
+def test_bad_configs_and_traces() -> None:
+    trace = Trace.synthetic([100], bags=2, pooling=2)
+    with pytest.raises(ValueError, match="ranks_per_dimm"):
+        emulate(trace, NMPConfig(dram=DramConfig(ranks_per_dimm=0)))
+    with pytest.raises(ValueError, match="larger than this model allows"):
+        emulate(trace, NMPConfig(cache_bytes=64 << 20))
+    with pytest.raises(ValueError, match="unknown memory technology"):
+        NMPConfig(cache_technology="core-memory")
+    with pytest.raises(ValueError, match="unknown preset"):
+        NMPConfig.preset("hbm")
+    with pytest.raises(ValueError, match="vector_bytes"):
+        emulate(trace, NMPConfig(vector_bytes=0))
+    bad = replace(trace, rows=trace.rows + 100)
+    with pytest.raises(IndexError):
+        emulate(bad)
+    with pytest.raises(ValueError, match="lengths sum"):
+        Trace.from_lookups([10], [np.arange(3)], [np.array([2])])
