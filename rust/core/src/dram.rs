@@ -309,6 +309,7 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
     let mut next_in = 0;
     let mut hit = vec![false; requests.len()];
     let mut activated = vec![false; requests.len()];
+    let mut wanted = vec![false; ch.banks.len()];
     loop {
         while queue.len() < cfg.queue_depth && next_in < requests.len() {
             queue.push(next_in);
@@ -319,24 +320,26 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
         }
         // FR-FCFS: among the commands that can issue soonest, a row-hit read first, then the
         // oldest request; a precharge never closes a row another queued request still hits.
+        for &r in &queue {
+            let k = ch.bank_index(&requests[r]);
+            if ch.banks[k].open == Some(requests[r].row) {
+                wanted[k] = true;
+            }
+        }
         let mut best: Option<(u64, bool, usize, Kind)> = None;
         for (q, &r) in queue.iter().enumerate() {
             let l = &requests[r];
             let (kind, at) = ch.next(l);
-            if kind == Kind::Pre {
-                let open = ch.banks[ch.bank_index(l)].open;
-                let wanted = queue.iter().any(|&o| {
-                    let m = &requests[o];
-                    o != r && m.rank == l.rank && m.bank_group == l.bank_group && m.bank == l.bank && Some(m.row) == open
-                });
-                if wanted {
-                    continue;
-                }
+            if kind == Kind::Pre && wanted[ch.bank_index(l)] {
+                continue;
             }
             let key = (at, kind != Kind::Rd, q, kind);
             if best.is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
                 best = Some(key);
             }
+        }
+        for &r in &queue {
+            wanted[ch.bank_index(&requests[r])] = false;
         }
         let (at, _, q, kind) = best.expect("some queued request can always make progress");
         let r = queue[q];
