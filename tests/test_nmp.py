@@ -100,3 +100,37 @@ def test_bad_configs_and_traces() -> None:
         emulate(bad)
     with pytest.raises(ValueError, match="lengths sum"):
         Trace.from_lookups([10], [np.arange(3)], [np.array([2])])
+
+
+def test_the_study_and_its_command_line(tmp_path: object, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    import json
+    from pathlib import Path
+
+    from recengine.cli import main
+    from recengine.nmp.study import NMPStudyConfig, run_study
+
+    rows = run_study(NMPStudyConfig(model="ncf", batch=16, table_mb=8,
+                                    sweeps=("ranks", "cache")))
+    ranks = [r for r in rows if r["sweep"] == "ranks"]
+    assert [r["ranks"] for r in ranks] == [1, 2, 4, 8]
+    nmp_us = [r["nmp_latency_us"] for r in ranks]
+    assert nmp_us == sorted(nmp_us, reverse=True)  # rank-level parallelism: never slower
+    for r in rows:
+        assert r["throughput_speedup"] <= r["latency_speedup"] or r["latency_speedup"] < 1
+        assert -1 < r["energy_saving"] < 1
+    no_cache = next(r for r in rows if r.get("cache_kb") == 0)
+    assert no_cache["cache_hit_rate"] == 0
+    plot = Path(str(tmp_path)) / "nmp.png"
+    assert main(["nmp", "--model", "ncf", "--batch", "8", "--table-mb", "4", "--sweeps",
+                 "locality", "--json", "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for r in out:
+        for key in ("config", "latency_speedup", "throughput_speedup", "energy_saving"):
+            assert key in r
+    assert plot.stat().st_size > 0
+    assert main(["nmp", "--model", "ncf", "--batch", "4", "--table-mb", "2", "--preset",
+                 "recnmp", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    with pytest.raises(SystemExit):
+        main(["nmp", "--sweeps", "voltage"])

@@ -278,6 +278,39 @@ def _parser() -> argparse.ArgumentParser:
                      help="save miss rate and throughput ratio against slots per policy")
     moe.set_defaults(func=_cmd_moe)
 
+    nmp = sub.add_parser(
+        "nmp",
+        help="emulate SLS on a DDR4 host vs on RecNMP near-memory units",
+        description=(
+            "Emulate one model's SparseLengthsSum lookups on the DDR4 host and on RecNMP "
+            "(rank-level NMP units, RankCache, hot-entry profiling, table-aware scheduling), "
+            "sweeping ranks, cache size, locality, co-location, scheduling and profiling, and "
+            "report memory-latency speedup, end-to-end throughput speedup and energy saving."),
+    )
+    nmp.add_argument("--model", type=_model, default="rmc1", help="the model (default: rmc1)")
+    nmp.add_argument("--batch", type=_arg_positive_int, default=64,
+                     help="samples per batch (default: 64)")
+    nmp.add_argument("--table-mb", type=_arg_positive_float, default=256.0,
+                     help="scale the model's tables to about this many MiB (default: 256)")
+    nmp.add_argument("--zipf", type=float, default=1.0,
+                     help="locality: Zipf exponent over each table's rows (default: 1.0)")
+    nmp.add_argument("--sls-fraction", type=float, default=0.79,
+                     help="share of inference time in SLS on the host, for the throughput "
+                          "speedup (default: 0.79)")
+    nmp.add_argument("--sweeps", type=_comma_list(_sweep, "sweep"), default=None,
+                     help="comma list of ranks, cache, locality, colocation, scheduling, "
+                          "profiling (default: all)")
+    nmp.add_argument("--preset", choices=("recnmp",), default=None,
+                     help="run only the paper's configuration")
+    nmp.add_argument("--seed", type=int, default=0, help="seed of the traces")
+    nmp.add_argument("--json", action="store_true",
+                     help="print only a JSON list of row objects to stdout")
+    nmp.add_argument("--out", metavar="FILE", default=None,
+                     help="also write {rows, summary, config} as JSON")
+    nmp.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="save latency speedup and energy saving per sweep")
+    nmp.set_defaults(func=_cmd_nmp)
+
     info = sub.add_parser("info", help="show how this build of recengine was made")
     info.add_argument("--json", action="store_true", help="print the build info as JSON")
     info.set_defaults(func=_cmd_info)
@@ -791,6 +824,57 @@ def _cmd_shard(args: argparse.Namespace) -> int:
             print(p.describe(config.batch))
     note(f"wall time {wall:.1f} s")
     _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study, note)
+    return 0
+
+
+def _sweep(text: str) -> str:
+    from .nmp.study import SWEEPS
+
+    if text not in SWEEPS:
+        raise argparse.ArgumentTypeError(f"unknown sweep {text!r}; expected one of "
+                                         f"{', '.join(SWEEPS)}")
+    return text
+
+
+def _cmd_nmp(args: argparse.Namespace) -> int:
+    from .nmp import study as st
+
+    config = st.NMPStudyConfig(model=args.model, batch=args.batch, table_mb=args.table_mb,
+                               zipf=args.zipf, sls_fraction=args.sls_fraction,
+                               sweeps=args.sweeps or st.SWEEPS,
+                               preset_only=args.preset == "recnmp", seed=args.seed)
+    rich = _rich()
+    err_console = rich.console.Console(stderr=True) if rich else None
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    if rich is not None:
+        progress = _progress(rich, err_console)
+        with progress:
+            task = progress.add_task("starting", total=None)
+            for row in st.iter_study(config, status=lambda m: progress.update(
+                    task, description=m)):
+                rows.append(row)
+    else:
+        rows = list(st.iter_study(config, status=lambda m: print(m, file=sys.stderr)))
+    wall = time.perf_counter() - start
+    rows = _jsonable(rows)
+    best = max(rows, key=lambda r: r["latency_speedup"]) if rows else None
+    summary = {"best": best and best["config"],
+               "best_latency_speedup": best and best["latency_speedup"]}
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{config.model}: {rows[0]['lookups'] if rows else 0} lookups a batch, zipf "
+              f"{config.zipf}, SLS {config.sls_fraction:.0%} of host time")
+        print(f"{'config':<34}{'host us':>10}{'NMP us':>10}{'latency x':>11}{'throughput x':>14}"
+              f"{'energy saved':>14}{'cache hits':>12}")
+        for r in rows:
+            print(f"{r['config']:<34}{r['host_latency_us']:>10.1f}{r['nmp_latency_us']:>10.1f}"
+                  f"{r['latency_speedup']:>11.2f}{r['throughput_speedup']:>14.2f}"
+                  f"{r['energy_saving']:>14.1%}{r['cache_hit_rate']:>12.1%}")
+    print(f"wall time {wall:.1f} s", file=sys.stderr)
+    _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study,
+                 lambda m: print(m, file=sys.stderr))
     return 0
 
 

@@ -29,7 +29,7 @@ from .. import _core
 from .dram import DramConfig
 
 __all__ = ["PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice", "Trace",
-           "emulate"]
+           "emulate", "zipf_rows"]
 
 #: Named configurations of :meth:`NMPConfig.preset`.
 PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp")
@@ -125,23 +125,30 @@ class Trace:
     def synthetic(cls, tables: Sequence[int], bags: int, pooling: int, zipf: float = 0.0,
                   models: int = 1, seed: int = 0) -> Trace:
         """``models`` co-located models, each looking up ``bags`` bags of ``pooling`` rows in
-        every table; rows uniform (``zipf=0``) or Zipf-skewed with exponent ``zipf`` over a
-        random ranking. Models' lookups interleave round-robin."""
+        every table; rows uniform (``zipf=0``) or following a Zipf law of exponent ``zipf``
+        over the table's rows (:func:`zipf_rows`). Models' lookups interleave round-robin."""
         rng = np.random.default_rng(seed)
         parts = []
         for m in range(models):
             for t, n in enumerate(tables):
                 k = bags * pooling
-                if zipf > 0:
-                    ranks = rng.zipf(1.0 + zipf, k) - 1
-                    rows = rng.permutation(n)[np.minimum(ranks, n - 1)]
-                else:
-                    rows = rng.integers(0, n, k)
+                rows = zipf_rows(rng, n, zipf, k)
                 parts.append((np.full(k, m), np.full(k, t), rows,
                               np.repeat(np.arange(bags), pooling)))
         order = np.argsort(np.concatenate([np.arange(p[2].size) for p in parts]), kind="stable")
         cols = [np.concatenate([p[i] for p in parts])[order].astype(np.int64) for i in range(4)]
         return cls(list(tables), *cols)
+
+
+def zipf_rows(rng: np.random.Generator, n: int, s: float, k: int) -> np.ndarray:
+    """``k`` rows of a table of ``n``: uniform for ``s == 0``, else a bounded Zipf law,
+    ``P(rank r) ~ 1 / r**s`` for ranks 1..n, the ranking a random permutation of the rows.
+    (With s = 1 over a million rows, the 64 hottest rows take a third of the lookups.)"""
+    if s <= 0:
+        return rng.integers(0, n, k)
+    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
+    ranks = np.searchsorted(cdf, rng.random(k) * cdf[-1])
+    return rng.permutation(n)[np.minimum(ranks, n - 1)]
 
 
 @dataclass

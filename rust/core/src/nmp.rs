@@ -19,6 +19,9 @@
 //! time taken, NMP adds per value and cache accesses; [`Energy`] holds the per-unit costs.
 
 use crate::dram::{self, Config, Location};
+
+/// Vectors a Rank-NMP unit's packet queue holds: table-aware scheduling reorders within it.
+const SCHEDULE_WINDOW: usize = 32;
 use crate::error::{Error, Result};
 use crate::parallel;
 
@@ -257,7 +260,11 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
         parallel::for_each_index(n_ranks, usize::MAX, &|r| {
             let mut work = per_rank[r].clone();
             if cfg.table_aware {
-                work.sort_by_key(|&(a, _, t)| (t, a / row_bytes));
+                // Within each window of the packet queue, the same table's vectors together
+                // (arrival order kept within a table).
+                for w in work.chunks_mut(SCHEDULE_WINDOW) {
+                    w.sort_by_key(|&(_, _, t)| t);
+                }
             }
             let mut cache = (cfg.cache_bytes > 0).then(|| RankCache::new(cfg.cache_bytes, cfg.vector_bytes, cfg.cache_ways));
             let (mut hits, mut accesses) = (0u64, 0u64);

@@ -1,0 +1,187 @@
+"""The RecNMP study behind ``recengine nmp``: host vs near-memory SLS over one model's tables.
+
+Each row emulates the same kind of trace twice, once on the DDR4 host (``"ddr4-baseline"``)
+and once on RecNMP, with one setting changed from the paper's configuration (the ``"recnmp"``
+preset: 2 DIMMs x 2 ranks per channel, 128 KiB 4-way RankCache per rank, hot-entry profiling
+with threshold 2, table-aware scheduling), and reports:
+
+* ``latency_speedup``: host memory latency / RecNMP memory latency for the trace;
+* ``throughput_speedup``: the end-to-end speedup of a model whose SLS takes ``sls_fraction``
+  of its time on the host (Amdahl: ``1 / ((1 - f) + f / latency_speedup)``; the default f
+  is 0.79, the share of inference cycles R6 reports recommendation models can take);
+* ``energy_saving``: 1 - RecNMP energy / host energy.
+
+Sweeps: ranks per channel (1-8); RankCache size (0-1 MiB); locality (the exponent of a
+bounded Zipf law over each table's rows, 0 = uniform, default 1.0); co-located models (1-8,
+their lookups interleaved); table-aware scheduling and hot-entry profiling off. Traces: ``batch``
+samples of the model's tables (R2 shapes scaled to ``table_mb``) with their pooling factors.
+
+Example::
+
+    >>> rows = run_study(NMPStudyConfig(model="ncf", batch=8, sweeps=("ranks",),
+    ...                                 table_mb=4))
+    >>> sorted(r["ranks"] for r in rows)
+    [1, 2, 4, 8]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..shapes import model_bytes, model_tables, resolve_model
+from .dram import DramConfig
+from .emulator import NMPConfig, Trace, emulate, zipf_rows
+
+__all__ = ["SWEEPS", "NMPStudyConfig", "iter_study", "plot_study", "run_study"]
+
+#: What the study can vary (one at a time, the rest at the paper's configuration).
+SWEEPS: tuple[str, ...] = ("ranks", "cache", "locality", "colocation", "scheduling",
+                           "profiling")
+_RANKS = {1: (1, 1), 2: (1, 2), 4: (2, 2), 8: (4, 2)}  # ranks per channel: (DIMMs, ranks each)
+
+
+@dataclass
+class NMPStudyConfig:
+    """What :func:`run_study` emulates (see the module's note)."""
+
+    model: str = "rmc1"
+    batch: int = 64
+    table_mb: float = 256.0
+    zipf: float = 1.0
+    sls_fraction: float = 0.79
+    sweeps: Sequence[str] = SWEEPS
+    preset_only: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model = resolve_model(self.model)
+        for s in self.sweeps:
+            if s not in SWEEPS:
+                raise ValueError(f"unknown sweep {s!r}; expected some of {', '.join(SWEEPS)}")
+        if self.batch < 1 or not self.table_mb > 0 or self.zipf < 0:
+            raise ValueError("batch must be >= 1, table_mb > 0 and zipf >= 0")
+        if not 0 <= self.sls_fraction <= 1:
+            raise ValueError(f"sls_fraction must be in [0, 1], got {self.sls_fraction}")
+
+
+def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:
+    scale = min(1.0, config.table_mb * 2**20 / model_bytes(config.model))
+    specs = model_tables(config.model, scale)
+    rng = np.random.default_rng(config.seed)
+    parts = []
+    for m in range(models):
+        for t, s in enumerate(specs):
+            k = config.batch * s.lookups
+            rows = zipf_rows(rng, s.num_rows, zipf, k)
+            parts.append((np.full(k, m), np.full(k, t), rows,
+                          np.repeat(np.arange(config.batch), s.lookups)))
+    # Interleave the models' lookups (co-located models issue concurrently).
+    order = np.argsort(np.concatenate([np.arange(p[2].size) for p in parts]), kind="stable")
+    cols = [np.concatenate([p[i] for p in parts])[order].astype(np.int64) for i in range(4)]
+    return Trace([s.num_rows for s in specs], *cols)
+
+
+def _cases(config: NMPStudyConfig) -> Iterator[tuple[str, dict[str, Any], NMPConfig, float, int]]:
+    base = NMPConfig.preset("recnmp", vector_bytes=128)
+    if config.preset_only:
+        yield "recnmp", {}, base, config.zipf, 1
+        return
+    for sweep in config.sweeps:
+        if sweep == "ranks":
+            for r, (d, k) in _RANKS.items():
+                dram = replace(base.dram, dimms_per_channel=d, ranks_per_dimm=k)
+                yield sweep, {"ranks": r}, replace(base, dram=dram), config.zipf, 1
+        elif sweep == "cache":
+            for kb in (0, 8, 32, 128, 512, 1024):
+                yield sweep, {"cache_kb": kb}, replace(base, cache_bytes=kb * 1024), config.zipf, 1
+        elif sweep == "locality":
+            for z in (0.0, 0.5, 1.0, 1.5):
+                yield sweep, {"zipf": z}, base, z, 1
+        elif sweep == "colocation":
+            for m in (1, 2, 4, 8):
+                yield sweep, {"models": m}, base, config.zipf, m
+        elif sweep == "scheduling":
+            for on in (True, False):
+                yield sweep, {"table_aware": on}, replace(base, table_aware=on), config.zipf, 1
+        elif sweep == "profiling":
+            for t in (2, 0):
+                yield sweep, {"hot_threshold": t}, replace(base, hot_threshold=t), config.zipf, 1
+
+
+def iter_study(config: NMPStudyConfig, status: Callable[[str], None] = lambda _m: None
+               ) -> Iterator[dict[str, Any]]:
+    """Run the study, yielding one row per emulated setting (see the module's note)."""
+    traces: dict[tuple[float, int], Trace] = {}
+    hosts: dict[tuple[float, int, int], Any] = {}
+    f = config.sls_fraction
+    for sweep, params, nmp_cfg, zipf, models in _cases(config):
+        status(f"{sweep}: {params}")
+        key = (zipf, models)
+        if key not in traces:
+            traces[key] = _trace(config, zipf, models)
+        trace = traces[key]
+        ranks = nmp_cfg.dram.dimms_per_channel * nmp_cfg.dram.ranks_per_dimm
+        host_key = (zipf, models, ranks)
+        if host_key not in hosts:
+            host_cfg = NMPConfig.preset("ddr4-baseline", vector_bytes=nmp_cfg.vector_bytes,
+                                        dram=nmp_cfg.dram)
+            hosts[host_key] = emulate(trace, host_cfg)
+        host = hosts[host_key]
+        nmp = emulate(trace, nmp_cfg)
+        speedup = host.latency_ns / nmp.latency_ns
+        yield {
+            "config": f"{sweep}:" + ",".join(f"{k}={v}" for k, v in params.items())
+            if params else "recnmp",
+            "sweep": sweep,
+            **params,
+            "ranks": ranks,
+            "lookups": len(trace),
+            "host_latency_us": host.latency_ns / 1e3,
+            "nmp_latency_us": nmp.latency_ns / 1e3,
+            "latency_speedup": speedup,
+            "throughput_speedup": 1.0 / ((1.0 - f) + f / speedup),
+            "energy_saving": 1.0 - nmp.energy_nj / host.energy_nj,
+            "cache_hit_rate": nmp.cache_hit_rate,
+            "host_row_hit_rate": host.raw["row_hits"] / max(host.raw["dram_reads"], 1),
+        }
+
+
+def run_study(config: NMPStudyConfig) -> list[dict[str, Any]]:
+    """All rows: at least ``config``, ``latency_speedup``, ``throughput_speedup`` and
+    ``energy_saving``."""
+    return list(iter_study(config))
+
+
+def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Latency speedup and energy saving per sweep, one panel per sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweeps = list(dict.fromkeys(r["sweep"] for r in rows))
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.2 * len(sweeps), 3.4), squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps):
+        mine = [r for r in rows if r["sweep"] == sweep]
+        labels = [r["config"].split(":", 1)[-1] for r in mine]
+        x = np.arange(len(mine))
+        ax.bar(x - 0.2, [r["latency_speedup"] for r in mine], 0.4, label="latency speedup")
+        ax2 = ax.twinx()
+        ax2.bar(x + 0.2, [100 * r["energy_saving"] for r in mine], 0.4, color="tab:green",
+                label="energy saving %")
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(sweep)
+    axes[0][0].legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def config_dict(config: NMPStudyConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["sweeps"] = list(config.sweeps)
+    d["dram_defaults"] = asdict(DramConfig())
+    return d
