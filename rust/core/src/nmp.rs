@@ -199,7 +199,12 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
     let mut next = 0u64;
     for &rows in table_rows {
         table_base.push(next);
-        next += (rows * cfg.vector_bytes as u64).div_ceil(row_bytes) * row_bytes;
+        next = rows
+            .checked_mul(cfg.vector_bytes as u64)
+            .map(|b| b.div_ceil(row_bytes) * row_bytes)
+            .and_then(|b| next.checked_add(b))
+            .filter(|&end| end < 1 << 56)
+            .ok_or_else(|| Error::value("the tables are larger than the emulated address space (2^56 bytes)"))?;
     }
     if let Some((i, l)) = lookups.iter().enumerate().find(|(_, l)| l.table as usize >= table_rows.len() || l.row >= table_rows[l.table as usize]) {
         return Err(Error::IndexOutOfRange(crate::error::IndexError {
