@@ -100,6 +100,9 @@ def test_bad_configs_and_traces() -> None:
         emulate(bad)
     with pytest.raises(ValueError, match="lengths sum"):
         Trace.from_lookups([10], [np.arange(3)], [np.array([2])])
+    zeros = np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="address space"):
+        emulate(Trace([2**62], zeros, zeros, zeros, zeros))
 
 
 def test_the_study_and_its_command_line(tmp_path: object, capsys: pytest.CaptureFixture[str]
