@@ -109,6 +109,15 @@ def _op(text: str) -> str:
     return op
 
 
+def _study_outputs(parser: argparse.ArgumentParser, plot_help: str) -> None:
+    """A study's --json, --out and --plot options."""
+    parser.add_argument("--json", action="store_true",
+                        help="print only a JSON list of row objects to stdout")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="also write {rows, summary, config} as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", default=None, help=plot_help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recengine",
@@ -223,12 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--ray-cpus", type=_arg_positive_int, default=None,
                        help="CPUs of the local Ray instance (default: all)")
     shard.add_argument("--plans", action="store_true", help="also print each strategy's plan")
-    shard.add_argument("--json", action="store_true",
-                       help="print only a JSON list of row objects to stdout")
-    shard.add_argument("--out", metavar="FILE", default=None,
-                       help="also write {rows, summary, config} as JSON")
-    shard.add_argument("--plot", metavar="FILE.png", default=None,
-                       help="save a chart of latency and compute overhead per strategy")
+    _study_outputs(shard, "save a chart of latency and compute overhead per strategy")
     shard.set_defaults(func=_cmd_shard)
 
     moe = sub.add_parser(
@@ -270,12 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     moe.add_argument("--devices", type=_arg_positive_int, default=8,
                      help="devices to place experts on (default: 8)")
     moe.add_argument("--seed", type=int, default=0, help="seed of the layer and trace")
-    moe.add_argument("--json", action="store_true",
-                     help="print only a JSON list of row objects to stdout")
-    moe.add_argument("--out", metavar="FILE", default=None,
-                     help="also write {rows, summary, config} as JSON")
-    moe.add_argument("--plot", metavar="FILE.png", default=None,
-                     help="save miss rate and throughput ratio against slots per policy")
+    _study_outputs(moe, "save miss rate and throughput ratio against slots per policy")
     moe.set_defaults(func=_cmd_moe)
 
     nmp = sub.add_parser(
@@ -303,12 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     nmp.add_argument("--preset", choices=("recnmp",), default=None,
                      help="run only the paper's configuration")
     nmp.add_argument("--seed", type=int, default=0, help="seed of the traces")
-    nmp.add_argument("--json", action="store_true",
-                     help="print only a JSON list of row objects to stdout")
-    nmp.add_argument("--out", metavar="FILE", default=None,
-                     help="also write {rows, summary, config} as JSON")
-    nmp.add_argument("--plot", metavar="FILE.png", default=None,
-                     help="save latency speedup and energy saving per sweep")
+    _study_outputs(nmp, "save latency speedup and energy saving per sweep")
     nmp.set_defaults(func=_cmd_nmp)
 
     info = sub.add_parser("info", help="show how this build of recengine was made")
