@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -107,6 +108,19 @@ def _op(text: str) -> str:
     if op not in OPS:
         raise ValueError(f"{text!r} is not one of {', '.join(OPS)}")
     return op
+
+
+def _one_of(module: str, names: str) -> Callable[[str], str]:
+    """A validator of one of the names ``recengine.<module>.<names>`` lists (imported when an
+    argument is parsed, so that the command line starts without the study modules)."""
+
+    def check(text: str) -> str:
+        allowed = getattr(importlib.import_module(f"recengine.{module}"), names)
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return check
 
 
 def _study_outputs(parser: argparse.ArgumentParser, plot_help: str) -> None:
@@ -211,10 +225,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="the model (default: rmc1)")
     shard.add_argument("--shards", type=_arg_positive_int, default=4,
                        help="shards for the sharded strategies (default: 4)")
-    shard.add_argument("--strategies", type=_comma_list(_strategy, "strategy"), default=None,
+    shard.add_argument("--strategies", default=None,
+                       type=_comma_list(_one_of("shard", "STRATEGIES"), "strategy"),
                        help="comma list of planners (default: all: singular,capacity,load,"
                             "net,cost; singular is always run, as the baseline)")
-    shard.add_argument("--backends", type=_comma_list(_backend, "backend"), default=None,
+    shard.add_argument("--backends", default=None,
+                       type=_comma_list(_one_of("shard.study", "BACKENDS"), "backend"),
                        help="comma list of inprocess, ray (default: both, or inprocess alone "
                             "where Ray is not installed)")
     shard.add_argument("--queries", type=_arg_positive_int, default=300,
@@ -264,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="synthetic trace's temporal locality in [0, 1] (default: 0.5)")
     moe.add_argument("--slots", type=_comma_list(_positive_int, "slot count"), default=None,
                      help="comma list of cache sizes in experts (default: 8,16,24,32,48)")
-    moe.add_argument("--policies", type=_comma_list(_policy, "policy"), default=None,
+    moe.add_argument("--policies", default=None,
+                     type=_comma_list(_one_of("cache", "POLICIES"), "policy"),
                      help="comma list of policies (default: inactive_lifo,lru,fifo,lfu,"
                           "belady)")
     moe.add_argument("--timed-batches", type=_arg_positive_int, default=50,
@@ -296,7 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     nmp.add_argument("--sls-fraction", type=float, default=0.79,
                      help="share of inference time in SLS on the host, for the throughput "
                           "speedup (default: 0.79)")
-    nmp.add_argument("--sweeps", type=_comma_list(_sweep, "sweep"), default=None,
+    nmp.add_argument("--sweeps", default=None,
+                     type=_comma_list(_one_of("nmp.study", "SWEEPS"), "sweep"),
                      help="comma list of ranks, cache, locality, colocation, scheduling, "
                           "profiling (default: all)")
     nmp.add_argument("--preset", choices=("recnmp",), default=None,
@@ -724,21 +742,6 @@ def _write_study(args: argparse.Namespace, rows: list[dict[str, Any]], summary: 
         note(f"wrote {args.plot}")
 
 
-def _strategy(text: str) -> str:
-    from .shard import STRATEGIES
-
-    if text not in STRATEGIES:
-        raise argparse.ArgumentTypeError(f"unknown strategy {text!r}; expected one of "
-                                         f"{', '.join(STRATEGIES)}")
-    return text
-
-
-def _backend(text: str) -> str:
-    if text not in ("inprocess", "ray"):
-        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; expected inprocess or ray")
-    return text
-
-
 def _cmd_shard(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -821,15 +824,6 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(text: str) -> str:
-    from .nmp.study import SWEEPS
-
-    if text not in SWEEPS:
-        raise argparse.ArgumentTypeError(f"unknown sweep {text!r}; expected one of "
-                                         f"{', '.join(SWEEPS)}")
-    return text
-
-
 def _cmd_nmp(args: argparse.Namespace) -> int:
     from .nmp import study as st
 
@@ -870,15 +864,6 @@ def _cmd_nmp(args: argparse.Namespace) -> int:
     _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study,
                  lambda m: print(m, file=sys.stderr))
     return 0
-
-
-def _policy(text: str) -> str:
-    from .cache import POLICIES
-
-    if text not in POLICIES:
-        raise argparse.ArgumentTypeError(f"unknown policy {text!r}; expected one of "
-                                         f"{', '.join(POLICIES)}")
-    return text
 
 
 def _cmd_moe(args: argparse.Namespace) -> int:
