@@ -742,6 +742,28 @@ def _write_study(args: argparse.Namespace, rows: list[dict[str, Any]], summary: 
         note(f"wrote {args.plot}")
 
 
+def _run_study(iter_study: Callable[..., Any], config: Any, total: Optional[int],
+               advance: str = "status") -> tuple[list[dict[str, Any]], float]:
+    """A study's rows and wall seconds, with a progress bar on stderr (plain status lines
+    without rich). The bar advances once per status line (``advance="status"``) or once per
+    ``tick`` the study calls (``"tick"``) up to ``total``."""
+    rich = _rich()
+    start = time.perf_counter()
+    if rich is None:
+        rows = list(iter_study(config, status=lambda m: print(m, file=sys.stderr)))
+    else:
+        progress = _progress(rich, rich.console.Console(stderr=True))
+        with progress:
+            task = progress.add_task("starting", total=total)
+            step = 1 if advance == "status" else 0
+            hooks: dict[str, Any] = {
+                "status": lambda m: progress.update(task, description=m, advance=step)}
+            if advance == "tick":
+                hooks["tick"] = lambda: progress.advance(task)
+            rows = list(iter_study(config, **hooks))
+    return _jsonable(rows), time.perf_counter() - start
+
+
 def _cmd_shard(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -771,21 +793,7 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     if args.plot and not _matplotlib_available():
         note(f"--plot {args.plot}: matplotlib is not installed; no chart.", style="yellow")
     runs = len(config.backends) * len({"singular", *config.strategies})
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    if rich is not None:
-        progress = _progress(rich, err_console)
-        with progress:
-            task = progress.add_task("starting", total=runs * config.queries)
-            for row in st.iter_study(config,
-                                     status=lambda m: progress.update(task, description=m),
-                                     tick=lambda: progress.advance(task)):
-                rows.append(row)
-    else:
-        for row in st.iter_study(config, status=lambda m: print(m, file=sys.stderr)):
-            rows.append(row)
-    wall = time.perf_counter() - start
-    rows = _jsonable(rows)
+    rows, wall = _run_study(st.iter_study, config, runs * config.queries, advance="tick")
     summary = st.summarize_study(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -831,21 +839,7 @@ def _cmd_nmp(args: argparse.Namespace) -> int:
                                zipf=args.zipf, sls_fraction=args.sls_fraction,
                                sweeps=args.sweeps or st.SWEEPS,
                                preset_only=args.preset == "recnmp", seed=args.seed)
-    rich = _rich()
-    err_console = rich.console.Console(stderr=True) if rich else None
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    if rich is not None:
-        progress = _progress(rich, err_console)
-        with progress:
-            task = progress.add_task("starting", total=None)
-            for row in st.iter_study(config, status=lambda m: progress.update(
-                    task, description=m)):
-                rows.append(row)
-    else:
-        rows = list(st.iter_study(config, status=lambda m: print(m, file=sys.stderr)))
-    wall = time.perf_counter() - start
-    rows = _jsonable(rows)
+    rows, wall = _run_study(st.iter_study, config, None)
     best = max(rows, key=lambda r: r["latency_speedup"]) if rows else None
     summary = {"best": best and best["config"],
                "best_latency_speedup": best and best["latency_speedup"]}
@@ -870,8 +864,6 @@ def _cmd_moe(args: argparse.Namespace) -> int:
     from .cache import POLICIES
     from .moe import study as st
 
-    rich = _rich()
-    err_console = rich.console.Console(stderr=True) if rich else None
     config = st.MoEStudyConfig(
         num_experts=args.experts, d_model=args.d_model, d_hidden=args.d_hidden,
         top_k=args.top_k, batches=args.batches, tokens=args.tokens, trace=args.trace,
@@ -882,19 +874,7 @@ def _cmd_moe(args: argparse.Namespace) -> int:
     if args.plot and not _matplotlib_available():
         print(f"--plot {args.plot}: matplotlib is not installed; no chart.", file=sys.stderr)
     steps = len({min(s, config.num_experts) for s in config.slots}) * len(config.policies) + 4
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    if rich is not None:
-        progress = _progress(rich, err_console)
-        with progress:
-            task = progress.add_task("starting", total=steps)
-            for row in st.iter_study(config, status=lambda m: progress.update(
-                    task, description=m, advance=1)):
-                rows.append(row)
-    else:
-        rows = list(st.iter_study(config, status=lambda m: print(m, file=sys.stderr)))
-    wall = time.perf_counter() - start
-    rows = _jsonable(rows)
+    rows, wall = _run_study(st.iter_study, config, steps)
     summary = st.summarize_study(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
