@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -122,19 +122,23 @@ class Trace:
                    np.concatenate(bags) if bags else r.copy())
 
     @classmethod
-    def synthetic(cls, tables: Sequence[int], bags: int, pooling: int, zipf: float = 0.0,
-                  models: int = 1, seed: int = 0) -> Trace:
+    def synthetic(cls, tables: Sequence[int], bags: int, pooling: Union[int, Sequence[int]],
+                  zipf: float = 0.0, models: int = 1, seed: int = 0) -> Trace:
         """``models`` co-located models, each looking up ``bags`` bags of ``pooling`` rows in
-        every table; rows uniform (``zipf=0``) or following a Zipf law of exponent ``zipf``
-        over the table's rows (:func:`zipf_rows`). Models' lookups interleave round-robin."""
+        every table (one pooling factor for all, or one per table); rows uniform (``zipf=0``)
+        or following a Zipf law of exponent ``zipf`` over the table's rows
+        (:func:`zipf_rows`). Models' lookups interleave round-robin."""
+        per_table = [pooling] * len(tables) if isinstance(pooling, int) else list(pooling)
+        if len(per_table) != len(tables):
+            raise ValueError(f"{len(per_table)} pooling factors for {len(tables)} tables")
         rng = np.random.default_rng(seed)
         parts = []
         for m in range(models):
-            for t, n in enumerate(tables):
-                k = bags * pooling
+            for t, (n, p) in enumerate(zip(tables, per_table)):
+                k = bags * p
                 rows = zipf_rows(rng, n, zipf, k)
                 parts.append((np.full(k, m), np.full(k, t), rows,
-                              np.repeat(np.arange(bags), pooling)))
+                              np.repeat(np.arange(bags), p)))
         order = np.argsort(np.concatenate([np.arange(p[2].size) for p in parts]), kind="stable")
         cols = [np.concatenate([p[i] for p in parts])[order].astype(np.int64) for i in range(4)]
         return cls(list(tables), *cols)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..shapes import model_bytes, model_tables, resolve_model
 from .dram import DramConfig
-from .emulator import NMPConfig, Trace, emulate, zipf_rows
+from .emulator import NMPConfig, Trace, emulate
 
 __all__ = ["SWEEPS", "NMPStudyConfig", "iter_study", "plot_study", "run_study"]
 
@@ -70,18 +70,8 @@ class NMPStudyConfig:
 def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:
     scale = min(1.0, config.table_mb * 2**20 / model_bytes(config.model))
     specs = model_tables(config.model, scale)
-    rng = np.random.default_rng(config.seed)
-    parts = []
-    for m in range(models):
-        for t, s in enumerate(specs):
-            k = config.batch * s.lookups
-            rows = zipf_rows(rng, s.num_rows, zipf, k)
-            parts.append((np.full(k, m), np.full(k, t), rows,
-                          np.repeat(np.arange(config.batch), s.lookups)))
-    # Interleave the models' lookups (co-located models issue concurrently).
-    order = np.argsort(np.concatenate([np.arange(p[2].size) for p in parts]), kind="stable")
-    cols = [np.concatenate([p[i] for p in parts])[order].astype(np.int64) for i in range(4)]
-    return Trace([s.num_rows for s in specs], *cols)
+    return Trace.synthetic([s.num_rows for s in specs], config.batch,
+                           [s.lookups for s in specs], zipf, models, config.seed)
 
 
 def _cases(config: NMPStudyConfig) -> Iterator[tuple[str, dict[str, Any], NMPConfig, float, int]]:
