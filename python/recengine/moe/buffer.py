@@ -27,8 +27,9 @@ import shutil
 import tempfile
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -108,31 +109,22 @@ class ExpertBuffer:
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(row)
 
-    def _runner(self, slot_of: dict[int, int]) -> Any:
-        """``expert(e, x)`` reading expert ``e``'s weights from its slot."""
-
-        def expert(e: int, x: Tensor) -> Tensor:
-            return expert_from_row(self._row(slot_of[e]), self._layout, x)
-
-        return expert
+    @contextmanager
+    def _hold(self, ids: list[int]) -> Iterator[Callable[[int], Tensor]]:
+        """Fetch ``ids`` into the cache for the block; yield expert id -> its packed row."""
+        assert self.cache is not None
+        with self.cache.batch(ids) as slots:
+            slot_of = dict(zip(ids, slots.tolist()))
+            yield lambda e: self._row(slot_of[e])
 
     def run(self, layer: Any, tokens: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
         """Dynamic gating over the buffered experts: the batch's experts are fetched in rounds
         of at most ``slots``, run from their slots, and released."""
         if self._gpu is not None:
-            return self._gpu.run(layer, tokens, experts, weights)
+            return run_rounds(layer, tokens, experts, weights, self.slots, self._gpu.hold)
         if self.cache is None:
             raise RuntimeError("the buffer is not bound to a layer (MoE(..., buffer=...))")
-        cache = self.cache
-        active = torch.unique(experts).tolist()
-        out = torch.zeros_like(tokens)
-        for round_ in cache.rounds(active):
-            ids = round_.tolist()
-            with cache.batch(ids) as slots:
-                slot_of = dict(zip(ids, slots.tolist()))
-                dispatch_dynamic(tokens, experts, weights, layer.num_experts,
-                                 self._runner(slot_of), order=ids, out=out)
-        return out
+        return run_rounds(layer, tokens, experts, weights, self.slots, self._hold)
 
     def stats(self) -> dict[str, float]:
         """The cache's counters (hits, misses, bytes copied, copy seconds, miss rate ...)."""
@@ -168,18 +160,17 @@ class _GpuTier:
         self.slots = torch.empty((slots, rows.shape[1]), dtype=torch.float32, device=device)
         self.directory = _core.CacheDirectory(slots, rows.shape[0], policy)
         self.side = torch.cuda.Stream(device=device)
-        self.layout = layer._layout
         self.copied = 0
 
-    def run(self, layer: Any, tokens: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
-        active = torch.unique(experts).tolist()
-        n = self.slots.shape[0]
-        out = torch.zeros_like(tokens)
-        main = torch.cuda.current_stream(tokens.device)
-        for i in range(0, len(active), n):
-            ids = active[i:i + n]
-            slot_list, fills = self.directory.acquire(np.asarray(ids, dtype=np.int64))
+    @contextmanager
+    def hold(self, ids: list[int]) -> Iterator[Callable[[int], Tensor]]:
+        """Make ``ids`` resident in the GPU slots for the block (misses copied on the side
+        stream); yield expert id -> its packed row."""
+        key = np.asarray(ids, dtype=np.int64)
+        slot_list, fills = self.directory.acquire(key)
+        try:
             if fills:
+                main = torch.cuda.current_stream(self.slots.device)
                 # Copy after the work already queued (it may still read the victims' slots).
                 self.side.wait_stream(main)
                 with torch.cuda.stream(self.side):
@@ -189,16 +180,30 @@ class _GpuTier:
                 self.directory.loaded(fills)
                 self.copied += len(fills) * self.slots.shape[1] * 4
             slot_of = dict(zip(ids, slot_list))
-
-            def expert(e: int, x: Tensor, slot_of: dict[int, int] = slot_of) -> Tensor:
-                return expert_from_row(self.slots[slot_of[e]], self.layout, x)
-
-            dispatch_dynamic(tokens, experts, weights, layer.num_experts, expert, order=ids,
-                             out=out)
-            self.directory.release(np.asarray(ids, dtype=np.int64))
-        return out
+            yield lambda e: self.slots[slot_of[e]]
+        finally:
+            self.directory.release(key)
 
     def stats(self) -> dict[str, float]:
         s = dict(self.directory.stats())
         s["bytes_copied"] = self.copied
         return s
+
+
+def run_rounds(layer: Any, tokens: Tensor, experts: Tensor, weights: Tensor, slots: int,
+               hold: Callable[[list[int]], Any]) -> Tensor:
+    """Dynamic gating with the batch's experts (ascending) in rounds of at most ``slots``:
+    ``hold(ids)`` makes a round resident for a ``with`` block and gives expert id -> packed
+    row. All rounds add into one output, in expert order, so the sums are those of one call."""
+    active = torch.unique(experts).tolist()
+    out = torch.zeros_like(tokens)
+    for i in range(0, len(active), slots):
+        ids = active[i:i + slots]
+        with hold(ids) as row:
+
+            def expert(e: int, x: Tensor, row: Callable[[int], Tensor] = row) -> Tensor:
+                return expert_from_row(row(e), layer._layout, x)
+
+            dispatch_dynamic(tokens, experts, weights, layer.num_experts, expert, order=ids,
+                             out=out)
+    return out
