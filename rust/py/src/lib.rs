@@ -348,24 +348,8 @@ impl PyCollection {
         include_last_offset: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let t = self.tables.len();
-        per_table(t, &[
-            ("indices", Some(indices.len())),
-            ("offsets", offsets.as_ref().map(Vec::len)),
-            ("lengths", lengths.as_ref().map(Vec::len)),
-            ("weights", weights.as_ref().map(Vec::len)),
-        ])?;
         let mode = Mode::parse(mode).py_err()?;
-        let reqs = (0..t)
-            .map(|i| {
-                request(
-                    &indices[i],
-                    offsets.as_ref().map(|o| &o[i]),
-                    lengths.as_ref().map(|l| &l[i]),
-                    weights.as_ref().and_then(|w| w[i].as_ref()),
-                    include_last_offset,
-                )
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let reqs = requests(t, &indices, offsets.as_ref(), lengths.as_ref(), weights.as_ref(), include_last_offset)?;
         let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
         pool_requests(py, &views, &reqs, &vec![mode; t], &vec![None; t])
     }
@@ -420,23 +404,7 @@ impl<'py> Requests<'py> {
         weights: Option<&Vec<Option<Bound<'py, PyAny>>>>,
         include_last_offset: bool,
     ) -> PyResult<Requests<'py>> {
-        per_table(t, &[
-            ("indices", Some(indices.len())),
-            ("offsets", offsets.map(Vec::len)),
-            ("lengths", lengths.map(Vec::len)),
-            ("weights", weights.map(Vec::len)),
-        ])?;
-        let reqs = (0..t)
-            .map(|i| {
-                request(
-                    &indices[i],
-                    offsets.map(|o| &o[i]),
-                    lengths.map(|l| &l[i]),
-                    weights.and_then(|w| w[i].as_ref()),
-                    include_last_offset,
-                )
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let reqs = requests(t, indices, offsets, lengths, weights, include_last_offset)?;
         let offsets = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
         let widened = reqs
             .iter()
@@ -1115,6 +1083,35 @@ fn nmp_emulate<'py>(
     d.set_item("channel_bytes", rep.channel_bytes)?;
     d.set_item("energy_pj", rep.energy_pj)?;
     Ok(d)
+}
+
+/// Borrow `t` tables' requests from per-table Python lists (each list given has one entry per
+/// table).
+fn requests<'py>(
+    t: usize,
+    indices: &[Bound<'py, PyAny>],
+    offsets: Option<&Vec<Bound<'py, PyAny>>>,
+    lengths: Option<&Vec<Bound<'py, PyAny>>>,
+    weights: Option<&Vec<Option<Bound<'py, PyAny>>>>,
+    include_last_offset: bool,
+) -> PyResult<Vec<Request<'py>>> {
+    per_table(t, &[
+        ("indices", Some(indices.len())),
+        ("offsets", offsets.map(Vec::len)),
+        ("lengths", lengths.map(Vec::len)),
+        ("weights", weights.map(Vec::len)),
+    ])?;
+    (0..t)
+        .map(|i| {
+            request(
+                &indices[i],
+                offsets.map(|o| &o[i]),
+                lengths.map(|l| &l[i]),
+                weights.and_then(|w| w[i].as_ref()),
+                include_last_offset,
+            )
+        })
+        .collect()
 }
 
 /// Check that each per-table argument given (`Some(len)`) has one entry per table.
