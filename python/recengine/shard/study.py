@@ -193,13 +193,17 @@ def iter_study(config: StudyConfig, status: Callable[[str], None] = lambda _m: N
     strategies = list(plans)
     base: dict[str, float] = {}
     tmp: Optional[tempfile.TemporaryDirectory[str]] = None
+    # Shard calls depend on the plan and the queries only: routed once per strategy.
+    calls_of: dict[str, tuple[float, float]] = {}
 
     def row(strategy: str, backend: str, times: list[float], cpu: float) -> dict[str, Any]:
         p = plans[strategy]
         p50, p99 = _percentile(times, 50), _percentile(times, 99)
         if backend == "inprocess" and strategy == "singular":
             base.update(p99=p99, cpu=cpu)
-        calls, per_call = _shard_calls(p, queries[config.warmup:])
+        if strategy not in calls_of:
+            calls_of[strategy] = _shard_calls(p, queries[config.warmup:])
+        calls, per_call = calls_of[strategy]
         nbytes = p.shard_bytes()
         return {
             "model": config.model,
