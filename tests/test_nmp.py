@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import recengine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recengine.nmp import DramConfig, NMPConfig, NMPDevice, Trace, emulate
+from recengine.nmp import (DramConfig, NMPConfig, NMPDevice, Trace, emulate, rank_dram_config,
+                           validate)
 
 
 @settings(max_examples=30, deadline=None)
@@ -137,3 +139,65 @@ def test_the_study_and_its_command_line(tmp_path: object, capsys: pytest.Capture
     assert len(json.loads(capsys.readouterr().out)) == 1
     with pytest.raises(SystemExit):
         main(["nmp", "--sweeps", "voltage"])
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.booleans(), st.sampled_from([0, 8 * 1024]), st.sampled_from([1, 2]),
+       st.integers(0, 2**31 - 1))
+def test_every_rank_and_channel_command_stream_meets_the_timing(nmp: bool, cache: int,
+                                                                 ranks: int, seed: int) -> None:
+    trace = Trace.synthetic([20_000, 3000], bags=6, pooling=15, zipf=0.8, seed=seed)
+    dram = DramConfig(channels=2, ranks_per_dimm=ranks)
+    cfg = NMPConfig(nmp=nmp, dram=dram, cache_bytes=cache)
+    res = emulate(trace, cfg, commands=True)
+    assert len(res.commands) == (2 * 2 * ranks if nmp else 2)
+    check = rank_dram_config(cfg) if nmp else dram
+    for stream in res.commands:
+        validate(stream, check)
+    reads = sum(int((s[:, 1] == 1).sum()) for s in res.commands)
+    acts = sum(int((s[:, 1] == 0).sum()) for s in res.commands)
+    assert reads == res.raw["dram_reads"] and acts == res.raw["activates"]
+    assert emulate(trace, cfg).raw == res.raw
+
+
+def test_a_broken_rank_stream_fails_the_validator() -> None:
+    trace = Trace.synthetic([50_000], bags=4, pooling=30, seed=2)
+    cfg = NMPConfig(cache_bytes=0)
+    stream = next(s for s in emulate(trace, cfg, commands=True).commands if len(s) > 4)
+    validate(stream, rank_dram_config(cfg))
+    early = stream.copy()
+    rd = int(np.flatnonzero(early[:, 1] == 1)[0])
+    early[rd, 0] = early[rd - 1, 0] + 1 if rd else 0  # a read right after its ACT (tRCD)
+    with pytest.raises(ValueError):
+        validate(early[np.argsort(early[:, 0], kind="stable")], rank_dram_config(cfg))
+
+
+def test_traces_from_models_and_files(tmp_path: Path) -> None:
+    t = Trace.from_model("rmc1", batch=4, table_mb=8)
+    assert len(t.table_rows) == 8 and len(t) == 4 * 8 * 80
+    assert set(np.unique(t.bags)) == set(range(4))
+    prod = Trace.from_model("ncf", batch=8, distribution="production")
+    assert prod.table_rows[0] > 100_000 and len(prod) == 8 * 4
+    t.save(tmp_path / "t.npz")
+    back = Trace.load(tmp_path / "t.npz")
+    assert back.table_rows == t.table_rows
+    for a, b in zip((back.models, back.tables, back.rows, back.bags),
+                    (t.models, t.tables, t.rows, t.bags)):
+        np.testing.assert_array_equal(a, b)
+    assert emulate(back).raw == emulate(t).raw
+    csv = tmp_path / "t.csv"
+    csv.write_text("table,row,bag\n0,5,0\n1,7,0\n0,9,1\n")
+    c = Trace.load(csv)
+    assert c.table_rows == [10, 8] and list(c.rows) == [5, 7, 9] and list(c.models) == [0] * 3
+    assert Trace.load(csv, table_rows=[100, 100]).table_rows == [100, 100]
+    txt = tmp_path / "t.txt"
+    txt.write_text("row table\n3 0\n")
+    assert list(Trace.load(txt).rows) == [3]
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="'table' and 'row'"):
+        Trace.load(tmp_path / "bad.csv")
+    (tmp_path / "neg.csv").write_text("table,row\n0,-1\n")
+    with pytest.raises(ValueError, match="negative"):
+        Trace.load(tmp_path / "neg.csv")
+    with pytest.raises(ValueError, match="unknown row distribution"):
+        Trace.from_model("rmc1", 2, distribution="gauss")

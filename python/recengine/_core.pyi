@@ -6,7 +6,7 @@ Every long call releases the GIL. Errors map to Python exceptions in one place
 unsupported dtypes TypeError, file problems OSError.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -206,9 +206,11 @@ def dram_validate(trace: NDArray[np.int64], config: Optional[dict[str, float]] =
 
 def nmp_emulate(table_rows: Sequence[int], models: NDArray[np.int64], tables: NDArray[np.int64],
                 rows: NDArray[np.int64], bags: NDArray[np.int64],
-                config: Optional[dict[str, float]] = None) -> dict[str, float]:
+                config: Optional[dict[str, float]] = None,
+                trace: bool = False) -> dict[str, Any]:
     """Emulate SLS lookups on the host or on RecNMP: cycles, latency_ns, DRAM commands, cache
-    hits and accesses, channel bytes, energy_pj."""
+    hits and accesses, channel bytes, energy_pj; with ``trace``, ``commands``: the DRAM
+    command streams (``[n, 6]`` each), one per channel (host) or per rank (NMP)."""
 
 def simulate_cache(policy: str, slots: int, num_ids: int,
                    trace: Sequence[Sequence[int]]) -> dict[str, float]:

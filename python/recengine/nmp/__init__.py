@@ -21,7 +21,9 @@ from .emulator import (
     NMPDevice,
     Trace,
     emulate,
+    rank_dram_config,
 )
 
 __all__ = ["PRESETS", "TECHNOLOGIES", "DramConfig", "DramResult", "EmulationResult",
-           "NMPConfig", "NMPDevice", "Trace", "emulate", "run", "validate"]
+           "NMPConfig", "NMPDevice", "Trace", "emulate", "rank_dram_config", "run",
+           "validate"]

@@ -20,16 +20,19 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from .. import _core
+from ..rows import draw_rows
+from ..shapes import model_bytes, model_tables
 from .dram import DramConfig
 
 __all__ = ["PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice", "Trace",
-           "emulate", "zipf_rows"]
+           "emulate", "rank_dram_config"]
 
 #: Named configurations of :meth:`NMPConfig.preset`.
 PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp")
@@ -123,36 +126,93 @@ class Trace:
 
     @classmethod
     def synthetic(cls, tables: Sequence[int], bags: int, pooling: Union[int, Sequence[int]],
-                  zipf: float = 0.0, models: int = 1, seed: int = 0) -> Trace:
+                  zipf: float = 0.0, models: int = 1, seed: int = 0,
+                  distribution: str = "zipf") -> Trace:
         """``models`` co-located models, each looking up ``bags`` bags of ``pooling`` rows in
-        every table (one pooling factor for all, or one per table); rows uniform (``zipf=0``)
-        or following a Zipf law of exponent ``zipf`` over the table's rows
-        (:func:`zipf_rows`). Models' lookups interleave round-robin."""
+        every table (one pooling factor for all, or one per table). Rows follow
+        ``distribution`` (:data:`recengine.rows.DISTRIBUTIONS`) with parameter ``zipf``: the
+        Zipf exponent (``0``: uniform) or the Pareto shape; ``"production"`` has its own.
+        Models' lookups interleave round-robin."""
         per_table = [pooling] * len(tables) if isinstance(pooling, int) else list(pooling)
         if len(per_table) != len(tables):
             raise ValueError(f"{len(per_table)} pooling factors for {len(tables)} tables")
+        if bags < 0 or models < 1 or any(p < 0 for p in per_table):
+            raise ValueError("bags and pooling factors must be >= 0 and models >= 1")
         rng = np.random.default_rng(seed)
         parts = []
         for m in range(models):
             for t, (n, p) in enumerate(zip(tables, per_table)):
                 k = bags * p
-                rows = zipf_rows(rng, n, zipf, k)
+                rows = draw_rows(rng, n, k, distribution, zipf)
                 parts.append((np.full(k, m), np.full(k, t), rows,
                               np.repeat(np.arange(bags), p)))
+        if not parts:
+            return cls(list(tables), *(np.zeros(0, np.int64) for _ in range(4)))
         order = np.argsort(np.concatenate([np.arange(p[2].size) for p in parts]), kind="stable")
         cols = [np.concatenate([p[i] for p in parts])[order].astype(np.int64) for i in range(4)]
         return cls(list(tables), *cols)
 
+    @classmethod
+    def from_model(cls, model: str, batch: int, distribution: str = "zipf", alpha: float = 1.0,
+                   table_mb: Optional[float] = None, models: int = 1, seed: int = 0) -> Trace:
+        """One batch of ``batch`` samples of an R2 model (``"rmc1"``, ``"wnd"``, ...): its
+        tables and pooling factors, scaled down to ``table_mb`` MiB of tables when given.
+        Rows as :meth:`synthetic` (``alpha``: its ``zipf`` parameter)."""
+        scale = 1.0 if table_mb is None else min(1.0, table_mb * 2**20 / model_bytes(model))
+        specs = model_tables(model, scale)
+        return cls.synthetic([s.num_rows for s in specs], batch, [s.lookups for s in specs],
+                             alpha, models, seed, distribution)
 
-def zipf_rows(rng: np.random.Generator, n: int, s: float, k: int) -> np.ndarray:
-    """``k`` rows of a table of ``n``: uniform for ``s == 0``, else a bounded Zipf law,
-    ``P(rank r) ~ 1 / r**s`` for ranks 1..n, the ranking a random permutation of the rows.
-    (With s = 1 over a million rows, the 64 hottest rows take a third of the lookups.)"""
-    if s <= 0:
-        return rng.integers(0, n, k)
-    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
-    ranks = np.searchsorted(cdf, rng.random(k) * cdf[-1])
-    return rng.permutation(n)[np.minimum(ranks, n - 1)]
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the trace to ``path`` (``.npz``; :meth:`load` reads it back)."""
+        np.savez_compressed(path, table_rows=np.asarray(self.table_rows, dtype=np.int64),
+                            models=self.models, tables=self.tables, rows=self.rows,
+                            bags=self.bags)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike],
+             table_rows: Optional[Sequence[int]] = None) -> Trace:
+        """Read a trace: a ``.npz`` written by :meth:`save`, or a text file (CSV or
+        whitespace-separated) with a header naming columns ``table``, ``row`` and optionally
+        ``bag`` (default: 0) and ``model`` (default: 0), one lookup per line. ``table_rows``
+        (default: the file's, else each table's largest row + 1) sizes the tables."""
+        path = os.fspath(path)
+        rows: Optional[list[int]] = list(table_rows) if table_rows is not None else None
+        if path.endswith(".npz"):
+            with np.load(path) as z:
+                missing = {"models", "tables", "rows", "bags"} - set(z.files)
+                if missing:
+                    raise ValueError(f"{path}: not a trace file (no {', '.join(sorted(missing))})")
+                cols = [np.asarray(z[k], dtype=np.int64)
+                        for k in ("models", "tables", "rows", "bags")]
+                if rows is None and "table_rows" in z.files:
+                    rows = [int(x) for x in z["table_rows"]]
+        else:
+            cols = _read_text_trace(path)
+        if any(c.size and c.min() < 0 for c in cols):
+            raise ValueError(f"{path}: negative model, table, row or bag")
+        if rows is None:
+            t, r = cols[1], cols[2]
+            rows = [int(r[t == i].max()) + 1 if np.any(t == i) else 1
+                    for i in range(int(t.max()) + 1 if t.size else 0)]
+        return cls(rows, *cols)
+
+
+def _read_text_trace(path: str) -> list[np.ndarray]:
+    """Columns model, table, row, bag of a text trace (see :meth:`Trace.load`)."""
+    with open(path) as f:
+        header = f.readline()
+    sep = "," if "," in header else None
+    names = [h.strip().lower() for h in header.split(sep)]
+    if "table" not in names or "row" not in names:
+        raise ValueError(f"{path}: the header must name columns 'table' and 'row', "
+                         f"got {header.strip()!r}")
+    data = np.loadtxt(path, delimiter=sep, skiprows=1, dtype=np.int64, ndmin=2)
+    n = data.shape[0] if data.size else 0
+    if n and data.shape[1] != len(names):
+        raise ValueError(f"{path}: {data.shape[1]} columns but {len(names)} names")
+    return [data[:, names.index(c)].copy() if c in names and n else np.zeros(n, np.int64)
+            for c in ("model", "table", "row", "bag")]
 
 
 @dataclass
@@ -161,6 +221,10 @@ class EmulationResult:
 
     config: NMPConfig
     raw: dict[str, float]
+    #: With ``emulate(..., commands=True)``: the DRAM command streams (``[n, 6]``: cycle,
+    #: kind 0/1/2 = ACT/RD/PRE, rank, bank group, bank, row), one per channel on the host, one
+    #: per rank with NMP (each a one-rank channel: check it with :func:`rank_dram_config`).
+    commands: list[np.ndarray] = field(default_factory=list)
 
     @property
     def latency_ns(self) -> float:
@@ -180,14 +244,23 @@ class EmulationResult:
         return self.raw["cache_hits"] / max(self.raw["cache_accesses"], 1)
 
 
-def emulate(trace: Trace, config: Optional[NMPConfig] = None) -> EmulationResult:
-    """Emulate ``trace`` on ``config`` (default: the ``"recnmp"`` preset)."""
+def emulate(trace: Trace, config: Optional[NMPConfig] = None,
+            commands: bool = False) -> EmulationResult:
+    """Emulate ``trace`` on ``config`` (default: the ``"recnmp"`` preset); with ``commands``,
+    keep the DRAM command streams (:attr:`EmulationResult.commands`)."""
     config = config or NMPConfig.preset("recnmp")
-    raw = _core.nmp_emulate([int(r) for r in trace.table_rows],
-                            *(np.ascontiguousarray(a, dtype=np.int64) for a in
-                              (trace.models, trace.tables, trace.rows, trace.bags)),
-                            config.as_dict())
-    return EmulationResult(config, dict(raw))
+    raw = dict(_core.nmp_emulate([int(r) for r in trace.table_rows],
+                                 *(np.ascontiguousarray(a, dtype=np.int64) for a in
+                                   (trace.models, trace.tables, trace.rows, trace.bags)),
+                                 config.as_dict(), commands))
+    streams = list(raw.pop("commands", []))
+    return EmulationResult(config, raw, streams)
+
+
+def rank_dram_config(config: NMPConfig) -> DramConfig:
+    """The DRAM organisation a Rank-NMP unit's command stream runs on: one channel of one
+    rank, with ``config``'s banks and timing (for :func:`recengine.nmp.validate`)."""
+    return replace(config.dram, channels=1, dimms_per_channel=1, ranks_per_dimm=1)
 
 
 class NMPDevice:

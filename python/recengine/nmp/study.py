@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..shapes import model_bytes, model_tables, resolve_model
+from ..shapes import resolve_model
 from .dram import DramConfig
 from .emulator import NMPConfig, Trace, emulate
 
@@ -68,10 +68,8 @@ class NMPStudyConfig:
 
 
 def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:
-    scale = min(1.0, config.table_mb * 2**20 / model_bytes(config.model))
-    specs = model_tables(config.model, scale)
-    return Trace.synthetic([s.num_rows for s in specs], config.batch,
-                           [s.lookups for s in specs], zipf, models, config.seed)
+    return Trace.from_model(config.model, config.batch, "zipf", zipf, config.table_mb, models,
+                            config.seed)
 
 
 def _cases(config: NMPStudyConfig) -> Iterator[tuple[str, dict[str, Any], NMPConfig, float, int]]:

@@ -231,38 +231,52 @@ impl<'a> Channel<'a> {
     }
 
     /// The next command request `l` needs, and the earliest cycle it may issue.
+    #[cfg(test)]
     fn next(&self, l: &Location) -> (Kind, u64) {
-        let t = &self.cfg.timing;
         let b = &self.banks[self.bank_index(l)];
-        let bg = l.rank * self.cfg.bank_groups + l.bank_group;
-        let mut at = self.cmd_free;
-        match b.open {
-            Some(row) if row == l.row => {
-                at = at.max(b.next_rd);
-                if let Some(x) = self.last_rd_rank[l.rank] {
-                    at = at.max(x + t.tccd_s);
-                }
-                if let Some(x) = self.last_rd_bg[bg] {
-                    at = at.max(x + t.tccd_l);
-                }
+        let kind = match b.open {
+            Some(row) if row == l.row => Kind::Rd,
+            Some(_) => Kind::Pre,
+            None => Kind::Act,
+        };
+        (kind, self.cmd_free.max(self.earliest(self.bank_index(l), l.rank, l.bank_group, kind)))
+    }
+
+    /// The earliest cycle a `kind` command to bank `k` (of `rank`, `bank_group`) meets every
+    /// constraint but the command bus's.
+    #[cfg(test)]
+    fn earliest(&self, k: usize, rank: usize, bank_group: usize, kind: Kind) -> u64 {
+        self.local(k, kind).max(self.shared(rank, bank_group, kind))
+    }
+
+    /// The earliest cycle bank `k`'s own state allows a `kind` command.
+    fn local(&self, k: usize, kind: Kind) -> u64 {
+        let b = &self.banks[k];
+        match kind {
+            Kind::Rd => b.next_rd,
+            Kind::Pre => b.next_pre,
+            Kind::Act => b.next_act,
+        }
+    }
+
+    /// The earliest cycle the rank, its bank group and the data bus allow a `kind` command to
+    /// a bank of `rank`, `bank_group`. Every constraint is "some earlier command's cycle plus
+    /// a delay", so this only grows as commands issue.
+    fn shared(&self, rank: usize, bank_group: usize, kind: Kind) -> u64 {
+        let t = &self.cfg.timing;
+        let bg = rank * self.cfg.bank_groups + bank_group;
+        let after = |x: Option<u64>, d: u64| x.map_or(0, |x| x + d);
+        match kind {
+            Kind::Rd => {
                 // The burst must find the data bus free (and turn around between ranks).
-                let turnaround = if self.bus_rank.is_some_and(|r| r != l.rank) { t.trtrs } else { 0 };
+                let turnaround = if self.bus_rank.is_some_and(|r| r != rank) { t.trtrs } else { 0 };
                 let bus = (self.bus_free + turnaround).saturating_sub(t.cl);
-                (Kind::Rd, at.max(bus))
+                after(self.last_rd_rank[rank], t.tccd_s).max(after(self.last_rd_bg[bg], t.tccd_l)).max(bus)
             }
-            Some(_) => (Kind::Pre, at.max(b.next_pre)),
-            None => {
-                at = at.max(b.next_act);
-                if let Some(x) = self.last_act_rank[l.rank] {
-                    at = at.max(x + t.trrd_s);
-                }
-                if let Some(x) = self.last_act_bg[bg] {
-                    at = at.max(x + t.trrd_l);
-                }
-                if self.nacts[l.rank] >= 4 {
-                    at = at.max(self.acts[l.rank][self.nacts[l.rank] % 4] + t.tfaw);
-                }
-                (Kind::Act, at)
+            Kind::Pre => 0,
+            Kind::Act => {
+                let faw = if self.nacts[rank] >= 4 { self.acts[rank][self.nacts[rank] % 4] + t.tfaw } else { 0 };
+                after(self.last_act_rank[rank], t.trrd_s).max(after(self.last_act_bg[bg], t.trrd_l)).max(faw)
             }
         }
     }
@@ -300,14 +314,203 @@ impl<'a> Channel<'a> {
     }
 }
 
+/// The banks with a candidate command, for [`run_channel`]'s scan, packed so that the scan
+/// reads three arrays in order: per busy bank its own bound on the candidate's cycle, which
+/// bank-group bound applies (an index into the shared bounds), and the tie-break (not a read,
+/// then the request's age) as one word; `slot[k]` is bank `k`'s place (or `usize::MAX`).
+struct Busy {
+    local: Vec<u64>,
+    bound: Vec<usize>,
+    tie: Vec<u64>,
+    bank: Vec<usize>,
+    slot: Vec<usize>,
+}
+
+impl Busy {
+    fn set(&mut self, k: usize, local: u64, bound: usize, tie: u64) {
+        let s = self.slot[k];
+        if s == usize::MAX {
+            self.slot[k] = self.bank.len();
+            self.local.push(local);
+            self.bound.push(bound);
+            self.tie.push(tie);
+            self.bank.push(k);
+        } else {
+            (self.local[s], self.bound[s], self.tie[s]) = (local, bound, tie);
+        }
+    }
+
+    fn remove(&mut self, k: usize) {
+        let s = std::mem::replace(&mut self.slot[k], usize::MAX);
+        if s == usize::MAX {
+            return;
+        }
+        self.local.swap_remove(s);
+        self.bound.swap_remove(s);
+        self.tie.swap_remove(s);
+        self.bank.swap_remove(s);
+        if let Some(&moved) = self.bank.get(s) {
+            self.slot[moved] = s;
+        }
+    }
+
+    /// The busy bank whose candidate is soonest by (cycle, not a read, age), and its cycle:
+    /// the later of its own bound, its shared bound and the command bus's `floor`.
+    fn soonest(&self, shared: &[u64], floor: u64) -> (usize, u64) {
+        let (mut best, mut slot) = (u128::MAX, 0);
+        for (s, ((&local, &bound), &tie)) in self.local.iter().zip(&self.bound).zip(&self.tie).enumerate() {
+            let at = local.max(shared[bound]).max(floor);
+            let key = (u128::from(at) << 64) | u128::from(tie);
+            if key < best {
+                (best, slot) = (key, s);
+            }
+        }
+        (self.bank[slot], (best >> 64) as u64)
+    }
+}
+
 /// Emulate one channel serving `requests` (its lines' locations, in arrival order, all
 /// arriving at cycle 0) FR-FCFS; with `trace`, every command is recorded.
+///
+/// The controller queue holds the `queue_depth` oldest unserved requests. Each decision
+/// takes, among the commands that can issue soonest, a row-hit read first, then the oldest
+/// request's; a precharge never closes a row that a queued request still hits. Every request
+/// of one bank wants the same next command (a read of the open row, else a precharge, else an
+/// activate), so each bank offers one candidate: its oldest row hit's read, else its oldest
+/// request's command. A decision scans the banks with a candidate, whose earliest cycle is the
+/// later of a per-bank bound (kept with the candidate) and a per-bank-group bound for its kind
+/// (updated for the groups a command affects), so it costs a few loads per busy bank.
 pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut Vec<Command>>) -> ChannelStats {
+    let mut ch = Channel::new(cfg);
+    let nb = ch.banks.len();
+    let groups = cfg.ranks_per_channel() * cfg.bank_groups;
+    let mut stats = ChannelStats { done: vec![0; requests.len()], ..Default::default() };
+    // Per bank: queued requests in arrival order, and the candidate (kind, request) with its
+    // own bound; the banks that have a candidate, and where each sits in that list.
+    let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); nb];
+    let mut cand: Vec<Option<(Kind, usize)>> = vec![None; nb];
+    let mut sched = Busy { local: Vec::with_capacity(nb), bound: Vec::with_capacity(nb), tie: Vec::with_capacity(nb), bank: Vec::with_capacity(nb), slot: vec![usize::MAX; nb] };
+    // Per bank group, the rank's, group's and bus's bound for a read and for an activate, and
+    // a last entry of 0 (a precharge's).
+    let mut shared = vec![0u64; 2 * groups + 1];
+    let mut activated = vec![false; requests.len()];
+    let refresh = |ch: &Channel, k: usize, waiting: &[usize], cand: &mut [Option<(Kind, usize)>], sched: &mut Busy| {
+        cand[k] = waiting.first().map(|&first| match ch.banks[k].open {
+            Some(row) => match waiting.iter().find(|&&r| requests[r].row == row) {
+                Some(&r) => (Kind::Rd, r),
+                None => (Kind::Pre, first),
+            },
+            None => (Kind::Act, first),
+        });
+        match cand[k] {
+            Some((kind, r)) => {
+                let group = k / cfg.banks_per_group;
+                let bound = match kind {
+                    Kind::Rd => 2 * group,
+                    Kind::Act => 2 * group + 1,
+                    Kind::Pre => 2 * groups,
+                };
+                let tie = (u64::from(kind != Kind::Rd) << 63) | r as u64;
+                sched.set(k, ch.local(k, kind), bound, tie);
+            }
+            None => sched.remove(k),
+        }
+    };
+    let (mut next_in, mut queued) = (0, 0);
+    loop {
+        while queued < cfg.queue_depth && next_in < requests.len() {
+            let r = next_in;
+            next_in += 1;
+            queued += 1;
+            let k = ch.bank_index(&requests[r]);
+            waiting[k].push(r);
+            // A new request changes its bank's candidate only when the bank had none, or when
+            // it hits the open row that the bank was about to close.
+            let changes = match cand[k] {
+                None => true,
+                Some((Kind::Pre, _)) => ch.banks[k].open == Some(requests[r].row),
+                Some(_) => false,
+            };
+            if changes {
+                refresh(&ch, k, &waiting[k], &mut cand, &mut sched);
+            }
+        }
+        if queued == 0 {
+            break;
+        }
+        let (k, at) = sched.soonest(&shared, ch.cmd_free);
+        let (kind, r) = cand[k].expect("some queued request can always make progress");
+        let l = requests[r];
+        ch.issue(&l, kind, at);
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.push(Command { cycle: at, kind, rank: l.rank, bank_group: l.bank_group, bank: l.bank, row: l.row, request: r });
+        }
+        match kind {
+            Kind::Act => {
+                stats.activates += 1;
+                activated[r] = true;
+                for g in 0..cfg.bank_groups {
+                    shared[2 * (l.rank * cfg.bank_groups + g) + 1] = ch.shared(l.rank, g, Kind::Act);
+                }
+            }
+            Kind::Pre => stats.precharges += 1,
+            Kind::Rd => {
+                stats.reads += 1;
+                if !activated[r] {
+                    stats.row_hits += 1;
+                }
+                let end = at + cfg.timing.cl + cfg.timing.tbl;
+                stats.done[r] = end;
+                stats.finish = stats.finish.max(end);
+                let w = &mut waiting[k];
+                w.remove(w.iter().position(|&x| x == r).expect("a read serves a queued request"));
+                queued -= 1;
+                // The data bus is every group's.
+                for rank in 0..cfg.ranks_per_channel() {
+                    for g in 0..cfg.bank_groups {
+                        shared[2 * (rank * cfg.bank_groups + g)] = ch.shared(rank, g, Kind::Rd);
+                    }
+                }
+            }
+        }
+        refresh(&ch, k, &waiting[k], &mut cand, &mut sched);
+    }
+    stats
+}
+
+/// Emulate every channel (in parallel on the core's threads) serving the lines at `addrs`
+/// (byte addresses of 64-byte lines, in arrival order): one [`ChannelStats`] per channel,
+/// with each channel's command trace when `traces` is set.
+pub fn run(cfg: &Config, addrs: &[u64], traces: bool) -> Result<(Vec<ChannelStats>, Vec<Vec<Command>>)> {
+    cfg.check()?;
+    let mut per: Vec<Vec<Location>> = vec![Vec::new(); cfg.channels];
+    for &a in addrs {
+        let l = cfg.locate(a);
+        per[l.channel].push(l);
+    }
+    type Slot = std::sync::Mutex<Option<(ChannelStats, Vec<Command>)>>;
+    let out: Vec<Slot> = (0..cfg.channels).map(|_| std::sync::Mutex::new(None)).collect();
+    parallel::for_each_index(cfg.channels, usize::MAX, &|c| {
+        let mut trace = Vec::new();
+        let stats = run_channel(cfg, &per[c], traces.then_some(&mut trace));
+        *out[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, trace));
+        Ok(())
+    })?;
+    let (stats, cmds) = out
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every channel ran"))
+        .unzip();
+    Ok((stats, cmds))
+}
+
+/// The scheduler of [`run_channel`] written plainly, for the tests: every decision scans every
+/// queued request. [`run_channel`] must issue exactly the same commands.
+#[cfg(test)]
+fn run_channel_scan(cfg: &Config, requests: &[Location], mut trace: Option<&mut Vec<Command>>) -> ChannelStats {
     let mut ch = Channel::new(cfg);
     let mut stats = ChannelStats { done: vec![0; requests.len()], ..Default::default() };
     let mut queue: Vec<usize> = Vec::with_capacity(cfg.queue_depth);
     let mut next_in = 0;
-    let mut hit = vec![false; requests.len()];
     let mut activated = vec![false; requests.len()];
     let mut wanted = vec![false; ch.banks.len()];
     loop {
@@ -357,7 +560,6 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
             Kind::Rd => {
                 stats.reads += 1;
                 if !activated[r] {
-                    hit[r] = true;
                     stats.row_hits += 1;
                 }
                 let end = at + cfg.timing.cl + cfg.timing.tbl;
@@ -368,31 +570,6 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
         }
     }
     stats
-}
-
-/// Emulate every channel (in parallel on the core's threads) serving the lines at `addrs`
-/// (byte addresses of 64-byte lines, in arrival order): one [`ChannelStats`] per channel,
-/// with each channel's command trace when `traces` is set.
-pub fn run(cfg: &Config, addrs: &[u64], traces: bool) -> Result<(Vec<ChannelStats>, Vec<Vec<Command>>)> {
-    cfg.check()?;
-    let mut per: Vec<Vec<Location>> = vec![Vec::new(); cfg.channels];
-    for &a in addrs {
-        let l = cfg.locate(a);
-        per[l.channel].push(l);
-    }
-    type Slot = std::sync::Mutex<Option<(ChannelStats, Vec<Command>)>>;
-    let out: Vec<Slot> = (0..cfg.channels).map(|_| std::sync::Mutex::new(None)).collect();
-    parallel::for_each_index(cfg.channels, usize::MAX, &|c| {
-        let mut trace = Vec::new();
-        let stats = run_channel(cfg, &per[c], traces.then_some(&mut trace));
-        *out[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, trace));
-        Ok(())
-    })?;
-    let (stats, cmds) = out
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every channel ran"))
-        .unzip();
-    Ok((stats, cmds))
 }
 
 /// Replay one channel's command trace and check every timing constraint the model enforces
@@ -503,6 +680,33 @@ mod tests {
         let conflict = run_channel(&cfg, &[cfg.locate(0), cfg.locate(other_row)], None);
         assert_eq!(conflict.row_hits, 0);
         assert!(conflict.finish > same_row.finish);
+    }
+
+    fn random_lines(n: usize, span: u64, seed: u64) -> Vec<u64> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % span) & !63
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bank_scan_scheduler_issues_what_a_plain_scan_issues() {
+        // Small and large spans (row hits common or rare), several queue depths and shapes.
+        for (i, (span, queue, ranks)) in [(1u64 << 16, 32, 2), (1 << 30, 32, 2), (1 << 22, 4, 1), (1 << 26, 64, 4), (1 << 20, 1, 2)].into_iter().enumerate() {
+            let cfg = Config { channels: 1, ranks_per_dimm: ranks, queue_depth: queue, ..Config::default() };
+            let reqs: Vec<Location> = random_lines(3000, span, 99 + i as u64).iter().map(|&a| cfg.locate(a)).collect();
+            let (mut fast, mut plain) = (Vec::new(), Vec::new());
+            let a = run_channel(&cfg, &reqs, Some(&mut fast));
+            let b = run_channel_scan(&cfg, &reqs, Some(&mut plain));
+            assert_eq!(a, b, "case {i}");
+            assert_eq!(fast, plain, "case {i}");
+            validate(&cfg, &fast).unwrap();
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! Energy counts DRAM commands (ACT, RD, PRE), channel I/O per bit, background power for the
 //! time taken, NMP adds per value and cache accesses; [`Energy`] holds the per-unit costs.
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::dram::{self, Config, Location};
 
 /// Vectors a Rank-NMP unit's packet queue holds: table-aware scheduling reorders within it.
@@ -155,6 +157,16 @@ impl NmpConfig {
     }
 }
 
+/// One vector a rank reads: its address and first line's place, whether its LocalityBit is
+/// set, and its table (for table-aware scheduling).
+#[derive(Clone, Copy)]
+struct Vector {
+    addr: u64,
+    loc: Location,
+    hot: bool,
+    table: u32,
+}
+
 /// A set-associative LRU cache of vector addresses.
 struct RankCache {
     sets: Vec<Vec<(u64, u64)>>,
@@ -193,6 +205,14 @@ impl RankCache {
 /// order). Deterministic; channels (host) or ranks (NMP) run in parallel on the core's threads
 /// with identical results for any thread count.
 pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Result<Report> {
+    emulate_traced(cfg, table_rows, lookups, false).map(|(r, _)| r)
+}
+
+/// [`emulate`], also returning the DRAM command streams when `traces` is set: one per channel
+/// on the host, one per rank with NMP (rank `c * ranks_per_channel + r`, its commands
+/// addressed to rank 0 of a one-rank channel: the Rank-NMP unit's own bus), each checkable
+/// with [`dram::validate`].
+pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], traces: bool) -> Result<(Report, Vec<Vec<dram::Command>>)> {
     cfg.check()?;
     let row_bytes = cfg.dram.row_bytes as u64;
     let mut table_base = Vec::with_capacity(table_rows.len());
@@ -219,6 +239,7 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
     let line = cfg.dram.line_bytes as u64;
     let e = cfg.energy;
     let mut report = Report { lookups: lookups.len() as u64, ..Default::default() };
+    let mut commands = Vec::new();
     let ranks_total = (cfg.dram.channels * cfg.dram.ranks_per_channel()) as f64;
     if !cfg.nmp {
         let addrs: Vec<u64> = lookups
@@ -228,7 +249,8 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
                 (0..lines).map(move |k| a + k * line)
             })
             .collect();
-        let (stats, _) = dram::run(&cfg.dram, &addrs, false)?;
+        let (stats, cmds) = dram::run(&cfg.dram, &addrs, traces)?;
+        commands = cmds;
         for s in &stats {
             report.dram_reads += s.reads;
             report.activates += s.activates;
@@ -241,60 +263,67 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
         // Which rank serves each vector, and the hot rows (LocalityBit).
         let ranks_per_channel = cfg.dram.ranks_per_channel();
         let n_ranks = cfg.dram.channels * ranks_per_channel;
-        let mut per_rank: Vec<Vec<(u64, bool, u32)>> = vec![Vec::new(); n_ranks];
+        let mut per_rank: Vec<Vec<Vector>> = vec![Vec::new(); n_ranks];
         // The bags each DIMM returns a pooled vector for.
         let per_dimm = cfg.dram.ranks_per_dimm;
-        let mut dimm_bags: Vec<std::collections::HashSet<(u32, u64)>> = vec![std::collections::HashSet::new(); cfg.dram.channels * cfg.dram.dimms_per_channel];
-        let mut counts: std::collections::HashMap<(u32, u64), u64> = std::collections::HashMap::new();
-        if cfg.hot_threshold > 0 {
-            for l in lookups {
-                *counts.entry((l.table, l.row)).or_default() += 1;
-            }
-        }
+        let mut dimm_bags: Vec<FxHashSet<(u32, u64)>> = vec![FxHashSet::default(); cfg.dram.channels * cfg.dram.dimms_per_channel];
         for l in lookups {
             let a = cfg.address(&table_base, l);
             let loc = cfg.dram.locate(a);
-            let hot = cfg.hot_threshold == 0 || counts.get(&(l.table, l.row)).copied().unwrap_or(0) >= cfg.hot_threshold;
-            per_rank[loc.channel * ranks_per_channel + loc.rank].push((a, hot, l.table));
+            per_rank[loc.channel * ranks_per_channel + loc.rank].push(Vector { addr: a, loc, hot: true, table: l.table });
             dimm_bags[loc.channel * cfg.dram.dimms_per_channel + loc.rank / per_dimm].insert((l.model, l.bag));
         }
+        // A vector's lines share its first line's DRAM row when vectors tile the row.
+        let tiles = cfg.dram.row_bytes.is_multiple_of(cfg.vector_bytes);
         // Each rank alone: a one-rank channel of its own (its internal bus), cache in front.
         let rank_cfg = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
-        type RankOut = (dram::ChannelStats, u64, u64);
+        type RankOut = (dram::ChannelStats, u64, u64, Vec<dram::Command>);
         let outs: Vec<std::sync::Mutex<Option<RankOut>>> = (0..n_ranks).map(|_| std::sync::Mutex::new(None)).collect();
         parallel::for_each_index(n_ranks, usize::MAX, &|r| {
             let mut work = per_rank[r].clone();
+            if cfg.hot_threshold > 0 {
+                // Hot-entry profiling: a vector's LocalityBit is set when its row is looked up
+                // at least `hot_threshold` times (counted per rank: a row lives in one rank).
+                let mut counts: FxHashMap<u64, u64> = FxHashMap::default();
+                for v in &work {
+                    *counts.entry(v.addr).or_default() += 1;
+                }
+                for v in &mut work {
+                    v.hot = counts[&v.addr] >= cfg.hot_threshold;
+                }
+            }
             if cfg.table_aware {
                 // Within each window of the packet queue, the same table's vectors together
                 // (arrival order kept within a table).
                 for w in work.chunks_mut(SCHEDULE_WINDOW) {
-                    w.sort_by_key(|&(_, _, t)| t);
+                    w.sort_by_key(|v| v.table);
                 }
             }
             let mut cache = (cfg.cache_bytes > 0).then(|| RankCache::new(cfg.cache_bytes, cfg.vector_bytes, cfg.cache_ways));
             let (mut hits, mut accesses) = (0u64, 0u64);
-            let mut reqs = Vec::new();
-            for &(a, hot, _) in &work {
+            let mut reqs = Vec::with_capacity(work.len() * lines as usize);
+            for v in &work {
                 if let Some(c) = cache.as_mut() {
                     accesses += 1;
-                    if c.access(a, hot) {
+                    if c.access(v.addr, v.hot) {
                         hits += 1;
                         continue;
                     }
                 }
                 for k in 0..lines {
-                    let l = cfg.dram.locate(a + k * line);
+                    let l = if tiles { Location { column: v.loc.column + k as u32, ..v.loc } } else { cfg.dram.locate(v.addr + k * line) };
                     reqs.push(Location { channel: 0, rank: 0, ..l });
                 }
             }
-            let mut stats = dram::run_channel(&rank_cfg, &reqs, None);
+            let mut trace = Vec::new();
+            let mut stats = dram::run_channel(&rank_cfg, &reqs, traces.then_some(&mut trace));
             stats.finish += hits * cfg.cache_hit_cycles;
-            *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, hits, accesses));
+            *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, hits, accesses, trace));
             Ok(())
         })?;
         let mut rank_finish = vec![0u64; n_ranks];
         for (r, m) in outs.into_iter().enumerate() {
-            let (s, hits, accesses) = m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every rank ran");
+            let (s, hits, accesses, trace) = m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every rank ran");
             report.dram_reads += s.reads;
             report.activates += s.activates;
             report.precharges += s.precharges;
@@ -302,6 +331,9 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
             report.cache_hits += hits;
             report.cache_accesses += accesses;
             rank_finish[r] = s.finish;
+            if traces {
+                commands.push(trace);
+            }
         }
         // The channel: instruction packets in, pooled vectors (one per bag and DIMM) out.
         let t = cfg.dram.timing;
@@ -328,7 +360,7 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
         + if cfg.nmp { report.lookups as f64 * values * e.nmp_add_pj } else { 0.0 }
         + report.cache_accesses as f64 * e.cache_read_pj
         + (report.cache_accesses - report.cache_hits) as f64 * if cfg.cache_bytes > 0 { e.cache_write_pj } else { 0.0 };
-    Ok(report)
+    Ok((report, commands))
 }
 
 #[cfg(test)]
@@ -356,5 +388,22 @@ mod tests {
         assert_eq!(host.dram_reads, 20000 * 2);
         assert_eq!(nmp.dram_reads, host.dram_reads);
         assert!(nmp.cycles < host.cycles, "{} vs {}", nmp.cycles, host.cycles);
+    }
+
+    #[test]
+    fn every_rank_stream_meets_the_timing_and_reads_what_missed_the_cache() {
+        let tr = lookups(6000, 5000, 11);
+        let rows = [5000u64; 4];
+        let cfg = NmpConfig::default();
+        let (rep, streams) = emulate_traced(&cfg, &rows, &tr, true).unwrap();
+        assert_eq!(streams.len(), cfg.dram.channels * cfg.dram.ranks_per_channel());
+        let rank = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
+        for s in &streams {
+            dram::validate(&rank, s).unwrap();
+        }
+        let reads = streams.iter().flatten().filter(|c| c.kind == dram::Kind::Rd).count() as u64;
+        assert_eq!(reads, rep.dram_reads);
+        assert_eq!(rep.dram_reads, (rep.cache_accesses - rep.cache_hits) * 2);
+        assert_eq!(emulate(&cfg, &rows, &tr).unwrap(), rep);
     }
 }

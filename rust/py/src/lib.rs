@@ -1013,9 +1013,12 @@ fn dram_validate(trace: PyReadonlyArray2<'_, i64>, config: Option<&Bound<'_, PyD
 /// Emulate SLS lookups on the host or on RecNMP (see `recengine_core::nmp`): `table_rows`
 /// gives each table's rows; `models`, `tables`, `rows`, `bags` one entry per lookup; `config`
 /// the DRAM fields (as `dram_run`) plus nmp, vector_bytes, instr_per_packet, cache_bytes,
-/// cache_ways, hot_threshold, table_aware, cache_hit_cycles and the energy fields.
+/// cache_ways, hot_threshold, table_aware, cache_hit_cycles and the energy fields. With
+/// `trace`, the dict also holds `commands`: the DRAM command streams (as `dram_run` gives),
+/// one per channel on the host and one per rank with NMP.
 #[pyfunction]
-#[pyo3(signature = (table_rows, models, tables, rows, bags, config=None))]
+#[pyo3(signature = (table_rows, models, tables, rows, bags, config=None, trace=false))]
+#[allow(clippy::too_many_arguments)]
 fn nmp_emulate<'py>(
     py: Python<'py>,
     table_rows: Vec<u64>,
@@ -1024,6 +1027,7 @@ fn nmp_emulate<'py>(
     rows: PyReadonlyArray1<'py, i64>,
     bags: PyReadonlyArray1<'py, i64>,
     config: Option<&Bound<'py, PyDict>>,
+    trace: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut c = nmp::NmpConfig::default();
     let dram_keys = PyDict::new(py);
@@ -1069,7 +1073,7 @@ fn nmp_emulate<'py>(
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
-    let rep = py.detach(|| nmp::emulate(&c, &table_rows, &lookups)).py_err()?;
+    let (rep, commands) = py.detach(|| nmp::emulate_traced(&c, &table_rows, &lookups, trace)).py_err()?;
     let d = PyDict::new(py);
     d.set_item("lookups", rep.lookups)?;
     d.set_item("cycles", rep.cycles)?;
@@ -1082,6 +1086,10 @@ fn nmp_emulate<'py>(
     d.set_item("cache_accesses", rep.cache_accesses)?;
     d.set_item("channel_bytes", rep.channel_bytes)?;
     d.set_item("energy_pj", rep.energy_pj)?;
+    if trace {
+        let arrays = commands.iter().map(|t| trace_array(py, t)).collect::<PyResult<Vec<_>>>()?;
+        d.set_item("commands", arrays)?;
+    }
     Ok(d)
 }
 
