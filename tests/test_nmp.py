@@ -10,8 +10,15 @@ import pytest
 import recengine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recengine.nmp import (DramConfig, NMPConfig, NMPDevice, Trace, emulate, rank_dram_config,
-                           validate)
+from recengine.nmp import (
+    DramConfig,
+    NMPConfig,
+    NMPDevice,
+    Trace,
+    emulate,
+    rank_dram_config,
+    validate,
+)
 
 
 @settings(max_examples=30, deadline=None)

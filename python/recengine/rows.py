@@ -47,7 +47,7 @@ def top_share(n: int, alpha: float, fraction: float = 0.1) -> float:
     """The share of lookups the hottest ``fraction`` of ``n`` rows take under a bounded Zipf
     law of exponent ``alpha``."""
     w = np.arange(1, n + 1, dtype=np.float64) ** -alpha
-    top = max(1, int(round(fraction * n)))
+    top = max(1, round(fraction * n))
     return float(w[:top].sum() / w.sum())
 
 
