@@ -146,6 +146,18 @@ def test_the_study_and_its_command_line(tmp_path: object, capsys: pytest.Capture
     assert len(json.loads(capsys.readouterr().out)) == 1
     with pytest.raises(SystemExit):
         main(["nmp", "--sweeps", "voltage"])
+    trace = Path(str(tmp_path)) / "trace.csv"
+    trace.write_text("table,row,bag\n" + "".join(f"{i % 3},{i * 37 % 5000},{i // 20}\n"
+                                                  for i in range(400)))
+    assert main(["nmp", "--trace", str(trace), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert {r["sweep"] for r in from_file} == {"ranks", "cache", "scheduling", "profiling"}
+    assert all(r["lookups"] == 400 for r in from_file)
+    assert main(["nmp", "--model", "ncf", "--batch", "4", "--table-mb", "2", "--preset",
+                 "recnmp", "--distribution", "production", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["nmp", "--trace", str(trace) + ".missing"]) == 1
+    assert "No such file" in capsys.readouterr().err
 
 
 @settings(max_examples=15, deadline=None)

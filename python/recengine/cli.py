@@ -309,7 +309,14 @@ def _parser() -> argparse.ArgumentParser:
     nmp.add_argument("--table-mb", type=_arg_positive_float, default=256.0,
                      help="scale the model's tables to about this many MiB (default: 256)")
     nmp.add_argument("--zipf", type=float, default=1.0,
-                     help="locality: Zipf exponent over each table's rows (default: 1.0)")
+                     help="locality: Zipf exponent over each table's rows, or the Pareto shape "
+                          "(default: 1.0)")
+    nmp.add_argument("--distribution", default="zipf",
+                     choices=("uniform", "zipf", "pareto", "production"),
+                     help="row distribution of the model's traces (default: zipf)")
+    nmp.add_argument("--trace", default=None, metavar="FILE",
+                     help="emulate this trace (.npz from Trace.save, or CSV/text with columns "
+                          "table,row[,bag][,model]) instead of the model's batch")
     nmp.add_argument("--sls-fraction", type=float, default=0.79,
                      help="share of inference time in SLS on the host, for the throughput "
                           "speedup (default: 0.79)")
@@ -837,6 +844,7 @@ def _cmd_nmp(args: argparse.Namespace) -> int:
 
     config = st.NMPStudyConfig(model=args.model, batch=args.batch, table_mb=args.table_mb,
                                zipf=args.zipf, sls_fraction=args.sls_fraction,
+                               distribution=args.distribution, trace=args.trace,
                                sweeps=args.sweeps or st.SWEEPS,
                                preset_only=args.preset == "recnmp", seed=args.seed)
     rows, wall = _run_study(st.iter_study, config, None)
@@ -846,8 +854,9 @@ def _cmd_nmp(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(f"{config.model}: {rows[0]['lookups'] if rows else 0} lookups a batch, zipf "
-              f"{config.zipf}, SLS {config.sls_fraction:.0%} of host time")
+        source = config.trace or f"{config.model}, {config.distribution} rows ({config.zipf})"
+        print(f"{source}: {rows[0]['lookups'] if rows else 0} lookups a batch, SLS "
+              f"{config.sls_fraction:.0%} of host time")
         print(f"{'config':<34}{'host us':>10}{'NMP us':>10}{'latency x':>11}{'throughput x':>14}"
               f"{'energy saved':>14}{'cache hits':>12}")
         for r in rows:

@@ -14,7 +14,8 @@ with threshold 2, table-aware scheduling), and reports:
 Sweeps: ranks per channel (1-8); RankCache size (0-1 MiB); locality (the exponent of a
 bounded Zipf law over each table's rows, 0 = uniform, default 1.0); co-located models (1-8,
 their lookups interleaved); table-aware scheduling and hot-entry profiling off. Traces: ``batch``
-samples of the model's tables (R2 shapes scaled to ``table_mb``) with their pooling factors.
+samples of the model's tables (R2 shapes scaled to ``table_mb``) with their pooling factors,
+rows from ``distribution`` (uniform, Zipf, Pareto or production-like), or a trace file.
 
 Example::
 
@@ -27,10 +28,11 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..rows import DISTRIBUTIONS
 from ..shapes import resolve_model
 from .dram import DramConfig
 from .emulator import NMPConfig, Trace, emulate
@@ -51,6 +53,12 @@ class NMPStudyConfig:
     batch: int = 64
     table_mb: float = 256.0
     zipf: float = 1.0
+    #: Row distribution of the model's traces (:data:`recengine.rows.DISTRIBUTIONS`; ``zipf``
+    #: is its parameter).
+    distribution: str = "zipf"
+    #: A trace file (:meth:`Trace.load`) to emulate instead of the model's batch; the locality
+    #: and co-location sweeps, which make their own traces, are then left out.
+    trace: Optional[str] = None
     sls_fraction: float = 0.79
     sweeps: Sequence[str] = SWEEPS
     preset_only: bool = False
@@ -65,11 +73,18 @@ class NMPStudyConfig:
             raise ValueError("batch must be >= 1, table_mb > 0 and zipf >= 0")
         if not 0 <= self.sls_fraction <= 1:
             raise ValueError(f"sls_fraction must be in [0, 1], got {self.sls_fraction}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown row distribution {self.distribution!r}; expected one of "
+                             f"{', '.join(DISTRIBUTIONS)}")
+        if self.trace is not None:
+            self.sweeps = [s for s in self.sweeps if s not in ("locality", "colocation")]
 
 
 def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:
-    return Trace.from_model(config.model, config.batch, "zipf", zipf, config.table_mb, models,
-                            config.seed)
+    if config.trace is not None:
+        return Trace.load(config.trace)
+    return Trace.from_model(config.model, config.batch, config.distribution, zipf,
+                            config.table_mb, models, config.seed)
 
 
 def _cases(config: NMPStudyConfig) -> Iterator[tuple[str, dict[str, Any], NMPConfig, float, int]]:

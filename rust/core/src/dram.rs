@@ -357,15 +357,25 @@ impl Busy {
     /// The busy bank whose candidate is soonest by (cycle, not a read, age), and its cycle:
     /// the later of its own bound, its shared bound and the command bus's `floor`.
     fn soonest(&self, shared: &[u64], floor: u64) -> (usize, u64) {
-        let (mut best, mut slot) = (u128::MAX, 0);
+        // Candidates ready at `floor` tie on the cycle and differ only by `tie`: one pass
+        // keeps the best ready tie-break and the best (cycle, tie) of the rest.
+        let (mut ready, mut ready_slot) = (u64::MAX, usize::MAX);
+        let (mut later, mut later_slot) = ((u64::MAX, u64::MAX), 0);
         for (s, ((&local, &bound), &tie)) in self.local.iter().zip(&self.bound).zip(&self.tie).enumerate() {
-            let at = local.max(shared[bound]).max(floor);
-            let key = (u128::from(at) << 64) | u128::from(tie);
-            if key < best {
-                (best, slot) = (key, s);
+            let at = local.max(shared[bound]);
+            if at <= floor {
+                if tie < ready {
+                    (ready, ready_slot) = (tie, s);
+                }
+            } else if (at, tie) < later {
+                (later, later_slot) = ((at, tie), s);
             }
         }
-        (self.bank[slot], (best >> 64) as u64)
+        if ready_slot != usize::MAX {
+            (self.bank[ready_slot], floor)
+        } else {
+            (self.bank[later_slot], later.0)
+        }
     }
 }
 
