@@ -354,30 +354,34 @@ impl Busy {
         }
     }
 
-    /// The busy bank whose candidate is soonest by (cycle, not a read, age), and its cycle:
-    /// the later of its own bound, its shared bound and the command bus's `floor`.
+    /// The soonest candidate by (cycle, not a read, age): its request and cycle, the later of
+    /// its own bound, its shared bound and the command bus's `floor`. Each candidate's key is
+    /// one word, (cycles past `floor`, not a read, request), so the scan is a branch-free
+    /// minimum; a candidate more than `2^24` cycles past the floor (only with absurd timing
+    /// values) sends the decision to the plain two-word comparison.
     fn soonest(&self, shared: &[u64], floor: u64) -> (usize, u64) {
-        // Candidates ready at `floor` tie on the cycle and differ only by `tie`: one pass
-        // keeps the best ready tie-break and the best (cycle, tie) of the rest.
-        let (mut ready, mut ready_slot) = (u64::MAX, usize::MAX);
-        let (mut later, mut later_slot) = ((u64::MAX, u64::MAX), 0);
-        for (s, ((&local, &bound), &tie)) in self.local.iter().zip(&self.bound).zip(&self.tie).enumerate() {
-            let at = local.max(shared[bound]);
-            if at <= floor {
-                if tie < ready {
-                    (ready, ready_slot) = (tie, s);
-                }
-            } else if (at, tie) < later {
-                (later, later_slot) = ((at, tie), s);
-            }
+        let (mut best, mut far) = (u64::MAX, 0u64);
+        for ((&local, &bound), &tie) in self.local.iter().zip(&self.bound).zip(&self.tie) {
+            let wait = local.max(shared[bound]).saturating_sub(floor);
+            far |= wait >> WAIT_BITS;
+            best = best.min((wait << TIE_BITS) | tie);
         }
-        if ready_slot != usize::MAX {
-            (self.bank[ready_slot], floor)
-        } else {
-            (self.bank[later_slot], later.0)
+        if far == 0 {
+            return ((best & REQUEST_MASK) as usize, floor + (best >> TIE_BITS));
         }
+        let mut key = (u64::MAX, u64::MAX);
+        for ((&local, &bound), &tie) in self.local.iter().zip(&self.bound).zip(&self.tie) {
+            key = key.min((local.max(shared[bound]).max(floor), tie));
+        }
+        ((key.1 & REQUEST_MASK) as usize, key.0)
     }
 }
+
+/// A scheduler key: (cycles past the floor: `WAIT_BITS`, not a read: 1 bit, request:
+/// `TIE_BITS - 1` bits).
+const WAIT_BITS: u32 = 24;
+const TIE_BITS: u32 = 64 - WAIT_BITS;
+const REQUEST_MASK: u64 = (1 << (TIE_BITS - 1)) - 1;
 
 /// Emulate one channel serving `requests` (its lines' locations, in arrival order, all
 /// arriving at cycle 0) FR-FCFS; with `trace`, every command is recorded.
@@ -391,6 +395,7 @@ impl Busy {
 /// later of a per-bank bound (kept with the candidate) and a per-bank-group bound for its kind
 /// (updated for the groups a command affects), so it costs a few loads per busy bank.
 pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut Vec<Command>>) -> ChannelStats {
+    assert!((requests.len() as u64) <= REQUEST_MASK, "more requests on one channel than the scheduler numbers (2^39)");
     let mut ch = Channel::new(cfg);
     let nb = ch.banks.len();
     let groups = cfg.ranks_per_channel() * cfg.bank_groups;
@@ -420,7 +425,7 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
                     Kind::Act => 2 * group + 1,
                     Kind::Pre => 2 * groups,
                 };
-                let tie = (u64::from(kind != Kind::Rd) << 63) | r as u64;
+                let tie = (u64::from(kind != Kind::Rd) << (TIE_BITS - 1)) | r as u64;
                 sched.set(k, ch.local(k, kind), bound, tie);
             }
             None => sched.remove(k),
@@ -448,8 +453,9 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
         if queued == 0 {
             break;
         }
-        let (k, at) = sched.soonest(&shared, ch.cmd_free);
-        let (kind, r) = cand[k].expect("some queued request can always make progress");
+        let (r, at) = sched.soonest(&shared, ch.cmd_free);
+        let k = ch.bank_index(&requests[r]);
+        let (kind, _) = cand[k].expect("some queued request can always make progress");
         let l = requests[r];
         ch.issue(&l, kind, at);
         if let Some(tr) = trace.as_deref_mut() {
@@ -708,7 +714,11 @@ mod tests {
     fn the_bank_scan_scheduler_issues_what_a_plain_scan_issues() {
         // Small and large spans (row hits common or rare), several queue depths and shapes.
         for (i, (span, queue, ranks)) in [(1u64 << 16, 32, 2), (1 << 30, 32, 2), (1 << 22, 4, 1), (1 << 26, 64, 4), (1 << 20, 1, 2)].into_iter().enumerate() {
-            let cfg = Config { channels: 1, ranks_per_dimm: ranks, queue_depth: queue, ..Config::default() };
+            let mut cfg = Config { channels: 1, ranks_per_dimm: ranks, queue_depth: queue, ..Config::default() };
+            if i == 2 {
+                // Waits beyond the scheduler's one-word keys take its two-word comparison.
+                cfg.timing.tras = 1 << 25;
+            }
             let reqs: Vec<Location> = random_lines(3000, span, 99 + i as u64).iter().map(|&a| cfg.locate(a)).collect();
             let (mut fast, mut plain) = (Vec::new(), Vec::new());
             let a = run_channel(&cfg, &reqs, Some(&mut fast));

@@ -279,8 +279,10 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
         let rank_cfg = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
         type RankOut = (dram::ChannelStats, u64, u64, Vec<dram::Command>);
         let outs: Vec<std::sync::Mutex<Option<RankOut>>> = (0..n_ranks).map(|_| std::sync::Mutex::new(None)).collect();
+        let per_rank: Vec<std::sync::Mutex<Vec<Vector>>> = per_rank.into_iter().map(std::sync::Mutex::new).collect();
+        let counts: Vec<u64> = per_rank.iter().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64).collect();
         parallel::for_each_index(n_ranks, usize::MAX, &|r| {
-            let mut work = per_rank[r].clone();
+            let mut work = std::mem::take(&mut *per_rank[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             if cfg.hot_threshold > 0 {
                 // Hot-entry profiling: a vector's LocalityBit is set when its row is looked up
                 // at least `hot_threshold` times (counted per rank: a row lives in one rank).
@@ -338,8 +340,7 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
         // The channel: instruction packets in, pooled vectors (one per bag and DIMM) out.
         let t = cfg.dram.timing;
         for c in 0..cfg.dram.channels {
-            let ranks = &per_rank[c * ranks_per_channel..(c + 1) * ranks_per_channel];
-            let instrs: u64 = ranks.iter().map(|v| v.len() as u64).sum();
+            let instrs: u64 = counts[c * ranks_per_channel..(c + 1) * ranks_per_channel].iter().sum();
             let packets = instrs.div_ceil(cfg.instr_per_packet as u64);
             let dimms = cfg.dram.dimms_per_channel;
             let results: u64 = dimm_bags[c * dimms..(c + 1) * dimms].iter().map(|b| b.len() as u64).sum();
