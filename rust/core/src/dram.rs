@@ -281,6 +281,32 @@ impl<'a> Channel<'a> {
         }
     }
 
+    /// Issue `kind` for request `r` at `at`, record it in `trace` and count it in `stats`
+    /// (`activated[r]`: whether `r` opened its row, so that its read is no row hit).
+    #[allow(clippy::too_many_arguments)]
+    fn record(&mut self, l: &Location, kind: Kind, at: u64, r: usize, trace: Option<&mut Vec<Command>>, stats: &mut ChannelStats, activated: &mut [bool]) {
+        self.issue(l, kind, at);
+        if let Some(tr) = trace {
+            tr.push(Command { cycle: at, kind, rank: l.rank, bank_group: l.bank_group, bank: l.bank, row: l.row, request: r });
+        }
+        match kind {
+            Kind::Act => {
+                stats.activates += 1;
+                activated[r] = true;
+            }
+            Kind::Pre => stats.precharges += 1,
+            Kind::Rd => {
+                stats.reads += 1;
+                if !activated[r] {
+                    stats.row_hits += 1;
+                }
+                let end = at + self.cfg.timing.cl + self.cfg.timing.tbl;
+                stats.done[r] = end;
+                stats.finish = stats.finish.max(end);
+            }
+        }
+    }
+
     fn issue(&mut self, l: &Location, kind: Kind, at: u64) {
         let t = self.cfg.timing;
         let k = self.bank_index(l);
@@ -457,27 +483,15 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
         let k = ch.bank_index(&requests[r]);
         let (kind, _) = cand[k].expect("some queued request can always make progress");
         let l = requests[r];
-        ch.issue(&l, kind, at);
-        if let Some(tr) = trace.as_deref_mut() {
-            tr.push(Command { cycle: at, kind, rank: l.rank, bank_group: l.bank_group, bank: l.bank, row: l.row, request: r });
-        }
+        ch.record(&l, kind, at, r, trace.as_deref_mut(), &mut stats, &mut activated);
         match kind {
             Kind::Act => {
-                stats.activates += 1;
-                activated[r] = true;
                 for g in 0..cfg.bank_groups {
                     shared[2 * (l.rank * cfg.bank_groups + g) + 1] = ch.shared(l.rank, g, Kind::Act);
                 }
             }
-            Kind::Pre => stats.precharges += 1,
+            Kind::Pre => {}
             Kind::Rd => {
-                stats.reads += 1;
-                if !activated[r] {
-                    stats.row_hits += 1;
-                }
-                let end = at + cfg.timing.cl + cfg.timing.tbl;
-                stats.done[r] = end;
-                stats.finish = stats.finish.max(end);
                 let w = &mut waiting[k];
                 w.remove(w.iter().position(|&x| x == r).expect("a read serves a queued request"));
                 queued -= 1;
@@ -562,27 +576,9 @@ fn run_channel_scan(cfg: &Config, requests: &[Location], mut trace: Option<&mut 
         }
         let (at, _, q, kind) = best.expect("some queued request can always make progress");
         let r = queue[q];
-        let l = requests[r];
-        ch.issue(&l, kind, at);
-        if let Some(tr) = trace.as_deref_mut() {
-            tr.push(Command { cycle: at, kind, rank: l.rank, bank_group: l.bank_group, bank: l.bank, row: l.row, request: r });
-        }
-        match kind {
-            Kind::Act => {
-                stats.activates += 1;
-                activated[r] = true;
-            }
-            Kind::Pre => stats.precharges += 1,
-            Kind::Rd => {
-                stats.reads += 1;
-                if !activated[r] {
-                    stats.row_hits += 1;
-                }
-                let end = at + cfg.timing.cl + cfg.timing.tbl;
-                stats.done[r] = end;
-                stats.finish = stats.finish.max(end);
-                queue.remove(q);
-            }
+        ch.record(&requests[r], kind, at, r, trace.as_deref_mut(), &mut stats, &mut activated);
+        if kind == Kind::Rd {
+            queue.remove(q);
         }
     }
     stats
