@@ -280,7 +280,7 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
         type RankOut = (dram::ChannelStats, u64, u64, Vec<dram::Command>);
         let outs: Vec<std::sync::Mutex<Option<RankOut>>> = (0..n_ranks).map(|_| std::sync::Mutex::new(None)).collect();
         let per_rank: Vec<std::sync::Mutex<Vec<Vector>>> = per_rank.into_iter().map(std::sync::Mutex::new).collect();
-        let counts: Vec<u64> = per_rank.iter().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64).collect();
+        let instrs_per_rank: Vec<u64> = per_rank.iter().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64).collect();
         parallel::for_each_index(n_ranks, usize::MAX, &|r| {
             let mut work = std::mem::take(&mut *per_rank[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             if cfg.hot_threshold > 0 {
@@ -340,7 +340,7 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
         // The channel: instruction packets in, pooled vectors (one per bag and DIMM) out.
         let t = cfg.dram.timing;
         for c in 0..cfg.dram.channels {
-            let instrs: u64 = counts[c * ranks_per_channel..(c + 1) * ranks_per_channel].iter().sum();
+            let instrs: u64 = instrs_per_rank[c * ranks_per_channel..(c + 1) * ranks_per_channel].iter().sum();
             let packets = instrs.div_ceil(cfg.instr_per_packet as u64);
             let dimms = cfg.dram.dimms_per_channel;
             let results: u64 = dimm_bags[c * dimms..(c + 1) * dimms].iter().map(|b| b.len() as u64).sum();
