@@ -1,0 +1,162 @@
+"""The parts every R2 model shares: its sparse features, a batch, the embedding front end.
+
+A model's sparse input is one ``[B, L]`` int64 tensor per :class:`Feature`: ``L`` ids of one
+table per sample, either pooled (summed to one ``[B, D]`` vector, the fixed pooling of the
+DeepRecSys configs) or kept as a sequence (``[B, L, D]``, for DIN's attention and DIEN's GRUs).
+Pooled features of all tables are pooled in one core call (:class:`EmbeddingBagCollection`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..nn import EmbeddingBag, EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from ..rows import draw_rows
+from ..shapes import TableSpec
+
+__all__ = ["Batch", "Feature", "RecModel", "mlp"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One sparse input: ``length`` ids per sample into table ``table``, pooled by sum or kept
+    as a ``sequence``."""
+
+    name: str
+    table: int
+    length: int
+    sequence: bool = False
+
+
+@dataclass
+class Batch:
+    """A model's input for ``B`` samples: ``dense`` ``[B, dense_dim]`` float32 (``dense_dim``
+    may be 0) and ``sparse``, one ``[B, L_f]`` int64 tensor per feature of the model.
+
+    Example::
+
+        >>> b = Batch(torch.zeros(4, 2), [torch.zeros(4, 3, dtype=torch.int64)])
+        >>> len(b), [len(p) for p in b.split(3)]
+        (4, [3, 1])
+    """
+
+    dense: Tensor
+    sparse: list[Tensor]
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+    def split(self, size: int) -> list[Batch]:
+        """Sub-batches of at most ``size`` samples, in order (``ceil(B / size)`` of them)."""
+        if size < 1:
+            raise ValueError(f"a sub-batch needs at least one sample, got {size}")
+        return [Batch(self.dense[i:i + size], [s[i:i + size] for s in self.sparse])
+                for i in range(0, len(self), size)]
+
+
+def mlp(sizes: Sequence[int], last_activation: bool = True) -> torch.nn.Sequential:
+    """Linear layers ``sizes[0] -> sizes[1] -> ...`` with ReLU between (and after the last
+    when ``last_activation``)."""
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if last_activation or i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+class RecModel(torch.nn.Module):
+    """Base of the R2 models: the tables, the features that read them and a dense input.
+
+    Subclasses set :attr:`name`, build their layers and implement ``forward(batch)``; they call
+    :meth:`embed` for the pooled ``[B, D]`` vectors and sequences ``[B, L, D]`` by feature name.
+
+    Args:
+        tables: the embedding tables (rows, dim, lookups per sample).
+        features: the sparse inputs, each reading one table.
+        dense_dim: width of the dense input (0: none).
+    """
+
+    name = "model"
+
+    def __init__(self, tables: Sequence[TableSpec], features: Sequence[Feature],
+                 dense_dim: int) -> None:
+        super().__init__()
+        self.tables = list(tables)
+        self.features = tuple(features)
+        self.dense_dim = dense_dim
+        pooled = [f for f in self.features if not f.sequence]
+        by_table: dict[int, list[str]] = {}
+        for f in pooled:
+            by_table.setdefault(f.table, []).append(f.name)
+        self._pooled = pooled
+        self.embeddings: Optional[EmbeddingBagCollection] = None
+        if by_table:
+            self.embeddings = EmbeddingBagCollection([
+                EmbeddingBagConfig(self.tables[t].num_rows, self.tables[t].dim, f"t{t}", names)
+                for t, names in sorted(by_table.items())])
+        # Tables only read as sequences: one module each (a bag of one id per position).
+        self.sequence_tables = torch.nn.ModuleDict({
+            f"t{t}": EmbeddingBag(self.tables[t].num_rows, self.tables[t].dim, mode="sum")
+            for t in sorted({f.table for f in self.features if f.sequence} - set(by_table))})
+
+    def _weight(self, table: int) -> Tensor:
+        key = f"t{table}"
+        if key in self.sequence_tables:
+            return self.sequence_tables[key].weight
+        assert self.embeddings is not None
+        return self.embeddings.embedding_bags[key].weight
+
+    def embed(self, batch: Batch) -> dict[str, Tensor]:
+        """Every feature's embedding by name: ``[B, D]`` pooled, ``[B, L, D]`` sequences."""
+        if len(batch.sparse) != len(self.features):
+            raise ValueError(f"{self.name} takes {len(self.features)} sparse features, "
+                             f"got {len(batch.sparse)}")
+        n = len(batch)
+        out: dict[str, Tensor] = {}
+        by_name = dict(zip((f.name for f in self.features), batch.sparse))
+        for f, ids in zip(self.features, batch.sparse):
+            if tuple(ids.shape) != (n, f.length):
+                raise ValueError(f"feature {f.name} needs ids of shape ({n}, {f.length}), "
+                                 f"got {tuple(ids.shape)}")
+        if self.embeddings is not None and self._pooled:
+            values = torch.cat([by_name[f.name].reshape(-1) for f in self._pooled])
+            lengths = torch.cat([torch.full((n,), f.length, dtype=torch.int64)
+                                 for f in self._pooled])
+            kt = self.embeddings(KeyedJaggedTensor([f.name for f in self._pooled], values,
+                                                   lengths=lengths))
+            out.update(kt.to_dict())
+        for f in self.features:
+            if f.sequence:
+                ids = by_name[f.name].reshape(-1, 1)
+                out[f.name] = _gather(ids, self._weight(f.table)).reshape(n, f.length, -1)
+        return out
+
+    def sample_batch(self, size: int, distribution: str = "uniform", alpha: float = 1.0,
+                     seed: Optional[int] = None) -> Batch:
+        """A random input of ``size`` samples: dense ``N(0, 1)``, ids from ``distribution``
+        (:data:`recengine.rows.DISTRIBUTIONS`), reproducible from ``seed``."""
+        if size < 1:
+            raise ValueError(f"a batch needs at least one sample, got {size}")
+        rng = np.random.default_rng(seed)
+        dense = torch.from_numpy(rng.standard_normal((size, self.dense_dim), dtype=np.float32))
+        sparse = [torch.from_numpy(draw_rows(rng, self.tables[f.table].num_rows,
+                                             size * f.length, distribution, alpha)
+                                   .reshape(size, f.length)) for f in self.features]
+        return Batch(dense, sparse)
+
+    def example_input(self, size: int = 4) -> Batch:
+        """A small uniform random batch (for tracing and smoke tests)."""
+        return self.sample_batch(size, seed=0)
+
+
+def _gather(ids: Tensor, weight: Tensor) -> Tensor:
+    """Rows ``ids`` ``[N, 1]`` of ``weight`` as ``[N, D]``, through the core (bounds checked)."""
+    from ..nn.functional import embedding_bag
+
+    return embedding_bag(ids, weight, mode="sum")
