@@ -249,7 +249,7 @@ def _recbole_ml100k() -> str:
         raise FileNotFoundError(
             "MovieLens-100k comes with the recbole wheel: pip install --no-deps recbole "
             "(its declared dependencies pin an old ray), or pass the path of an .inter file")
-    root = list(spec.submodule_search_locations)[0]
+    root = next(iter(spec.submodule_search_locations))
     return os.path.join(root, "dataset_example", "ml-100k", "ml-100k.inter")
 
 
