@@ -60,6 +60,10 @@ def _model(text: str) -> str:
     return resolve_model(text)
 
 
+def _model_or_all(text: str) -> str:
+    return "all" if text.strip().lower() == "all" else _model(text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -329,6 +333,52 @@ def _parser() -> argparse.ArgumentParser:
     nmp.add_argument("--seed", type=int, default=0, help="seed of the traces")
     _study_outputs(nmp, "save latency speedup and energy saving per sweep")
     nmp.set_defaults(func=_cmd_nmp)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model under a query stream: DeepRecSched vs a static baseline",
+        description=(
+            "Serve one of the R2 models under Poisson queries of lognormal sizes and find the "
+            "latency-bounded throughput (the highest QPS whose p95 meets the model's target) "
+            "of a static baseline and of DeepRecSched (tuned batch size and accelerator offload "
+            "threshold): on the real server on this machine's cores, or with --simulate in a "
+            "discrete-event simulator fed by this machine's profiled latency curve at any "
+            "core count."),
+    )
+    serve.add_argument("--model", default=["rmc1"],
+                       type=_comma_list(_model_or_all, "model"),
+                       help="model, comma list, or 'all' (default: rmc1)")
+    serve.add_argument("--simulate", action="store_true",
+                       help="run the simulator instead of the real server")
+    serve.add_argument("--cores", type=_comma_list(_positive_int, "core count"), default=None,
+                       help="cores (comma list with --simulate; default: this machine's)")
+    serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
+                       help="table row factor (default: 0.05, all eight models under 2 GB)")
+    serve.add_argument("--target-ms", type=_arg_positive_float, default=None,
+                       help="p95 target in ms (default: the model's R2 target)")
+    serve.add_argument("--static-batch", type=_arg_positive_int, default=1024,
+                       help="the static baseline's batch size (default: 1024, every query "
+                            "whole on one core)")
+    serve.add_argument("--batch-sizes", type=_comma_list(_positive_int, "batch size"),
+                       default=None,
+                       help="DeepRecSched's batch sizes in the order tried (default: "
+                            "1024,512,384,256,192,128,96,64,48,32)")
+    serve.add_argument("--patience", type=int, default=None,
+                       help="stop DeepRecSched's climb after this many non-improving tries "
+                            "past a drop (R3 stops at the first drop: 0; default: try all)")
+    serve.add_argument("--accelerator", choices=("none", "cuda", "modeled"), default="none",
+                       help="offload target: a CUDA device (real server) or a latency model "
+                            "(--accelerator-curves) (default: none)")
+    serve.add_argument("--accelerator-curves", metavar="FILE", default=None,
+                       help="JSON {model: {batches, ms}} of the modeled accelerator")
+    serve.add_argument("--size-percentiles", metavar="FILE", default=None,
+                       help="query sizes from this percentile file instead of lognormal(5.1, "
+                            "0.2)")
+    serve.add_argument("--queries", type=int, default=0,
+                       help="queries per run at least (default: 2000 simulated, 300 real)")
+    serve.add_argument("--seed", type=int, default=0, help="seed of weights and workload")
+    _study_outputs(serve, "save latency-bounded QPS against batch size per model")
+    serve.set_defaults(func=_cmd_serve)
 
     info = sub.add_parser("info", help="show how this build of recengine was made")
     info.add_argument("--json", action="store_true", help="print the build info as JSON")
@@ -863,6 +913,55 @@ def _cmd_nmp(args: argparse.Namespace) -> int:
             print(f"{r['config']:<34}{r['host_latency_us']:>10.1f}{r['nmp_latency_us']:>10.1f}"
                   f"{r['latency_speedup']:>11.2f}{r['throughput_speedup']:>14.2f}"
                   f"{r['energy_saving']:>14.1%}{r['cache_hit_rate']:>12.1%}")
+    print(f"wall time {wall:.1f} s", file=sys.stderr)
+    _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study,
+                 lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .shapes import model_names
+    from .workload import QuerySizes
+
+    try:
+        from .serving import study as st
+    except ImportError as e:
+        raise ValueError(f'recengine serve needs torch (pip install "recengine[torch]"): '
+                         f'{e}') from None
+    models: list[str] = []
+    for m in args.model:
+        models += model_names() if m == "all" else [m]
+    sizes = (QuerySizes.from_percentiles(args.size_percentiles) if args.size_percentiles
+             else QuerySizes.lognormal())
+    config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
+                            scale=args.scale, target_ms=args.target_ms,
+                            static_batch=args.static_batch, patience=args.patience,
+                            batch_sizes=args.batch_sizes or st.BATCH_SIZES,
+                            accelerator=args.accelerator,
+                            accelerator_curves=args.accelerator_curves, sizes=sizes,
+                            queries=args.queries, seed=args.seed)
+    tries = len(config.batch_sizes) + 1 + (len(st.THRESHOLDS) + 1 if args.accelerator != "none"
+                                       else 0)
+    rows, wall = _run_study(st.iter_study, config, len(models) * len(config.cores) * tries,
+                            advance="tick")
+    ratios = [r["improvement"] for r in rows if r["improvement"]]
+    summary = {"mean_improvement": sum(ratios) / len(ratios) if ratios else None}
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        mode = "simulated" if config.simulate else "real server"
+        print(f"latency-bounded throughput ({mode}, lognormal sizes unless a file, scale "
+              f"{config.scale:g})")
+        print(f"{'model':<7}{'cores':>6}{'target':>8}{'static QPS':>12}{'DRS QPS':>11}"
+              f"{'gain':>7}{'batch':>7}{'offload':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}")
+        for r in rows:
+            off = "-" if r["offload_threshold"] is None else f">={r['offload_threshold']}"
+            print(f"{r['model']:<7}{r['cores']:>6}{r['target_ms']:>8g}{r['static_qps']:>12,.0f}"
+                  f"{r['deeprecsched_qps']:>11,.0f}{_fmt_ratio(r['improvement']):>7}"
+                  f"{r['batch_size']:>7}{off:>9}{_fmt_num(r['p50_ms'], 2):>8}"
+                  f"{_fmt_num(r['p95_ms'], 2):>8}{_fmt_num(r['p99_ms'], 2):>8}")
+        if len(ratios) > 1:
+            print(f"mean improvement {summary['mean_improvement']:.2f}x over {len(ratios)} runs")
     print(f"wall time {wall:.1f} s", file=sys.stderr)
     _write_study(args, rows, summary, st.config_dict(config), wall, st.plot_study,
                  lambda m: print(m, file=sys.stderr))

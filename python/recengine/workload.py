@@ -237,10 +237,13 @@ class Workload:
     seed: Optional[int] = 0
 
     def queries(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` queries: arrival times in seconds (float64 ``[n]``) and sizes (int64 ``[n]``)."""
-        rng = np.random.default_rng(self.seed)
-        arrivals = arrival_times(self.rate_qps, n, self.process, rng)
-        return arrivals, self.sizes.sample(rng, n)
+        """``n`` queries: arrival times in seconds (float64 ``[n]``) and sizes (int64 ``[n]``).
+
+        Arrivals and sizes come from separate streams of the seed, so the first ``k``
+        queries are the same for every ``n >= k``, and the sizes the same at every rate."""
+        times, items = (np.random.default_rng(s)
+                        for s in np.random.SeedSequence(self.seed).spawn(2))
+        return arrival_times(self.rate_qps, n, self.process, times), self.sizes.sample(items, n)
 
 
 def _recbole_ml100k() -> str:

@@ -51,12 +51,15 @@ class Batch:
     def __len__(self) -> int:
         return int(self.dense.shape[0])
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Samples ``start:stop`` (views, no copy)."""
+        return Batch(self.dense[start:stop], [s[start:stop] for s in self.sparse])
+
     def split(self, size: int) -> list[Batch]:
         """Sub-batches of at most ``size`` samples, in order (``ceil(B / size)`` of them)."""
         if size < 1:
             raise ValueError(f"a sub-batch needs at least one sample, got {size}")
-        return [Batch(self.dense[i:i + size], [s[i:i + size] for s in self.sparse])
-                for i in range(0, len(self), size)]
+        return [self.rows(i, i + size) for i in range(0, len(self), size)]
 
 
 def mlp(sizes: Sequence[int], last_activation: bool = True) -> torch.nn.Sequential:

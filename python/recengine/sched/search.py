@@ -1,0 +1,168 @@
+"""Latency-bounded throughput and DeepRecSched's search (R3).
+
+The latency-bounded throughput of a policy is the highest arrival rate whose p95 latency
+meets the target with no query shed. :func:`max_qps` finds it by bracketing and bisecting
+the rate (each step one run of the query stream); :func:`deeprecsched` hill-climbs the batch
+size over :data:`BATCH_SIZES` (largest first), then the offload threshold over
+:data:`THRESHOLDS` the same way. The static baseline runs every query
+whole on one core (batch 1024, no offload).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+from .result import Policy, RunResult
+
+__all__ = [
+    "BATCH_SIZES",
+    "STATIC",
+    "THRESHOLDS",
+    "Backend",
+    "Tuned",
+    "deeprecsched",
+    "max_qps",
+    "static_baseline",
+]
+
+#: DeepRecSched's batch sizes, in the order it tries them (R3, after the whole query).
+BATCH_SIZES: tuple[int, ...] = (1024, 512, 384, 256, 192, 128, 96, 64, 48, 32)
+#: Offload thresholds, in the order they are tried (queries of at least this size offload).
+THRESHOLDS: tuple[int, ...] = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 1)
+#: The static baseline: every query whole on one core, nothing offloaded.
+STATIC = Policy(1024)
+
+
+class Backend(Protocol):
+    """Runs a query stream under a policy at a rate: the simulator or the real server."""
+
+    has_accelerator: bool
+
+    def run(self, policy: Policy, rate_qps: float) -> RunResult: ...
+
+    def largest_query(self) -> int:
+        """The most items a query of this backend's workload has (a batch size at or above
+        it runs every query whole)."""
+        ...
+
+    def capacity_hint(self, policy: Policy) -> float:
+        """A rate (queries/s) near where the policy saturates, to start the search from."""
+        ...
+
+
+@dataclass
+class Tuned:
+    """A policy, its latency-bounded throughput, the run at that rate, and every (policy,
+    qps) the search tried, in order."""
+
+    policy: Policy
+    qps: float
+    result: Optional[RunResult]
+    tried: list[tuple[Policy, float]] = field(default_factory=list)
+
+
+def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: float,
+            rel_tol: float = 0.02, max_runs: int = 40) -> tuple[float, Optional[RunResult]]:
+    """The highest rate whose run meets ``target_ms`` at p95 with nothing shed.
+
+    Starts at ``start_qps``, doubles or halves until the answer is bracketed, then bisects
+    until the bracket is within ``rel_tol``. Returns ``(0.0, None)`` when even
+    ``start_qps / 2**12`` misses the target.
+
+    Example::
+
+        >>> from recengine.sched.result import RunResult
+        >>> run = lambda q: RunResult([1.0 if q <= 70 else 9.0] * 20)
+        >>> qps, _ = max_qps(run, 5.0, 10.0)
+        >>> 70 / 1.02 <= qps <= 70
+        True
+    """
+    if not target_ms > 0:
+        raise ValueError(f"the latency target must be positive, got {target_ms}")
+    if not start_qps > 0:
+        raise ValueError(f"the starting rate must be positive, got {start_qps}")
+
+    runs = 0
+    lo, hi = 0.0, float("inf")
+    best: Optional[RunResult] = None
+    rate = start_qps
+    while runs < max_runs:
+        r = measure(rate)
+        runs += 1
+        if r.meets(target_ms):
+            lo, best = rate, r
+        else:
+            hi = rate
+        if hi == float("inf"):
+            rate *= 2
+        elif lo == 0.0:
+            if rate < start_qps / 2**12:
+                return 0.0, None
+            rate /= 2
+        elif hi / lo <= 1 + rel_tol:
+            break
+        else:
+            rate = (lo * hi) ** 0.5
+    return lo, best
+
+
+def _evaluate(backend: Backend, policy: Policy, target_ms: float,
+              rel_tol: float) -> tuple[float, Optional[RunResult]]:
+    return max_qps(lambda q: backend.run(policy, q), target_ms, backend.capacity_hint(policy),
+                   rel_tol)
+
+
+def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02) -> Tuned:
+    """The static baseline's latency-bounded throughput (:data:`STATIC`)."""
+    qps, result = _evaluate(backend, STATIC, target_ms, rel_tol)
+    return Tuned(STATIC, qps, result, [(STATIC, qps)])
+
+
+def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] = BATCH_SIZES,
+                 thresholds: Sequence[int] = THRESHOLDS, rel_tol: float = 0.02,
+                 patience: Optional[int] = None,
+                 progress: Optional[Callable[[Policy, float], None]] = None) -> Tuned:
+    """DeepRecSched: climb the batch sizes in order, then (with an accelerator) the offload
+    thresholds, keeping the policy of the highest latency-bounded throughput.
+
+    R3 stops a climb at the first drop in throughput (``patience=0``); measured latency
+    curves are not always unimodal (a batch that spills the cache can be slower per item than
+    a smaller one, so QPS dips and recovers), so by default (``patience=None``) every
+    candidate is tried; ``patience=k`` stops after ``k + 1`` tries in a row without a new
+    best. ``progress(policy, qps)`` is told of every policy tried."""
+    tried: list[tuple[Policy, float]] = []
+    largest = backend.largest_query()
+    seen: dict[Policy, tuple[float, Optional[RunResult]]] = {}
+
+    def evaluate(policy: Policy) -> tuple[float, Optional[RunResult]]:
+        # Batch sizes of at least the largest query all run queries whole: one search.
+        key = Policy(min(policy.batch_size, largest), policy.offload_threshold)
+        if key not in seen:
+            seen[key] = _evaluate(backend, policy, target_ms, rel_tol)
+        return seen[key]
+
+    def climb(candidates: Sequence[Policy]) -> tuple[Policy, float, Optional[RunResult]]:
+        best: Optional[tuple[Policy, float, Optional[RunResult]]] = None
+        misses = 0
+        for policy in candidates:
+            qps, result = evaluate(policy)
+            tried.append((policy, qps))
+            if progress is not None:
+                progress(policy, qps)
+            if best is None or qps > best[1]:
+                best, misses = (policy, qps, result), 0
+            elif qps < best[1]:
+                misses += 1
+                if patience is not None and misses > patience:
+                    break
+        assert best is not None
+        return best
+
+    if not batch_sizes:
+        raise ValueError("DeepRecSched needs at least one batch size to try")
+    policy, qps, result = climb([Policy(b) for b in batch_sizes])
+    if backend.has_accelerator and thresholds:
+        policy, qps, result = climb(
+            [policy] + [Policy(policy.batch_size, t) for t in thresholds])
+    return Tuned(policy, qps, result, tried)

@@ -1,0 +1,66 @@
+"""Where offloaded queries run: a real CUDA device, or a latency model of one (R3: the
+public DeepRecSys accelerator is a latency curve profiled at a few batch sizes)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Optional
+
+import torch
+
+from ..models import Batch, RecModel
+from ..sched.latency import LatencyCurve
+
+__all__ = ["Accelerator"]
+
+
+class Accelerator:
+    """Runs whole queries off the CPU: on a CUDA copy of the model (:meth:`cuda`) or by
+    waiting the latency a :class:`LatencyCurve` gives for the query's size (:meth:`modeled`).
+
+    Example::
+
+        >>> acc = Accelerator.modeled(LatencyCurve((1, 1024), (0.5, 2.0)))
+        >>> acc.describe()
+        'modeled accelerator'
+    """
+
+    def __init__(self, model: Optional[torch.nn.Module] = None,
+                 curve: Optional[LatencyCurve] = None, device: Optional[torch.device] = None):
+        if (model is None) == (curve is None):
+            raise ValueError("an accelerator is either a CUDA model or a latency curve")
+        self.model, self.curve, self.device = model, curve, device
+
+    @classmethod
+    def modeled(cls, curve: LatencyCurve) -> Accelerator:
+        """An accelerator that takes ``curve(size)`` ms per query."""
+        return cls(curve=curve)
+
+    @classmethod
+    def cuda(cls, model: RecModel, device: str = "cuda") -> Accelerator:
+        """A CUDA copy of ``model`` on ``device``.
+
+        Raises:
+            RuntimeError: no CUDA device.
+        """
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: use Accelerator.modeled(curve) instead")
+        dev = torch.device(device)
+        return cls(model=copy.deepcopy(model).to(dev).eval(), device=dev)
+
+    def run(self, batch: Batch) -> None:
+        """Run ``batch`` (a whole query) and return when it is done."""
+        if self.curve is not None:
+            time.sleep(self.curve(len(batch)) / 1e3)
+            return
+        assert self.model is not None and self.device is not None
+        with torch.inference_mode():
+            dense = batch.dense.to(self.device, non_blocking=True)
+            sparse = [s.to(self.device, non_blocking=True) for s in batch.sparse]
+            self.model(Batch(dense, sparse))
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> str:
+        return f"CUDA {torch.cuda.get_device_name(self.device)}" if self.device is not None \
+            else "modeled accelerator"

@@ -1,0 +1,321 @@
+"""A real recommendation inference server on this machine (DeepRecInfra's serving side).
+
+A dispatcher (the calling thread) replays a query stream in real time: each query is split
+into sub-requests of at most ``policy.batch_size`` items that join one bounded ready queue,
+or, at or above the policy's offload threshold, goes whole to the accelerator's bounded
+queue. Worker threads (one per core by default) take sub-requests and run real model
+forwards; torch's intra-op threads and recengine's threads are set so that workers x
+threads never exceeds the cores. A query's latency is the end of its last sub-request minus
+its arrival. A query whose sub-requests do not fit in the queue is shed and counted; every
+query is accounted for. A worker that raises stops the run with :class:`WorkerError`; a
+run that cannot finish by its deadline raises :class:`TimeoutError`: never a hang.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import get_num_threads, set_num_threads
+from ..models import Batch, RecModel
+from ..sched.latency import PROFILE_BATCHES, LatencyCurve
+from ..sched.result import Policy, RunResult
+from .accelerator import Accelerator
+
+__all__ = ["SWITCH_INTERVAL_S", "Server", "WorkerError"]
+
+#: The interpreter's thread switch interval while a server runs (Python's default: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+
+
+class WorkerError(RuntimeError):
+    """A worker raised while serving; the original exception is its ``__cause__`` and its
+    traceback text is in ``details``."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class Server:
+    """Serve ``model`` with ``workers`` worker threads (default: one per core).
+
+    Args:
+        model: a :mod:`recengine.models` model (inputs are drawn from it once, up front).
+        workers: worker threads running sub-requests on the CPU.
+        threads_per_worker: torch and recengine threads each worker's forward uses.
+        queue_capacity: the most sub-requests waiting at once (and the accelerator's most
+            waiting queries).
+        accelerator: where offloaded queries run (see :class:`Accelerator`).
+        distribution: the id distribution of the inputs (:data:`recengine.rows.DISTRIBUTIONS`).
+        seed: seeds the inputs.
+
+    Example::
+
+        >>> import recengine.models as rm
+        >>> server = Server(rm.build("ncf", scale=0.01), workers=1)
+        >>> r = server.run(np.array([0.0, 0.001]), np.array([10, 20]), Policy(8))
+        >>> r.queries, r.shed, bool(np.all(r.latency_ms > 0))
+        (2, 0, True)
+    """
+
+    def __init__(self, model: RecModel, workers: Optional[int] = None,
+                 threads_per_worker: int = 1, queue_capacity: int = 4096,
+                 accelerator: Optional[Accelerator] = None, distribution: str = "uniform",
+                 seed: int = 0, pool_size: int = 2048) -> None:
+        cores = os.cpu_count() or 1
+        if threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
+        self.workers = max(cores // threads_per_worker, 1) if workers is None else workers
+        if self.workers < 1:
+            raise ValueError(f"a server needs at least one worker, got {self.workers}")
+        if queue_capacity < 1:
+            raise ValueError(f"the queue must hold at least one request, got {queue_capacity}")
+        self.model = model.eval()
+        self.threads_per_worker = threads_per_worker
+        self.queue_capacity = queue_capacity
+        self.accelerator = accelerator
+        self.pool: Batch = model.sample_batch(pool_size, distribution=distribution, seed=seed)
+        self._forward: Callable[[Batch], object] = self.model
+        #: The last run's CPU sub-requests: (query, part, items, seconds), as they finished.
+        self.last_service: list[tuple[int, int, int, float]] = []
+
+    def run(self, arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy,
+            timeout_s: Optional[float] = None, warmup: float = 0.1) -> RunResult:
+        """Replay queries arriving at ``arrivals_s`` (seconds from now, non-decreasing) of
+        ``sizes`` items under ``policy``; returns every query's latency (``inf`` if shed).
+
+        Raises:
+            WorkerError: a worker (or the accelerator) raised.
+            TimeoutError: the queries did not all finish within ``timeout_s`` after the last
+                arrival (default: 30 s plus ten times the slowest query's sequential time).
+            ValueError: bad arrivals, sizes or policy.
+        """
+        arrivals = np.asarray(arrivals_s, dtype=np.float64)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if arrivals.ndim != 1 or arrivals.shape != sizes.shape:
+            raise ValueError("arrivals and sizes must be 1-D arrays of one length")
+        if arrivals.size and (np.any(np.diff(arrivals) < 0) or arrivals[0] < 0):
+            raise ValueError("arrival times must be non-negative and non-decreasing")
+        if sizes.size and (sizes.min() < 1 or sizes.max() > len(self.pool)):
+            raise ValueError(f"query sizes must be in [1, {len(self.pool)}]")
+        if policy.offload_threshold is not None and self.accelerator is None:
+            raise ValueError("the policy offloads but the server has no accelerator")
+        n = sizes.size
+        state = _RunState(n, self.queue_capacity)
+        saved = (torch.get_num_threads(), get_num_threads(), sys.getswitchinterval())
+        torch.set_num_threads(self.threads_per_worker)
+        set_num_threads(self.threads_per_worker)
+        # Workers and the dispatcher share the interpreter lock between forwards: hand it
+        # over every 0.5 ms rather than 5 ms, or a query's arrival waits on a busy worker.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # A full garbage collection stops every worker for tens of ms in a large process:
+        # none during the run (the forwards make no reference cycles).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        threads = [threading.Thread(target=self._worker, args=(state,), daemon=True,
+                                    name=f"recengine-worker-{i}") for i in range(self.workers)]
+        if self.accelerator is not None:
+            threads.append(threading.Thread(target=self._accelerator, args=(state,),
+                                            daemon=True, name="recengine-accelerator"))
+        for t in threads:
+            t.start()
+        try:
+            self._dispatch(state, arrivals, sizes, policy)
+            if timeout_s is None:
+                timeout_s = 30.0 + 10 * n * 1e-3
+            self._wait(state, threads, timeout_s)
+        finally:
+            with state.cond:
+                state.stop = True
+                state.cond.notify_all()
+                state.done.notify_all()
+                state.accel.notify_all()
+            for t in threads:
+                t.join(timeout=5.0)
+            torch.set_num_threads(saved[0])
+            set_num_threads(saved[1])
+            sys.setswitchinterval(saved[2])
+            if gc_was_enabled:
+                gc.enable()
+        if state.error is not None:
+            err = WorkerError(f"a worker failed while serving: {state.error!r}", state.details)
+            raise err from state.error
+        latency = state.end - state.arrival
+        latency[state.shed] = np.inf
+        span = float(arrivals[-1]) if n else 0.0
+        self.last_service = state.service
+        return RunResult(latency * 1e3, int(state.shed.sum()), state.offloaded, span,
+                         int(n * warmup))
+
+    def profile(self, batches: Sequence[int] = PROFILE_BATCHES, load: float = 0.8,
+                queries: int = 60) -> LatencyCurve:
+        """The latency curve of a sub-request as this server runs it: for each batch size,
+        ``queries`` queries of that size arrive (Poisson) at about ``load`` of the workers'
+        capacity, and the curve takes the median time a forward held its worker. This sees
+        what back-to-back timing misses: forwards after idle gaps, workers sharing the
+        interpreter lock, the caches and the memory bus.
+
+        Example::
+
+            >>> import recengine.models as rm
+            >>> Server(rm.build("ncf", scale=0.01), workers=1).profile((1, 8), queries=5).batches
+            (1, 8)
+        """
+        if not 0 < load <= 1:
+            raise ValueError(f"the profiling load must be in (0, 1], got {load}")
+        ms = []
+        rng = np.random.default_rng(0)
+        with torch.inference_mode():
+            for b in batches:
+                b = min(b, len(self.pool))
+                t0 = time.perf_counter()
+                for k in range(3):  # a first estimate of the forward's time
+                    lo = k * b % (len(self.pool) - b + 1)
+                    self._forward(self.pool.rows(lo, lo + b))
+                guess = (time.perf_counter() - t0) / 3
+                rate = load * self.workers / max(guess, 1e-5)
+                arrivals = np.cumsum(rng.exponential(1 / rate, queries))
+                self.run(arrivals, np.full(queries, b), Policy(b), warmup=0)
+                ms.append(1e3 * float(np.median([t for *_, t in self.last_service])))
+        return LatencyCurve(tuple(batches), tuple(ms), getattr(self.model, "name", ""))
+
+    def _dispatch(self, s: _RunState, arrivals: np.ndarray, sizes: np.ndarray,
+                  policy: Policy) -> None:
+        b, thr = policy.batch_size, policy.offload_threshold
+        start = time.perf_counter()
+        s.t0 = start
+        offset = 0
+        for i in range(sizes.size):
+            due = start + arrivals[i]
+            while True:
+                now = time.perf_counter()
+                if now >= due or s.error is not None:
+                    break
+                time.sleep(min(due - now, 0.05))
+            if s.error is not None:
+                return
+            n = int(sizes[i])
+            s.arrival[i] = arrivals[i]
+            lo = offset if offset + n <= len(self.pool) else 0
+            offset = lo + n
+            with s.cond:
+                if thr is not None and n >= thr:
+                    if len(s.accel_queue) >= s.capacity:
+                        s.shed[i] = True
+                        s.finished += 1
+                    else:
+                        s.accel_queue.append((i, lo, n))
+                        s.offloaded += 1
+                        s.parts[i] = 1
+                        s.accel.notify()
+                else:
+                    parts = -(-n // b)
+                    if len(s.queue) + parts > s.capacity:
+                        s.shed[i] = True
+                        s.finished += 1
+                    else:
+                        s.parts[i] = parts
+                        for k in range(parts):
+                            a = lo + k * b
+                            s.queue.append((i, k, a, min(b, lo + n - a)))
+                        s.cond.notify(parts)
+                if s.shed[i] and s.finished == s.n:
+                    s.done.notify_all()
+
+    def _wait(self, s: _RunState, threads: list[threading.Thread], timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        with s.done:
+            while s.finished < s.n and s.error is None:
+                if not all(t.is_alive() for t in threads):
+                    s.error = RuntimeError("a worker thread exited unexpectedly")
+                    break
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError(f"{s.n - s.finished} of {s.n} queries unfinished "
+                                       f"{timeout_s:.0f} s after the last arrival")
+                s.done.wait(timeout=min(left, 0.5))
+
+    def _complete(self, s: _RunState, i: int) -> None:
+        now = time.perf_counter() - s.t0
+        with s.cond:
+            s.end[i] = max(s.end[i], now)
+            s.parts[i] -= 1
+            if s.parts[i] == 0:
+                s.finished += 1
+                if s.finished == s.n:
+                    s.done.notify_all()
+
+    def _fail(self, s: _RunState, e: BaseException) -> None:
+        with s.cond:
+            if s.error is None:
+                s.error, s.details = e, traceback.format_exc()
+            s.cond.notify_all()
+            s.done.notify_all()
+            s.accel.notify_all()
+
+    def _worker(self, s: _RunState) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with s.cond:
+                        while not s.queue and not s.stop and s.error is None:
+                            s.cond.wait()
+                        if s.stop or s.error is not None:
+                            return
+                        i, k, lo, n = s.queue.popleft()
+                    t0 = time.perf_counter()
+                    self._forward(self.pool.rows(lo, lo + n))
+                    s.service.append((i, k, n, time.perf_counter() - t0))  # append: atomic
+                    self._complete(s, i)
+        except BaseException as e:  # reported to the caller, never swallowed
+            self._fail(s, e)
+
+    def _accelerator(self, s: _RunState) -> None:
+        assert self.accelerator is not None
+        try:
+            while True:
+                with s.accel:
+                    while not s.accel_queue and not s.stop and s.error is None:
+                        s.accel.wait()
+                    if s.stop or s.error is not None:
+                        return
+                    i, lo, n = s.accel_queue.popleft()
+                self.accelerator.run(self.pool.rows(lo, lo + n))
+                self._complete(s, i)
+        except BaseException as e:
+            self._fail(s, e)
+
+
+class _RunState:
+    """One run's shared state, guarded by ``cond``."""
+
+    def __init__(self, n: int, capacity: int) -> None:
+        self.n, self.capacity = n, capacity
+        lock = threading.Lock()
+        self.cond = threading.Condition(lock)  # workers wait here for sub-requests
+        self.done = threading.Condition(lock)  # the caller waits here for finished queries
+        self.accel = threading.Condition(lock)  # the accelerator waits here for queries
+        self.queue: deque[tuple[int, int, int, int]] = deque()  # query, part, first, items
+        self.accel_queue: deque[tuple[int, int, int]] = deque()
+        self.arrival = np.zeros(n)
+        self.end = np.zeros(n)
+        self.parts = np.zeros(n, dtype=np.int64)
+        self.shed = np.zeros(n, dtype=bool)
+        self.finished = 0
+        self.offloaded = 0
+        self.stop = False
+        # (query, part, items, seconds) of each CPU sub-request, in completion order
+        self.service: list[tuple[int, int, int, float]] = []
+        self.error: Optional[BaseException] = None
+        self.details = ""
+        self.t0 = 0.0

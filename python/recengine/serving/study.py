@@ -1,0 +1,199 @@
+"""``recengine serve``: DeepRecSched against the static baseline, on the real server here or
+in the simulator at any core count.
+
+For each model, the model is built at ``scale`` and its sub-request latency curve is
+profiled through the server on this machine (:meth:`Server.profile`). Simulated:
+:class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the one-worker curve. Real:
+:class:`Server` with one worker per core.
+Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
+target (R2), each a search over arrival rates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from ..models import TARGETS_MS, build
+from ..sched import (
+    BATCH_SIZES,
+    THRESHOLDS,
+    LatencyCurve,
+    Policy,
+    SimulatedServer,
+    Tuned,
+    deeprecsched,
+    max_qps,
+)
+from ..shapes import resolve_model
+from ..workload import QuerySizes
+from .accelerator import Accelerator
+from .backend import RealServer
+from .server import Server
+
+__all__ = ["ServeConfig", "config_dict", "iter_study", "plot_study"]
+
+
+@dataclass
+class ServeConfig:
+    """What ``recengine serve`` runs (see the command's help for each option)."""
+
+    models: Sequence[str] = ("rmc1",)
+    simulate: bool = False
+    cores: Sequence[int] = ()
+    scale: float = 0.05
+    target_ms: Optional[float] = None
+    static_batch: int = 1024
+    batch_sizes: Sequence[int] = BATCH_SIZES
+    patience: Optional[int] = None
+    accelerator: str = "none"
+    accelerator_curves: Optional[str] = None
+    sizes: QuerySizes = field(default_factory=QuerySizes.lognormal)
+    queries: int = 0
+    rel_tol: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.models = [resolve_model(m) for m in self.models]
+        if self.target_ms is not None and not self.target_ms > 0:
+            raise ValueError(f"the latency target must be positive, got {self.target_ms}")
+        here = os.cpu_count() or 1
+        if not self.cores:
+            self.cores = [here]
+        if any(c < 1 for c in self.cores):
+            raise ValueError(f"core counts must be positive, got {list(self.cores)}")
+        if not self.simulate and any(c > here for c in self.cores):
+            raise ValueError(f"the real server has {here} cores here; use --simulate to study "
+                             f"{max(self.cores)}")
+        if self.static_batch < 1:
+            raise ValueError(f"the static batch size must be positive, got {self.static_batch}")
+        if self.accelerator not in ("none", "cuda", "modeled"):
+            raise ValueError(f"unknown accelerator {self.accelerator!r}; expected none, cuda "
+                             f"or modeled")
+        if self.accelerator == "modeled" and not self.accelerator_curves:
+            raise ValueError("a modeled accelerator needs --accelerator-curves FILE (JSON of "
+                             "{model: {batches, ms}})")
+        if self.accelerator == "cuda" and self.simulate:
+            raise ValueError("the simulator takes a modeled accelerator "
+                             "(--accelerator modeled --accelerator-curves FILE)")
+        if self.queries <= 0:
+            self.queries = 2000 if self.simulate else 300
+        if self.rel_tol <= 0:
+            self.rel_tol = 0.02 if self.simulate else 0.05
+
+
+def config_dict(config: ServeConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["sizes"] = config.sizes.describe()
+    d["models"], d["cores"] = list(config.models), list(config.cores)
+    d["batch_sizes"] = list(config.batch_sizes)
+    return d
+
+
+def _accelerator_curve(config: ServeConfig, model: str) -> Optional[LatencyCurve]:
+    if config.accelerator != "modeled" or not config.accelerator_curves:
+        return None
+    with open(config.accelerator_curves, encoding="utf-8") as f:
+        curves = json.load(f)
+    if model not in curves:
+        raise ValueError(f"{config.accelerator_curves} has no curve for {model}")
+    return LatencyCurve.from_dict(curves[model], interpolation="log")  # R3's model
+
+
+def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: None,
+               tick: Optional[Callable[[], None]] = None) -> Iterator[dict[str, Any]]:
+    """One row per model and core count: the static and DeepRecSched throughput and tails."""
+    for name in config.models:
+        target = config.target_ms if config.target_ms is not None else TARGETS_MS[name]
+        status(f"{name}: building (scale {config.scale:g})")
+        model = build(name, scale=config.scale, seed=config.seed)
+        acc_curve = _accelerator_curve(config, name)
+        if config.simulate:
+            status(f"{name}: profiling one core")
+            alone = Server(model, workers=1, seed=config.seed).profile()
+        for cores in config.cores:
+            mode = "simulated" if config.simulate else "real"
+            if config.simulate:
+                curve = alone
+                backend: Any = SimulatedServer(curve, cores, acc_curve, config.sizes,
+                                               config.queries, config.seed,
+                                               span_s=20 * target / 1e3)
+            else:
+                accel = None
+                if config.accelerator == "cuda":
+                    accel = Accelerator.cuda(model)
+                elif acc_curve is not None:
+                    accel = Accelerator.modeled(acc_curve)
+                server = Server(model, workers=cores, accelerator=accel, seed=config.seed)
+                status(f"{name}: profiling {cores} workers")
+                curve = server.profile()
+                backend = RealServer(server, config.sizes, config.queries, config.seed,
+                                     span_s=10 * target / 1e3, curve=curve)
+            t0 = time.perf_counter()
+            status(f"{name} on {cores} cores ({mode}): static baseline")
+            static = Policy(config.static_batch)
+            s_qps, s_run = max_qps(lambda q, p=static, b=backend: b.run(p, q), target,
+                                   backend.capacity_hint(static), config.rel_tol)
+            if tick:
+                tick()
+
+            def told(policy: Policy, qps: float, name: str = name, cores: int = cores,
+                     mode: str = mode) -> None:
+                status(f"{name} on {cores} cores ({mode}): {policy.describe()}: {qps:,.0f} QPS")
+                if tick:
+                    tick()
+
+            tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
+                                        config.rel_tol, config.patience, told)
+            run = tuned.result
+            yield {
+                "model": name, "mode": mode, "cores": cores, "target_ms": target,
+                "scale": config.scale,
+                "static_batch": static.batch_size, "static_qps": s_qps,
+                "static_p95_ms": s_run.p95 if s_run else None,
+                "deeprecsched_qps": tuned.qps,
+                "improvement": tuned.qps / s_qps if s_qps > 0 else None,
+                "batch_size": tuned.policy.batch_size,
+                "offload_threshold": tuned.policy.offload_threshold,
+                "p95_ms": run.p95 if run else None, "p99_ms": run.p99 if run else None,
+                "p50_ms": run.p50 if run else None,
+                "offloaded": (run.offloaded / run.queries) if run else None,
+                "cpu_curve": curve.to_dict(),
+                "tried": [{"batch_size": p.batch_size, "offload_threshold": p.offload_threshold,
+                           "qps": q} for p, q in tuned.tried],
+                "search_s": time.perf_counter() - t0,
+            }
+
+
+def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Latency-bounded QPS against batch size per model and core count (DeepRecSched's
+    climb), the static baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows)
+    cols = min(n, 4)
+    lines = (n + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(4 * cols, 3.2 * lines), squeeze=False)
+    for ax, r in zip(axes.flat, rows):
+        climb = [t for t in r["tried"] if t["offload_threshold"] is None]
+        ax.plot([t["batch_size"] for t in climb], [t["qps"] for t in climb], "o-",
+                label="DeepRecSched search")
+        ax.axhline(r["static_qps"], ls="--", color="grey",
+                   label=f"static (batch {r['static_batch']})")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{r['model']}, {r['cores']} cores ({r['mode']}), p95 <= "
+                     f"{r['target_ms']:g} ms", fontsize=9)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("latency-bounded QPS")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,154 @@
+"""The simulator (exact for its queueing model, deterministic), the throughput search and
+DeepRecSched against known optima, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from recengine.sched import (
+    LatencyCurve,
+    Policy,
+    RunResult,
+    SimulatedServer,
+    deeprecsched,
+    max_qps,
+    simulate,
+    static_baseline,
+)
+from recengine.workload import QuerySizes
+
+FLAT = LatencyCurve((1, 1024), (2.0, 2.0))  # 2 ms whatever the batch
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(1, 1024)), min_size=1, max_size=40))
+def test_one_core_whole_queries_follow_lindleys_recursion(qs: list[tuple[float, int]]) -> None:
+    gaps, sizes = zip(*qs)
+    arrivals = np.cumsum(gaps) / 1e3
+    curve = LatencyCurve((1, 64, 1024), (0.5, 3.0, 20.0))
+    r = simulate(arrivals, np.array(sizes), Policy(1024), curve, 1, warmup=0)
+    end = 0.0
+    for a, n, lat in zip(arrivals * 1e3, sizes, r.latency_ms):
+        end = max(a, end) + curve(n)
+        assert lat == pytest.approx(end - a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 3), st.integers(1, 300)), min_size=1, max_size=30),
+       st.integers(1, 64), st.integers(1, 6))
+def test_sim_latency_is_bounded_and_more_cores_never_hurt(qs: list[tuple[float, int]], b: int,
+                                                         cores: int) -> None:
+    gaps, sizes = zip(*qs)
+    arrivals, sizes_a = np.cumsum(gaps) / 1e3, np.array(sizes)
+    curve = LatencyCurve((1, 16, 256), (0.3, 1.0, 9.0))
+    few = simulate(arrivals, sizes_a, Policy(b), curve, cores, warmup=0)
+    more = simulate(arrivals, sizes_a, Policy(b), curve, cores + 1, warmup=0)
+    parts = -(-sizes_a // b)
+    # At least its slowest sub-request; with a core per sub-request, exactly that.
+    slowest = np.maximum(curve.many(np.minimum(sizes_a, b)),
+                         curve.many(sizes_a - (parts - 1) * b))
+    assert np.all(few.latency_ms >= slowest - 1e-9)
+    assert np.all(more.latency_ms <= few.latency_ms + 1e-9)
+    alone = simulate(arrivals, sizes_a, Policy(b), curve, int(parts.sum()), warmup=0)
+    np.testing.assert_allclose(alone.latency_ms, slowest)
+
+
+def test_the_simulator_is_deterministic_and_sheds_only_past_its_queue() -> None:
+    sim = SimulatedServer(FLAT, cores=4, queries=500, seed=3)
+    a, b = sim.run(Policy(64), 500.0), sim.run(Policy(64), 500.0)
+    np.testing.assert_array_equal(a.latency_ms, b.latency_ms)
+    assert a.shed == 0
+    arrivals = np.zeros(10)
+    r = simulate(arrivals, np.full(10, 100), Policy(10), FLAT, 1, queue_capacity=25)
+    # 10 sub-requests each; the first starts at once, so 2 queries fit (1 running + 19 queued
+    # is within 25; a third would make 29 waiting).
+    assert r.shed == 8 and np.isinf(r.latency_ms).sum() == 8
+    assert r.latency_ms[0] == pytest.approx(20.0) and r.latency_ms[1] == pytest.approx(40.0)
+
+
+def test_offloaded_queries_run_on_the_accelerator() -> None:
+    acc = LatencyCurve((1, 1024), (1.0, 1.0))
+    r = simulate(np.array([0.0, 0.0, 0.0]), np.array([10, 500, 600]), Policy(1024, 400),
+                 FLAT, 1, accelerator=acc, warmup=0)
+    assert r.offloaded == 2
+    np.testing.assert_allclose(r.latency_ms, [2.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="no accelerator"):
+        simulate(np.zeros(1), np.ones(1, dtype=int), Policy(8, 4), FLAT, 1)
+
+
+class _Known:
+    """A backend whose policies sustain known rates: p95 is 1 ms up to the policy's rate,
+    10 ms beyond."""
+
+    has_accelerator = True
+
+    def __init__(self, qps: dict[Policy, float]) -> None:
+        self.qps, self.runs = qps, 0
+
+    def run(self, policy: Policy, rate_qps: float) -> RunResult:
+        self.runs += 1
+        return RunResult(np.full(20, 1.0 if rate_qps <= self.qps[policy] else 10.0))
+
+    def capacity_hint(self, policy: Policy) -> float:
+        return 100.0
+
+    def largest_query(self) -> int:
+        return 1024
+
+
+def test_max_qps_brackets_and_bisects_to_the_known_rate() -> None:
+    for true in (0.5, 37.0, 100.0, 12_345.0):
+        qps, result = max_qps(lambda q, t=true: _Known({Policy(1): t}).run(Policy(1), q), 5.0,
+                              100.0, rel_tol=0.01)
+        assert true / 1.01 <= qps <= true and result is not None
+    assert max_qps(lambda q: RunResult(np.full(20, 9.0)), 5.0, 10.0) == (0.0, None)
+
+
+def test_deeprecsched_finds_the_known_optimum_then_the_offload_threshold() -> None:
+    batch = {1024: 100, 512: 100, 384: 90, 256: 95, 192: 130, 128: 160, 96: 150, 64: 140,
+             48: 120, 32: 100}
+    qps = {Policy(b): float(q) for b, q in batch.items()}
+    qps.update({Policy(128, t): 160.0 + (t == 256) * 40 + (t == 192) * 10 for t in
+                (1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 1)})
+    tuned = deeprecsched(_Known(qps), 5.0, rel_tol=0.01)
+    assert tuned.policy == Policy(128, 256)
+    assert 200 / 1.01 <= tuned.qps <= 200
+    # R3's climb stops at the first drop (384) and keeps the whole-query policy.
+    r3 = deeprecsched(_Known(qps), 5.0, patience=0, thresholds=(), rel_tol=0.01)
+    assert r3.policy.batch_size == 1024 and [p.batch_size for p, _ in r3.tried] == [1024, 512, 384]
+    base = static_baseline(_Known(qps), 5.0, rel_tol=0.01)
+    assert base.policy == Policy(1024) and 100 / 1.01 <= base.qps <= 100
+
+
+def test_on_a_simulated_server_deeprecsched_matches_a_brute_force_search() -> None:
+    # No batching efficiency and a tight target: splitting pays, up to a point.
+    points = tuple(2**k for k in range(11))
+    cpu = LatencyCurve(points, tuple(0.1 + 0.2 * b for b in points))
+    sim = SimulatedServer(cpu, cores=8, queries=600, sizes=QuerySizes.lognormal(),
+                          span_s=0.5)
+    target = 20.0
+    sizes = (1024, 256, 128, 64, 32, 16, 8)  # the best (16) lies inside
+    brute = {b: max_qps(lambda q, b=b: sim.run(Policy(b), q), target,
+                        sim.capacity_hint(Policy(b)))[0] for b in sizes}
+    tuned = deeprecsched(sim, target, batch_sizes=sizes)
+    assert tuned.policy.batch_size == max(brute, key=brute.get)
+    assert tuned.qps == pytest.approx(max(brute.values()))
+    assert tuned.qps > 1.5 * brute[1024]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: Policy(0), "batch size"),
+    (lambda: Policy(8, 0), "offload threshold"),
+    (lambda: max_qps(lambda q: RunResult(np.ones(3)), 0.0, 1.0), "target"),
+    (lambda: max_qps(lambda q: RunResult(np.ones(3)), 5.0, -1.0), "starting rate"),
+    (lambda: LatencyCurve((4, 2), (1.0, 2.0)), "increasing"),
+    (lambda: LatencyCurve((1, 2), (1.0, -2.0)), "positive"),
+    (lambda: SimulatedServer(FLAT, cores=0), "core"),
+    (lambda: simulate(np.zeros(2), np.ones(3, dtype=int), Policy(1), FLAT, 1), "one length"),
+    (lambda: deeprecsched(_Known({}), 5.0, batch_sizes=()), "at least one batch size"),
+])
+def test_bad_scheduling_input_raises(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,129 @@
+"""The real server: every query accounted for under overload, failing workers reported (no
+hang), accelerator paths, agreement with the simulator, and the ``serve`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import recengine.models as rm  # noqa: E402
+from recengine.cli import main  # noqa: E402
+from recengine.sched import LatencyCurve, Policy, simulate  # noqa: E402
+from recengine.serving import Accelerator, Server, WorkerError  # noqa: E402
+from recengine.workload import Workload  # noqa: E402
+
+SMALL = rm.build("ncf", scale=0.01)
+FLAT_CURVE = LatencyCurve((1, 1024), (1.0, 1.0))  # unused where service times are replayed
+
+
+def test_under_overload_every_query_is_served_or_shed() -> None:
+    server = Server(SMALL, workers=1, queue_capacity=8)
+    n = 300
+    arrivals = np.zeros(n)  # all at once: far beyond what one worker drains
+    sizes = np.full(n, 64)
+    r = server.run(arrivals, sizes, Policy(16))
+    served = np.isfinite(r.latency_ms)
+    assert r.shed > 0 and r.shed == (~served).sum()
+    assert served.sum() + r.shed == n and np.all(r.latency_ms[served] > 0)
+    assert r.p95 == float("inf")  # shed queries count as missing any target
+
+
+def test_a_failing_worker_is_reported_not_hung() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, batch):
+            raise RuntimeError("boom")
+
+    server = Server(SMALL, workers=2)
+    server._forward = Broken()
+    with pytest.raises(WorkerError, match="boom") as info:
+        server.run(np.linspace(0, 0.05, 20), np.full(20, 32), Policy(8), timeout_s=10)
+    assert isinstance(info.value.__cause__, RuntimeError) and "boom" in info.value.details
+
+
+def test_queries_split_and_offload_as_the_policy_says() -> None:
+    acc = Accelerator.modeled(LatencyCurve((1, 1024), (3.0, 3.0)))
+    server = Server(SMALL, workers=2, accelerator=acc)
+    r = server.run(np.array([0.0, 0.01, 0.02]), np.array([10, 300, 50]), Policy(16, 200))
+    assert r.offloaded == 1 and r.shed == 0
+    assert r.latency_ms[1] >= 3.0  # the modeled device's time at least
+    with pytest.raises(ValueError, match="no accelerator"):
+        Server(SMALL, workers=1).run(np.zeros(1), np.ones(1, dtype=int), Policy(8, 4))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        server.run(np.array([1.0, 0.5]), np.array([1, 1]), Policy(8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_cuda_accelerator_runs_whole_queries() -> None:
+    server = Server(SMALL, workers=1, accelerator=Accelerator.cuda(SMALL))
+    r = server.run(np.array([0.0, 0.0]), np.array([500, 600]), Policy(64, 400))
+    assert r.offloaded == 2 and np.all(np.isfinite(r.latency_ms))
+
+
+def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
+    """The simulator's queueing model against the real server: a real run of rmc1 at about
+    60% load (whole and split queries), then the same queries simulated with the service
+    time each sub-request really took. Mean and p95 latency agree within 15%; what remains
+    is the server's own dispatch and wake-up time. (How well a profiled *curve* predicts the
+    server is measured in benches/serve_agreement.py: timing belongs in benchmarks.)"""
+    model = rm.build("rmc1")
+    workers = min(os.cpu_count() or 1, 2)
+    server = Server(model, workers=workers)
+    for policy in (Policy(1024), Policy(48)):
+        # About 60% of capacity from a quick timing of one query's worth of sub-requests.
+        t0 = time.perf_counter()
+        server.run(np.zeros(5), np.full(5, 164), policy, warmup=0)
+        per_query_s = (time.perf_counter() - t0) * workers / 5
+        arrivals, sizes = Workload(0.6 / per_query_s, seed=5).queries(400)
+        real = server.run(arrivals, sizes, policy)
+        parts = {(i, k): 1e3 * t for i, k, _, t in server.last_service}
+        sim = simulate(arrivals, sizes, policy, FLAT_CURVE, workers, part_ms=parts)
+        assert len(parts) == int((-(-sizes // policy.batch_size)).sum())
+        real_mean, sim_mean = real.latency_ms[40:].mean(), sim.latency_ms[40:].mean()
+        assert abs(real_mean - sim_mean) <= 0.15 * real_mean, (policy, real_mean, sim_mean)
+        assert abs(real.p95 - sim.p95) <= 0.15 * real.p95, (policy, real.p95, sim.p95)
+
+
+def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
+    out = tmp_path / "serve.json"
+    assert main(["serve", "--simulate", "--model", "ncf", "--cores", "4,16", "--scale", "0.01",
+                 "--batch-sizes", "1024,128,32", "--queries", "300", "--json",
+                 "--out", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["cores"] for r in rows] == [4, 16]
+    for r in rows:
+        for key in ("model", "mode", "cores", "static_qps", "deeprecsched_qps", "improvement",
+                    "p95_ms", "target_ms"):
+            assert key in r
+        assert r["mode"] == "simulated" and r["target_ms"] == 5.0
+        assert r["deeprecsched_qps"] >= r["static_qps"] > 0
+        assert r["p95_ms"] <= r["target_ms"]
+    assert json.loads(out.read_text())["config"]["models"] == ["ncf"]
+
+
+def test_serve_on_the_real_server(capsys) -> None:
+    assert main(["serve", "--model", "ncf", "--scale", "0.01", "--cores", "1",
+                 "--batch-sizes", "1024,64", "--queries", "150", "--target-ms", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "real server" in text and "ncf" in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--model", "rmc9"], "unknown model"),
+    (["--target-ms", "-3"], "positive"),
+    (["--cores", "4096"], "use --simulate"),
+    (["--accelerator", "modeled"], "accelerator-curves"),
+    (["--simulate", "--accelerator", "cuda"], "modeled accelerator"),
+])
+def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
+    try:
+        code = main(["serve", *args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code != 0
+    assert match in capsys.readouterr().err
