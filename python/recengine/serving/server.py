@@ -58,6 +58,8 @@ class Server:
         accelerator: where offloaded queries run (see :class:`Accelerator`).
         distribution: the id distribution of the inputs (:data:`recengine.rows.DISTRIBUTIONS`).
         seed: seeds the inputs.
+        pool_size: samples of input drawn up front; queries read slices of it (so a query
+            has at most this many items).
 
     Example::
 
@@ -97,7 +99,7 @@ class Server:
         Raises:
             WorkerError: a worker (or the accelerator) raised.
             TimeoutError: the queries did not all finish within ``timeout_s`` after the last
-                arrival (default: 30 s plus ten times the slowest query's sequential time).
+                arrival (default: 30 s plus 10 ms per query).
             ValueError: bad arrivals, sizes or policy.
         """
         arrivals = np.asarray(arrivals_s, dtype=np.float64)
