@@ -129,8 +129,8 @@ class RecModel(torch.nn.Module):
                                  f"got {tuple(ids.shape)}")
         if self.embeddings is not None and self._pooled:
             values = torch.cat([by_name[f.name].reshape(-1) for f in self._pooled])
-            lengths = torch.cat([torch.full((n,), f.length, dtype=torch.int64)
-                                 for f in self._pooled])
+            lengths = torch.cat([torch.full((n,), f.length, dtype=torch.int64,
+                                            device=values.device) for f in self._pooled])
             kt = self.embeddings(KeyedJaggedTensor([f.name for f in self._pooled], values,
                                                    lengths=lengths))
             out.update(kt.to_dict())

@@ -136,8 +136,11 @@ def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] 
     seen: dict[Policy, tuple[float, Optional[RunResult]]] = {}
 
     def evaluate(policy: Policy) -> tuple[float, Optional[RunResult]]:
-        # Batch sizes of at least the largest query all run queries whole: one search.
-        key = Policy(min(policy.batch_size, largest), policy.offload_threshold)
+        # Batch sizes of at least the largest query all run queries whole, and thresholds
+        # above it offload nothing: one search each.
+        thr = policy.offload_threshold
+        key = Policy(min(policy.batch_size, largest),
+                     None if thr is not None and thr > largest else thr)
         if key not in seen:
             seen[key] = _evaluate(backend, policy, target_ms, rel_tol)
         return seen[key]
