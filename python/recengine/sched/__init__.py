@@ -29,6 +29,7 @@ from .search import (
     static_baseline,
 )
 from .simulate import SimulatedServer, simulate
+from .stream import QueryStream
 
 __all__ = [
     "ACCELERATOR_BATCHES",
@@ -39,6 +40,7 @@ __all__ = [
     "Backend",
     "LatencyCurve",
     "Policy",
+    "QueryStream",
     "RunResult",
     "SimulatedServer",
     "Tuned",

@@ -16,9 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..workload import QuerySizes, Workload
+from ..workload import QuerySizes
 from .latency import LatencyCurve
 from .result import Policy, RunResult
+from .stream import QueryStream
 
 __all__ = ["SimulatedServer", "simulate"]
 
@@ -114,12 +115,12 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Lat
     return RunResult(latency, shed, offloaded, span, int(sizes.size * warmup), util)
 
 
-class SimulatedServer:
-    """The simulator as a :class:`~.search.Backend`: ``queries`` queries of a seeded
-    workload (the same draws at every rate, so throughput searches compare like with like)
-    on ``cores`` cores of latency curve ``cpu``, with an optional accelerator. A run lasts
-    at least ``span_s`` simulated seconds (more queries at high rates, at most
-    ``max_queries``), so that a rate the server cannot sustain shows in its tail.
+class SimulatedServer(QueryStream):
+    """The simulator as a :class:`~.search.Backend`: runs of a seeded workload
+    (:class:`~.stream.QueryStream`) on ``cores`` cores of latency curve ``cpu``, with an
+    optional accelerator. A run lasts at least ``span_s`` simulated seconds (more queries at
+    high rates, at most ``max_queries``), so that a rate the server cannot sustain shows in
+    its tail.
 
     Example::
 
@@ -132,31 +133,12 @@ class SimulatedServer:
                  sizes: Optional[QuerySizes] = None, queries: int = 2000, seed: int = 0,
                  process: str = "poisson", queue_capacity: int = 4096, span_s: float = 0.0,
                  max_queries: int = 200_000) -> None:
-        if cores < 1:
-            raise ValueError(f"a server needs at least one core, got {cores}")
-        if queries < 10:
-            raise ValueError(f"a run needs at least 10 queries, got {queries}")
-        self.cpu, self.cores, self.accelerator = cpu, cores, accelerator
-        self.sizes = QuerySizes.lognormal() if sizes is None else sizes
-        self.queries, self.seed, self.process = queries, seed, process
+        super().__init__(cpu, cores, sizes, queries, seed, process, span_s, max_queries)
+        self.cpu, self.accelerator = cpu, accelerator
         self.queue_capacity = queue_capacity
-        self.span_s, self.max_queries = span_s, max(max_queries, queries)
         self.has_accelerator = accelerator is not None
-        self._mean_size = float(self.sizes.sample(np.random.default_rng(seed), 4096).mean())
-        self._largest = int(Workload(1.0, self.sizes, process, seed).queries(
-            self.max_queries)[1].max())
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
-        n = int(min(max(self.queries, rate_qps * self.span_s), self.max_queries))
-        arrivals, sizes = Workload(rate_qps, self.sizes, self.process, self.seed).queries(n)
+        arrivals, sizes = self.draw(rate_qps)
         return simulate(arrivals, sizes, policy, self.cpu, self.cores, self.accelerator,
                         self.queue_capacity)
-
-    def largest_query(self) -> int:
-        return self._largest
-
-    def capacity_hint(self, policy: Policy) -> float:
-        b = policy.batch_size
-        parts = max(self._mean_size / b, 1.0)
-        per_query_ms = (parts - 1) * self.cpu(b) + self.cpu(self._mean_size - (parts - 1) * b)
-        return 1e3 * self.cores / max(per_query_ms, 1e-6)

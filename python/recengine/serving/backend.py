@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..models import RecModel
 from ..sched.latency import PROFILE_BATCHES, LatencyCurve, profile
 from ..sched.result import Policy, RunResult
-from ..workload import QuerySizes, Workload
+from ..sched.stream import QueryStream
+from ..workload import QuerySizes
 from .server import Server
 
 __all__ = ["RealServer", "profile_model"]
@@ -52,9 +52,10 @@ def profile_model(model: RecModel, batches: Sequence[int] = PROFILE_BATCHES,
         set_num_threads(saved[1])
 
 
-class RealServer:
-    """A :class:`Server` driven by a seeded workload (the same draws at every rate), each run
-    lasting at least ``span_s`` seconds or ``queries`` queries (at most ``max_queries``).
+class RealServer(QueryStream):
+    """A :class:`Server` driven by a seeded workload (:class:`~recengine.sched.stream.
+    QueryStream`: the same draws at every rate), each run lasting at least ``span_s`` seconds
+    or ``queries`` queries (at most ``max_queries``).
 
     ``curve`` (a sub-request's latency as the server runs it, :meth:`Server.profile`d when
     not given) only seeds the search's starting rate; every figure comes from the real
@@ -64,26 +65,11 @@ class RealServer:
     def __init__(self, server: Server, sizes: Optional[QuerySizes] = None, queries: int = 300,
                  seed: int = 0, process: str = "poisson", span_s: float = 0.0,
                  max_queries: int = 5000, curve: Optional[LatencyCurve] = None) -> None:
+        super().__init__(curve if curve is not None else server.profile(), server.workers,
+                         sizes, queries, seed, process, span_s, max_queries)
         self.server = server
-        self.sizes = QuerySizes.lognormal() if sizes is None else sizes
-        self.queries, self.seed, self.process = queries, seed, process
-        self.span_s, self.max_queries = span_s, max(max_queries, queries)
         self.has_accelerator = server.accelerator is not None
-        self.curve = curve if curve is not None else server.profile()
-        self._mean_size = float(self.sizes.sample(np.random.default_rng(seed), 4096).mean())
-        self._largest = int(Workload(1.0, self.sizes, process, seed).queries(
-            self.max_queries)[1].max())
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
-        n = int(min(max(self.queries, rate_qps * self.span_s), self.max_queries))
-        arrivals, sizes = Workload(rate_qps, self.sizes, self.process, self.seed).queries(n)
+        arrivals, sizes = self.draw(rate_qps)
         return self.server.run(arrivals, sizes, policy)
-
-    def largest_query(self) -> int:
-        return self._largest
-
-    def capacity_hint(self, policy: Policy) -> float:
-        b = policy.batch_size
-        parts = max(self._mean_size / b, 1.0)
-        per_query_ms = (parts - 1) * self.curve(b) + self.curve(self._mean_size - (parts - 1) * b)
-        return 1e3 * self.server.workers / max(per_query_ms, 1e-6)

@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -265,16 +265,18 @@ class Server:
             s.done.notify_all()
             s.accel.notify_all()
 
+    def _take(self, s: _RunState, cond: threading.Condition, queue: deque[Any]) -> Any:
+        """The next item of ``queue`` (waiting on ``cond``), or None when the run stops."""
+        with cond:
+            while not queue and not s.stop and s.error is None:
+                cond.wait()
+            return None if s.stop or s.error is not None else queue.popleft()
+
     def _worker(self, s: _RunState) -> None:
         try:
             with torch.inference_mode():
-                while True:
-                    with s.cond:
-                        while not s.queue and not s.stop and s.error is None:
-                            s.cond.wait()
-                        if s.stop or s.error is not None:
-                            return
-                        i, k, lo, n = s.queue.popleft()
+                while (item := self._take(s, s.cond, s.queue)) is not None:
+                    i, k, lo, n = item
                     t0 = time.perf_counter()
                     self._forward(self.pool.rows(lo, lo + n))
                     s.service.append((i, k, n, time.perf_counter() - t0))  # append: atomic
@@ -285,13 +287,8 @@ class Server:
     def _accelerator(self, s: _RunState) -> None:
         assert self.accelerator is not None
         try:
-            while True:
-                with s.accel:
-                    while not s.accel_queue and not s.stop and s.error is None:
-                        s.accel.wait()
-                    if s.stop or s.error is not None:
-                        return
-                    i, lo, n = s.accel_queue.popleft()
+            while (item := self._take(s, s.accel, s.accel_queue)) is not None:
+                i, lo, n = item
                 self.accelerator.run(self.pool.rows(lo, lo + n))
                 self._complete(s, i)
         except BaseException as e:
