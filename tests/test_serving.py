@@ -106,6 +106,18 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["config"]["models"] == ["ncf"]
 
 
+def test_serve_takes_arrival_processes_and_row_distributions(capsys) -> None:
+    pytest.importorskip("recbole", reason="MovieLens-100k comes with the recbole wheel")
+    assert main(["serve", "--simulate", "--model", "ncf", "--cores", "4", "--scale", "0.01",
+                 "--batch-sizes", "1024,64", "--queries", "200", "--arrivals", "poisson-ms",
+                 "--distribution", "movielens"]) == 0
+    text = capsys.readouterr().out
+    assert "poisson-ms arrivals" in text and "movielens rows" in text
+    batch = SMALL.sample_batch(500, distribution="movielens", seed=1)
+    for ids, table in zip(batch.sparse, SMALL.tables):
+        assert 0 <= int(ids.min()) and int(ids.max()) < table.num_rows
+
+
 def test_serve_on_the_real_server(capsys) -> None:
     assert main(["serve", "--model", "ncf", "--scale", "0.01", "--cores", "1",
                  "--batch-sizes", "1024,64", "--queries", "150", "--target-ms", "20"]) == 0
@@ -119,6 +131,7 @@ def test_serve_on_the_real_server(capsys) -> None:
     (["--cores", "4096"], "use --simulate"),
     (["--accelerator", "modeled"], "accelerator-curves"),
     (["--simulate", "--accelerator", "cuda"], "modeled accelerator"),
+    (["--arrivals", "bursty"], "invalid choice"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

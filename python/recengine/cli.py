@@ -374,6 +374,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--size-percentiles", metavar="FILE", default=None,
                        help="query sizes from this percentile file instead of lognormal(5.1, "
                             "0.2)")
+    serve.add_argument("--arrivals", choices=("poisson", "poisson-ms", "diurnal"),
+                       default="poisson",
+                       help="arrival process: exponential gaps, whole-millisecond gaps, or a "
+                            "diurnal rate curve (default: poisson)")
+    serve.add_argument("--distribution", default="uniform",
+                       choices=("uniform", "zipf", "pareto", "production", "movielens"),
+                       help="rows the model's inputs read; movielens needs the recbole wheel "
+                            "(default: uniform)")
     serve.add_argument("--queries", type=int, default=0,
                        help="queries per run at least (default: 2000 simulated, 300 real)")
     serve.add_argument("--seed", type=int, default=0, help="seed of weights and workload")
@@ -939,6 +947,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                             batch_sizes=args.batch_sizes or st.BATCH_SIZES,
                             accelerator=args.accelerator,
                             accelerator_curves=args.accelerator_curves, sizes=sizes,
+                            process=args.arrivals, distribution=args.distribution,
                             queries=args.queries, seed=args.seed)
     tries = len(config.batch_sizes) + 1 + (len(st.THRESHOLDS) + 1 if args.accelerator != "none"
                                        else 0)
@@ -950,7 +959,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         mode = "simulated" if config.simulate else "real server"
-        print(f"latency-bounded throughput ({mode}, lognormal sizes unless a file, scale "
+        print(f"latency-bounded throughput ({mode}; {config.process} arrivals, "
+              f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")
         print(f"{'model':<7}{'cores':>6}{'target':>8}{'static QPS':>12}{'DRS QPS':>11}"
               f"{'gain':>7}{'batch':>7}{'offload':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}")

@@ -143,13 +143,26 @@ class RecModel(torch.nn.Module):
     def sample_batch(self, size: int, distribution: str = "uniform", alpha: float = 1.0,
                      seed: Optional[int] = None) -> Batch:
         """A random input of ``size`` samples: dense ``N(0, 1)``, ids from ``distribution``
-        (:data:`recengine.rows.DISTRIBUTIONS`), reproducible from ``seed``."""
+        (:data:`recengine.rows.DISTRIBUTIONS`, or ``"movielens"``: MovieLens-100k's item
+        popularity, :func:`recengine.workload.interaction_rows`), reproducible from
+        ``seed``."""
         if size < 1:
             raise ValueError(f"a batch needs at least one sample, got {size}")
         rng = np.random.default_rng(seed)
         dense = torch.from_numpy(rng.standard_normal((size, self.dense_dim), dtype=np.float32))
-        sparse = [torch.from_numpy(draw_rows(rng, self.tables[f.table].num_rows,
-                                             size * f.length, distribution, alpha)
+        if distribution == "movielens":
+            from ..workload import interaction_counts, interaction_rows
+
+            counts = interaction_counts()
+
+            def draw(n: int, k: int) -> np.ndarray:
+                return interaction_rows(rng, n, k, counts)
+        else:
+
+            def draw(n: int, k: int) -> np.ndarray:
+                return draw_rows(rng, n, k, distribution, alpha)
+
+        sparse = [torch.from_numpy(draw(self.tables[f.table].num_rows, size * f.length)
                                    .reshape(size, f.length)) for f in self.features]
         return Batch(dense, sparse)
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ..models import TARGETS_MS, build
+from ..rows import DISTRIBUTIONS
 from ..sched import (
     BATCH_SIZES,
     THRESHOLDS,
@@ -29,7 +30,7 @@ from ..sched import (
     max_qps,
 )
 from ..shapes import resolve_model
-from ..workload import QuerySizes
+from ..workload import ARRIVALS, QuerySizes
 from .accelerator import Accelerator
 from .backend import RealServer
 from .server import Server
@@ -52,6 +53,8 @@ class ServeConfig:
     accelerator: str = "none"
     accelerator_curves: Optional[str] = None
     sizes: QuerySizes = field(default_factory=QuerySizes.lognormal)
+    process: str = "poisson"
+    distribution: str = "uniform"
     queries: int = 0
     rel_tol: float = 0.0
     seed: int = 0
@@ -79,6 +82,12 @@ class ServeConfig:
         if self.accelerator == "cuda" and self.simulate:
             raise ValueError("the simulator takes a modeled accelerator "
                              "(--accelerator modeled --accelerator-curves FILE)")
+        if self.process not in ARRIVALS:
+            raise ValueError(f"unknown arrival process {self.process!r}; expected one of "
+                             f"{', '.join(ARRIVALS)}")
+        if self.distribution not in (*DISTRIBUTIONS, "movielens"):
+            raise ValueError(f"unknown row distribution {self.distribution!r}; expected one "
+                             f"of {', '.join(DISTRIBUTIONS)}, movielens")
         if self.queries <= 0:
             self.queries = 2000 if self.simulate else 300
         if self.rel_tol <= 0:
@@ -113,13 +122,14 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
         acc_curve = _accelerator_curve(config, name)
         if config.simulate:
             status(f"{name}: profiling one core")
-            alone = Server(model, workers=1, seed=config.seed).profile()
+            alone = Server(model, workers=1, seed=config.seed,
+                           distribution=config.distribution).profile()
         for cores in config.cores:
             mode = "simulated" if config.simulate else "real"
             if config.simulate:
                 curve = alone
                 backend: Any = SimulatedServer(curve, cores, acc_curve, config.sizes,
-                                               config.queries, config.seed,
+                                               config.queries, config.seed, config.process,
                                                span_s=20 * target / 1e3)
             else:
                 accel = None
@@ -127,11 +137,12 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                     accel = Accelerator.cuda(model)
                 elif acc_curve is not None:
                     accel = Accelerator.modeled(acc_curve)
-                server = Server(model, workers=cores, accelerator=accel, seed=config.seed)
+                server = Server(model, workers=cores, accelerator=accel, seed=config.seed,
+                                distribution=config.distribution)
                 status(f"{name}: profiling {cores} workers")
                 curve = server.profile()
                 backend = RealServer(server, config.sizes, config.queries, config.seed,
-                                     span_s=10 * target / 1e3, curve=curve)
+                                     config.process, span_s=10 * target / 1e3, curve=curve)
             t0 = time.perf_counter()
             status(f"{name} on {cores} cores ({mode}): static baseline")
             static = Policy(config.static_batch)
