@@ -132,6 +132,7 @@ def test_serve_on_the_real_server(capsys) -> None:
     (["--accelerator", "modeled"], "accelerator-curves"),
     (["--simulate", "--accelerator", "cuda"], "modeled accelerator"),
     (["--arrivals", "bursty"], "invalid choice"),
+    (["--target-scale", "0"], "positive"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

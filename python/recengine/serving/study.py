@@ -47,6 +47,7 @@ class ServeConfig:
     cores: Sequence[int] = ()
     scale: float = 0.05
     target_ms: Optional[float] = None
+    target_scale: float = 1.0
     static_batch: int = 1024
     batch_sizes: Sequence[int] = BATCH_SIZES
     patience: Optional[int] = None
@@ -63,6 +64,8 @@ class ServeConfig:
         self.models = [resolve_model(m) for m in self.models]
         if self.target_ms is not None and not self.target_ms > 0:
             raise ValueError(f"the latency target must be positive, got {self.target_ms}")
+        if not self.target_scale > 0:
+            raise ValueError(f"the target scale must be positive, got {self.target_scale}")
         here = os.cpu_count() or 1
         if not self.cores:
             self.cores = [here]
@@ -116,7 +119,8 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                tick: Optional[Callable[[], None]] = None) -> Iterator[dict[str, Any]]:
     """One row per model and core count: the static and DeepRecSched throughput and tails."""
     for name in config.models:
-        target = config.target_ms if config.target_ms is not None else TARGETS_MS[name]
+        target = (config.target_ms if config.target_ms is not None
+                  else TARGETS_MS[name] * config.target_scale)
         status(f"{name}: building (scale {config.scale:g})")
         model = build(name, scale=config.scale, seed=config.seed)
         acc_curve = _accelerator_curve(config, name)
