@@ -134,11 +134,11 @@ class SimulatedServer(QueryStream):
                  process: str = "poisson", queue_capacity: int = 4096, span_s: float = 0.0,
                  max_queries: int = 200_000) -> None:
         super().__init__(cpu, cores, sizes, queries, seed, process, span_s, max_queries)
-        self.cpu, self.accelerator = cpu, accelerator
+        self.accelerator = accelerator
         self.queue_capacity = queue_capacity
         self.has_accelerator = accelerator is not None
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)
-        return simulate(arrivals, sizes, policy, self.cpu, self.cores, self.accelerator,
+        return simulate(arrivals, sizes, policy, self.curve, self.cores, self.accelerator,
                         self.queue_capacity)

@@ -2,54 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
-import torch
-
-from ..models import RecModel
-from ..sched.latency import PROFILE_BATCHES, LatencyCurve, profile
+from ..sched.latency import LatencyCurve
 from ..sched.result import Policy, RunResult
 from ..sched.stream import QueryStream
 from ..workload import QuerySizes
 from .server import Server
 
-__all__ = ["RealServer", "profile_model"]
-
-
-def profile_model(model: RecModel, batches: Sequence[int] = PROFILE_BATCHES,
-                  threads: int = 1, repeats: int = 5, budget_s: float = 1.0,
-                  seed: int = 0) -> LatencyCurve:
-    """One core's back-to-back latency curve of ``model`` (a forward of a batch with
-    ``threads`` torch and recengine threads), measured here. :meth:`Server.profile` measures
-    forwards as a server runs them instead (what the simulator is fed).
-
-    Example::
-
-        >>> import recengine.models as rm
-        >>> profile_model(rm.build("ncf", scale=0.01), batches=(1, 16), repeats=2).batches
-        (1, 16)
-    """
-    from .. import get_num_threads, set_num_threads
-
-    top = max(batches)
-    pool = model.sample_batch(4 * top, seed=seed)
-    turn = [0]
-
-    def run(b: int) -> object:
-        # A different slice each time, as a server's inputs: no help from warm caches.
-        turn[0] = (turn[0] + 1) % 4
-        lo = turn[0] * top
-        return model(pool.rows(lo, lo + b))
-
-    saved = (torch.get_num_threads(), get_num_threads())
-    torch.set_num_threads(threads)
-    set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return profile(run, batches, repeats, budget_s, label=getattr(model, "name", ""))
-    finally:
-        torch.set_num_threads(saved[0])
-        set_num_threads(saved[1])
+__all__ = ["RealServer"]
 
 
 class RealServer(QueryStream):

@@ -152,7 +152,7 @@ class Server:
         if state.error is not None:
             err = WorkerError(f"a worker failed while serving: {state.error!r}", state.details)
             raise err from state.error
-        latency = state.end - state.arrival
+        latency = state.end - arrivals
         latency[state.shed] = np.inf
         span = float(arrivals[-1]) if n else 0.0
         self.last_service = state.service
@@ -207,7 +207,6 @@ class Server:
             if s.error is not None:
                 return
             n = int(sizes[i])
-            s.arrival[i] = arrivals[i]
             lo = offset if offset + n <= len(self.pool) else 0
             offset = lo + n
             with s.cond:
@@ -306,7 +305,6 @@ class _RunState:
         self.accel = threading.Condition(lock)  # the accelerator waits here for queries
         self.queue: deque[tuple[int, int, int, int]] = deque()  # query, part, first, items
         self.accel_queue: deque[tuple[int, int, int]] = deque()
-        self.arrival = np.zeros(n)
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
         self.shed = np.zeros(n, dtype=bool)
