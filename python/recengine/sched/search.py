@@ -113,16 +113,19 @@ def _evaluate(backend: Backend, policy: Policy, target_ms: float,
                    rel_tol)
 
 
-def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02) -> Tuned:
-    """The static baseline's latency-bounded throughput (:data:`STATIC`)."""
-    qps, result = _evaluate(backend, STATIC, target_ms, rel_tol)
-    return Tuned(STATIC, qps, result, [(STATIC, qps)])
+def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02,
+                    policy: Policy = STATIC) -> Tuned:
+    """The static baseline's latency-bounded throughput: one fixed ``policy``
+    (:data:`STATIC` by default)."""
+    qps, result = _evaluate(backend, policy, target_ms, rel_tol)
+    return Tuned(policy, qps, result, [(policy, qps)])
 
 
 def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] = BATCH_SIZES,
                  thresholds: Sequence[int] = THRESHOLDS, rel_tol: float = 0.02,
                  patience: Optional[int] = None,
-                 progress: Optional[Callable[[Policy, float], None]] = None) -> Tuned:
+                 progress: Optional[Callable[[Policy, float], None]] = None,
+                 known: Sequence[Tuned] = ()) -> Tuned:
     """DeepRecSched: climb the batch sizes in order, then (with an accelerator) the offload
     thresholds, keeping the policy of the highest latency-bounded throughput.
 
@@ -130,17 +133,22 @@ def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] 
     curves are not always unimodal (a batch that spills the cache can be slower per item than
     a smaller one, so QPS dips and recovers), so by default (``patience=None``) every
     candidate is tried; ``patience=k`` stops after ``k + 1`` tries in a row without a new
-    best. ``progress(policy, qps)`` is told of every policy tried."""
+    best. ``progress(policy, qps)`` is told of every policy tried. Policies already searched
+    on this backend (``known``, e.g. the static baseline) are not searched again."""
     tried: list[tuple[Policy, float]] = []
     largest = backend.largest_query()
-    seen: dict[Policy, tuple[float, Optional[RunResult]]] = {}
 
-    def evaluate(policy: Policy) -> tuple[float, Optional[RunResult]]:
+    def same(policy: Policy) -> Policy:
         # Batch sizes of at least the largest query all run queries whole, and thresholds
         # above it offload nothing: one search each.
         thr = policy.offload_threshold
-        key = Policy(min(policy.batch_size, largest),
-                     None if thr is not None and thr > largest else thr)
+        return Policy(min(policy.batch_size, largest),
+                      None if thr is not None and thr > largest else thr)
+
+    seen = {same(k.policy): (k.qps, k.result) for k in known}
+
+    def evaluate(policy: Policy) -> tuple[float, Optional[RunResult]]:
+        key = same(policy)
         if key not in seen:
             seen[key] = _evaluate(backend, policy, target_ms, rel_tol)
         return seen[key]

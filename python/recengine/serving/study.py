@@ -27,7 +27,7 @@ from ..sched import (
     SimulatedServer,
     Tuned,
     deeprecsched,
-    max_qps,
+    static_baseline,
 )
 from ..shapes import resolve_model
 from ..workload import ARRIVALS, QuerySizes
@@ -149,9 +149,8 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                                      config.process, span_s=10 * target / 1e3, curve=curve)
             t0 = time.perf_counter()
             status(f"{name} on {cores} cores ({mode}): static baseline")
-            static = Policy(config.static_batch)
-            s_qps, s_run = max_qps(lambda q, p=static, b=backend: b.run(p, q), target,
-                                   backend.capacity_hint(static), config.rel_tol)
+            static = static_baseline(backend, target, config.rel_tol,
+                                     Policy(config.static_batch))
             if tick:
                 tick()
 
@@ -162,15 +161,15 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                     tick()
 
             tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
-                                        config.rel_tol, config.patience, told)
+                                        config.rel_tol, config.patience, told, [static])
             run = tuned.result
             yield {
                 "model": name, "mode": mode, "cores": cores, "target_ms": target,
                 "scale": config.scale,
-                "static_batch": static.batch_size, "static_qps": s_qps,
-                "static_p95_ms": s_run.p95 if s_run else None,
+                "static_batch": static.policy.batch_size, "static_qps": static.qps,
+                "static_p95_ms": static.result.p95 if static.result else None,
                 "deeprecsched_qps": tuned.qps,
-                "improvement": tuned.qps / s_qps if s_qps > 0 else None,
+                "improvement": tuned.qps / static.qps if static.qps > 0 else None,
                 "batch_size": tuned.policy.batch_size,
                 "offload_threshold": tuned.policy.offload_threshold,
                 "p95_ms": run.p95 if run else None, "p99_ms": run.p99 if run else None,
