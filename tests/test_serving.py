@@ -58,6 +58,58 @@ def test_queries_split_and_offload_as_the_policy_says() -> None:
         server.run(np.array([1.0, 0.5]), np.array([1, 1]), Policy(8))
 
 
+def test_process_workers_serve_every_query_and_agree_with_the_model() -> None:
+    arrivals = np.linspace(0, 0.2, 40)
+    sizes = np.arange(40) % 90 + 1
+    with Server(SMALL, workers=2, processes=True, queue_capacity=64) as server:
+        assert server.processes and server.workers == 2
+        r = server.run(arrivals, sizes, Policy(32))
+        assert r.shed == 0 and np.all(np.isfinite(r.latency_ms)) and np.all(r.latency_ms > 0)
+        assert sorted((i, k) for i, k, _, _ in server.last_service) == sorted(
+            (i, k) for i in range(40) for k in range(-(-int(sizes[i]) // 32)))
+        assert sum(n for _, _, n, _ in server.last_service) == sizes.sum()
+        # Overload: the bounded queue sheds and every query is still accounted for.
+        r = server.run(np.zeros(200), np.full(200, 64), Policy(16))
+        assert r.shed > 0 and r.shed + np.isfinite(r.latency_ms).sum() == 200
+    with pytest.raises(RuntimeError, match="closed"):
+        server.run(arrivals, sizes, Policy(32))
+
+
+def test_a_dead_worker_process_is_reported_and_replaced() -> None:
+    import signal
+    import threading
+
+    with Server(SMALL, workers=2, processes=True) as server:
+        victim = server._procs.procs[0].pid
+        timer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+        timer.start()
+        with pytest.raises(WorkerError, match="exited"):  # not a hang, not a wrong answer
+            server.run(np.linspace(0, 3.0, 300), np.full(300, 200), Policy(16), timeout_s=20)
+        timer.join()
+        r = server.run(np.linspace(0, 0.1, 10), np.full(10, 50), Policy(16))
+        assert r.shed == 0 and np.all(np.isfinite(r.latency_ms))
+        assert victim not in [p.pid for p in server._procs.procs]
+
+
+def test_worker_process_errors_are_reported_with_their_traceback() -> None:
+    from recengine.serving.processes import WorkerProcesses
+
+    procs = WorkerProcesses(SMALL.build_args, workers=1)
+    try:
+        procs.busy[0] = False
+        procs.conns[0].send(("not", "a", "sub-request"))
+        events = procs.poll(60.0)
+        assert events and events[0][:2] == ("error", 0)
+        message, details = events[0][2]
+        assert "ValueError" in message and "Traceback" in details
+    finally:
+        procs.close()
+    with pytest.raises(RuntimeError, match=r"failed to start: .*unknown model"):
+        WorkerProcesses({"name": "rmc9"}, workers=1)
+    with pytest.raises(ValueError, match=r"recengine\.models\.build"):
+        Server(torch.nn.Linear(2, 2), workers=1, processes=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_the_cuda_accelerator_runs_whole_queries() -> None:
     server = Server(SMALL, workers=1, accelerator=Accelerator.cuda(SMALL))
@@ -118,11 +170,13 @@ def test_serve_takes_arrival_processes_and_row_distributions(capsys) -> None:
         assert 0 <= int(ids.min()) and int(ids.max()) < table.num_rows
 
 
-def test_serve_on_the_real_server(capsys) -> None:
-    assert main(["serve", "--model", "ncf", "--scale", "0.01", "--cores", "1",
+@pytest.mark.parametrize("workers", [[], ["--processes"]])
+def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
+    assert main(["serve", "--model", "ncf", "--scale", "0.01", "--cores", "1", *workers,
                  "--batch-sizes", "1024,64", "--queries", "150", "--target-ms", "20"]) == 0
     text = capsys.readouterr().out
     assert "real server" in text and "ncf" in text
+    assert ("worker processes" in text) == bool(workers)
 
 
 @pytest.mark.parametrize("args, match", [
@@ -133,6 +187,7 @@ def test_serve_on_the_real_server(capsys) -> None:
     (["--simulate", "--accelerator", "cuda"], "modeled accelerator"),
     (["--arrivals", "bursty"], "invalid choice"),
     (["--target-scale", "0"], "positive"),
+    (["--simulate", "--processes"], "real server"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

@@ -350,6 +350,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="model, comma list, or 'all' (default: rmc1)")
     serve.add_argument("--simulate", action="store_true",
                        help="run the simulator instead of the real server")
+    serve.add_argument("--processes", action="store_true",
+                       help="real server: one process per worker, each with its own copy "
+                            "of the model, instead of threads sharing one interpreter lock "
+                            "(scales past a few cores; a few seconds to start)")
     serve.add_argument("--cores", type=_comma_list(_positive_int, "core count"), default=None,
                        help="cores (comma list with --simulate; default: this machine's)")
     serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
@@ -945,6 +949,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sizes = (QuerySizes.from_percentiles(args.size_percentiles) if args.size_percentiles
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
+                            processes=args.processes,
                             scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
                             static_batch=args.static_batch, patience=args.patience,
@@ -962,7 +967,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        mode = "simulated" if config.simulate else "real server"
+        mode = ("simulated" if config.simulate else
+                "real server, worker processes" if config.processes else "real server")
         print(f"latency-bounded throughput ({mode}; {config.process} arrivals, "
               f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")

@@ -72,6 +72,10 @@ def build(name: str, scale: float = DEFAULT_SCALE, seed: Optional[int] = 0,
         raise ValueError(f"bad option for {key}: {e}") from None
     if weights is not None:
         model.load_state_dict(_state(weights))
+        if not isinstance(weights, dict):
+            weights = os.path.abspath(weights)
+    #: What made the model, so a worker process can make its own replica.
+    model.build_args = dict(name=key, scale=scale, seed=seed, weights=weights, **kwargs)
     return model.eval()
 
 

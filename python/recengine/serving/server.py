@@ -3,9 +3,11 @@
 A dispatcher (the calling thread) replays a query stream in real time: each query is split
 into sub-requests of at most ``policy.batch_size`` items that join one bounded ready queue,
 or, at or above the policy's offload threshold, goes whole to the accelerator's bounded
-queue. Worker threads (one per core by default) take sub-requests and run real model
-forwards; torch's intra-op threads and recengine's threads are set so that workers x
-threads never exceeds the cores. A query's latency is the end of its last sub-request minus
+queue. Workers (one per core by default) take sub-requests and run real model forwards:
+threads of this process, or with ``processes=True`` one process each
+(:mod:`recengine.serving.processes`), whose forwards do not queue for one interpreter lock.
+Torch's intra-op threads and recengine's threads are set so that workers x threads never
+exceeds the cores. A query's latency is the end of its last sub-request minus
 its arrival. A query whose sub-requests do not fit in the queue is shed and counted; every
 query is accounted for. A worker that raises stops the run with :class:`WorkerError`; a
 run that cannot finish by its deadline raises :class:`TimeoutError`: never a hang.
@@ -30,6 +32,7 @@ from ..models import Batch, RecModel
 from ..sched.latency import PROFILE_BATCHES, LatencyCurve
 from ..sched.result import Policy, RunResult
 from .accelerator import Accelerator
+from .processes import WorkerProcesses
 
 __all__ = ["SWITCH_INTERVAL_S", "Server", "WorkerError"]
 
@@ -47,11 +50,11 @@ class WorkerError(RuntimeError):
 
 
 class Server:
-    """Serve ``model`` with ``workers`` worker threads (default: one per core).
+    """Serve ``model`` with ``workers`` workers (default: one per core).
 
     Args:
         model: a :mod:`recengine.models` model (inputs are drawn from it once, up front).
-        workers: worker threads running sub-requests on the CPU.
+        workers: workers running sub-requests on the CPU.
         threads_per_worker: torch and recengine threads each worker's forward uses.
         queue_capacity: the most sub-requests waiting at once (and the accelerator's most
             waiting queries).
@@ -60,6 +63,12 @@ class Server:
         seed: seeds the inputs.
         pool_size: samples of input drawn up front; queries read slices of it (so a query
             has at most this many items).
+        processes: run each worker in its own process, on a replica of the model rebuilt
+            from the arguments :func:`recengine.models.build` made it with (so each process
+            holds its own copy of the tables, and a model changed after ``build`` must be
+            saved and rebuilt with ``weights=``). Threads share one interpreter lock, which
+            caps a threaded server at a few cores; processes take a few seconds to start.
+            Close the server (``close()`` or ``with``) to stop them.
 
     Example::
 
@@ -73,7 +82,7 @@ class Server:
     def __init__(self, model: RecModel, workers: Optional[int] = None,
                  threads_per_worker: int = 1, queue_capacity: int = 4096,
                  accelerator: Optional[Accelerator] = None, distribution: str = "uniform",
-                 seed: int = 0, pool_size: int = 2048) -> None:
+                 seed: int = 0, pool_size: int = 2048, processes: bool = False) -> None:
         cores = os.cpu_count() or 1
         if threads_per_worker < 1:
             raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
@@ -82,6 +91,10 @@ class Server:
             raise ValueError(f"a server needs at least one worker, got {self.workers}")
         if queue_capacity < 1:
             raise ValueError(f"the queue must hold at least one request, got {queue_capacity}")
+        build_args = getattr(model, "build_args", None)
+        if processes and build_args is None:
+            raise ValueError("process workers rebuild the model, so it must come from "
+                             "recengine.models.build")
         self.model = model.eval()
         self.threads_per_worker = threads_per_worker
         self.queue_capacity = queue_capacity
@@ -90,6 +103,30 @@ class Server:
         self._forward: Callable[[Batch], object] = self.model
         #: The last run's CPU sub-requests: (query, part, items, seconds), as they finished.
         self.last_service: list[tuple[int, int, int, float]] = []
+        self._run_id = 0
+        self._procs: Optional[WorkerProcesses] = None
+        self._process_mode = processes
+        if processes:
+            assert build_args is not None
+            self._procs = WorkerProcesses(build_args, self.workers, threads_per_worker,
+                                          distribution, seed, pool_size)
+
+    @property
+    def processes(self) -> bool:
+        """Whether the workers are processes (else threads of this process)."""
+        return self._process_mode
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (a threaded server holds nothing to stop)."""
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy,
             timeout_s: Optional[float] = None, warmup: float = 0.1) -> RunResult:
@@ -112,8 +149,14 @@ class Server:
             raise ValueError(f"query sizes must be in [1, {len(self.pool)}]")
         if policy.offload_threshold is not None and self.accelerator is None:
             raise ValueError("the policy offloads but the server has no accelerator")
+        if self._process_mode and self._procs is None:
+            raise RuntimeError("the server is closed")
         n = sizes.size
+        self._run_id += 1
         state = _RunState(n, self.queue_capacity)
+        if self._procs is not None:
+            self._procs.restart_dead()  # a worker lost in an earlier run
+            state.idle.extend(k for k in range(len(self._procs)) if not self._procs.busy[k])
         saved = (torch.get_num_threads(), get_num_threads(), sys.getswitchinterval())
         torch.set_num_threads(self.threads_per_worker)
         set_num_threads(self.threads_per_worker)
@@ -124,8 +167,13 @@ class Server:
         # none during the run (the forwards make no reference cycles).
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        threads = [threading.Thread(target=self._worker, args=(state,), daemon=True,
-                                    name=f"recengine-worker-{i}") for i in range(self.workers)]
+        if self._procs is None:
+            threads = [threading.Thread(target=self._worker, args=(state,), daemon=True,
+                                        name=f"recengine-worker-{i}")
+                       for i in range(self.workers)]
+        else:
+            threads = [threading.Thread(target=self._collect, args=(state,), daemon=True,
+                                        name="recengine-collector")]
         if self.accelerator is not None:
             threads.append(threading.Thread(target=self._accelerator, args=(state,),
                                             daemon=True, name="recengine-accelerator"))
@@ -229,7 +277,10 @@ class Server:
                         for k in range(parts):
                             a = lo + k * b
                             s.queue.append((i, k, a, min(b, lo + n - a)))
-                        s.cond.notify(parts)
+                        if self._procs is None:
+                            s.cond.notify(parts)
+                        else:
+                            self._feed(s)
                 if s.shed[i] and s.finished == s.n:
                     s.done.notify_all()
 
@@ -246,8 +297,8 @@ class Server:
                                        f"{timeout_s:.0f} s after the last arrival")
                 s.done.wait(timeout=min(left, 0.5))
 
-    def _complete(self, s: _RunState, i: int) -> None:
-        now = time.perf_counter() - s.t0
+    def _complete(self, s: _RunState, i: int, end: Optional[float] = None) -> None:
+        now = (time.perf_counter() if end is None else end) - s.t0
         with s.cond:
             s.end[i] = max(s.end[i], now)
             s.parts[i] -= 1
@@ -259,7 +310,7 @@ class Server:
     def _fail(self, s: _RunState, e: BaseException) -> None:
         with s.cond:
             if s.error is None:
-                s.error, s.details = e, traceback.format_exc()
+                s.error, s.details = e, getattr(e, "details", "") or traceback.format_exc()
             s.cond.notify_all()
             s.done.notify_all()
             s.accel.notify_all()
@@ -283,6 +334,41 @@ class Server:
         except BaseException as e:  # reported to the caller, never swallowed
             self._fail(s, e)
 
+    def _feed(self, s: _RunState) -> None:
+        """Hand queued sub-requests to idle worker processes (call holding ``s.cond``)."""
+        assert self._procs is not None
+        while s.idle and s.queue and not s.stop and s.error is None:
+            k = s.idle.popleft()
+            try:
+                self._procs.send(k, (self._run_id, *s.queue.popleft()))
+            except OSError as e:  # its death is reported by the collector as well
+                s.error = RuntimeError(f"worker process {k} is gone: {e!r}")
+                s.done.notify_all()
+
+    def _collect(self, s: _RunState) -> None:
+        """The process workers' results, until the run stops (a thread of the parent)."""
+        procs = self._procs
+        assert procs is not None
+        try:
+            while not s.stop and s.error is None:
+                for tag, k, payload in procs.poll(0.05):
+                    if tag == "done":
+                        run, i, part, n, seconds, end = payload
+                        if run == self._run_id:  # not a leftover of an abandoned run
+                            s.service.append((i, part, n, seconds))
+                            self._complete(s, i, end)
+                        with s.cond:
+                            s.idle.append(k)
+                            self._feed(s)
+                    elif tag == "error":
+                        message, details = payload
+                        raise _Reported(f"worker process {k}: {message}", details)
+                    else:
+                        raise RuntimeError(f"worker process {k} exited (exit code "
+                                           f"{payload[0]}) while serving")
+        except BaseException as e:
+            self._fail(s, e)
+
     def _accelerator(self, s: _RunState) -> None:
         assert self.accelerator is not None
         try:
@@ -292,6 +378,14 @@ class Server:
                 self._complete(s, i)
         except BaseException as e:
             self._fail(s, e)
+
+
+class _Reported(RuntimeError):
+    """An exception a worker process reported, with its traceback text."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class _RunState:
@@ -305,6 +399,7 @@ class _RunState:
         self.accel = threading.Condition(lock)  # the accelerator waits here for queries
         self.queue: deque[tuple[int, int, int, int]] = deque()  # query, part, first, items
         self.accel_queue: deque[tuple[int, int, int]] = deque()
+        self.idle: deque[int] = deque()  # worker processes holding no sub-request
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
         self.shed = np.zeros(n, dtype=bool)

@@ -4,7 +4,7 @@ in the simulator at any core count.
 For each model, the model is built at ``scale`` and its sub-request latency curve is
 profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 :class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the one-worker curve. Real:
-:class:`Server` with one worker per core.
+:class:`Server` with one worker per core (threads, or processes with ``processes``).
 Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
 target (R2), each a search over arrival rates.
 """
@@ -44,6 +44,7 @@ class ServeConfig:
 
     models: Sequence[str] = ("rmc1",)
     simulate: bool = False
+    processes: bool = False
     cores: Sequence[int] = ()
     scale: float = 0.05
     target_ms: Optional[float] = None
@@ -82,6 +83,8 @@ class ServeConfig:
         if self.accelerator == "modeled" and not self.accelerator_curves:
             raise ValueError("a modeled accelerator needs --accelerator-curves FILE (JSON of "
                              "{model: {batches, ms}})")
+        if self.processes and self.simulate:
+            raise ValueError("--processes is an option of the real server, not of --simulate")
         if self.accelerator == "cuda" and self.simulate:
             raise ValueError("the simulator takes a modeled accelerator "
                              "(--accelerator modeled --accelerator-curves FILE)")
@@ -128,58 +131,65 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             status(f"{name}: profiling one core")
             alone = Server(model, workers=1, seed=config.seed,
                            distribution=config.distribution).profile()
+            for cores in config.cores:
+                backend = SimulatedServer(alone, cores, acc_curve, config.sizes, config.queries,
+                                          config.seed, config.process, span_s=20 * target / 1e3)
+                yield _search(config, name, cores, "simulated", backend, alone, target, status,
+                              tick)
+            continue
         for cores in config.cores:
-            mode = "simulated" if config.simulate else "real"
-            if config.simulate:
-                curve = alone
-                backend: Any = SimulatedServer(curve, cores, acc_curve, config.sizes,
-                                               config.queries, config.seed, config.process,
-                                               span_s=20 * target / 1e3)
-            else:
-                accel = None
-                if config.accelerator == "cuda":
-                    accel = Accelerator.cuda(model)
-                elif acc_curve is not None:
-                    accel = Accelerator.modeled(acc_curve)
-                server = Server(model, workers=cores, accelerator=accel, seed=config.seed,
-                                distribution=config.distribution)
+            accel = None
+            if config.accelerator == "cuda":
+                accel = Accelerator.cuda(model)
+            elif acc_curve is not None:
+                accel = Accelerator.modeled(acc_curve)
+            if config.processes:
+                status(f"{name}: starting {cores} worker processes")
+            with Server(model, workers=cores, accelerator=accel, seed=config.seed,
+                        distribution=config.distribution, processes=config.processes) as server:
                 status(f"{name}: profiling {cores} workers")
                 curve = server.profile()
-                backend = RealServer(server, config.sizes, config.queries, config.seed,
-                                     config.process, span_s=10 * target / 1e3, curve=curve)
-            t0 = time.perf_counter()
-            status(f"{name} on {cores} cores ({mode}): static baseline")
-            static = static_baseline(backend, target, config.rel_tol,
-                                     Policy(config.static_batch))
-            if tick:
-                tick()
+                real = RealServer(server, config.sizes, config.queries, config.seed,
+                                  config.process, span_s=10 * target / 1e3, curve=curve)
+                row = _search(config, name, cores, "real", real, curve, target, status, tick)
+            yield row
 
-            def told(policy: Policy, qps: float, name: str = name, cores: int = cores,
-                     mode: str = mode) -> None:
-                status(f"{name} on {cores} cores ({mode}): {policy.describe()}: {qps:,.0f} QPS")
-                if tick:
-                    tick()
 
-            tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
-                                        config.rel_tol, config.patience, told, [static])
-            run = tuned.result
-            yield {
-                "model": name, "mode": mode, "cores": cores, "target_ms": target,
-                "scale": config.scale,
-                "static_batch": static.policy.batch_size, "static_qps": static.qps,
-                "static_p95_ms": static.result.p95 if static.result else None,
-                "deeprecsched_qps": tuned.qps,
-                "improvement": tuned.qps / static.qps if static.qps > 0 else None,
-                "batch_size": tuned.policy.batch_size,
-                "offload_threshold": tuned.policy.offload_threshold,
-                "p95_ms": run.p95 if run else None, "p99_ms": run.p99 if run else None,
-                "p50_ms": run.p50 if run else None,
-                "offloaded": (run.offloaded / run.queries) if run else None,
-                "cpu_curve": curve.to_dict(),
-                "tried": [{"batch_size": p.batch_size, "offload_threshold": p.offload_threshold,
-                           "qps": q} for p, q in tuned.tried],
-                "search_s": time.perf_counter() - t0,
-            }
+def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
+            curve: LatencyCurve, target: float, status: Callable[[str], None],
+            tick: Optional[Callable[[], None]]) -> dict[str, Any]:
+    """The static baseline's and DeepRecSched's latency-bounded throughput on ``backend``."""
+    t0 = time.perf_counter()
+    status(f"{name} on {cores} cores ({mode}): static baseline")
+    static = static_baseline(backend, target, config.rel_tol, Policy(config.static_batch))
+    if tick:
+        tick()
+
+    def told(policy: Policy, qps: float) -> None:
+        status(f"{name} on {cores} cores ({mode}): {policy.describe()}: {qps:,.0f} QPS")
+        if tick:
+            tick()
+
+    tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
+                                config.rel_tol, config.patience, told, [static])
+    run = tuned.result
+    return {
+        "model": name, "mode": mode, "cores": cores, "target_ms": target,
+        "scale": config.scale,
+        "static_batch": static.policy.batch_size, "static_qps": static.qps,
+        "static_p95_ms": static.result.p95 if static.result else None,
+        "deeprecsched_qps": tuned.qps,
+        "improvement": tuned.qps / static.qps if static.qps > 0 else None,
+        "batch_size": tuned.policy.batch_size,
+        "offload_threshold": tuned.policy.offload_threshold,
+        "p95_ms": run.p95 if run else None, "p99_ms": run.p99 if run else None,
+        "p50_ms": run.p50 if run else None,
+        "offloaded": (run.offloaded / run.queries) if run else None,
+        "cpu_curve": curve.to_dict(),
+        "tried": [{"batch_size": p.batch_size, "offload_threshold": p.offload_threshold,
+                   "qps": q} for p, q in tuned.tried],
+        "search_s": time.perf_counter() - t0,
+    }
 
 
 def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:

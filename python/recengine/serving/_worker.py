@@ -1,0 +1,49 @@
+"""A worker process of :class:`recengine.serving.processes.WorkerProcesses`:
+``python -m recengine.serving._worker FD`` serves sub-requests over the connection on
+file descriptor ``FD``."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+__all__: list[str] = []
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process: read its set-up, build the model and its input pool, say ready,
+    then run ``(run, query, part, first, items)`` sub-requests until ``None`` or EOF."""
+    try:
+        build_args, threads, distribution, seed, pool_size = conn.recv()
+        import torch
+
+        from .. import set_num_threads
+        from ..models import build
+
+        torch.set_num_threads(threads)
+        set_num_threads(threads)
+        model = build(**build_args)
+        pool = model.sample_batch(pool_size, distribution=distribution, seed=seed)
+        conn.send(("ready", os.getpid()))
+        with torch.inference_mode():
+            while (item := conn.recv()) is not None:
+                run, i, k, lo, n = item
+                t0 = time.perf_counter()
+                model(pool.rows(lo, lo + n))
+                t1 = time.perf_counter()
+                conn.send(("done", (run, i, k, n, t1 - t0, t1)))
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        return  # the parent went away or stopped us
+    except BaseException as e:  # reported to the parent, which raises it as a WorkerError
+        try:
+            conn.send(("error", (repr(e), traceback.format_exc())))
+        except (OSError, ValueError, pickle.PicklingError):
+            pass
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))
