@@ -187,7 +187,7 @@ def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
     (["--simulate", "--accelerator", "cuda"], "modeled accelerator"),
     (["--arrivals", "bursty"], "invalid choice"),
     (["--target-scale", "0"], "positive"),
-    (["--simulate", "--processes"], "real server"),
+    (["--simulate", "--profile-workers", "4096"], "cores here"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

@@ -351,9 +351,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--simulate", action="store_true",
                        help="run the simulator instead of the real server")
     serve.add_argument("--processes", action="store_true",
-                       help="real server: one process per worker, each with its own copy "
-                            "of the model, instead of threads sharing one interpreter lock "
-                            "(scales past a few cores; a few seconds to start)")
+                       help="one process per worker, each with its own copy of the model, "
+                            "instead of threads sharing one interpreter lock (scales past a "
+                            "few cores; a few seconds to start)")
+    serve.add_argument("--profile-workers", type=_arg_positive_int, default=1,
+                       help="with --simulate: profile the latency curve with this many "
+                            "workers busy at once, so it carries their contention for memory "
+                            "bandwidth, caches and clock (default: 1, none)")
     serve.add_argument("--cores", type=_comma_list(_positive_int, "core count"), default=None,
                        help="cores (comma list with --simulate; default: this machine's)")
     serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
@@ -949,7 +953,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sizes = (QuerySizes.from_percentiles(args.size_percentiles) if args.size_percentiles
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
-                            processes=args.processes,
+                            processes=args.processes, profile_workers=args.profile_workers,
                             scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
                             static_batch=args.static_batch, patience=args.patience,
@@ -967,8 +971,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        mode = ("simulated" if config.simulate else
-                "real server, worker processes" if config.processes else "real server")
+        workers = "worker processes" if config.processes else "worker threads"
+        mode = (f"real server, {workers}" if not config.simulate else "simulated" if
+                config.profile_workers == 1 else
+                f"simulated from a profile of {config.profile_workers} {workers}")
         print(f"latency-bounded throughput ({mode}; {config.process} arrivals, "
               f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")

@@ -3,7 +3,8 @@ in the simulator at any core count.
 
 For each model, the model is built at ``scale`` and its sub-request latency curve is
 profiled through the server on this machine (:meth:`Server.profile`). Simulated:
-:class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the one-worker curve. Real:
+:class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the curve profiled with
+``profile_workers`` workers at once (1 by default: no contention between cores). Real:
 :class:`Server` with one worker per core (threads, or processes with ``processes``).
 Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
 target (R2), each a search over arrival rates.
@@ -46,6 +47,7 @@ class ServeConfig:
     simulate: bool = False
     processes: bool = False
     cores: Sequence[int] = ()
+    profile_workers: int = 1
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
@@ -83,8 +85,9 @@ class ServeConfig:
         if self.accelerator == "modeled" and not self.accelerator_curves:
             raise ValueError("a modeled accelerator needs --accelerator-curves FILE (JSON of "
                              "{model: {batches, ms}})")
-        if self.processes and self.simulate:
-            raise ValueError("--processes is an option of the real server, not of --simulate")
+        if not 1 <= self.profile_workers <= here:
+            raise ValueError(f"the profile needs 1 to {here} workers (the cores here), got "
+                             f"{self.profile_workers}")
         if self.accelerator == "cuda" and self.simulate:
             raise ValueError("the simulator takes a modeled accelerator "
                              "(--accelerator modeled --accelerator-curves FILE)")
@@ -128,14 +131,16 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
         model = build(name, scale=config.scale, seed=config.seed)
         acc_curve = _accelerator_curve(config, name)
         if config.simulate:
-            status(f"{name}: profiling one core")
-            alone = Server(model, workers=1, seed=config.seed,
-                           distribution=config.distribution).profile()
+            status(f"{name}: profiling {config.profile_workers} worker(s)")
+            with Server(model, workers=config.profile_workers, seed=config.seed,
+                        distribution=config.distribution, processes=config.processes) as one:
+                profiled = one.profile()
             for cores in config.cores:
-                backend = SimulatedServer(alone, cores, acc_curve, config.sizes, config.queries,
-                                          config.seed, config.process, span_s=20 * target / 1e3)
-                yield _search(config, name, cores, "simulated", backend, alone, target, status,
-                              tick)
+                backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
+                                          config.queries, config.seed, config.process,
+                                          span_s=20 * target / 1e3)
+                yield _search(config, name, cores, "simulated", backend, profiled, target,
+                              status, tick)
             continue
         for cores in config.cores:
             accel = None
