@@ -76,6 +76,19 @@ def test_percentile_file_gives_its_quantiles(tmp_path) -> None:
             QuerySizes.from_percentiles(path)
 
 
+def test_size_specs_parse_to_their_distributions(tmp_path) -> None:
+    assert QuerySizes.parse("lognormal:4.5,1") == QuerySizes.lognormal(4.5, 1.0)
+    assert QuerySizes.parse("normal:256,32") == QuerySizes.normal(256, 32)
+    assert QuerySizes.parse("fixed:64") == QuerySizes.fixed(64)
+    path = tmp_path / "sizes.txt"
+    path.write_text("0 1\n100 9\n")
+    assert QuerySizes.parse(str(path)).sample(np.random.default_rng(0), 100).max() <= 9
+    for spec, err in [("pareto:1,2", ValueError), ("lognormal:1", ValueError),
+                      ("normal:a,b", ValueError), ("nofile.txt", FileNotFoundError)]:
+        with pytest.raises(err):
+            QuerySizes.parse(spec)
+
+
 def test_replay_reads_text_and_npy(tmp_path) -> None:
     (tmp_path / "t.txt").write_text("# seconds\n0.5\n0.1\n0.3\n")
     np.testing.assert_array_equal(load_arrivals(tmp_path / "t.txt"), [0.1, 0.3, 0.5])

@@ -382,9 +382,11 @@ def _parser() -> argparse.ArgumentParser:
                             "(--accelerator-curves) (default: none)")
     serve.add_argument("--accelerator-curves", metavar="FILE", default=None,
                        help="JSON {model: {batches, ms}} of the modeled accelerator")
+    serve.add_argument("--sizes", metavar="SPEC", default=None,
+                       help="query sizes: lognormal:MU,SIGMA, normal:MEAN,SD, fixed:N or a "
+                            "percentile file (default: lognormal:5.1,0.2)")
     serve.add_argument("--size-percentiles", metavar="FILE", default=None,
-                       help="query sizes from this percentile file instead of lognormal(5.1, "
-                            "0.2)")
+                       help="query sizes from this percentile file (the same as --sizes FILE)")
     serve.add_argument("--arrivals", choices=("poisson", "poisson-ms", "diurnal"),
                        default="poisson",
                        help="arrival process: exponential gaps, whole-millisecond gaps, or a "
@@ -950,7 +952,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     models: list[str] = []
     for m in args.model:
         models += model_names() if m == "all" else [m]
-    sizes = (QuerySizes.from_percentiles(args.size_percentiles) if args.size_percentiles
+    if args.sizes and args.size_percentiles:
+        raise ValueError("give --sizes or --size-percentiles, not both")
+    sizes = (QuerySizes.parse(args.sizes) if args.sizes else
+             QuerySizes.from_percentiles(args.size_percentiles) if args.size_percentiles
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
                             processes=args.processes, profile_workers=args.profile_workers,

@@ -196,6 +196,37 @@ class QuerySizes:
             raise ValueError("sizes must be non-negative and not decrease with the percentile")
         return cls("percentiles", (), (tuple(pct.tolist()), tuple(sizes.tolist())))
 
+    @classmethod
+    def parse(cls, spec: str) -> QuerySizes:
+        """From a command-line spec: ``lognormal:MU,SIGMA``, ``normal:MEAN,SD``, ``fixed:N``,
+        or a percentile file's path (:meth:`from_percentiles`).
+
+        Raises:
+            ValueError: an unknown kind or a wrong number of parameters.
+            FileNotFoundError: a path that names no file.
+
+        Example::
+
+            >>> QuerySizes.parse("lognormal:4.5,1").describe()
+            'lognormal(mu=4.5, sigma=1)'
+        """
+        kinds = {"lognormal": (cls.lognormal, 2), "normal": (cls.normal, 2),
+                 "fixed": (cls.fixed, 1)}
+        kind, sep, rest = spec.partition(":")
+        if not sep or kind not in kinds:
+            if os.path.exists(spec) or not sep:
+                return cls.from_percentiles(spec)
+            raise ValueError(f"unknown query size distribution {kind!r}; expected "
+                             f"lognormal:MU,SIGMA, normal:MEAN,SD, fixed:N or a file")
+        make, count = kinds[kind]
+        try:
+            args = [float(x) for x in rest.split(",")]
+        except ValueError:
+            raise ValueError(f"{spec!r}: parameters must be numbers") from None
+        if len(args) != count:
+            raise ValueError(f"{kind} takes {count} parameter(s), got {spec!r}")
+        return make(int(args[0])) if kind == "fixed" else make(*args)  # type: ignore[operator]
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` sizes, int64, each in [1, 1024]."""
         if self.kind == "lognormal":
