@@ -89,6 +89,12 @@ def test_a_dead_worker_process_is_reported_and_replaced() -> None:
         r = server.run(np.linspace(0, 0.1, 10), np.full(10, 50), Policy(16))
         assert r.shed == 0 and np.all(np.isfinite(r.latency_ms))
         assert victim not in [p.pid for p in server._procs.procs]
+        # A run past its deadline: the workers still busy are replaced, and the next run
+        # is served as usual.
+        with pytest.raises(TimeoutError):
+            server.run(np.zeros(300), np.full(300, 1024), Policy(1024), timeout_s=0.001)
+        r = server.run(np.linspace(0, 0.1, 10), np.full(10, 50), Policy(16))
+        assert r.shed == 0 and np.all(np.isfinite(r.latency_ms))
 
 
 def test_worker_process_errors_are_reported_with_their_traceback() -> None:
@@ -155,7 +161,22 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
         assert r["mode"] == "simulated" and r["target_ms"] == 5.0
         assert r["deeprecsched_qps"] >= r["static_qps"] > 0
         assert r["p95_ms"] <= r["target_ms"]
-    assert json.loads(out.read_text())["config"]["models"] == ["ncf"]
+    written = json.loads(out.read_text())
+    assert written["config"]["models"] == ["ncf"]
+    sweep = written["summary"]["gain_over_one_static_batch"]
+    assert set(sweep) == {"4", "16"} and set(sweep["4"]) == {"1024", "128", "32"}
+    assert all(g is None or g >= 1.0 for sw in sweep.values() for g in sw.values())
+
+
+def test_static_sweep_averages_gains_and_marks_sizes_that_fail_a_model() -> None:
+    from recengine.serving.study import static_sweep
+
+    def row(drs: float, tried: dict[int, float]) -> dict:
+        return {"deeprecsched_qps": drs, "tried": [
+            {"batch_size": b, "offload_threshold": None, "qps": q} for b, q in tried.items()]}
+
+    rows = [row(100.0, {1024: 100.0, 64: 50.0}), row(300.0, {1024: 0.0, 64: 300.0, 32: 1.0})]
+    assert static_sweep(rows) == {1024: None, 64: pytest.approx(1.5)}
 
 
 def test_serve_takes_arrival_processes_and_row_distributions(capsys) -> None:

@@ -972,7 +972,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     rows, wall = _run_study(st.iter_study, config, len(models) * len(config.cores) * tries,
                             advance="tick")
     ratios = [r["improvement"] for r in rows if r["improvement"]]
-    summary = {"mean_improvement": sum(ratios) / len(ratios) if ratios else None}
+    sweep = {c: st.static_sweep([r for r in rows if r["cores"] == c]) for c in config.cores}
+    summary = {"mean_improvement": sum(ratios) / len(ratios) if ratios else None,
+               "gain_over_one_static_batch": {str(c): {str(b): g for b, g in sw.items()}
+                                              for c, sw in sweep.items()}}
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -993,6 +996,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                   f"{_fmt_num(r['p95_ms'], 2):>8}{_fmt_num(r['p99_ms'], 2):>8}")
         if len(ratios) > 1:
             print(f"mean improvement {summary['mean_improvement']:.2f}x over {len(ratios)} runs")
+        if len(config.models) > 1:
+            print("mean gain over one static batch size for every model (-: that size meets "
+                  "no rate for some model):")
+            for c, sw in sweep.items():
+                print(f"  {c} cores: " + ", ".join(f"{b} {_fmt_ratio(g)}"
+                                                   for b, g in sw.items()))
         unserved = [r for r in rows if r["static_qps"] == 0 and r["deeprecsched_qps"] > 0]
         if unserved:
             print(f"the static baseline meets the target at no rate in {len(unserved)} run(s) "

@@ -4,10 +4,10 @@ Each worker is a process with its own model replica, rebuilt from the arguments
 :func:`recengine.models.build` was given, and its own copy of the input pool (drawn with the
 same seed, so the same inputs). Its forwards therefore share no interpreter lock with the
 other workers. The parent keeps the ready queue and hands one sub-request at a time to an
-idle worker over that worker's pipe, so the queue stays one FIFO in one place (the same
-discipline as the threaded server and the simulator), and no lock is shared between
+idle worker over that worker's connection, so the queue stays one FIFO in one place (the
+same discipline as the threaded server and the simulator), and no lock is shared between
 processes: a worker that dies cannot leave another waiting on it. A dead worker shows up as
-its process sentinel becoming ready, and the parent reports it.
+the end of its connection, and the parent reports it.
 
 Each worker is a fresh interpreter (``python -m recengine.serving._worker``) on one end of
 a socket pair: nothing of this process is forked (torch's and the core's thread pools do not
@@ -27,9 +27,9 @@ from typing import Any, Optional, Sequence
 __all__ = ["Event", "WorkerProcesses"]
 
 #: What :meth:`WorkerProcesses.poll` reports: ``("done", worker, (run, query, part, items,
-#: seconds, end))`` with ``end`` a :func:`time.perf_counter` reading (one clock for every
-#: process of the machine), ``("error", worker, (message, traceback))`` or ``("died", worker,
-#: (exitcode, ""))``.
+#: seconds, end))`` with ``end`` a :func:`time.perf_counter` reading (on Linux one monotonic
+#: clock for every process of the machine), ``("error", worker, (message, traceback))`` or
+#: ``("died", worker, (exitcode, ""))``.
 Event = tuple[str, int, tuple[Any, ...]]
 
 
@@ -111,6 +111,14 @@ class WorkerProcesses:
         if dead:
             self.start(dead)
         return dead
+
+    def stop_busy(self) -> list[int]:
+        """Kill the workers holding a sub-request (after a run was abandoned: they may hang,
+        and their answers are of no use); :meth:`restart_dead` replaces them."""
+        busy = [k for k, b in enumerate(self.busy) if b]
+        for k in busy:
+            self._drop(k)
+        return busy
 
     def send(self, k: int, item: tuple[int, int, int, int, int]) -> None:
         """Hand worker ``k`` the sub-request ``(run, query, part, first, items)``."""

@@ -192,6 +192,8 @@ class Server:
                 state.accel.notify_all()
             for t in threads:
                 t.join(timeout=5.0)
+            if self._procs is not None and state.finished < n:
+                self._procs.stop_busy()  # hung or abandoned: replaced at the next run
             torch.set_num_threads(saved[0])
             set_num_threads(saved[1])
             sys.setswitchinterval(saved[2])

@@ -36,7 +36,7 @@ from .accelerator import Accelerator
 from .backend import RealServer
 from .server import Server
 
-__all__ = ["ServeConfig", "config_dict", "iter_study", "plot_study"]
+__all__ = ["ServeConfig", "config_dict", "iter_study", "plot_study", "static_sweep"]
 
 
 @dataclass
@@ -195,6 +195,31 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
                    "qps": q} for p, q in tuned.tried],
         "search_s": time.perf_counter() - t0,
     }
+
+
+def static_sweep(rows: Sequence[dict[str, Any]]) -> dict[int, Optional[float]]:
+    """DeepRecSched's mean gain over a static baseline that runs every model of ``rows`` at
+    one batch size, for each batch size every row's search tried (CPU only); ``None`` where
+    that size meets the target at no rate for some model.
+
+    Example::
+
+        >>> static_sweep([{"deeprecsched_qps": 300.0, "tried": [
+        ...     {"batch_size": 1024, "offload_threshold": None, "qps": 0.0},
+        ...     {"batch_size": 64, "offload_threshold": None, "qps": 200.0}]}])
+        {1024: None, 64: 1.5}
+    """
+    tables = [{t["batch_size"]: t["qps"] for t in r["tried"] if t["offload_threshold"] is None}
+              for r in rows]
+    if not tables:
+        return {}
+    common = sorted(set.intersection(*(set(t) for t in tables)), reverse=True)
+    sweep: dict[int, Optional[float]] = {}
+    for b in common:
+        qps = [t[b] for t in tables]
+        sweep[b] = (None if min(qps) <= 0 else
+                    sum(r["deeprecsched_qps"] / q for r, q in zip(rows, qps)) / len(rows))
+    return sweep
 
 
 def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
