@@ -364,7 +364,7 @@ class Server:
                             self._feed(s)
                     elif tag == "error":
                         message, details = payload
-                        raise _Reported(f"worker process {k}: {message}", details)
+                        raise RemoteWorkerError(f"worker process {k}: {message}", details)
                     else:
                         raise RuntimeError(f"worker process {k} exited (exit code "
                                            f"{payload[0]}) while serving")
@@ -382,7 +382,7 @@ class Server:
             self._fail(s, e)
 
 
-class _Reported(RuntimeError):
+class RemoteWorkerError(RuntimeError):
     """An exception a worker process reported, with its traceback text."""
 
     def __init__(self, message: str, details: str) -> None:
