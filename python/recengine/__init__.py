@@ -44,6 +44,7 @@ def set_num_threads(n: int) -> None:
 
     Example::
 
+        >>> import recengine
         >>> recengine.set_num_threads(2); recengine.get_num_threads()
         2
     """
@@ -63,6 +64,7 @@ def build_info() -> dict[str, Any]:
 
     Example::
 
+        >>> import recengine
         >>> recengine.build_info()["simd"] in ("avx512", "avx2", "scalar")
         True
     """

@@ -107,8 +107,10 @@ class ExpertCache:
 
         Example::
 
-            >>> np.save("experts.npy", np.zeros((16, 64, 32), np.float32))
-            >>> ExpertCache.from_npy("experts.npy", slots=4).num_blobs
+            >>> import tempfile
+            >>> path = os.path.join(tempfile.mkdtemp(), "experts.npy")
+            >>> np.save(path, np.zeros((16, 64, 32), np.float32))
+            >>> ExpertCache.from_npy(path, slots=4).num_blobs
             16
         """
         mm = np.load(os.fspath(path), mmap_mode="r")

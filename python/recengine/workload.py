@@ -15,7 +15,7 @@ Example::
 
     >>> w = Workload(rate_qps=100.0, sizes=QuerySizes.lognormal(), seed=1)
     >>> arrivals, sizes = w.queries(1000)
-    >>> arrivals.shape, sizes.dtype.name, 1 <= sizes.min() and sizes.max() <= 1024
+    >>> arrivals.shape, sizes.dtype.name, bool(1 <= sizes.min() and sizes.max() <= 1024)
     ((1000,), 'int64', True)
 """
 

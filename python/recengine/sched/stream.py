@@ -23,7 +23,7 @@ class QueryStream:
 
         >>> s = QueryStream(LatencyCurve((1, 1024), (1.0, 1.0)), cores=4, queries=100)
         >>> a, sizes = s.draw(50.0)
-        >>> len(a), s.largest_query() >= sizes.max()
+        >>> len(a), bool(s.largest_query() >= sizes.max())
         (100, True)
     """
 

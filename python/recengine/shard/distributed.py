@@ -45,7 +45,8 @@ def save_tables(tables: Sequence[EmbeddingTable], directory: PathLike,
 
     Example::
 
-        >>> save_tables([recengine.EmbeddingTable.random(10, 4)], "tables", ["t0"])
+        >>> t0 = recengine.EmbeddingTable.random(10, 4)  # doctest: +SKIP
+        >>> save_tables([t0], "tables", ["t0"])  # doctest: +SKIP
         [PosixPath('tables/t0.safetensors')]
     """
     if len(tables) != len(names):
@@ -116,9 +117,9 @@ class RayShardedEmbedding:
 
     Example::
 
-        >>> emb = RayShardedEmbedding(p, "tables", timeout_s=5.0)
-        >>> out = emb.lookup(indices, lengths=lengths)
-        >>> emb.close()
+        >>> emb = RayShardedEmbedding(p, "tables", timeout_s=5.0)  # doctest: +SKIP
+        >>> out = emb.lookup(indices, lengths=lengths)  # doctest: +SKIP
+        >>> emb.close()  # doctest: +SKIP
     """
 
     def __init__(self, plan: ShardPlan, tables_path: PathLike, *, address: Optional[str] = None,
