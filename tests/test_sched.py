@@ -3,6 +3,8 @@ DeepRecSched against known optima, and bad input."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -83,6 +85,7 @@ class _Known:
     10 ms beyond."""
 
     has_accelerator = True
+    confirm = 0
 
     def __init__(self, qps: dict[Policy, float]) -> None:
         self.qps, self.runs = qps, 0
@@ -104,6 +107,24 @@ def test_max_qps_brackets_and_bisects_to_the_known_rate() -> None:
                               100.0, rel_tol=0.01)
         assert true / 1.01 <= qps <= true and result is not None
     assert max_qps(lambda q: RunResult(np.full(20, 9.0)), 5.0, 10.0) == (0.0, None)
+
+
+def test_a_confirmed_miss_keeps_one_slow_run_from_ending_the_search_low() -> None:
+    """A server that sustains 70 QPS but whose first run at every rate has a slow stretch:
+    without confirmation the search halves down to the starting rate / 2**k; with one
+    confirming run it finds 70."""
+    def flaky() -> Callable[[float], RunResult]:
+        seen: set[float] = set()
+
+        def run(q: float) -> RunResult:
+            slow = q not in seen or q > 70
+            seen.add(q)
+            return RunResult(np.full(20, 9.0 if slow else 1.0))
+        return run
+
+    assert max_qps(flaky(), 5.0, 50.0) == (0.0, None)
+    qps, result = max_qps(flaky(), 5.0, 50.0, rel_tol=0.01, confirm=1)
+    assert 70 / 1.01 <= qps <= 70 and result is not None and result.meets(5.0)
 
 
 def test_deeprecsched_finds_the_known_optimum_then_the_offload_threshold() -> None:
@@ -143,6 +164,7 @@ def test_on_a_simulated_server_deeprecsched_matches_a_brute_force_search() -> No
     (lambda: Policy(8, 0), "offload threshold"),
     (lambda: max_qps(lambda q: RunResult(np.ones(3)), 0.0, 1.0), "target"),
     (lambda: max_qps(lambda q: RunResult(np.ones(3)), 5.0, -1.0), "starting rate"),
+    (lambda: max_qps(lambda q: RunResult(np.ones(3)), 5.0, 1.0, confirm=-1), "confirm"),
     (lambda: LatencyCurve((4, 2), (1.0, 2.0)), "increasing"),
     (lambda: LatencyCurve((1, 2), (1.0, -2.0)), "positive"),
     (lambda: SimulatedServer(FLAT, cores=0), "core"),

@@ -65,9 +65,11 @@ def test_process_workers_serve_every_query_and_agree_with_the_model() -> None:
         assert server.processes and server.workers == 2
         r = server.run(arrivals, sizes, Policy(32))
         assert r.shed == 0 and np.all(np.isfinite(r.latency_ms)) and np.all(r.latency_ms > 0)
-        assert sorted((i, k) for i, k, _, _ in server.last_service) == sorted(
+        assert sorted((r.query, r.part) for r in server.last_service) == sorted(
             (i, k) for i in range(40) for k in range(-(-int(sizes[i]) // 32)))
-        assert sum(n for _, _, n, _ in server.last_service) == sizes.sum()
+        assert sum(r.items for r in server.last_service) == sizes.sum()
+        # A worker process is held for its forward and the hand-over both ways.
+        assert all(0 < r.seconds < r.held for r in server.last_service)
         # Overload: the bounded queue sheds and every query is still accounted for.
         r = server.run(np.zeros(200), np.full(200, 64), Policy(16))
         assert r.shed > 0 and r.shed + np.isfinite(r.latency_ms).sum() == 200
@@ -123,6 +125,46 @@ def test_the_cuda_accelerator_runs_whole_queries() -> None:
     assert r.offloaded == 2 and np.all(np.isfinite(r.latency_ms))
 
 
+def test_the_profile_reruns_an_overloaded_batch_at_the_load_it_says() -> None:
+    """A forward that is fast alone (the first guess) and slow when served: the profile's
+    first run overloads the worker, so it runs again at 80% of the capacity it saw, and the
+    curve is the time a sub-request held its worker (not its wait in the queue)."""
+    server = Server(SMALL, workers=1)
+    calls: list[int] = []
+
+    def forward(batch: rm.Batch) -> None:
+        calls.append(len(batch))
+        if len(calls) > 3:  # the first three (the guess) return at once
+            time.sleep(0.003)
+
+    server._forward = forward
+    rates: list[float] = []
+    run = server.run
+
+    def spy(arrivals, sizes, policy, **kw):  # type: ignore[no-untyped-def]
+        rates.append(len(arrivals) / max(float(arrivals[-1]), 1e-9))
+        return run(arrivals, sizes, policy, **kw)
+
+    server.run = spy  # type: ignore[method-assign]
+    curve = server.profile((8,), load=0.8, queries=40, query_items=8)
+    assert 3.0 <= curve(8) < 6.0  # the held time, not a queueing delay of tens of ms
+    assert len(rates) >= 2 and rates[-1] < 0.2 * rates[0]
+    assert rates[-1] < 1.4 * 0.8 / 0.003  # about 80% of the capacity the run showed
+    with pytest.raises(ValueError, match="at least one query"):
+        server.profile((8,), queries=0)
+    with pytest.raises(ValueError, match="load"):
+        server.profile((8,), load=1.5)
+    # Saturated (the default): one run, every query at once, still the held time.
+    rates.clear()
+    curve = server.profile((8,), load=None, queries=20, query_items=8)
+    assert len(rates) == 1 and 3.0 <= curve(8) < 6.0
+    # A query of about query_items items is split into sub-requests of the batch size.
+    sizes: list[int] = []
+    server.run = lambda a, n, p, **kw: sizes.extend(n) or run(a, n, p, **kw)  # type: ignore
+    server.profile((8,), load=None, queries=10, query_items=30)
+    assert sizes == [32] * 10 and sorted({r.items for r in server.last_service}) == [8]
+
+
 def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
     """The simulator's queueing model against the real server: a real run of rmc1 at about
     60% load (whole and split queries), then the same queries simulated with the service
@@ -139,7 +181,8 @@ def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
         per_query_s = (time.perf_counter() - t0) * workers / 5
         arrivals, sizes = Workload(0.6 / per_query_s, seed=5).queries(400)
         real = server.run(arrivals, sizes, policy)
-        parts = {(i, k): 1e3 * t for i, k, _, t in server.last_service}
+        parts = {(r.query, r.part): 1e3 * r.seconds for r in server.last_service}
+        assert all(r.seconds <= r.held for r in server.last_service)
         sim = simulate(arrivals, sizes, policy, FLAT_CURVE, workers, part_ms=parts)
         assert len(parts) == int((-(-sizes // policy.batch_size)).sum())
         real_mean, sim_mean = real.latency_ms[40:].mean(), sim.latency_ms[40:].mean()
@@ -209,6 +252,7 @@ def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
     (["--arrivals", "bursty"], "invalid choice"),
     (["--target-scale", "0"], "positive"),
     (["--simulate", "--profile-workers", "4096"], "cores here"),
+    (["--confirm", "-1"], "non-negative"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

@@ -358,6 +358,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --simulate: profile the latency curve with this many "
                             "workers busy at once, so it carries their contention for memory "
                             "bandwidth, caches and clock (default: 1, none)")
+    serve.add_argument("--confirm", type=int, default=1,
+                       help="real server: run a rate that misses the target this many more "
+                            "times before the search counts it as a miss, so that one slow "
+                            "stretch does not end a search low (default: 1)")
     serve.add_argument("--cores", type=_comma_list(_positive_int, "core count"), default=None,
                        help="cores (comma list with --simulate; default: this machine's)")
     serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
@@ -959,6 +963,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
                             processes=args.processes, profile_workers=args.profile_workers,
+                            confirm=args.confirm,
                             scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
                             static_batch=args.static_batch, patience=args.patience,

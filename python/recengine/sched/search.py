@@ -38,6 +38,9 @@ class Backend(Protocol):
     """Runs a query stream under a policy at a rate: the simulator or the real server."""
 
     has_accelerator: bool
+    #: How many more times a rate that misses the target is run before it counts as a miss
+    #: (0 for a deterministic backend; more for a real server's rare slow stretches).
+    confirm: int
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult: ...
 
@@ -63,12 +66,16 @@ class Tuned:
 
 
 def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: float,
-            rel_tol: float = 0.02, max_runs: int = 40) -> tuple[float, Optional[RunResult]]:
+            rel_tol: float = 0.02, max_runs: int = 40,
+            confirm: int = 0) -> tuple[float, Optional[RunResult]]:
     """The highest rate whose run meets ``target_ms`` at p95 with nothing shed.
 
     Starts at ``start_qps``, doubles or halves until the answer is bracketed, then bisects
     until the bracket is within ``rel_tol``. Returns ``(0.0, None)`` when even
-    ``start_qps / 2**12`` misses the target.
+    ``start_qps / 2**12`` misses the target. A rate that misses is run up to ``confirm``
+    more times and counts as a miss only if every run misses: bisection takes the rates
+    below a miss as met, so one slow stretch of a real server (a stall, a cold core) would
+    otherwise end a search far below what the server sustains.
 
     Example::
 
@@ -82,6 +89,8 @@ def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: 
         raise ValueError(f"the latency target must be positive, got {target_ms}")
     if not start_qps > 0:
         raise ValueError(f"the starting rate must be positive, got {start_qps}")
+    if confirm < 0:
+        raise ValueError(f"confirm must be non-negative, got {confirm}")
 
     runs = 0
     lo, hi = 0.0, float("inf")
@@ -90,6 +99,11 @@ def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: 
     while runs < max_runs:
         r = measure(rate)
         runs += 1
+        for _ in range(confirm):
+            if r.meets(target_ms):
+                break
+            r = measure(rate)
+            runs += 1
         if r.meets(target_ms):
             lo, best = rate, r
         else:
@@ -110,7 +124,7 @@ def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: 
 def _evaluate(backend: Backend, policy: Policy, target_ms: float,
               rel_tol: float) -> tuple[float, Optional[RunResult]]:
     return max_qps(lambda q: backend.run(policy, q), target_ms, backend.capacity_hint(policy),
-                   rel_tol)
+                   rel_tol, confirm=getattr(backend, "confirm", 0))
 
 
 def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02,

@@ -137,6 +137,7 @@ class SimulatedServer(QueryStream):
         self.accelerator = accelerator
         self.queue_capacity = queue_capacity
         self.has_accelerator = accelerator is not None
+        self.confirm = 0  # deterministic: a run repeated is the same run
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)

@@ -20,16 +20,21 @@ class RealServer(QueryStream):
 
     ``curve`` (a sub-request's latency as the server runs it, :meth:`Server.profile`d when
     not given) only seeds the search's starting rate; every figure comes from the real
-    runs.
+    runs. A rate that misses the target is run ``confirm`` more times before a search
+    counts it as a miss (a real server has rare slow stretches).
     """
 
     def __init__(self, server: Server, sizes: Optional[QuerySizes] = None, queries: int = 300,
                  seed: int = 0, process: str = "poisson", span_s: float = 0.0,
-                 max_queries: int = 5000, curve: Optional[LatencyCurve] = None) -> None:
+                 max_queries: int = 5000, curve: Optional[LatencyCurve] = None,
+                 confirm: int = 1) -> None:
+        if confirm < 0:
+            raise ValueError(f"confirm must be non-negative, got {confirm}")
         super().__init__(curve if curve is not None else server.profile(), server.workers,
                          sizes, queries, seed, process, span_s, max_queries)
         self.server = server
         self.has_accelerator = server.accelerator is not None
+        self.confirm = confirm
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..sched.result import Policy, RunResult
 from .accelerator import Accelerator
 from .processes import WorkerProcesses
 
-__all__ = ["SWITCH_INTERVAL_S", "Server", "WorkerError"]
+__all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError"]
 
 #: The interpreter's thread switch interval while a server runs (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -47,6 +47,22 @@ class WorkerError(RuntimeError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
+
+
+class Service(NamedTuple):
+    """One CPU sub-request of a run, as it finished."""
+
+    #: the query it belongs to (its index in the run)
+    query: int
+    #: which part of the query it is
+    part: int
+    #: its items
+    items: int
+    #: the forward's time, in seconds
+    seconds: float
+    #: how long its worker could take no other sub-request (s): the forward plus handing it
+    #: over and back (for a worker process, from the parent's send to its reading the result)
+    held: float
 
 
 class Server:
@@ -101,8 +117,8 @@ class Server:
         self.accelerator = accelerator
         self.pool: Batch = model.sample_batch(pool_size, distribution=distribution, seed=seed)
         self._forward: Callable[[Batch], object] = self.model
-        #: The last run's CPU sub-requests: (query, part, items, seconds), as they finished.
-        self.last_service: list[tuple[int, int, int, float]] = []
+        #: The last run's CPU sub-requests, as they finished.
+        self.last_service: list[Service] = []
         self._run_id = 0
         self._procs: Optional[WorkerProcesses] = None
         self._process_mode = processes
@@ -209,13 +225,23 @@ class Server:
         return RunResult(latency * 1e3, int(state.shed.sum()), state.offloaded, span,
                          int(n * warmup))
 
-    def profile(self, batches: Sequence[int] = PROFILE_BATCHES, load: float = 0.8,
-                queries: int = 60) -> LatencyCurve:
-        """The latency curve of a sub-request as this server runs it: for each batch size,
-        ``queries`` queries of that size arrive (Poisson) at about ``load`` of the workers'
-        capacity, and the curve takes the median time a forward held its worker. This sees
-        what back-to-back timing misses: forwards after idle gaps, workers sharing the
-        interpreter lock, the caches and the memory bus.
+    def profile(self, batches: Sequence[int] = PROFILE_BATCHES, load: Optional[float] = 0.9,
+                queries: int = 60, held: bool = True, query_items: int = 164) -> LatencyCurve:
+        """The latency curve of a sub-request as this server runs it: for each batch size
+        ``b``, at least ``queries`` queries are served, each of about ``query_items`` items
+        in sub-requests of exactly ``b`` (so the server hands out as many sub-requests per
+        query as it does for a real stream of queries that size), and the curve takes the
+        median time a sub-request held its worker: its forward and its hand-over to and from
+        the worker (``held=False``: the forward alone). This sees what back-to-back timing of
+        one forward misses: the cores slowing each other down (memory bus, caches, clock),
+        workers sharing the interpreter lock, forwards after idle gaps, and for worker
+        processes the parent's per-query and per-sub-request work.
+
+        The queries arrive (Poisson) at about ``load`` of the workers' capacity, near where
+        a throughput search ends; ``load=None`` sends them all at once. The capacity is first
+        guessed from forwards run alone; where the workers turn out to be held longer than
+        that, the batch is run again at ``load`` of the capacity the run showed (at most
+        twice more), so that the profile does not measure an overloaded server.
 
         Example::
 
@@ -223,23 +249,43 @@ class Server:
             >>> Server(rm.build("ncf", scale=0.01), workers=1).profile((1, 8), queries=5).batches
             (1, 8)
         """
-        if not 0 < load <= 1:
+        if load is not None and not 0 < load <= 1:
             raise ValueError(f"the profiling load must be in (0, 1], got {load}")
+        if queries < 1:
+            raise ValueError(f"profiling needs at least one query per batch, got {queries}")
+        if query_items < 1:
+            raise ValueError(f"query_items must be at least 1, got {query_items}")
         ms = []
         rng = np.random.default_rng(0)
-        with torch.inference_mode():
-            for b in batches:
-                b = min(b, len(self.pool))
-                t0 = time.perf_counter()
-                for k in range(3):  # a first estimate of the forward's time
-                    lo = k * b % (len(self.pool) - b + 1)
-                    self._forward(self.pool.rows(lo, lo + b))
-                guess = (time.perf_counter() - t0) / 3
-                rate = load * self.workers / max(guess, 1e-5)
-                arrivals = np.cumsum(rng.exponential(1 / rate, queries))
-                self.run(arrivals, np.full(queries, b), Policy(b), warmup=0)
-                ms.append(1e3 * float(np.median([t for *_, t in self.last_service])))
+        for b in batches:
+            b = min(b, len(self.pool))
+            parts = max(1, min(round(query_items / b), len(self.pool) // b))
+            n = max(queries, -(-8 * self.workers // parts))  # 8 sub-requests a worker or more
+            sizes = np.full(n, parts * b)
+            if load is None:
+                self.run(np.zeros(n), sizes, Policy(b), warmup=0)
+            else:
+                rate = load * self.workers / (parts * self._time_forward(b))
+                for _ in range(3):
+                    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+                    self.run(arrivals, sizes, Policy(b), warmup=0)
+                    capacity = self.workers / parts / max(
+                        float(np.median([r.held for r in self.last_service])), 1e-6)
+                    if rate <= 1.15 * load * capacity:
+                        break
+                    rate = load * capacity
+            ms.append(1e3 * float(np.median(
+                [r.held if held else r.seconds for r in self.last_service])))
         return LatencyCurve(tuple(batches), tuple(ms), getattr(self.model, "name", ""))
+
+    def _time_forward(self, b: int, repeat: int = 3) -> float:
+        """Seconds one forward of ``b`` items takes in this process, alone (at least 10 us)."""
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for k in range(repeat):
+                lo = k * b % (len(self.pool) - b + 1)
+                self._forward(self.pool.rows(lo, lo + b))
+            return max((time.perf_counter() - t0) / repeat, 1e-5)
 
     def _dispatch(self, s: _RunState, arrivals: np.ndarray, sizes: np.ndarray,
                   policy: Policy) -> None:
@@ -318,21 +364,25 @@ class Server:
             s.accel.notify_all()
 
     def _take(self, s: _RunState, cond: threading.Condition, queue: deque[Any]) -> Any:
-        """The next item of ``queue`` (waiting on ``cond``), or None when the run stops."""
+        """The next item of ``queue`` (waiting on ``cond``) and the time it was taken, or None
+        when the run stops."""
         with cond:
             while not queue and not s.stop and s.error is None:
                 cond.wait()
-            return None if s.stop or s.error is not None else queue.popleft()
+            if s.stop or s.error is not None:
+                return None
+            return (*queue.popleft(), time.perf_counter())
 
     def _worker(self, s: _RunState) -> None:
         try:
             with torch.inference_mode():
                 while (item := self._take(s, s.cond, s.queue)) is not None:
-                    i, k, lo, n = item
+                    i, k, lo, n, taken = item
                     t0 = time.perf_counter()
                     self._forward(self.pool.rows(lo, lo + n))
-                    s.service.append((i, k, n, time.perf_counter() - t0))  # append: atomic
-                    self._complete(s, i)
+                    t1 = time.perf_counter()
+                    s.service.append(Service(i, k, n, t1 - t0, t1 - taken))  # append: atomic
+                    self._complete(s, i, t1)
         except BaseException as e:  # reported to the caller, never swallowed
             self._fail(s, e)
 
@@ -342,6 +392,7 @@ class Server:
         while s.idle and s.queue and not s.stop and s.error is None:
             k = s.idle.popleft()
             try:
+                s.sent[k] = time.perf_counter()
                 self._procs.send(k, (self._run_id, *s.queue.popleft()))
             except OSError as e:  # its death is reported by the collector as well
                 s.error = RuntimeError(f"worker process {k} is gone: {e!r}")
@@ -357,7 +408,8 @@ class Server:
                     if tag == "done":
                         run, i, part, n, seconds, end = payload
                         if run == self._run_id:  # not a leftover of an abandoned run
-                            s.service.append((i, part, n, seconds))
+                            held = time.perf_counter() - s.sent[k]
+                            s.service.append(Service(i, part, n, seconds, held))
                             self._complete(s, i, end)
                         with s.cond:
                             s.idle.append(k)
@@ -375,7 +427,7 @@ class Server:
         assert self.accelerator is not None
         try:
             while (item := self._take(s, s.accel, s.accel_queue)) is not None:
-                i, lo, n = item
+                i, lo, n, _ = item
                 self.accelerator.run(self.pool.rows(lo, lo + n))
                 self._complete(s, i)
         except BaseException as e:
@@ -402,14 +454,14 @@ class _RunState:
         self.queue: deque[tuple[int, int, int, int]] = deque()  # query, part, first, items
         self.accel_queue: deque[tuple[int, int, int]] = deque()
         self.idle: deque[int] = deque()  # worker processes holding no sub-request
+        self.sent: dict[int, float] = {}  # when each worker process was last handed one
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
         self.shed = np.zeros(n, dtype=bool)
         self.finished = 0
         self.offloaded = 0
         self.stop = False
-        # (query, part, items, seconds) of each CPU sub-request, in completion order
-        self.service: list[tuple[int, int, int, float]] = []
+        self.service: list[Service] = []  # CPU sub-requests, in completion order
         self.error: Optional[BaseException] = None
         self.details = ""
         self.t0 = 0.0

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
+
 from ..models import TARGETS_MS, build
 from ..rows import DISTRIBUTIONS
 from ..sched import (
@@ -48,6 +50,7 @@ class ServeConfig:
     processes: bool = False
     cores: Sequence[int] = ()
     profile_workers: int = 1
+    confirm: int = 1
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
@@ -88,6 +91,8 @@ class ServeConfig:
         if not 1 <= self.profile_workers <= here:
             raise ValueError(f"the profile needs 1 to {here} workers (the cores here), got "
                              f"{self.profile_workers}")
+        if self.confirm < 0:
+            raise ValueError(f"confirm must be non-negative, got {self.confirm}")
         if self.accelerator == "cuda" and self.simulate:
             raise ValueError("the simulator takes a modeled accelerator "
                              "(--accelerator modeled --accelerator-curves FILE)")
@@ -134,7 +139,7 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             status(f"{name}: profiling {config.profile_workers} worker(s)")
             with Server(model, workers=config.profile_workers, seed=config.seed,
                         distribution=config.distribution, processes=config.processes) as one:
-                profiled = one.profile()
+                profiled = one.profile(query_items=_typical_items(config))
             for cores in config.cores:
                 backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
                                           config.queries, config.seed, config.process,
@@ -153,11 +158,17 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             with Server(model, workers=cores, accelerator=accel, seed=config.seed,
                         distribution=config.distribution, processes=config.processes) as server:
                 status(f"{name}: profiling {cores} workers")
-                curve = server.profile()
+                curve = server.profile(query_items=_typical_items(config))
                 real = RealServer(server, config.sizes, config.queries, config.seed,
-                                  config.process, span_s=10 * target / 1e3, curve=curve)
+                                  config.process, span_s=10 * target / 1e3, curve=curve,
+                                  confirm=config.confirm)
                 row = _search(config, name, cores, "real", real, curve, target, status, tick)
             yield row
+
+
+def _typical_items(config: ServeConfig) -> int:
+    """The median query size of the study's workload (profiling queries have this many)."""
+    return max(1, int(np.median(config.sizes.sample(np.random.default_rng(config.seed), 4096))))
 
 
 def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
