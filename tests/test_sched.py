@@ -159,6 +159,60 @@ def test_on_a_simulated_server_deeprecsched_matches_a_brute_force_search() -> No
     assert tuned.qps > 1.5 * brute[1024]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=30), min_size=1,
+                max_size=5), st.integers(1, 70))
+def test_a_spread_keeps_the_quantiles_of_the_timings(times: list[list[float]], q: int) -> None:
+    batches = tuple(4 ** k for k in range(len(times)))
+    c = LatencyCurve.from_samples(batches, times, quantiles=q)
+    assert c == LatencyCurve.from_dict(c.to_dict())
+    for b, t, m, row in zip(batches, times, c.ms, c.spread):
+        assert m == pytest.approx(np.median(t))
+        assert len(row) == q and list(row) == sorted(row)
+        # Equally likely draws: the k-th is the ((k + 0.5) / q)-quantile of the timings.
+        u = (np.arange(q) + 0.5) / q
+        drawn = c.sample(np.full(q, b), u)
+        assert drawn == pytest.approx(np.quantile(t, u, method="inverted_cdf"))
+        assert min(t) - 1e-9 <= drawn.min() and drawn.max() <= max(t) + 1e-9
+
+
+def test_sample_takes_the_spread_of_the_nearest_profiled_size() -> None:
+    c = LatencyCurve((1, 16, 256), (1.0, 2.0, 8.0), spread=((1.0, 1.0), (1.0, 3.0), (0.5, 2.0)))
+    u = np.array([0.9] * 6)
+    # Nearest in log(batch): 3 -> 1 (the midpoint is 4), 5 -> 16, 60 -> 16, 70 -> 256.
+    got = c.sample(np.array([1, 3, 5, 60, 70, 512]), u)
+    assert got == pytest.approx([1.0, c(3), 3 * c(5), 3 * c(60), 2 * c(70), 2 * c(512)])
+    assert c.sample(np.array([16]), np.array([0.1]))[0] == pytest.approx(2.0)
+    assert c.median_only().sample(np.array([16]), u[:1])[0] == pytest.approx(2.0)
+    assert c.scaled(2.0).spread == c.spread
+
+
+def test_the_simulator_draws_service_times_from_the_spread() -> None:
+    """One sub-request per query at low load on many cores: a query's latency is its service
+    time, so p95 is the spread's tail (1 in 10 sub-requests 10x the median) where the median
+    alone gives 1 ms, and the run repeats exactly for a seed."""
+    tail = LatencyCurve.from_samples((1, 1024), [[1.0] * 9 + [10.0]] * 2, quantiles=20)
+    sizes = QuerySizes.fixed(64)
+    sim = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3)
+    flat = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3, spread=False)
+    r, again, median = (s.run(Policy(1024), 10.0) for s in (sim, sim, flat))
+    assert r.p95 == pytest.approx(10.0) and r.p50 == pytest.approx(1.0)
+    assert median.p95 == pytest.approx(1.0)
+    assert np.array_equal(r.latency_ms, again.latency_ms)
+    # The draws are the spread's: about a tenth of the queries take 10 ms.
+    assert 0.07 < np.mean(r.latency_ms > 5) < 0.13
+    # Saturated: utilisation counts the drawn work (mean 1.9 ms), not the median's 1 ms.
+    busy = SimulatedServer(tail, cores=1, sizes=sizes, queries=2000, seed=3).run(
+        Policy(1024), 400.0)
+    assert busy.utilization == pytest.approx(400 * 1.9e-3, rel=0.1)
+    # Without a spread, drawing changes nothing.
+    plain = LatencyCurve((1, 1024), (1.0, 1.0))
+    assert np.array_equal(
+        SimulatedServer(plain, 4, sizes=sizes, queries=200).run(Policy(16), 900.0).latency_ms,
+        SimulatedServer(plain, 4, sizes=sizes, queries=200, spread=False).run(
+            Policy(16), 900.0).latency_ms)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: Policy(0), "batch size"),
     (lambda: Policy(8, 0), "offload threshold"),
@@ -167,6 +221,14 @@ def test_on_a_simulated_server_deeprecsched_matches_a_brute_force_search() -> No
     (lambda: max_qps(lambda q: RunResult(np.ones(3)), 5.0, 1.0, confirm=-1), "confirm"),
     (lambda: LatencyCurve((4, 2), (1.0, 2.0)), "increasing"),
     (lambda: LatencyCurve((1, 2), (1.0, -2.0)), "positive"),
+    (lambda: LatencyCurve((1, 2), (1.0, 2.0), spread=((1.0,),)), "one row per batch"),
+    (lambda: LatencyCurve((1, 2), (1.0, 2.0), spread=((1.0,), (1.0, 2.0))), "same number"),
+    (lambda: LatencyCurve((1,), (1.0,), spread=((2.0, 1.0),)), "sorted"),
+    (lambda: LatencyCurve((1,), (1.0,), spread=((0.0, 1.0),)), "positive"),
+    (lambda: LatencyCurve.from_samples((1, 2), [[1.0]]), "sets of timings"),
+    (lambda: LatencyCurve.from_samples((1,), [[]]), "at least one"),
+    (lambda: LatencyCurve.from_samples((1,), [[1.0, -1.0]]), "positive"),
+    (lambda: LatencyCurve.from_samples((1,), [[1.0]], quantiles=0), "quantile"),
     (lambda: SimulatedServer(FLAT, cores=0), "core"),
     (lambda: simulate(np.zeros(2), np.ones(3, dtype=int), Policy(1), FLAT, 1), "one length"),
     (lambda: deeprecsched(_Known({}), 5.0, batch_sizes=()), "at least one batch size"),

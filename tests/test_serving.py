@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 import recengine.models as rm  # noqa: E402
 from recengine.cli import main  # noqa: E402
 from recengine.sched import LatencyCurve, Policy, simulate  # noqa: E402
-from recengine.serving import Accelerator, Server, WorkerError  # noqa: E402
+from recengine.serving import Accelerator, Server, Service, WorkerError, idle_before  # noqa: E402
 from recengine.workload import Workload  # noqa: E402
 
 SMALL = rm.build("ncf", scale=0.01)
@@ -58,6 +58,15 @@ def test_queries_split_and_offload_as_the_policy_says() -> None:
         server.run(np.array([1.0, 0.5]), np.array([1, 1]), Policy(8))
 
 
+def _check_worker_timelines(services: list[Service], workers: int) -> None:
+    """Each sub-request names its worker, and one worker's sub-requests do not overlap."""
+    assert {r.worker for r in services} <= set(range(workers))
+    gaps = idle_before(services)
+    assert np.all(gaps >= -1e-6)
+    assert np.isinf(gaps).sum() == len({r.worker for r in services})  # a worker's first
+    assert all(0 <= r.start < np.inf for r in services)
+
+
 def test_process_workers_serve_every_query_and_agree_with_the_model() -> None:
     arrivals = np.linspace(0, 0.2, 40)
     sizes = np.arange(40) % 90 + 1
@@ -70,6 +79,7 @@ def test_process_workers_serve_every_query_and_agree_with_the_model() -> None:
         assert sum(r.items for r in server.last_service) == sizes.sum()
         # A worker process is held for its forward and the hand-over both ways.
         assert all(0 < r.seconds < r.held for r in server.last_service)
+        _check_worker_timelines(server.last_service, 2)
         # Overload: the bounded queue sheds and every query is still accounted for.
         r = server.run(np.zeros(200), np.full(200, 64), Policy(16))
         assert r.shed > 0 and r.shed + np.isfinite(r.latency_ms).sum() == 200
@@ -148,6 +158,11 @@ def test_the_profile_reruns_an_overloaded_batch_at_the_load_it_says() -> None:
     server.run = spy  # type: ignore[method-assign]
     curve = server.profile((8,), load=0.8, queries=40, query_items=8)
     assert 3.0 <= curve(8) < 6.0  # the held time, not a queueing delay of tens of ms
+    # The spread is of the last run's held times around their median.
+    held = sorted(1e3 * r.held for r in server.last_service)
+    assert len(curve.spread) == 1 and curve.spread[0][0] <= 1.0 <= curve.spread[0][-1]
+    assert curve.ms[0] * curve.spread[0][0] == pytest.approx(held[0], rel=0.2)
+    assert curve.ms[0] * curve.spread[0][-1] <= held[-1] + 1e-9
     assert len(rates) >= 2 and rates[-1] < 0.2 * rates[0]
     assert rates[-1] < 1.4 * 0.8 / 0.003  # about 80% of the capacity the run showed
     with pytest.raises(ValueError, match="at least one query"):
@@ -183,6 +198,7 @@ def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
         real = server.run(arrivals, sizes, policy)
         parts = {(r.query, r.part): 1e3 * r.seconds for r in server.last_service}
         assert all(r.seconds <= r.held for r in server.last_service)
+        _check_worker_timelines(server.last_service, workers)
         sim = simulate(arrivals, sizes, policy, FLAT_CURVE, workers, part_ms=parts)
         assert len(parts) == int((-(-sizes // policy.batch_size)).sum())
         real_mean, sim_mean = real.latency_ms[40:].mean(), sim.latency_ms[40:].mean()
@@ -204,6 +220,11 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
         assert r["mode"] == "simulated" and r["target_ms"] == 5.0
         assert r["deeprecsched_qps"] >= r["static_qps"] > 0
         assert r["p95_ms"] <= r["target_ms"]
+        # The simulator drew service times from the profile's spread around its medians.
+        assert r["service_times"] == "profiled"
+        spread = r["cpu_curve"]["spread"]
+        assert len(spread) == len(r["cpu_curve"]["batches"])
+        assert all(row[0] <= 1.0 <= row[-1] for row in spread)
     written = json.loads(out.read_text())
     assert written["config"]["models"] == ["ncf"]
     sweep = written["summary"]["gain_over_one_static_batch"]
@@ -253,6 +274,7 @@ def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
     (["--target-scale", "0"], "positive"),
     (["--simulate", "--profile-workers", "4096"], "cores here"),
     (["--confirm", "-1"], "non-negative"),
+    (["--simulate", "--service-times", "mean"], "invalid choice"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

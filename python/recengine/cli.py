@@ -358,6 +358,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --simulate: profile the latency curve with this many "
                             "workers busy at once, so it carries their contention for memory "
                             "bandwidth, caches and clock (default: 1, none)")
+    serve.add_argument("--service-times", choices=("profiled", "median"), default="profiled",
+                       help="with --simulate: draw each sub-request's time from the spread "
+                            "the profile saw ('profiled', the default) or give every one the "
+                            "median ('median')")
     serve.add_argument("--confirm", type=int, default=1,
                        help="real server: run a rate that misses the target this many more "
                             "times before the search counts it as a miss, so that one slow "
@@ -963,7 +967,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
                             processes=args.processes, profile_workers=args.profile_workers,
-                            confirm=args.confirm,
+                            confirm=args.confirm, service_times=args.service_times,
                             scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
                             static_batch=args.static_batch, patience=args.patience,
@@ -985,9 +989,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         workers = "worker processes" if config.processes else "worker threads"
-        mode = (f"real server, {workers}" if not config.simulate else "simulated" if
+        times = ("service times drawn from the profile" if config.service_times == "profiled"
+                 else "median service times")
+        mode = (f"real server, {workers}" if not config.simulate else f"simulated, {times}" if
                 config.profile_workers == 1 else
-                f"simulated from a profile of {config.profile_workers} {workers}")
+                f"simulated from a profile of {config.profile_workers} {workers}, {times}")
         print(f"latency-bounded throughput ({mode}; {config.process} arrivals, "
               f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")

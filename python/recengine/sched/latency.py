@@ -1,7 +1,9 @@
 """Latency curves: how long one core (or an accelerator) takes to run a batch of ``b`` items,
 profiled at a few batch sizes and interpolated between them: linearly in the batch size (a
 CPU forward's cost grows about linearly between nearby sizes), or in ``log(batch)`` as
-DeepRecSys models its accelerator (R3)."""
+DeepRecSys models its accelerator (R3). A curve profiled through a server also carries the
+spread of the times it saw around each median, so a simulator can draw service times with the
+tail that sets a p95 at tight targets."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "LatencyCurve", "profile"]
+__all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "SPREAD_QUANTILES", "LatencyCurve", "profile"]
 
 #: The batch sizes of R3's accelerator latency model.
 ACCELERATOR_BATCHES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
 #: The batch sizes a CPU curve is profiled at by default: R3's, and more points where
 #: queries' sizes and DeepRecSched's batch sizes lie.
 PROFILE_BATCHES: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512, 1024)
+#: How many equally likely values a profiled spread keeps per batch size (the quantiles at
+#: ``(k + 0.5) / SPREAD_QUANTILES``).
+SPREAD_QUANTILES = 64
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,24 @@ class LatencyCurve:
         (1.5, 5.0, 10.0)
         >>> LatencyCurve((1, 4, 16), (1.0, 2.0, 5.0))(10)
         3.5
+
+    ``spread`` (optional) holds, for each batch size, equally likely ratios of a service time
+    to its median, sorted (the same count at every size): :meth:`sample` draws times from it,
+    taking the spread of the profiled size nearest in ``log(batch)``. Without it, every draw
+    is the median. :meth:`from_samples` builds a curve from raw timings::
+
+        >>> c = LatencyCurve.from_samples((1, 8), [[1.0, 1.0, 3.0], [2.0, 2.0, 2.0]], quantiles=3)
+        >>> c.ms, c.spread
+        ((1.0, 2.0), ((1.0, 1.0, 3.0), (1.0, 1.0, 1.0)))
+        >>> c.sample(np.array([1, 1, 8]), np.array([0.1, 0.9, 0.9])).tolist()
+        [1.0, 3.0, 2.0]
     """
 
     batches: tuple[int, ...]
     ms: tuple[float, ...]
     label: str = ""
     interpolation: str = "linear"
+    spread: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.batches) != len(self.ms) or not self.batches:
@@ -54,6 +71,16 @@ class LatencyCurve:
             raise ValueError(f"latencies must be positive, got {self.ms}")
         if self.interpolation not in ("linear", "log"):
             raise ValueError(f"interpolation is 'linear' or 'log', got {self.interpolation!r}")
+        if self.spread:
+            if len(self.spread) != len(self.batches):
+                raise ValueError(f"a spread needs one row per batch size ({len(self.batches)}), "
+                                 f"got {len(self.spread)}")
+            if len({len(row) for row in self.spread}) != 1 or not self.spread[0]:
+                raise ValueError("every row of a spread needs the same number (>= 1) of ratios")
+            for row in self.spread:
+                if any(not (math.isfinite(r) and r > 0) for r in row) or any(
+                        a > b for a, b in zip(row, row[1:])):
+                    raise ValueError(f"a spread's ratios must be positive and sorted, got {row}")
 
     def __call__(self, batch: float) -> float:
         """Latency in ms of a batch of ``batch`` items (``batch >= 1``)."""
@@ -73,17 +100,66 @@ class LatencyCurve:
     def scaled(self, factor: float, label: Optional[str] = None) -> LatencyCurve:
         """Every latency times ``factor``."""
         return LatencyCurve(self.batches, tuple(m * factor for m in self.ms),
-                            self.label if label is None else label, self.interpolation)
+                            self.label if label is None else label, self.interpolation,
+                            self.spread)
+
+    def median_only(self) -> LatencyCurve:
+        """This curve without its spread (every draw the median)."""
+        return LatencyCurve(self.batches, self.ms, self.label, self.interpolation)
+
+    def sample(self, batch: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Service times (ms) of batches of ``batch`` items, one for each uniform draw ``u``
+        (``[n]`` each, ``u`` in ``[0, 1)``): the median times the ``u``-quantile ratio of the
+        nearest profiled batch size's spread (the median alone without a spread)."""
+        ms = self.many(batch)
+        if not self.spread:
+            return ms
+        batch = np.maximum(np.asarray(batch, dtype=np.float64), 1.0)
+        logs = np.log(np.asarray(self.batches, dtype=np.float64))
+        # The nearest profiled size in log(batch): the midpoints between sizes split them.
+        nearest = np.searchsorted((logs[1:] + logs[:-1]) / 2, np.log(batch))
+        ratios = np.asarray(self.spread)
+        k = np.minimum((np.asarray(u) * ratios.shape[1]).astype(np.int64), ratios.shape[1] - 1)
+        return ms * ratios[nearest, k]
+
+    @classmethod
+    def from_samples(cls, batches: Sequence[int], samples_ms: Sequence[Sequence[float]],
+                     label: str = "", interpolation: str = "linear",
+                     quantiles: int = SPREAD_QUANTILES) -> LatencyCurve:
+        """A curve of the medians of ``samples_ms`` (timings at each of ``batches``), with a
+        spread of ``quantiles`` equally likely ratios to the median: the quantiles at
+        ``(k + 0.5) / quantiles``."""
+        if len(samples_ms) != len(batches):
+            raise ValueError(f"{len(batches)} batch sizes but {len(samples_ms)} sets of timings")
+        if quantiles < 1:
+            raise ValueError(f"a spread needs at least one quantile, got {quantiles}")
+        ms, spread = [], []
+        at = (np.arange(quantiles) + 0.5) / quantiles
+        for b, times in zip(batches, samples_ms):
+            t = np.asarray(times, dtype=np.float64)
+            if t.size == 0 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+                raise ValueError(f"batch {b}: timings must be positive and finite, and at "
+                                 f"least one")
+            median = float(np.median(t))
+            ms.append(median)
+            spread.append(tuple(float(r) for r in np.quantile(t, at, method="inverted_cdf")
+                                / median))
+        return cls(tuple(int(b) for b in batches), tuple(ms), label, interpolation,
+                   tuple(spread))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batches": list(self.batches), "ms": list(self.ms), "label": self.label,
-                "interpolation": self.interpolation}
+        d: dict[str, Any] = {"batches": list(self.batches), "ms": list(self.ms),
+                             "label": self.label, "interpolation": self.interpolation}
+        if self.spread:
+            d["spread"] = [list(row) for row in self.spread]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], interpolation: str = "linear") -> LatencyCurve:
         """From :meth:`to_dict`'s form (``interpolation`` when the dict names none)."""
         return cls(tuple(int(b) for b in d["batches"]), tuple(float(m) for m in d["ms"]),
-                   str(d.get("label", "")), str(d.get("interpolation", interpolation)))
+                   str(d.get("label", "")), str(d.get("interpolation", interpolation)),
+                   tuple(tuple(float(r) for r in row) for row in d.get("spread", ())))
 
 
 def profile(run: Callable[[int], Any], batches: Sequence[int] = PROFILE_BATCHES,

@@ -17,6 +17,6 @@ Example::
 
 from .accelerator import Accelerator
 from .backend import RealServer
-from .server import Server, Service, WorkerError
+from .server import Server, Service, WorkerError, idle_before
 
-__all__ = ["Accelerator", "RealServer", "Server", "Service", "WorkerError"]
+__all__ = ["Accelerator", "RealServer", "Server", "Service", "WorkerError", "idle_before"]

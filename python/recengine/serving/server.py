@@ -34,7 +34,7 @@ from ..sched.result import Policy, RunResult
 from .accelerator import Accelerator
 from .processes import WorkerProcesses
 
-__all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError"]
+__all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError", "idle_before"]
 
 #: The interpreter's thread switch interval while a server runs (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -63,6 +63,30 @@ class Service(NamedTuple):
     #: how long its worker could take no other sub-request (s): the forward plus handing it
     #: over and back (for a worker process, from the parent's send to its reading the result)
     held: float
+    #: the worker that ran it (0 to ``workers - 1``)
+    worker: int = -1
+    #: when its worker was given it (s after the run's start): ``held`` counts from here
+    start: float = float("nan")
+
+
+def idle_before(services: Sequence[Service]) -> np.ndarray:
+    """``[n]`` seconds each sub-request's worker had been idle when it was given it: since the
+    worker's previous sub-request (``inf`` for a worker's first of the run).
+
+    Example::
+
+        >>> s = [Service(0, 0, 8, 0.001, 0.002, 0, 0.0), Service(1, 0, 8, 0.001, 0.002, 0, 0.005)]
+        >>> idle_before(s).round(6).tolist()
+        [inf, 0.003]
+    """
+    gaps = np.full(len(services), np.inf)
+    last_end: dict[int, float] = {}
+    for j in sorted(range(len(services)), key=lambda j: services[j].start):
+        r = services[j]
+        if r.worker in last_end:
+            gaps[j] = r.start - last_end[r.worker]
+        last_end[r.worker] = r.start + r.held
+    return gaps
 
 
 class Server:
@@ -119,6 +143,8 @@ class Server:
         self._forward: Callable[[Batch], object] = self.model
         #: The last run's CPU sub-requests, as they finished.
         self.last_service: list[Service] = []
+        #: The sub-requests of the last :meth:`profile`'s final run at each batch size.
+        self.profile_services: dict[int, list[Service]] = {}
         self._run_id = 0
         self._procs: Optional[WorkerProcesses] = None
         self._process_mode = processes
@@ -184,7 +210,7 @@ class Server:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         if self._procs is None:
-            threads = [threading.Thread(target=self._worker, args=(state,), daemon=True,
+            threads = [threading.Thread(target=self._worker, args=(state, i), daemon=True,
                                         name=f"recengine-worker-{i}")
                        for i in range(self.workers)]
         else:
@@ -232,10 +258,11 @@ class Server:
         in sub-requests of exactly ``b`` (so the server hands out as many sub-requests per
         query as it does for a real stream of queries that size), and the curve takes the
         median time a sub-request held its worker: its forward and its hand-over to and from
-        the worker (``held=False``: the forward alone). This sees what back-to-back timing of
-        one forward misses: the cores slowing each other down (memory bus, caches, clock),
-        workers sharing the interpreter lock, forwards after idle gaps, and for worker
-        processes the parent's per-query and per-sub-request work.
+        the worker (``held=False``: the forward alone), with the spread of those times around
+        the median (:meth:`LatencyCurve.from_samples`) for a simulator to draw from. This
+        sees what back-to-back timing of one forward misses: the cores slowing each other down
+        (memory bus, caches, clock), workers sharing the interpreter lock, forwards after idle
+        gaps, and for worker processes the parent's per-query and per-sub-request work.
 
         The queries arrive (Poisson) at about ``load`` of the workers' capacity, near where
         a throughput search ends; ``load=None`` sends them all at once. The capacity is first
@@ -255,7 +282,8 @@ class Server:
             raise ValueError(f"profiling needs at least one query per batch, got {queries}")
         if query_items < 1:
             raise ValueError(f"query_items must be at least 1, got {query_items}")
-        ms = []
+        samples: list[list[float]] = []
+        self.profile_services = {}
         rng = np.random.default_rng(0)
         for b in batches:
             b = min(b, len(self.pool))
@@ -274,9 +302,10 @@ class Server:
                     if rate <= 1.15 * load * capacity:
                         break
                     rate = load * capacity
-            ms.append(1e3 * float(np.median(
-                [r.held if held else r.seconds for r in self.last_service])))
-        return LatencyCurve(tuple(batches), tuple(ms), getattr(self.model, "name", ""))
+            self.profile_services[b] = list(self.last_service)
+            samples.append([max(1e3 * (r.held if held else r.seconds), 1e-6)
+                            for r in self.last_service])
+        return LatencyCurve.from_samples(batches, samples, getattr(self.model, "name", ""))
 
     def _time_forward(self, b: int, repeat: int = 3) -> float:
         """Seconds one forward of ``b`` items takes in this process, alone (at least 10 us)."""
@@ -373,7 +402,7 @@ class Server:
                 return None
             return (*queue.popleft(), time.perf_counter())
 
-    def _worker(self, s: _RunState) -> None:
+    def _worker(self, s: _RunState, w: int) -> None:
         try:
             with torch.inference_mode():
                 while (item := self._take(s, s.cond, s.queue)) is not None:
@@ -381,7 +410,8 @@ class Server:
                     t0 = time.perf_counter()
                     self._forward(self.pool.rows(lo, lo + n))
                     t1 = time.perf_counter()
-                    s.service.append(Service(i, k, n, t1 - t0, t1 - taken))  # append: atomic
+                    s.service.append(  # append: atomic
+                        Service(i, k, n, t1 - t0, t1 - taken, w, taken - s.t0))
                     self._complete(s, i, t1)
         except BaseException as e:  # reported to the caller, never swallowed
             self._fail(s, e)
@@ -409,7 +439,8 @@ class Server:
                         run, i, part, n, seconds, end = payload
                         if run == self._run_id:  # not a leftover of an abandoned run
                             held = time.perf_counter() - s.sent[k]
-                            s.service.append(Service(i, part, n, seconds, held))
+                            s.service.append(Service(i, part, n, seconds, held, k,
+                                                     s.sent[k] - s.t0))
                             self._complete(s, i, end)
                         with s.cond:
                             s.idle.append(k)

@@ -4,7 +4,9 @@ in the simulator at any core count.
 For each model, the model is built at ``scale`` and its sub-request latency curve is
 profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 :class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the curve profiled with
-``profile_workers`` workers at once (1 by default: no contention between cores). Real:
+``profile_workers`` workers at once (1 by default: no contention between cores), each
+sub-request's time drawn from the spread the profile saw (``service_times="median"``: the
+median). Real:
 :class:`Server` with one worker per core (threads, or processes with ``processes``).
 Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
 target (R2), each a search over arrival rates.
@@ -51,6 +53,7 @@ class ServeConfig:
     cores: Sequence[int] = ()
     profile_workers: int = 1
     confirm: int = 1
+    service_times: str = "profiled"
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
@@ -80,6 +83,9 @@ class ServeConfig:
         if not self.simulate and any(c > here for c in self.cores):
             raise ValueError(f"the real server has {here} cores here; use --simulate to study "
                              f"{max(self.cores)}")
+        if self.service_times not in ("profiled", "median"):
+            raise ValueError(f"service times are 'profiled' or 'median', got "
+                             f"{self.service_times!r}")
         if self.static_batch < 1:
             raise ValueError(f"the static batch size must be positive, got {self.static_batch}")
         if self.accelerator not in ("none", "cuda", "modeled"):
@@ -143,7 +149,8 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             for cores in config.cores:
                 backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
                                           config.queries, config.seed, config.process,
-                                          span_s=20 * target / 1e3)
+                                          span_s=20 * target / 1e3,
+                                          spread=config.service_times == "profiled")
                 yield _search(config, name, cores, "simulated", backend, profiled, target,
                               status, tick)
             continue
@@ -192,6 +199,7 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
     return {
         "model": name, "mode": mode, "cores": cores, "target_ms": target,
         "scale": config.scale,
+        "service_times": config.service_times if mode == "simulated" else None,
         "static_batch": static.policy.batch_size, "static_qps": static.qps,
         "static_p95_ms": static.result.p95 if static.result else None,
         "deeprecsched_qps": tuned.qps,
