@@ -193,8 +193,8 @@ def test_the_simulator_draws_service_times_from_the_spread() -> None:
     alone gives 1 ms, and the run repeats exactly for a seed."""
     tail = LatencyCurve.from_samples((1, 1024), [[1.0] * 9 + [10.0]] * 2, quantiles=20)
     sizes = QuerySizes.fixed(64)
-    sim = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3)
-    flat = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3, spread=False)
+    sim = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3, spread=True)
+    flat = SimulatedServer(tail, cores=64, sizes=sizes, queries=2000, seed=3)  # the median
     r, again, median = (s.run(Policy(1024), 10.0) for s in (sim, sim, flat))
     assert r.p95 == pytest.approx(10.0) and r.p50 == pytest.approx(1.0)
     assert median.p95 == pytest.approx(1.0)
@@ -202,14 +202,15 @@ def test_the_simulator_draws_service_times_from_the_spread() -> None:
     # The draws are the spread's: about a tenth of the queries take 10 ms.
     assert 0.07 < np.mean(r.latency_ms > 5) < 0.13
     # Saturated: utilisation counts the drawn work (mean 1.9 ms), not the median's 1 ms.
-    busy = SimulatedServer(tail, cores=1, sizes=sizes, queries=2000, seed=3).run(
+    busy = SimulatedServer(tail, cores=1, sizes=sizes, queries=2000, seed=3, spread=True).run(
         Policy(1024), 400.0)
     assert busy.utilization == pytest.approx(400 * 1.9e-3, rel=0.1)
     # Without a spread, drawing changes nothing.
     plain = LatencyCurve((1, 1024), (1.0, 1.0))
     assert np.array_equal(
-        SimulatedServer(plain, 4, sizes=sizes, queries=200).run(Policy(16), 900.0).latency_ms,
-        SimulatedServer(plain, 4, sizes=sizes, queries=200, spread=False).run(
+        SimulatedServer(plain, 4, sizes=sizes, queries=200, spread=True).run(
+            Policy(16), 900.0).latency_ms,
+        SimulatedServer(plain, 4, sizes=sizes, queries=200).run(
             Policy(16), 900.0).latency_ms)
 
 

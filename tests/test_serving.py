@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 import recengine.models as rm  # noqa: E402
 from recengine.cli import main  # noqa: E402
-from recengine.sched import LatencyCurve, Policy, simulate  # noqa: E402
+from recengine.sched import LatencyCurve, Policy, SimulatedServer, simulate  # noqa: E402
 from recengine.serving import Accelerator, Server, Service, WorkerError, idle_before  # noqa: E402
 from recengine.workload import Workload  # noqa: E402
 
@@ -44,6 +44,20 @@ def test_a_failing_worker_is_reported_not_hung() -> None:
     with pytest.raises(WorkerError, match="boom") as info:
         server.run(np.linspace(0, 0.05, 20), np.full(20, 32), Policy(8), timeout_s=10)
     assert isinstance(info.value.__cause__, RuntimeError) and "boom" in info.value.details
+
+
+def test_a_real_run_lasts_its_span_at_any_rate() -> None:
+    """A run cut short at a high rate (it once stopped at 5,000 queries) can end before an
+    overloaded server's queue shows in its p95; real and simulated runs take the same
+    draws."""
+    from recengine.serving import RealServer
+
+    real = RealServer(Server(SMALL, workers=1), queries=300, span_s=1.0, curve=FLAT_CURVE)
+    sim = SimulatedServer(FLAT_CURVE, 1, queries=300, span_s=1.0)
+    for rate in (100.0, 20_000.0, 60_000.0):
+        arrivals, sizes = real.draw(rate)
+        assert len(arrivals) == max(300, int(rate))
+        assert np.array_equal(sizes, sim.draw(rate)[1])
 
 
 def test_queries_split_and_offload_as_the_policy_says() -> None:
@@ -210,7 +224,7 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "serve.json"
     assert main(["serve", "--simulate", "--model", "ncf", "--cores", "4,16", "--scale", "0.01",
                  "--batch-sizes", "1024,128,32", "--queries", "300", "--json",
-                 "--out", str(out)]) == 0
+                 "--service-times", "profiled", "--out", str(out)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["cores"] for r in rows] == [4, 16]
     for r in rows:

@@ -358,10 +358,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --simulate: profile the latency curve with this many "
                             "workers busy at once, so it carries their contention for memory "
                             "bandwidth, caches and clock (default: 1, none)")
-    serve.add_argument("--service-times", choices=("profiled", "median"), default="profiled",
-                       help="with --simulate: draw each sub-request's time from the spread "
-                            "the profile saw ('profiled', the default) or give every one the "
-                            "median ('median')")
+    serve.add_argument("--service-times", choices=("median", "profiled"), default="median",
+                       help="with --simulate: give every sub-request the profiled median time "
+                            "for its size ('median', the default) or draw it from the spread "
+                            "the profile saw ('profiled': the tail that sets a tight target's "
+                            "p95, and any slow stretch of the profile with it)")
     serve.add_argument("--confirm", type=int, default=1,
                        help="real server: run a rate that misses the target this many more "
                             "times before the search counts it as a miss, so that one slow "

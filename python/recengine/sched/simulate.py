@@ -134,8 +134,9 @@ class SimulatedServer(QueryStream):
     (:class:`~.stream.QueryStream`) on ``cores`` cores of latency curve ``cpu``, with an
     optional accelerator. A run lasts at least ``span_s`` simulated seconds (more queries at
     high rates, at most ``max_queries``), so that a rate the server cannot sustain shows in
-    its tail. Where ``cpu`` carries a profiled spread, each sub-request's time is drawn from
-    it (``spread=False``: the median), with the same draws at every rate of one policy.
+    its tail. Every sub-request of a size takes the curve's median; with ``spread=True``, and
+    a curve that carries a profiled spread, each one's time is drawn from it instead, with the
+    same draws at every rate of one policy.
 
     Example::
 
@@ -147,7 +148,7 @@ class SimulatedServer(QueryStream):
     def __init__(self, cpu: LatencyCurve, cores: int, accelerator: Optional[LatencyCurve] = None,
                  sizes: Optional[QuerySizes] = None, queries: int = 2000, seed: int = 0,
                  process: str = "poisson", queue_capacity: int = 4096, span_s: float = 0.0,
-                 max_queries: int = 200_000, spread: bool = True) -> None:
+                 max_queries: int = 200_000, spread: bool = False) -> None:
         super().__init__(cpu, cores, sizes, queries, seed, process, span_s, max_queries)
         self.spread = spread and bool(cpu.spread)
         self.accelerator = accelerator

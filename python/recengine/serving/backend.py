@@ -16,7 +16,8 @@ __all__ = ["RealServer"]
 class RealServer(QueryStream):
     """A :class:`Server` driven by a seeded workload (:class:`~recengine.sched.stream.
     QueryStream`: the same draws at every rate), each run lasting at least ``span_s`` seconds
-    or ``queries`` queries (at most ``max_queries``).
+    or ``queries`` queries (at most ``max_queries``, the simulator's default: a run cut short
+    of its span at a high rate can end before an overloaded server's queue shows in its p95).
 
     ``curve`` (a sub-request's latency as the server runs it, :meth:`Server.profile`d when
     not given) only seeds the search's starting rate; every figure comes from the real
@@ -26,7 +27,7 @@ class RealServer(QueryStream):
 
     def __init__(self, server: Server, sizes: Optional[QuerySizes] = None, queries: int = 300,
                  seed: int = 0, process: str = "poisson", span_s: float = 0.0,
-                 max_queries: int = 5000, curve: Optional[LatencyCurve] = None,
+                 max_queries: int = 200_000, curve: Optional[LatencyCurve] = None,
                  confirm: int = 1) -> None:
         if confirm < 0:
             raise ValueError(f"confirm must be non-negative, got {confirm}")

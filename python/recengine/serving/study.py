@@ -5,8 +5,8 @@ For each model, the model is built at ``scale`` and its sub-request latency curv
 profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 :class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the curve profiled with
 ``profile_workers`` workers at once (1 by default: no contention between cores), each
-sub-request's time drawn from the spread the profile saw (``service_times="median"``: the
-median). Real:
+sub-request taking the profiled median for its size (``service_times="profiled"``: drawn from
+the spread the profile saw). Real:
 :class:`Server` with one worker per core (threads, or processes with ``processes``).
 Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
 target (R2), each a search over arrival rates.
@@ -53,7 +53,7 @@ class ServeConfig:
     cores: Sequence[int] = ()
     profile_workers: int = 1
     confirm: int = 1
-    service_times: str = "profiled"
+    service_times: str = "median"
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
