@@ -183,7 +183,7 @@ def test_sample_takes_the_spread_of_the_nearest_profiled_size() -> None:
     got = c.sample(np.array([1, 3, 5, 60, 70, 512]), u)
     assert got == pytest.approx([1.0, c(3), 3 * c(5), 3 * c(60), 2 * c(70), 2 * c(512)])
     assert c.sample(np.array([16]), np.array([0.1]))[0] == pytest.approx(2.0)
-    assert c.median_only().sample(np.array([16]), u[:1])[0] == pytest.approx(2.0)
+    assert LatencyCurve(c.batches, c.ms).sample(np.array([16]), u[:1])[0] == pytest.approx(2.0)
     assert c.scaled(2.0).spread == c.spread
 
 

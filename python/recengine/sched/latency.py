@@ -103,10 +103,6 @@ class LatencyCurve:
                             self.label if label is None else label, self.interpolation,
                             self.spread)
 
-    def median_only(self) -> LatencyCurve:
-        """This curve without its spread (every draw the median)."""
-        return LatencyCurve(self.batches, self.ms, self.label, self.interpolation)
-
     def sample(self, batch: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Service times (ms) of batches of ``batch`` items, one for each uniform draw ``u``
         (``[n]`` each, ``u`` in ``[0, 1)``): the median times the ``u``-quantile ratio of the
