@@ -110,7 +110,8 @@ def main() -> None:
                                      k.capacity_hint(policy), 0.03, confirm=k.confirm)[0]
                               for k in (real, *sims))
                     print(f"| {model.name} | {target:g} | {rep} | {b} | {r:,.0f} | "
-                          + " | ".join(f"{x / r:.2f}" for x in s) + " |", flush=True)
+                          + " | ".join(f"{x / r:.2f}" if r else "-" for x in s) + " |",
+                          flush=True)
                     found.setdefault((model.name, b), []).append((r, *s))
     if args.repeat > 1:
         # The real server's own repeats differ; compare the means over repeats too.

@@ -6,10 +6,9 @@ profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 :class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the curve profiled with
 ``profile_workers`` workers at once (1 by default: no contention between cores), each
 sub-request taking the profiled median for its size (``service_times="profiled"``: drawn from
-the spread the profile saw). Real:
-:class:`Server` with one worker per core (threads, or processes with ``processes``).
-Then the static baseline's and DeepRecSched's latency-bounded throughput at the model's p95
-target (R2), each a search over arrival rates.
+the spread the profile saw). Real: :class:`Server` with one worker per core (threads, or
+processes with ``processes``). Then the static baseline's and DeepRecSched's latency-bounded
+throughput at the model's p95 target (R2), each a search over arrival rates.
 """
 
 from __future__ import annotations
