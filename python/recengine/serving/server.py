@@ -38,6 +38,8 @@ __all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError", "idle_before
 
 #: The interpreter's thread switch interval while a server runs (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
+#: The most queries one profiling run serves.
+PROFILE_MAX_QUERIES = 20_000
 
 
 class WorkerError(RuntimeError):
@@ -252,23 +254,28 @@ class Server:
                          int(n * warmup))
 
     def profile(self, batches: Sequence[int] = PROFILE_BATCHES, load: Optional[float] = 0.9,
-                queries: int = 60, held: bool = True, query_items: int = 164) -> LatencyCurve:
+                queries: int = 20, held: bool = True, query_items: int = 164,
+                span_s: float = 0.5) -> LatencyCurve:
         """The latency curve of a sub-request as this server runs it: for each batch size
-        ``b``, at least ``queries`` queries are served, each of about ``query_items`` items
-        in sub-requests of exactly ``b`` (so the server hands out as many sub-requests per
-        query as it does for a real stream of queries that size), and the curve takes the
-        median time a sub-request held its worker: its forward and its hand-over to and from
-        the worker (``held=False``: the forward alone), with the spread of those times around
-        the median (:meth:`LatencyCurve.from_samples`) for a simulator to draw from. This
-        sees what back-to-back timing of one forward misses: the cores slowing each other down
-        (memory bus, caches, clock), workers sharing the interpreter lock, forwards after idle
-        gaps, and for worker processes the parent's per-query and per-sub-request work.
+        ``b``, queries of about ``query_items`` items are served in sub-requests of exactly
+        ``b`` (so the server hands out as many sub-requests per query as it does for a real
+        stream of queries that size) for about ``span_s`` seconds (at least ``queries``
+        queries, and eight sub-requests a worker), and the curve takes the median time a
+        sub-request held its worker: its forward and its hand-over to and from the worker
+        (``held=False``: the forward alone), with the spread of those times around the median
+        (:meth:`LatencyCurve.from_samples`) for a simulator to draw from. This sees what
+        back-to-back timing of one forward misses: the cores slowing each other down (memory
+        bus, caches, clock), workers sharing the interpreter lock, forwards after idle gaps,
+        and for worker processes the parent's per-query and per-sub-request work.
 
         The queries arrive (Poisson) at about ``load`` of the workers' capacity, near where
-        a throughput search ends; ``load=None`` sends them all at once. The capacity is first
-        guessed from forwards run alone; where the workers turn out to be held longer than
-        that, the batch is run again at ``load`` of the capacity the run showed (at most
-        twice more), so that the profile does not measure an overloaded server.
+        a throughput search ends; ``load=None`` sends them all at once (no more than the
+        queue holds). The capacity is first guessed from forwards run alone; where the
+        workers turn out to be held longer than that, the batch is run again at ``load`` of
+        the capacity the run showed (at most twice more), so that the profile does not
+        measure an overloaded server. Runs last a time rather than a count of queries: on
+        16 cores sixty queries pass in tens of milliseconds, and one slow stretch of the
+        machine then moves a batch size's median by half.
 
         Example::
 
@@ -282,21 +289,29 @@ class Server:
             raise ValueError(f"profiling needs at least one query per batch, got {queries}")
         if query_items < 1:
             raise ValueError(f"query_items must be at least 1, got {query_items}")
+        if not span_s >= 0:
+            raise ValueError(f"span_s must be non-negative, got {span_s}")
         samples: list[list[float]] = []
         self.profile_services = {}
         rng = np.random.default_rng(0)
         for b in batches:
             b = min(b, len(self.pool))
             parts = max(1, min(round(query_items / b), len(self.pool) // b))
-            n = max(queries, -(-8 * self.workers // parts))  # 8 sub-requests a worker or more
-            sizes = np.full(n, parts * b)
+            # The workers' capacity in queries/s, first guessed from forwards run alone.
+            capacity = self.workers / (parts * self._time_forward(b))
+            # A short run is at the mercy of one slow stretch of the machine: serve span_s
+            # of queries (and 8 sub-requests a worker) or more.
+            least = max(queries, -(-8 * self.workers // parts))
             if load is None:
-                self.run(np.zeros(n), sizes, Policy(b), warmup=0)
+                n = max(least, min(int(capacity * span_s), PROFILE_MAX_QUERIES,
+                                   self.queue_capacity // parts))  # none shed
+                self.run(np.zeros(n), np.full(n, parts * b), Policy(b), warmup=0)
             else:
-                rate = load * self.workers / (parts * self._time_forward(b))
+                rate = load * capacity
                 for _ in range(3):
+                    n = max(least, min(int(rate * span_s), PROFILE_MAX_QUERIES))
                     arrivals = np.cumsum(rng.exponential(1 / rate, n))
-                    self.run(arrivals, sizes, Policy(b), warmup=0)
+                    self.run(arrivals, np.full(n, parts * b), Policy(b), warmup=0)
                     capacity = self.workers / parts / max(
                         float(np.median([r.held for r in self.last_service])), 1e-6)
                     if rate <= 1.15 * load * capacity:

@@ -39,7 +39,12 @@ from .accelerator import Accelerator
 from .backend import RealServer
 from .server import Server
 
-__all__ = ["ServeConfig", "config_dict", "iter_study", "plot_study", "static_sweep"]
+__all__ = ["SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study", "plot_study",
+           "static_sweep"]
+
+#: A run of the study (real or simulated) lasts this many of the model's latency targets (or
+#: ``ServeConfig.queries`` queries, whichever is more), so real and simulated runs compare.
+SPAN_TARGETS = 10
 
 
 @dataclass
@@ -148,7 +153,7 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             for cores in config.cores:
                 backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
                                           config.queries, config.seed, config.process,
-                                          span_s=20 * target / 1e3,
+                                          span_s=SPAN_TARGETS * target / 1e3,
                                           spread=config.service_times == "profiled")
                 yield _search(config, name, cores, "simulated", backend, profiled, target,
                               status, tick)
@@ -166,8 +171,8 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                 status(f"{name}: profiling {cores} workers")
                 curve = server.profile(query_items=_typical_items(config))
                 real = RealServer(server, config.sizes, config.queries, config.seed,
-                                  config.process, span_s=10 * target / 1e3, curve=curve,
-                                  confirm=config.confirm)
+                                  config.process, span_s=SPAN_TARGETS * target / 1e3,
+                                  curve=curve, confirm=config.confirm)
                 row = _search(config, name, cores, "real", real, curve, target, status, tick)
             yield row
 
