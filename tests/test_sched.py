@@ -10,13 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recengine.sched import (
+    ControllerSettings,
     LatencyCurve,
     Policy,
+    RateController,
     RunResult,
     SimulatedServer,
+    controlled_qps,
     deeprecsched,
     max_qps,
     simulate,
+    simulate_controlled,
     static_baseline,
 )
 from recengine.workload import QuerySizes
@@ -214,6 +218,108 @@ def test_the_simulator_draws_service_times_from_the_spread() -> None:
             Policy(16), 900.0).latency_ms)
 
 
+def test_the_controller_steps_on_each_window_of_completions_and_reads_the_median() -> None:
+    s = ControllerSettings(window=4, step=2.0, stable=0.25, updates=6, last=3)
+    c = RateController(10.0, 64.0, s, seed=0)
+    # Windows of p95 under target / 1.25 (up), in the band (hold), over (down).
+    for ms in [1.0, 1.0, 1.0, 7.0] + [8.5] * 4 + [3.0, 3.0, 3.0, 11.0] + [np.inf] * 4:
+        c.observe(ms)
+    assert c.rates == [128.0, 128.0, 64.0, 32.0] and c.p95s == [7.0, 8.5, 11.0, np.inf]
+    assert not c.done
+    for ms in [8.0] * 8:  # held twice: done
+        c.observe(ms)
+    assert c.done and c.rates[-2:] == [32.0, 32.0] and c.answer() == 32.0
+    c.observe(0.1)  # after the last step: ignored
+    assert len(c.rates) == 6
+    # Gaps are exponential at the current rate, and the same for a seed.
+    gaps = [RateController(10.0, 50.0, s, seed=1).gap_s() for _ in range(2)]
+    assert gaps[0] == gaps[1] > 0
+    many = RateController(10.0, 50.0, s, seed=2)
+    assert np.mean([many.gap_s() for _ in range(4000)]) == pytest.approx(1 / 50, rel=0.05)
+    ms = RateController(10.0, 50.0, ControllerSettings(process="poisson-ms"), seed=2)
+    assert all(round(g * 1e3, 9) == round(g * 1e3) for g in (ms.gap_s() for _ in range(50)))
+
+
+def test_a_controller_pinned_at_its_floor_answers_zero() -> None:
+    s = ControllerSettings(window=2, step=2.0, updates=20, last=5)
+    c = RateController(1.0, 1024.0, s)
+    for _ in range(40):
+        c.observe(5.0)  # always over
+    assert c.rate == c.floor == 1024.0 / 2**12 and c.answer() == 0.0
+    assert RateController(1.0, 8.0, s).answer() == 0.0  # no step taken yet
+
+
+@pytest.mark.parametrize("cores, ms, target", [(1, 1.0, 5.0), (4, 2.0, 10.0)])
+def test_the_controller_finds_the_known_rate_of_a_simulated_server(cores: int, ms: float,
+                                                                   target: float) -> None:
+    """Whole queries of a fixed service time on ``cores`` cores: the controller's answer lies
+    within 15% of bisection's over fixed-rate runs, below saturation, and repeats exactly."""
+    cpu = LatencyCurve((1, 1024), (ms, ms))
+    sim = SimulatedServer(cpu, cores, sizes=QuerySizes.fixed(8), queries=2000, span_s=2.0)
+    bisect, _ = max_qps(lambda q: sim.run(Policy(8), q), target, sim.capacity_hint(Policy(8)))
+    qps, run = controlled_qps(sim, Policy(8), target)
+    assert abs(qps - bisect) <= 0.15 * bisect, (qps, bisect)
+    assert qps < 1e3 * cores / ms and run is not None and run.queries >= 2000
+    assert controlled_qps(sim, Policy(8), target)[0] == qps
+    # A target no single query meets: every window misses, so no rate.
+    assert controlled_qps(sim, Policy(8), ms / 2) == (0.0, None)
+
+
+def test_the_controller_cycles_when_a_window_is_short_against_the_queue() -> None:
+    """16 fast cores at 30,000 QPS: a 64-query window lasts 2 ms, far less than an overload
+    takes to show in the p95, so R3's controller climbs past saturation and falls far below
+    it again (a limit cycle) and its answer is well off bisection's. Longer windows settle."""
+    cpu = LatencyCurve((1, 1024), (0.5, 0.5))
+    sim = SimulatedServer(cpu, 16, sizes=QuerySizes.fixed(8), queries=2000, span_s=2.0)
+    capacity = 16 / 0.5e-3
+    bisect, _ = max_qps(lambda q: sim.run(Policy(8), q), 3.0, sim.capacity_hint(Policy(8)))
+    c = RateController(3.0, capacity / 2)
+    sim.run_controlled(Policy(8), c)
+    last = c.rates[-c.settings.last:]
+    assert max(last) > 1.2 * capacity and min(last) < 0.6 * capacity
+    assert abs(c.answer() - bisect) > 0.15 * bisect
+    settled, _ = controlled_qps(sim, Policy(8), 3.0, ControllerSettings(window=1024))
+    assert abs(settled - bisect) <= 0.15 * bisect, (settled, bisect)
+
+
+def test_a_controlled_run_is_the_simulators_queueing_at_the_rates_it_set() -> None:
+    """Replaying the controlled run's arrivals through :func:`simulate` gives its latencies:
+    the controller only chose the gaps."""
+    cpu = LatencyCurve((1, 64, 1024), (0.5, 3.0, 20.0))
+    sizes = QuerySizes.lognormal().sample(np.random.default_rng(0), 3000)
+    s = ControllerSettings(window=16, updates=100, last=20)
+    c = RateController(8.0, 400.0, s, seed=5)
+    r = simulate_controlled(c, sizes, Policy(64), cpu, 4)
+    assert c.done and r.queries >= s.queries and r.queries < sizes.size
+    assert len(set(c.rates)) > 3  # the rate moved
+    # Rebuild the arrivals from a controller told of the same completions: the latencies are
+    # simulate's at those arrivals.
+    c2 = RateController(8.0, 400.0, s, seed=5)
+    times, t, pending = [], 0.0, []
+    for i in range(r.queries):
+        t += c2.gap_s()
+        while pending and pending[0][0] <= t * 1e3:
+            c2.observe(pending.pop(0)[1])
+        times.append(t)
+        end = t * 1e3 + r.latency_ms[i]
+        pending.append((end, r.latency_ms[i]))
+        pending.sort()
+    replay = simulate(np.array(times), sizes[:r.queries], Policy(64), cpu, 4, warmup=0)
+    assert np.allclose(replay.latency_ms, r.latency_ms)
+
+
+def test_deeprecsched_with_the_controller_climbs_to_the_best_batch() -> None:
+    points = tuple(2**k for k in range(11))
+    cpu = LatencyCurve(points, tuple(0.1 + 0.2 * b for b in points))
+    sim = SimulatedServer(cpu, cores=8, queries=600, sizes=QuerySizes.lognormal(), span_s=0.5)
+    sizes = (1024, 256, 64, 16, 8)
+    by_bisect = deeprecsched(sim, 20.0, batch_sizes=sizes)
+    by_controller = deeprecsched(sim, 20.0, batch_sizes=sizes, controller=ControllerSettings())
+    assert by_controller.policy == by_bisect.policy == Policy(16)
+    base = static_baseline(sim, 20.0, controller=ControllerSettings())
+    assert base.policy == Policy(1024) and by_controller.qps > 1.5 * base.qps
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: Policy(0), "batch size"),
     (lambda: Policy(8, 0), "offload threshold"),
@@ -233,6 +339,17 @@ def test_the_simulator_draws_service_times_from_the_spread() -> None:
     (lambda: SimulatedServer(FLAT, cores=0), "core"),
     (lambda: simulate(np.zeros(2), np.ones(3, dtype=int), Policy(1), FLAT, 1), "one length"),
     (lambda: deeprecsched(_Known({}), 5.0, batch_sizes=()), "at least one batch size"),
+    (lambda: ControllerSettings(window=1), "window"),
+    (lambda: ControllerSettings(step=1.0), "above 1"),
+    (lambda: ControllerSettings(stable=-0.1), "non-negative"),
+    (lambda: ControllerSettings(updates=10, last=11), "last rates"),
+    (lambda: ControllerSettings(process="diurnal"), "poisson"),
+    (lambda: RateController(0.0, 10.0), "target"),
+    (lambda: RateController(5.0, float("nan")), "starting rate"),
+    (lambda: simulate_controlled(RateController(5.0, 1.0), np.ones((2, 2), dtype=int),
+                                 Policy(1), FLAT, 1), "1-D"),
+    (lambda: simulate_controlled(RateController(5.0, 1.0), np.ones(2, dtype=int),
+                                 Policy(1, 4), FLAT, 1), "no accelerator"),
 ])
 def test_bad_scheduling_input_raises(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):

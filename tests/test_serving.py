@@ -243,6 +243,26 @@ def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
         assert abs(real.p95 - sim.p95) <= 0.15 * real.p95, (policy, real.p95, sim.p95)
 
 
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_controlled_real_run_accounts_for_every_query_and_steps_the_rate(
+        processes: bool) -> None:
+    from recengine.sched import ControllerSettings, RateController
+
+    s = ControllerSettings(window=8, updates=6, last=3)
+    c = RateController(20.0, 300.0, s)
+    sizes = np.full(s.queries + 64, 48)
+    with Server(SMALL, workers=1, queue_capacity=16, processes=processes) as server:
+        r = server.run_controlled(sizes, Policy(16), c)
+    assert c.done and len(c.rates) == s.updates == len(c.p95s)
+    # Arrivals stopped once the controller was done: the run is the queries dispatched.
+    assert s.queries <= r.queries < sizes.size
+    served = np.isfinite(r.latency_ms)
+    assert served.sum() + r.shed == r.queries and np.all(r.latency_ms[served] > 0)
+    # Every step came from the p95 of eight completed queries of this run.
+    done = np.sort(r.latency_ms)
+    assert all(done[0] <= p for p in c.p95s)
+
+
 def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "serve.json"
     assert main(["serve", "--simulate", "--model", "ncf", "--cores", "4,16", "--scale", "0.01",
@@ -267,6 +287,14 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
     sweep = written["summary"]["gain_over_one_static_batch"]
     assert set(sweep) == {"4", "16"} and set(sweep["4"]) == {"1024", "128", "32"}
     assert all(g is None or g >= 1.0 for sw in sweep.values() for g in sw.values())
+
+
+def test_serve_searches_rates_with_r3s_controller(capsys) -> None:
+    assert main(["serve", "--simulate", "--model", "ncf", "--cores", "8", "--scale", "0.01",
+                 "--batch-sizes", "1024,64", "--search", "controller", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["search"] == "controller" and row["deeprecsched_qps"] >= row["static_qps"] > 0
+    assert [t["batch_size"] for t in row["tried"]] == [1024, 64]
 
 
 def test_static_sweep_averages_gains_and_marks_sizes_that_fail_a_model() -> None:
@@ -312,6 +340,8 @@ def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
     (["--simulate", "--profile-workers", "4096"], "cores here"),
     (["--confirm", "-1"], "non-negative"),
     (["--simulate", "--service-times", "mean"], "invalid choice"),
+    (["--search", "grid"], "invalid choice"),
+    (["--simulate", "--search", "controller", "--arrivals", "diurnal"], "--search bisect"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
     try:

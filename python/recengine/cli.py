@@ -363,6 +363,11 @@ def _parser() -> argparse.ArgumentParser:
                             "for its size ('median', the default) or draw it from the spread "
                             "the profile saw ('profiled': the tail that sets a tight target's "
                             "p95, and any slow stretch of the profile with it)")
+    serve.add_argument("--search", choices=("bisect", "controller"), default="bisect",
+                       help="how each policy's latency-bounded QPS is found: bracket and "
+                            "bisect the rate over runs at fixed rates ('bisect', the "
+                            "default), or R3's controller, which steps the rate of one long "
+                            "run on the p95 of every 64 completed queries ('controller')")
     serve.add_argument("--confirm", type=int, default=1,
                        help="real server: run a rate that misses the target this many more "
                             "times before the search counts it as a miss, so that one slow "
@@ -969,7 +974,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
                             processes=args.processes, profile_workers=args.profile_workers,
                             confirm=args.confirm, service_times=args.service_times,
-                            scale=args.scale, target_ms=args.target_ms,
+                            search=args.search, scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
                             static_batch=args.static_batch, patience=args.patience,
                             batch_sizes=args.batch_sizes or st.BATCH_SIZES,
@@ -995,7 +1000,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         mode = (f"real server, {workers}" if not config.simulate else f"simulated, {times}" if
                 config.profile_workers == 1 else
                 f"simulated from a profile of {config.profile_workers} {workers}, {times}")
-        print(f"latency-bounded throughput ({mode}; {config.process} arrivals, "
+        search = "R3's running-p95 controller" if config.search == "controller" else "bisection"
+        print(f"latency-bounded throughput ({mode}; rates by {search}; {config.process} arrivals, "
               f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")
         print(f"{'model':<7}{'cores':>6}{'target':>8}{'static QPS':>12}{'DRS QPS':>11}"

@@ -16,6 +16,7 @@ Example::
     True
 """
 
+from .controller import ControllerSettings, RateController
 from .latency import ACCELERATOR_BATCHES, PROFILE_BATCHES, LatencyCurve, profile
 from .result import Policy, RunResult
 from .search import (
@@ -24,11 +25,12 @@ from .search import (
     THRESHOLDS,
     Backend,
     Tuned,
+    controlled_qps,
     deeprecsched,
     max_qps,
     static_baseline,
 )
-from .simulate import SimulatedServer, simulate
+from .simulate import SimulatedServer, simulate, simulate_controlled
 from .stream import QueryStream
 
 __all__ = [
@@ -38,15 +40,19 @@ __all__ = [
     "STATIC",
     "THRESHOLDS",
     "Backend",
+    "ControllerSettings",
     "LatencyCurve",
     "Policy",
     "QueryStream",
+    "RateController",
     "RunResult",
     "SimulatedServer",
     "Tuned",
+    "controlled_qps",
     "deeprecsched",
     "max_qps",
     "profile",
     "simulate",
+    "simulate_controlled",
     "static_baseline",
 ]

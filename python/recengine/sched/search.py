@@ -2,10 +2,11 @@
 
 The latency-bounded throughput of a policy is the highest arrival rate whose p95 latency
 meets the target with no query shed. :func:`max_qps` finds it by bracketing and bisecting
-the rate (each step one run of the query stream); :func:`deeprecsched` hill-climbs the batch
-size over :data:`BATCH_SIZES` (largest first), then the offload threshold over
-:data:`THRESHOLDS` the same way. The static baseline runs every query
-whole on one core (batch 1024, no offload).
+the rate (each step one run of the query stream); :func:`controlled_qps` finds it as R3 does,
+with a running-p95 rate controller on one long run (:mod:`.controller`). :func:`deeprecsched`
+hill-climbs the batch size over :data:`BATCH_SIZES` (largest first), then the offload
+threshold over :data:`THRESHOLDS` the same way, with either search. The static baseline runs
+every query whole on one core (batch 1024, no offload).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
+from .controller import ControllerSettings, RateController
 from .result import Policy, RunResult
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "THRESHOLDS",
     "Backend",
     "Tuned",
+    "controlled_qps",
     "deeprecsched",
     "max_qps",
     "static_baseline",
@@ -43,6 +46,11 @@ class Backend(Protocol):
     confirm: int
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult: ...
+
+    def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
+        """One run whose arrival rate ``controller`` sets as its queries complete, until it
+        has taken every step (R3's search)."""
+        ...
 
     def largest_query(self) -> int:
         """The most items a query of this backend's workload has (a batch size at or above
@@ -121,17 +129,49 @@ def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: 
     return lo, best
 
 
-def _evaluate(backend: Backend, policy: Policy, target_ms: float,
-              rel_tol: float) -> tuple[float, Optional[RunResult]]:
+def controlled_qps(backend: Backend, policy: Policy, target_ms: float,
+                   settings: Optional[ControllerSettings] = None,
+                   start_qps: Optional[float] = None) -> tuple[float, Optional[RunResult]]:
+    """R3's rate search: one run of ``backend`` under ``policy`` whose rate a
+    :class:`~.controller.RateController` steps on the running p95 of 64 completed queries,
+    starting at ``start_qps`` (default: half the backend's capacity hint). Returns the
+    controller's answer (the median of its last rates; 0.0 if pinned at its floor) and a run
+    at that fixed rate (``None`` for 0.0), whose p95 and p99 are the policy's at its answer:
+    the controller holds a 64-query p95 at the target, so a long run's p95 may pass it.
+
+    Example::
+
+        >>> from recengine.sched import LatencyCurve, SimulatedServer
+        >>> sim = SimulatedServer(LatencyCurve((1, 1024), (1.0, 1.0)), cores=2)
+        >>> qps, run = controlled_qps(sim, Policy(1024), target_ms=5.0)
+        >>> 1000 < qps < 2000, run.queries >= 2000  # 2 cores of 1 ms saturate at 2000 QPS
+        (True, True)
+    """
+    settings = ControllerSettings() if settings is None else settings
+    start = backend.capacity_hint(policy) / 2 if start_qps is None else start_qps
+    controller = RateController(target_ms, start, settings, getattr(backend, "seed", 0))
+    backend.run_controlled(policy, controller)
+    qps = controller.answer()
+    if qps <= 0:
+        return 0.0, None
+    return qps, backend.run(policy, qps)
+
+
+def _evaluate(backend: Backend, policy: Policy, target_ms: float, rel_tol: float,
+              controller: Optional[ControllerSettings]) -> tuple[float, Optional[RunResult]]:
+    if controller is not None:
+        return controlled_qps(backend, policy, target_ms, controller)
     return max_qps(lambda q: backend.run(policy, q), target_ms, backend.capacity_hint(policy),
                    rel_tol, confirm=getattr(backend, "confirm", 0))
 
 
 def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02,
-                    policy: Policy = STATIC) -> Tuned:
+                    policy: Policy = STATIC,
+                    controller: Optional[ControllerSettings] = None) -> Tuned:
     """The static baseline's latency-bounded throughput: one fixed ``policy``
-    (:data:`STATIC` by default)."""
-    qps, result = _evaluate(backend, policy, target_ms, rel_tol)
+    (:data:`STATIC` by default), found by bisection (:func:`max_qps`, within ``rel_tol``) or,
+    given ``controller`` settings, by R3's controller (:func:`controlled_qps`)."""
+    qps, result = _evaluate(backend, policy, target_ms, rel_tol, controller)
     return Tuned(policy, qps, result, [(policy, qps)])
 
 
@@ -139,9 +179,12 @@ def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] 
                  thresholds: Sequence[int] = THRESHOLDS, rel_tol: float = 0.02,
                  patience: Optional[int] = None,
                  progress: Optional[Callable[[Policy, float], None]] = None,
-                 known: Sequence[Tuned] = ()) -> Tuned:
+                 known: Sequence[Tuned] = (),
+                 controller: Optional[ControllerSettings] = None) -> Tuned:
     """DeepRecSched: climb the batch sizes in order, then (with an accelerator) the offload
-    thresholds, keeping the policy of the highest latency-bounded throughput.
+    thresholds, keeping the policy of the highest latency-bounded throughput. Each policy's
+    throughput is found by bisection (:func:`max_qps`) or, given ``controller`` settings, by
+    R3's running-p95 controller (:func:`controlled_qps`).
 
     R3 stops a climb at the first drop in throughput (``patience=0``); measured latency
     curves are not always unimodal (a batch that spills the cache can be slower per item than
@@ -164,7 +207,7 @@ def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] 
     def evaluate(policy: Policy) -> tuple[float, Optional[RunResult]]:
         key = same(policy)
         if key not in seen:
-            seen[key] = _evaluate(backend, policy, target_ms, rel_tol)
+            seen[key] = _evaluate(backend, policy, target_ms, rel_tol, controller)
         return seen[key]
 
     def climb(candidates: Sequence[Policy]) -> tuple[Policy, float, Optional[RunResult]]:

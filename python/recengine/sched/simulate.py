@@ -18,11 +18,12 @@ from typing import Optional
 import numpy as np
 
 from ..workload import QuerySizes
+from .controller import RateController
 from .latency import LatencyCurve
 from .result import Policy, RunResult
 from .stream import QueryStream
 
-__all__ = ["SimulatedServer", "simulate"]
+__all__ = ["SimulatedServer", "simulate", "simulate_controlled"]
 
 
 def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: LatencyCurve,
@@ -52,81 +53,180 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Lat
         >>> r.latency_ms.tolist()  # two sub-requests each: the second query waits 1 ms
         [1.0, 2.0]
     """
+    _check(policy, cores, accelerator, queue_capacity)
+    arrivals_ms = np.asarray(arrivals_s, dtype=np.float64) * 1e3
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if arrivals_ms.shape != sizes.shape or arrivals_ms.ndim != 1:
+        raise ValueError("arrivals and sizes must be 1-D arrays of one length")
+    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
+    fifo = _Fifo(cores, queue_capacity)
+    latency = np.empty(sizes.size)
+    for i in range(sizes.size):
+        t = arrivals_ms[i]
+        parts = times.parts(i)
+        if part_ms is not None:
+            parts = [part_ms.get((i, k), took) for k, took in enumerate(parts)]
+        latency[i] = fifo.serve(t, parts, times.offload_ms(i)) - t
+    span = (float(arrivals_ms[-1]) / 1e3) if sizes.size else 0.0
+    return RunResult(latency, fifo.shed, fifo.offloaded, span, int(sizes.size * warmup),
+                     times.utilization(cores, span))
+
+
+def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: Policy,
+                        cpu: LatencyCurve, cores: int,
+                        accelerator: Optional[LatencyCurve] = None,
+                        queue_capacity: int = 4096,
+                        rng: Optional[np.random.Generator] = None) -> RunResult:
+    """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets, telling
+    it of each query as it completes, until it has taken every step or the sizes run out.
+    The arguments are :func:`simulate`'s; returns the whole run (its rate moved).
+
+    Example::
+
+        >>> from recengine.sched.controller import ControllerSettings
+        >>> c = RateController(5.0, 1000.0, ControllerSettings(updates=40, last=20))
+        >>> cpu = LatencyCurve((1, 1024), (1.0, 1.0))
+        >>> r = simulate_controlled(c, np.full(4000, 10), Policy(10), cpu, cores=2)
+        >>> c.done, 1000 < c.answer() < 2000  # 2 cores of 1 ms: saturated at 2000 QPS
+        (True, True)
+    """
+    _check(policy, cores, accelerator, queue_capacity)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.ndim != 1:
+        raise ValueError("sizes must be a 1-D array")
+    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
+    fifo = _Fifo(cores, queue_capacity)
+    latency = np.full(sizes.size, np.nan)
+    pending: list[tuple[float, float]] = []  # (completion, latency) of queries in flight
+    t = 0.0
+    served = 0
+    for i in range(sizes.size):
+        if controller.done:
+            break
+        t += controller.gap_s() * 1e3
+        while pending and pending[0][0] <= t:
+            controller.observe(heapq.heappop(pending)[1])
+        end = fifo.serve(t, times.parts(i), times.offload_ms(i))
+        latency[i] = end - t
+        heapq.heappush(pending, (t if end == np.inf else end, latency[i]))
+        served = i + 1
+    latency = latency[:served]
+    span = t / 1e3
+    return RunResult(latency, fifo.shed, fifo.offloaded, span, 0,
+                     times.utilization(cores, span, served))
+
+
+def _check(policy: Policy, cores: int, accelerator: Optional[LatencyCurve],
+           queue_capacity: int) -> None:
     if cores < 1:
         raise ValueError(f"a server needs at least one core, got {cores}")
     if queue_capacity < 1:
         raise ValueError(f"the queue must hold at least one request, got {queue_capacity}")
     if policy.offload_threshold is not None and accelerator is None:
         raise ValueError("the policy offloads but no accelerator latency curve was given")
-    arrivals_ms = np.asarray(arrivals_s, dtype=np.float64) * 1e3
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if arrivals_ms.shape != sizes.shape or arrivals_ms.ndim != 1:
-        raise ValueError("arrivals and sizes must be 1-D arrays of one length")
-    b = policy.batch_size
-    # Service times: full sub-requests (query i's are full_ms[first[i]:first[i + 1]]), and
-    # each query's last one.
-    n_parts = -(-sizes // b)
-    last_size = sizes - (n_parts - 1) * b
-    full_count = np.maximum(n_parts - 1, 0)
-    first = np.concatenate(([0], np.cumsum(full_count)))
-    if rng is not None and cpu.spread:
-        full_ms = cpu.sample(np.full(int(first[-1]), b), rng.random(int(first[-1])))
-        last_ms = cpu.sample(last_size, rng.random(sizes.size))
-    else:
-        full_ms = np.full(int(first[-1]), cpu(b))
-        last_ms = cpu.many(last_size)
-    acc_ms = accelerator.many(sizes) if accelerator is not None else None
-    # Python lists: the event loop below indexes them once per sub-request.
-    full_at, first_at, last_at = full_ms.tolist(), first.tolist(), last_ms.tolist()
-    free = [0.0] * cores  # when each core is next free (a heap)
-    waiting: deque[float] = deque()  # start times of queued sub-requests, non-decreasing
-    acc_free = 0.0
-    acc_waiting: deque[float] = deque()
-    latency = np.empty(sizes.size)
-    shed = offloaded = 0
-    thr = policy.offload_threshold
-    for i in range(sizes.size):
-        t = arrivals_ms[i]
-        n = int(sizes[i])
-        if thr is not None and n >= thr and acc_ms is not None:
-            while acc_waiting and acc_waiting[0] <= t:
-                acc_waiting.popleft()
-            if len(acc_waiting) >= queue_capacity:
-                latency[i] = np.inf
-                shed += 1
-                continue
-            start = max(t, acc_free)
-            acc_free = start + acc_ms[i]
-            acc_waiting.append(start)
-            latency[i] = acc_free - t
-            offloaded += 1
-            continue
-        parts = -(-n // b)
+
+
+class _ServiceTimes:
+    """Every sub-request's service time (ms) of a run of ``sizes`` under ``policy``: each of
+    a size takes ``cpu``'s median, or a draw from its spread with ``rng``."""
+
+    def __init__(self, sizes: np.ndarray, policy: Policy, cpu: LatencyCurve,
+                 accelerator: Optional[LatencyCurve],
+                 rng: Optional[np.random.Generator]) -> None:
+        b = policy.batch_size
+        self.sizes, self.thr = sizes, policy.offload_threshold
+        # Full sub-requests (query i's are full[first[i]:first[i + 1]]), and each query's last.
+        n_parts = -(-sizes // b)
+        self.full_count = np.maximum(n_parts - 1, 0)
+        first = np.concatenate(([0], np.cumsum(self.full_count)))
+        if rng is not None and cpu.spread:
+            self.full_ms = cpu.sample(np.full(int(first[-1]), b), rng.random(int(first[-1])))
+            self.last_ms = cpu.sample(sizes - (n_parts - 1) * b, rng.random(sizes.size))
+        else:
+            self.full_ms = np.full(int(first[-1]), cpu(b))
+            self.last_ms = cpu.many(sizes - (n_parts - 1) * b)
+        self.acc_ms = accelerator.many(sizes) if accelerator is not None else None
+        # Python lists: the event loops index them once per sub-request.
+        self._full, self._first, self._last = (self.full_ms.tolist(), first.tolist(),
+                                               self.last_ms.tolist())
+        self._acc = self.acc_ms.tolist() if self.acc_ms is not None else None
+        self._sizes = sizes.tolist()
+
+    def offload_ms(self, i: int) -> Optional[float]:
+        """Query ``i``'s time on the accelerator if the policy offloads it, else None."""
+        if self.thr is None or self._acc is None or self._sizes[i] < self.thr:
+            return None
+        return self._acc[i]
+
+    def parts(self, i: int) -> list[float]:
+        """Query ``i``'s sub-requests' times, in order."""
+        lo = self._first[i]
+        out = self._full[lo:self._first[i + 1]]
+        out.append(self._last[i])
+        return out
+
+    def utilization(self, cores: int, span_s: float, served: Optional[int] = None) -> float:
+        """The offered work of the first ``served`` queries (all by default) over the cores'
+        (or the accelerator's, if busier) capacity in ``span_s``."""
+        n = self.sizes.size if served is None else served
+        if span_s <= 0 or n == 0:
+            return float("nan")
+        sizes = self.sizes[:n]
+        on_cpu = sizes < self.thr if self.thr is not None else np.ones(n, dtype=bool)
+        full = self.full_ms[:int(self.full_count[:n].sum())]
+        work = float(full[np.repeat(on_cpu, self.full_count[:n])].sum()
+                     + self.last_ms[:n][on_cpu].sum())
+        util = work / (cores * span_s * 1e3)
+        if self.acc_ms is not None and self.thr is not None:
+            util = max(util, float(self.acc_ms[:n][~on_cpu].sum()) / (span_s * 1e3))
+        return util
+
+
+class _Fifo:
+    """``cores`` identical cores serving one FIFO ready queue of sub-requests, and one FIFO
+    accelerator, each queue holding at most ``capacity``; queries are served in arrival order
+    and each query's completion is known when it arrives (exact for this model)."""
+
+    def __init__(self, cores: int, capacity: int) -> None:
+        self.free = [0.0] * cores  # when each core is next free (a heap)
+        self.waiting: deque[float] = deque()  # start times of queued sub-requests, ascending
+        self.acc_free = 0.0
+        self.acc_waiting: deque[float] = deque()
+        self.capacity = capacity
+        self.shed = self.offloaded = 0
+
+    def serve(self, t: float, parts: list[float], offload_ms: Optional[float]) -> float:
+        """Serve a query arriving at ``t`` (ms): whole on the accelerator taking
+        ``offload_ms``, or else as sub-requests taking ``parts``; returns when it completes
+        (``inf`` when shed: its sub-requests do not fit in the queue)."""
+        if offload_ms is not None:
+            waiting = self.acc_waiting
+            while waiting and waiting[0] <= t:
+                waiting.popleft()
+            if len(waiting) >= self.capacity:
+                self.shed += 1
+                return np.inf
+            start = max(t, self.acc_free)
+            self.acc_free = start + offload_ms
+            waiting.append(start)
+            self.offloaded += 1
+            return self.acc_free
+        waiting, free = self.waiting, self.free
         while waiting and waiting[0] <= t:
             waiting.popleft()
-        if len(waiting) + parts > queue_capacity:
-            latency[i] = np.inf
-            shed += 1
-            continue
+        if len(waiting) + len(parts) > self.capacity:
+            self.shed += 1
+            return np.inf
         end = t
-        for k in range(parts):
+        for took in parts:
             start = max(t, free[0])
-            took = last_at[i] if k == parts - 1 else full_at[first_at[i] + k]
-            if part_ms is not None:
-                took = part_ms.get((i, k), took)
             finish = start + took
             heapq.heapreplace(free, finish)
             if start > t:
                 waiting.append(start)
-            end = max(end, finish)
-        latency[i] = end - t
-    span = (float(arrivals_ms[-1]) / 1e3) if sizes.size else 0.0
-    on_cpu = sizes < thr if thr is not None else np.ones(sizes.size, dtype=bool)
-    work = float(full_ms[np.repeat(on_cpu, full_count)].sum() + last_ms[on_cpu].sum())
-    util = work / (cores * span * 1e3) if span > 0 else float("nan")
-    if acc_ms is not None and thr is not None and span > 0:
-        util = max(util, float(acc_ms[~on_cpu].sum()) / (span * 1e3))
-    return RunResult(latency, shed, offloaded, span, int(sizes.size * warmup), util)
+            if finish > end:
+                end = finish
+        return end
 
 
 class SimulatedServer(QueryStream):
@@ -158,6 +258,16 @@ class SimulatedServer(QueryStream):
 
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)
-        rng = np.random.default_rng([self.seed, 1]) if self.spread else None
         return simulate(arrivals, sizes, policy, self.curve, self.cores, self.accelerator,
-                        self.queue_capacity, rng=rng)
+                        self.queue_capacity, rng=self._rng())
+
+    def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
+        """One run whose rate ``controller`` sets (R3's search, :func:`simulate_controlled`),
+        on this stream's query sizes."""
+        n = controller.settings.queries + self.queue_capacity + self.cores + 1
+        return simulate_controlled(controller, self.draw_sizes(n), policy, self.curve,
+                                   self.cores, self.accelerator, self.queue_capacity,
+                                   self._rng())
+
+    def _rng(self) -> Optional[np.random.Generator]:
+        return np.random.default_rng([self.seed, 1]) if self.spread else None

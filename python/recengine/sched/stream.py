@@ -39,13 +39,16 @@ class QueryStream:
         self.queries, self.seed, self.process = queries, seed, process
         self.span_s, self.max_queries = span_s, max(max_queries, queries)
         self._mean_size = float(self.sizes.sample(np.random.default_rng(seed), 4096).mean())
-        self._largest = int(Workload(1.0, self.sizes, process, seed).queries(
-            self.max_queries)[1].max())
+        self._largest = int(self.draw_sizes(self.max_queries).max())
 
     def draw(self, rate_qps: float) -> tuple[np.ndarray, np.ndarray]:
         """One run's arrival times (s) and sizes at ``rate_qps``."""
         n = int(min(max(self.queries, rate_qps * self.span_s), self.max_queries))
         return Workload(rate_qps, self.sizes, self.process, self.seed).queries(n)
+
+    def draw_sizes(self, n: int) -> np.ndarray:
+        """The sizes of the first ``n`` queries of every run (the same at any rate)."""
+        return Workload(1.0, self.sizes, self.process, self.seed).queries(n)[1]
 
     def largest_query(self) -> int:
         """The most items any run's query has (a batch at least this runs queries whole)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..sched.controller import RateController
 from ..sched.latency import LatencyCurve
 from ..sched.result import Policy, RunResult
 from ..sched.stream import QueryStream
@@ -40,3 +41,9 @@ class RealServer(QueryStream):
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)
         return self.server.run(arrivals, sizes, policy)
+
+    def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
+        """One run whose rate ``controller`` sets (R3's search, :meth:`Server.
+        run_controlled`), on this stream's query sizes."""
+        n = controller.settings.queries + self.server.queue_capacity + self.server.workers + 1
+        return self.server.run_controlled(self.draw_sizes(n), policy, controller)

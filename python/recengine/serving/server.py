@@ -29,6 +29,7 @@ import torch
 
 from .. import get_num_threads, set_num_threads
 from ..models import Batch, RecModel
+from ..sched.controller import RateController
 from ..sched.latency import PROFILE_BATCHES, LatencyCurve
 from ..sched.result import Policy, RunResult
 from .accelerator import Accelerator
@@ -189,6 +190,40 @@ class Server:
             raise ValueError("arrivals and sizes must be 1-D arrays of one length")
         if arrivals.size and (np.any(np.diff(arrivals) < 0) or arrivals[0] < 0):
             raise ValueError("arrival times must be non-negative and non-decreasing")
+        return self._serve(sizes, policy, lambda i, s: float(arrivals[i]), timeout_s, warmup)
+
+    def run_controlled(self, sizes: np.ndarray, policy: Policy, controller: RateController,
+                       timeout_s: Optional[float] = None) -> RunResult:
+        """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets (R3's
+        search): before each arrival the controller is told of every query completed since
+        (latency, ``inf`` if shed), and it draws the gap. Arrivals stop when it has taken
+        every step (or the sizes run out); the queries in flight then finish. Returns every
+        dispatched query's latency. Raises as :meth:`run` does."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        told = 0
+        last = 0.0
+
+        def arrival(i: int, s: _RunState) -> Optional[float]:
+            nonlocal told, last
+            done = s.completed
+            while told < len(done):  # append is atomic; end and shed are set before it
+                j = done[told]
+                controller.observe(np.inf if s.shed[j] else (s.end[j] - s.arrival[j]) * 1e3)
+                told += 1
+            if controller.done:
+                return None
+            last += controller.gap_s()
+            return last
+
+        return self._serve(sizes, policy, arrival, timeout_s, 0.0)
+
+    def _serve(self, sizes: np.ndarray, policy: Policy,
+               arrival: Callable[[int, _RunState], Optional[float]],
+               timeout_s: Optional[float], warmup: float) -> RunResult:
+        """Serve queries of ``sizes``, query ``i`` arriving ``arrival(i, state)`` seconds
+        after the start (non-decreasing in ``i``; ``None``: no more queries)."""
+        if sizes.ndim != 1:
+            raise ValueError("sizes must be a 1-D array")
         if sizes.size and (sizes.min() < 1 or sizes.max() > len(self.pool)):
             raise ValueError(f"query sizes must be in [1, {len(self.pool)}]")
         if policy.offload_threshold is not None and self.accelerator is None:
@@ -224,9 +259,9 @@ class Server:
         for t in threads:
             t.start()
         try:
-            self._dispatch(state, arrivals, sizes, policy)
+            self._dispatch(state, arrival, sizes, policy)
             if timeout_s is None:
-                timeout_s = 30.0 + 10 * n * 1e-3
+                timeout_s = 30.0 + 10 * state.n * 1e-3
             self._wait(state, threads, timeout_s)
         finally:
             with state.cond:
@@ -246,9 +281,10 @@ class Server:
         if state.error is not None:
             err = WorkerError(f"a worker failed while serving: {state.error!r}", state.details)
             raise err from state.error
-        latency = state.end - arrivals
-        latency[state.shed] = np.inf
-        span = float(arrivals[-1]) if n else 0.0
+        n = state.n
+        latency = state.end[:n] - state.arrival[:n]
+        latency[state.shed[:n]] = np.inf
+        span = float(state.arrival[n - 1]) if n else 0.0
         self.last_service = state.service
         return RunResult(latency * 1e3, int(state.shed.sum()), state.offloaded, span,
                          int(n * warmup))
@@ -331,14 +367,22 @@ class Server:
                 self._forward(self.pool.rows(lo, lo + b))
             return max((time.perf_counter() - t0) / repeat, 1e-5)
 
-    def _dispatch(self, s: _RunState, arrivals: np.ndarray, sizes: np.ndarray,
-                  policy: Policy) -> None:
+    def _dispatch(self, s: _RunState, arrival: Callable[[int, _RunState], Optional[float]],
+                  sizes: np.ndarray, policy: Policy) -> None:
         b, thr = policy.batch_size, policy.offload_threshold
         start = time.perf_counter()
         s.t0 = start
         offset = 0
         for i in range(sizes.size):
-            due = start + arrivals[i]
+            at = arrival(i, s)
+            if at is None:  # no more queries: the run is the ones dispatched
+                with s.cond:
+                    s.n = i
+                    if s.finished == s.n:
+                        s.done.notify_all()
+                return
+            s.arrival[i] = at
+            due = start + at
             while True:
                 now = time.perf_counter()
                 if now >= due or s.error is not None:
@@ -354,6 +398,7 @@ class Server:
                     if len(s.accel_queue) >= s.capacity:
                         s.shed[i] = True
                         s.finished += 1
+                        s.completed.append(i)
                     else:
                         s.accel_queue.append((i, lo, n))
                         s.offloaded += 1
@@ -364,6 +409,7 @@ class Server:
                     if len(s.queue) + parts > s.capacity:
                         s.shed[i] = True
                         s.finished += 1
+                        s.completed.append(i)
                     else:
                         s.parts[i] = parts
                         for k in range(parts):
@@ -396,6 +442,7 @@ class Server:
             s.parts[i] -= 1
             if s.parts[i] == 0:
                 s.finished += 1
+                s.completed.append(i)
                 if s.finished == s.n:
                     s.done.notify_all()
 
@@ -501,10 +548,12 @@ class _RunState:
         self.accel_queue: deque[tuple[int, int, int]] = deque()
         self.idle: deque[int] = deque()  # worker processes holding no sub-request
         self.sent: dict[int, float] = {}  # when each worker process was last handed one
+        self.arrival = np.zeros(n)  # seconds after the start (set as queries are dispatched)
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
         self.shed = np.zeros(n, dtype=bool)
         self.finished = 0
+        self.completed: list[int] = []  # queries in the order they finished (or were shed)
         self.offloaded = 0
         self.stop = False
         self.service: list[Service] = []  # CPU sub-requests, in completion order

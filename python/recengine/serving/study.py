@@ -8,7 +8,8 @@ profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 sub-request taking the profiled median for its size (``service_times="profiled"``: drawn from
 the spread the profile saw). Real: :class:`Server` with one worker per core (threads, or
 processes with ``processes``). Then the static baseline's and DeepRecSched's latency-bounded
-throughput at the model's p95 target (R2), each a search over arrival rates.
+throughput at the model's p95 target (R2), each a search over arrival rates: bisection over
+runs at fixed rates, or (``search="controller"``) R3's running-p95 controller.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..rows import DISTRIBUTIONS
 from ..sched import (
     BATCH_SIZES,
     THRESHOLDS,
+    ControllerSettings,
     LatencyCurve,
     Policy,
     SimulatedServer,
@@ -39,8 +41,13 @@ from .accelerator import Accelerator
 from .backend import RealServer
 from .server import Server
 
-__all__ = ["SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study", "plot_study",
+__all__ = ["SEARCHES", "SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study", "plot_study",
            "static_sweep"]
+
+#: How a policy's latency-bounded throughput is found: bracket and bisect the rate over runs
+#: at fixed rates (:func:`~recengine.sched.max_qps`), or R3's running-p95 controller on one
+#: long run (:func:`~recengine.sched.controlled_qps`).
+SEARCHES: tuple[str, ...] = ("bisect", "controller")
 
 #: A run of the study (real or simulated) lasts this many of the model's latency targets (or
 #: ``ServeConfig.queries`` queries, whichever is more), so real and simulated runs compare.
@@ -58,6 +65,7 @@ class ServeConfig:
     profile_workers: int = 1
     confirm: int = 1
     service_times: str = "median"
+    search: str = "bisect"
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
@@ -87,6 +95,12 @@ class ServeConfig:
         if not self.simulate and any(c > here for c in self.cores):
             raise ValueError(f"the real server has {here} cores here; use --simulate to study "
                              f"{max(self.cores)}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"the rate search is one of {', '.join(SEARCHES)}, got "
+                             f"{self.search!r}")
+        if self.search == "controller" and self.process not in ("poisson", "poisson-ms"):
+            raise ValueError(f"R3's controller draws Poisson arrivals; --arrivals "
+                             f"{self.process} needs --search bisect")
         if self.service_times not in ("profiled", "median"):
             raise ValueError(f"service times are 'profiled' or 'median', got "
                              f"{self.service_times!r}")
@@ -188,7 +202,10 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
     """The static baseline's and DeepRecSched's latency-bounded throughput on ``backend``."""
     t0 = time.perf_counter()
     status(f"{name} on {cores} cores ({mode}): static baseline")
-    static = static_baseline(backend, target, config.rel_tol, Policy(config.static_batch))
+    controller = ControllerSettings(process=config.process) if (
+        config.search == "controller") else None
+    static = static_baseline(backend, target, config.rel_tol, Policy(config.static_batch),
+                             controller)
     if tick:
         tick()
 
@@ -198,11 +215,11 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
             tick()
 
     tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
-                                config.rel_tol, config.patience, told, [static])
+                                config.rel_tol, config.patience, told, [static], controller)
     run = tuned.result
     return {
         "model": name, "mode": mode, "cores": cores, "target_ms": target,
-        "scale": config.scale,
+        "scale": config.scale, "search": config.search,
         "service_times": config.service_times if mode == "simulated" else None,
         "static_batch": static.policy.batch_size, "static_qps": static.qps,
         "static_p95_ms": static.result.p95 if static.result else None,
