@@ -135,7 +135,8 @@ def controlled_qps(backend: Backend, policy: Policy, target_ms: float,
     """R3's rate search: one run of ``backend`` under ``policy`` whose rate a
     :class:`~.controller.RateController` steps on the running p95 of 64 completed queries,
     starting at ``start_qps`` (default: half the backend's capacity hint). Returns the
-    controller's answer (the median of its last rates; 0.0 if pinned at its floor) and a run
+    controller's answer (the median of its last rates; 0.0 when it found none,
+    :meth:`~.controller.RateController.answer`) and a run
     at that fixed rate (``None`` for 0.0), whose p95 and p99 are the policy's at its answer:
     the controller holds a 64-query p95 at the target, so a long run's p95 may pass it.
 

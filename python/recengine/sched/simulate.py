@@ -7,6 +7,8 @@ sub-request taking ``cpu(size)`` ms, or a time drawn from the curve's profiled s
 that median (:meth:`LatencyCurve.sample`, seeded). A query's latency is the end of its last
 sub-request minus its arrival. Queues are bounded: a query whose sub-requests do not fit is
 shed (its latency is ``inf``). The simulation is exact for this model and deterministic for a seed.
+:func:`simulate_controlled` serves the same model with arrivals at the rate an R3 controller
+sets as queries complete (:mod:`.controller`).
 """
 
 from __future__ import annotations
