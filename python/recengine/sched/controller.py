@@ -28,7 +28,10 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["ControllerSettings", "RateController"]
+__all__ = ["PROCESSES", "ControllerSettings", "RateController"]
+
+#: The arrival processes a controller draws (others have no single rate to step).
+PROCESSES: tuple[str, ...] = ("poisson", "poisson-ms")
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,8 @@ class ControllerSettings:
         if not 1 <= self.last <= self.updates:
             raise ValueError(f"the answer's last rates must number 1 to updates "
                              f"({self.updates}), got {self.last}")
-        if self.process not in ("poisson", "poisson-ms"):
-            raise ValueError(f"the controller draws 'poisson' or 'poisson-ms' arrivals, got "
+        if self.process not in PROCESSES:
+            raise ValueError(f"the controller draws {' or '.join(PROCESSES)} arrivals, got "
                              f"{self.process!r}")
 
     @property

@@ -266,10 +266,10 @@ class SimulatedServer(QueryStream):
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
         """One run whose rate ``controller`` sets (R3's search, :func:`simulate_controlled`),
         on this stream's query sizes."""
-        n = controller.settings.queries + self.queue_capacity + self.cores + 1
-        return simulate_controlled(controller, self.draw_sizes(n), policy, self.curve,
-                                   self.cores, self.accelerator, self.queue_capacity,
-                                   self._rng())
+        return simulate_controlled(controller,
+                                   self.controlled_sizes(controller, self.queue_capacity),
+                                   policy, self.curve, self.cores, self.accelerator,
+                                   self.queue_capacity, self._rng())
 
     def _rng(self) -> Optional[np.random.Generator]:
         return np.random.default_rng([self.seed, 1]) if self.spread else None

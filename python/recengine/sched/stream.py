@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..workload import QuerySizes, Workload
+from .controller import RateController
 from .latency import LatencyCurve
 from .result import Policy
 
@@ -49,6 +50,11 @@ class QueryStream:
     def draw_sizes(self, n: int) -> np.ndarray:
         """The sizes of the first ``n`` queries of every run (the same at any rate)."""
         return Workload(1.0, self.sizes, self.process, self.seed).queries(n)[1]
+
+    def controlled_sizes(self, controller: RateController, queue_capacity: int) -> np.ndarray:
+        """Enough of this stream's sizes for a run ``controller`` steers: every query it needs
+        to complete, plus as many as the queue and the cores can hold in flight."""
+        return self.draw_sizes(controller.settings.queries + queue_capacity + self.cores + 1)
 
     def largest_query(self) -> int:
         """The most items any run's query has (a batch at least this runs queries whole)."""

@@ -45,5 +45,5 @@ class RealServer(QueryStream):
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
         """One run whose rate ``controller`` sets (R3's search, :meth:`Server.
         run_controlled`), on this stream's query sizes."""
-        n = controller.settings.queries + self.server.queue_capacity + self.server.workers + 1
-        return self.server.run_controlled(self.draw_sizes(n), policy, controller)
+        sizes = self.controlled_sizes(controller, self.server.queue_capacity)
+        return self.server.run_controlled(sizes, policy, controller)

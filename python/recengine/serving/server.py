@@ -397,8 +397,7 @@ class Server:
                 if thr is not None and n >= thr:
                     if len(s.accel_queue) >= s.capacity:
                         s.shed[i] = True
-                        s.finished += 1
-                        s.completed.append(i)
+                        s.finish(i)
                     else:
                         s.accel_queue.append((i, lo, n))
                         s.offloaded += 1
@@ -408,8 +407,7 @@ class Server:
                     parts = -(-n // b)
                     if len(s.queue) + parts > s.capacity:
                         s.shed[i] = True
-                        s.finished += 1
-                        s.completed.append(i)
+                        s.finish(i)
                     else:
                         s.parts[i] = parts
                         for k in range(parts):
@@ -419,8 +417,6 @@ class Server:
                             s.cond.notify(parts)
                         else:
                             self._feed(s)
-                if s.shed[i] and s.finished == s.n:
-                    s.done.notify_all()
 
     def _wait(self, s: _RunState, threads: list[threading.Thread], timeout_s: float) -> None:
         deadline = time.perf_counter() + timeout_s
@@ -441,10 +437,7 @@ class Server:
             s.end[i] = max(s.end[i], now)
             s.parts[i] -= 1
             if s.parts[i] == 0:
-                s.finished += 1
-                s.completed.append(i)
-                if s.finished == s.n:
-                    s.done.notify_all()
+                s.finish(i)
 
     def _fail(self, s: _RunState, e: BaseException) -> None:
         with s.cond:
@@ -560,3 +553,10 @@ class _RunState:
         self.error: Optional[BaseException] = None
         self.details = ""
         self.t0 = 0.0
+
+    def finish(self, i: int) -> None:
+        """Query ``i`` is done (served or shed); call holding ``cond``."""
+        self.finished += 1
+        self.completed.append(i)
+        if self.finished == self.n:
+            self.done.notify_all()

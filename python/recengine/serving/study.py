@@ -35,6 +35,7 @@ from ..sched import (
     deeprecsched,
     static_baseline,
 )
+from ..sched.controller import PROCESSES as CONTROLLER_PROCESSES
 from ..shapes import resolve_model
 from ..workload import ARRIVALS, QuerySizes
 from .accelerator import Accelerator
@@ -98,7 +99,7 @@ class ServeConfig:
         if self.search not in SEARCHES:
             raise ValueError(f"the rate search is one of {', '.join(SEARCHES)}, got "
                              f"{self.search!r}")
-        if self.search == "controller" and self.process not in ("poisson", "poisson-ms"):
+        if self.search == "controller" and self.process not in CONTROLLER_PROCESSES:
             raise ValueError(f"R3's controller draws Poisson arrivals; --arrivals "
                              f"{self.process} needs --search bisect")
         if self.service_times not in ("profiled", "median"):
