@@ -4,19 +4,21 @@ file descriptor ``FD``."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
 
+from .processes import DONE, SUB_REQUEST, TAG_DONE, TAG_ERROR, TAG_READY
+
 __all__: list[str] = []
 
 
 def _serve(conn: Connection) -> None:
     """A worker process: read its set-up, build the model and its input pool, say ready,
-    then run ``(run, query, part, first, items)`` sub-requests until ``None`` or EOF."""
+    then run sub-requests (:data:`SUB_REQUEST`) until an empty message or EOF, answering
+    each with :data:`DONE`."""
     try:
         build_args, threads, distribution, seed, pool_size = conn.recv()
         import torch
@@ -28,19 +30,19 @@ def _serve(conn: Connection) -> None:
         set_num_threads(threads)
         model = build(**build_args)
         pool = model.sample_batch(pool_size, distribution=distribution, seed=seed)
-        conn.send(("ready", os.getpid()))
+        conn.send_bytes(TAG_READY)
         with torch.inference_mode():
-            while (item := conn.recv()) is not None:
-                run, i, k, lo, n = item
+            while data := conn.recv_bytes():
+                run, i, k, lo, n = SUB_REQUEST.unpack(data)
                 t0 = time.perf_counter()
                 model(pool.rows(lo, lo + n))
                 t1 = time.perf_counter()
-                conn.send(("done", (run, i, k, n, t1 - t0, t1)))
+                conn.send_bytes(TAG_DONE + DONE.pack(run, i, k, n, t1 - t0, t1))
     except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
         return  # the parent went away or stopped us
     except BaseException as e:  # reported to the parent, which raises it as a WorkerError
         try:
-            conn.send(("error", (repr(e), traceback.format_exc())))
+            conn.send_bytes(TAG_ERROR + pickle.dumps((repr(e), traceback.format_exc())))
         except (OSError, ValueError, pickle.PicklingError):
             pass
 

@@ -246,23 +246,21 @@ class Server:
         # none during the run (the forwards make no reference cycles).
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        if self._procs is None:
-            threads = [threading.Thread(target=self._worker, args=(state, i), daemon=True,
-                                        name=f"recengine-worker-{i}")
-                       for i in range(self.workers)]
-        else:
-            threads = [threading.Thread(target=self._collect, args=(state,), daemon=True,
-                                        name="recengine-collector")]
+        threads = [threading.Thread(target=self._worker, args=(state, i), daemon=True,
+                                    name=f"recengine-worker-{i}")
+                   for i in range(self.workers if self._procs is None else 0)]
         if self.accelerator is not None:
             threads.append(threading.Thread(target=self._accelerator, args=(state,),
                                             daemon=True, name="recengine-accelerator"))
         for t in threads:
             t.start()
         try:
-            self._dispatch(state, arrival, sizes, policy)
-            if timeout_s is None:
-                timeout_s = 30.0 + 10 * state.n * 1e-3
-            self._wait(state, threads, timeout_s)
+            if self._procs is None:
+                self._dispatch(state, arrival, sizes, policy)
+                self._wait(state, threads, 30.0 + 10 * state.n * 1e-3
+                           if timeout_s is None else timeout_s)
+            else:
+                self._loop(state, arrival, sizes, policy, threads, timeout_s)
         finally:
             with state.cond:
                 state.stop = True
@@ -369,19 +367,15 @@ class Server:
 
     def _dispatch(self, s: _RunState, arrival: Callable[[int, _RunState], Optional[float]],
                   sizes: np.ndarray, policy: Policy) -> None:
-        b, thr = policy.batch_size, policy.offload_threshold
+        """Worker threads: admit each query when it is due, sleeping in between."""
         start = time.perf_counter()
         s.t0 = start
-        offset = 0
         for i in range(sizes.size):
             at = arrival(i, s)
             if at is None:  # no more queries: the run is the ones dispatched
                 with s.cond:
-                    s.n = i
-                    if s.finished == s.n:
-                        s.done.notify_all()
+                    s.end_arrivals(i)
                 return
-            s.arrival[i] = at
             due = start + at
             while True:
                 now = time.perf_counter()
@@ -390,33 +384,93 @@ class Server:
                 time.sleep(min(due - now, 0.05))
             if s.error is not None:
                 return
-            n = int(sizes[i])
-            lo = offset if offset + n <= len(self.pool) else 0
-            offset = lo + n
             with s.cond:
-                if thr is not None and n >= thr:
-                    if len(s.accel_queue) >= s.capacity:
-                        s.shed[i] = True
-                        s.finish(i)
-                    else:
-                        s.accel_queue.append((i, lo, n))
-                        s.offloaded += 1
-                        s.parts[i] = 1
-                        s.accel.notify()
-                else:
-                    parts = -(-n // b)
-                    if len(s.queue) + parts > s.capacity:
-                        s.shed[i] = True
-                        s.finish(i)
-                    else:
-                        s.parts[i] = parts
-                        for k in range(parts):
-                            a = lo + k * b
-                            s.queue.append((i, k, a, min(b, lo + n - a)))
-                        if self._procs is None:
-                            s.cond.notify(parts)
-                        else:
-                            self._feed(s)
+                self._admit(s, i, at, int(sizes[i]), policy)
+
+    def _admit(self, s: _RunState, i: int, at: float, n: int, policy: Policy) -> None:
+        """Query ``i`` of ``n`` items arrives at ``at`` (s): to the accelerator's queue, or
+        split into sub-requests on the ready queue, or shed where its queue is full (call
+        holding ``s.cond``)."""
+        s.arrival[i] = at
+        b, thr = policy.batch_size, policy.offload_threshold
+        lo = s.offset if s.offset + n <= len(self.pool) else 0
+        s.offset = lo + n
+        if thr is not None and n >= thr:
+            if len(s.accel_queue) >= s.capacity:
+                s.shed[i] = True
+                s.finish(i)
+            else:
+                s.accel_queue.append((i, lo, n))
+                s.offloaded += 1
+                s.parts[i] = 1
+                s.accel.notify()
+            return
+        parts = -(-n // b)
+        if len(s.queue) + parts > s.capacity:
+            s.shed[i] = True
+            s.finish(i)
+            return
+        s.parts[i] = parts
+        for k in range(parts):
+            a = lo + k * b
+            s.queue.append((i, k, a, min(b, lo + n - a)))
+        if self._procs is None:
+            s.cond.notify(parts)
+        else:
+            self._feed(s)
+
+    def _loop(self, s: _RunState, arrival: Callable[[int, _RunState], Optional[float]],
+              sizes: np.ndarray, policy: Policy, threads: list[threading.Thread],
+              timeout_s: Optional[float]) -> None:
+        """Worker processes: one loop admits each query when it is due and, between
+        arrivals, waits on the workers' connections and hands out sub-requests as workers
+        finish, until every query is done. (A second thread of this process would contend
+        with it for the interpreter lock at every hand-over.)"""
+        procs = self._procs
+        assert procs is not None
+        start = time.perf_counter()
+        s.t0 = start
+        i, n = 0, sizes.size
+        at = arrival(0, s) if n else None
+        deadline = None
+        while s.error is None:
+            now = time.perf_counter()
+            while at is not None and start + at <= now:
+                with s.cond:
+                    self._admit(s, i, at, int(sizes[i]), policy)
+                i += 1
+                at = arrival(i, s) if i < n else None
+                if at is None and i < n:  # no more queries: the run is the ones dispatched
+                    with s.cond:
+                        s.end_arrivals(i)
+            if at is not None:
+                wait = start + at - now
+                if not procs.exact_timeouts:
+                    # Waits are whole milliseconds, rounded up: wait until about a
+                    # millisecond before the arrival, then in short sleeps.
+                    wait = wait - 1e-3 if wait > 2e-3 else 0.0
+            else:
+                if s.finished >= s.n:
+                    return
+                if deadline is None:
+                    timeout_s = 30.0 + 10 * s.n * 1e-3 if timeout_s is None else timeout_s
+                    deadline = now + timeout_s
+                elif now > deadline:
+                    raise TimeoutError(f"{s.n - s.finished} of {s.n} queries unfinished "
+                                       f"{timeout_s:.0f} s after the last arrival")
+                if not all(t.is_alive() for t in threads):
+                    s.error = RuntimeError("the accelerator's thread exited unexpectedly")
+                    return
+                wait = min(deadline - now, 0.05)
+            try:
+                events = procs.poll(wait)
+                for event in events:
+                    self._handle(s, *event)
+            except BaseException as e:
+                self._fail(s, e)
+                return
+            if not events and at is not None and not procs.exact_timeouts:
+                time.sleep(min(max(start + at - time.perf_counter(), 0.0), 1e-4))
 
     def _wait(self, s: _RunState, threads: list[threading.Thread], timeout_s: float) -> None:
         deadline = time.perf_counter() + timeout_s
@@ -483,31 +537,23 @@ class Server:
                 s.error = RuntimeError(f"worker process {k} is gone: {e!r}")
                 s.done.notify_all()
 
-    def _collect(self, s: _RunState) -> None:
-        """The process workers' results, until the run stops (a thread of the parent)."""
-        procs = self._procs
-        assert procs is not None
-        try:
-            while not s.stop and s.error is None:
-                for tag, k, payload in procs.poll(0.05):
-                    if tag == "done":
-                        run, i, part, n, seconds, end = payload
-                        if run == self._run_id:  # not a leftover of an abandoned run
-                            held = time.perf_counter() - s.sent[k]
-                            s.service.append(Service(i, part, n, seconds, held, k,
-                                                     s.sent[k] - s.t0))
-                            self._complete(s, i, end)
-                        with s.cond:
-                            s.idle.append(k)
-                            self._feed(s)
-                    elif tag == "error":
-                        message, details = payload
-                        raise RemoteWorkerError(f"worker process {k}: {message}", details)
-                    else:
-                        raise RuntimeError(f"worker process {k} exited (exit code "
-                                           f"{payload[0]}) while serving")
-        except BaseException as e:
-            self._fail(s, e)
+    def _handle(self, s: _RunState, tag: str, k: int, payload: tuple[Any, ...]) -> None:
+        """One event of the worker processes (:meth:`WorkerProcesses.poll`)."""
+        if tag == "done":
+            run, i, part, n, seconds, end = payload
+            if run == self._run_id:  # not a leftover of an abandoned run
+                held = time.perf_counter() - s.sent[k]
+                s.service.append(Service(i, part, n, seconds, held, k, s.sent[k] - s.t0))
+                self._complete(s, i, end)
+            with s.cond:
+                s.idle.append(k)
+                self._feed(s)
+        elif tag == "error":
+            message, details = payload
+            raise RemoteWorkerError(f"worker process {k}: {message}", details)
+        else:
+            raise RuntimeError(f"worker process {k} exited (exit code {payload[0]}) while "
+                               f"serving")
 
     def _accelerator(self, s: _RunState) -> None:
         assert self.accelerator is not None
@@ -541,6 +587,7 @@ class _RunState:
         self.accel_queue: deque[tuple[int, int, int]] = deque()
         self.idle: deque[int] = deque()  # worker processes holding no sub-request
         self.sent: dict[int, float] = {}  # when each worker process was last handed one
+        self.offset = 0  # where the next query's items start in the input pool
         self.arrival = np.zeros(n)  # seconds after the start (set as queries are dispatched)
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
@@ -553,6 +600,12 @@ class _RunState:
         self.error: Optional[BaseException] = None
         self.details = ""
         self.t0 = 0.0
+
+    def end_arrivals(self, n: int) -> None:
+        """No query arrives after the first ``n`` (call holding ``cond``)."""
+        self.n = n
+        if self.finished == n:
+            self.done.notify_all()
 
     def finish(self, i: int) -> None:
         """Query ``i`` is done (served or shed); call holding ``cond``."""
