@@ -257,8 +257,7 @@ class Server:
         try:
             if self._procs is None:
                 self._dispatch(state, arrival, sizes, policy)
-                self._wait(state, threads, 30.0 + 10 * state.n * 1e-3
-                           if timeout_s is None else timeout_s)
+                self._wait(state, threads, state.finish_timeout(timeout_s))
             else:
                 self._loop(state, arrival, sizes, policy, threads, timeout_s)
         finally:
@@ -453,7 +452,7 @@ class Server:
                 if s.finished >= s.n:
                     return
                 if deadline is None:
-                    timeout_s = 30.0 + 10 * s.n * 1e-3 if timeout_s is None else timeout_s
+                    timeout_s = s.finish_timeout(timeout_s)
                     deadline = now + timeout_s
                 elif now > deadline:
                     raise TimeoutError(f"{s.n - s.finished} of {s.n} queries unfinished "
@@ -600,6 +599,11 @@ class _RunState:
         self.error: Optional[BaseException] = None
         self.details = ""
         self.t0 = 0.0
+
+    def finish_timeout(self, timeout_s: Optional[float]) -> float:
+        """How long the queries may take to finish after the last arrival: ``timeout_s``, or
+        by default 30 s plus 10 ms a query."""
+        return 30.0 + 10 * self.n * 1e-3 if timeout_s is None else timeout_s
 
     def end_arrivals(self, n: int) -> None:
         """No query arrives after the first ``n`` (call holding ``cond``)."""
