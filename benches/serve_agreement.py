@@ -5,6 +5,7 @@ real server's latency-bounded throughput on this machine.
     python benches/serve_agreement.py --model wnd --batches 1024,64 --repeat 5
     python benches/serve_agreement.py --model rmc1,wnd --workers 16 --processes
     python benches/serve_agreement.py --profile-load 0.9,saturated,0.5
+    python benches/serve_agreement.py --profile-load 0.9,0.3+0.6+0.9  # and curves by load
     python benches/serve_agreement.py --confirm 0     # a real miss is not run again
     python benches/serve_agreement.py --service-times median
     python benches/serve_agreement.py --gaps          # held time against the idle gap before
@@ -12,7 +13,9 @@ real server's latency-bounded throughput on this machine.
 For each repeat (a fresh server and profiles) and each batch size: the highest Poisson rate
 whose p95 meets the target on the real server (this machine's cores, up to ``--workers``) and
 in the simulator on as many cores, and their ratio, for each way of profiling the curve
-(``Server.profile``: every query at once, or Poisson at a fraction of capacity) and each way
+(``Server.profile``: every query at once, or Poisson at a fraction of capacity; or several
+fractions joined by ``+``, a :class:`~recengine.sched.CurvesByLoad` that serves each simulated
+run at the curve of the load it puts on the cores) and each way
 of drawing service times from it (every sub-request the median, or drawn from the spread the
 profile saw). The curve
 is profiled with all the workers running at once, so it carries what they do to each other
@@ -28,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 import recengine.models as rm
-from recengine.sched import Policy, SimulatedServer, max_qps
+from recengine.sched import Cpu, CurvesByLoad, LatencyCurve, Policy, SimulatedServer, max_qps
 from recengine.serving import RealServer, Server, Service, idle_before
 
 #: Idle gaps (ms) before a sub-request, for ``--gaps``.
@@ -66,7 +69,8 @@ def main() -> None:
     p.add_argument("--confirm", type=int, default=1,
                    help="runs more of a real rate that misses before it counts as a miss")
     p.add_argument("--profile-load", default="0.9",
-                   help="comma list of profiling loads: 'saturated' or a fraction in (0, 1]")
+                   help="comma list of profiling loads: 'saturated', a fraction in (0, 1], or "
+                        "fractions joined by '+' (curves by load)")
     p.add_argument("--service-times", default="median,profiled",
                    help="comma list of 'median' and 'profiled' (drawn from the spread)")
     p.add_argument("--gaps", action="store_true",
@@ -91,17 +95,24 @@ def main() -> None:
         for rep in range(args.repeat):
             with Server(model, workers=args.workers, seed=rep,
                         processes=args.processes) as server:
-                curves = []
-                for x in loads:
-                    curves.append(server.profile(load=_load(x)))
-                    if len(curves) == 1 and args.gaps:
+                single: dict[str, LatencyCurve] = {}  # each load profiled once
+                for x in (y for column in loads for y in column.split("+")):
+                    if x in single:
+                        continue
+                    single[x] = server.profile(load=_load(x))
+                    if len(single) == 1 and args.gaps:
                         new = gap_table(model.name, rep, server.profile_services)
                         gap_rows += new
                         print("\n".join(f"gaps {r}" for r in new), file=sys.stderr,
                               flush=True)  # in case the run is cut short
-                real = RealServer(server, queries=300, span_s=1.0, curve=curves[0], seed=rep,
-                                  confirm=args.confirm)
-                sims = [SimulatedServer(curves[loads.index(x)], args.workers, queries=300,
+                curves: dict[str, Cpu] = {
+                    x: single[x] if "+" not in x else CurvesByLoad(
+                        tuple(float(y) for y in x.split("+")),
+                        tuple(single[y] for y in x.split("+")))
+                    for x in loads}
+                real = RealServer(server, queries=300, span_s=1.0, curve=curves[loads[0]],
+                                  seed=rep, confirm=args.confirm)
+                sims = [SimulatedServer(curves[x], args.workers, queries=300,
                                         span_s=1.0, seed=rep, spread=k == "profiled")
                         for x, k in columns]
                 for b in (int(x) for x in args.batches.split(",")):

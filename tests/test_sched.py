@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from recengine.sched import (
     ControllerSettings,
+    CurvesByLoad,
     LatencyCurve,
     Policy,
     RateController,
@@ -320,6 +321,71 @@ def test_deeprecsched_with_the_controller_climbs_to_the_best_batch() -> None:
     assert base.policy == Policy(1024) and by_controller.qps > 1.5 * base.qps
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.05, 1.0), min_size=1, max_size=4, unique=True),
+       st.lists(st.floats(1.0, 3.0), min_size=4, max_size=4), st.floats(0.01, 2.0))
+def test_curves_by_load_settle_where_a_runs_load_is_its_curves(
+        loads: list[float], factors: list[float], work: float) -> None:
+    """A run of ``work`` x the curve's 1-item median in utilization: the settled load is the
+    lowest where the utilization on its curve equals the load, or an end load when none does
+    inside; medians are linear in the load between profiled loads and clamp outside them."""
+    loads = sorted(loads)
+    base = LatencyCurve((1, 64), (1.0, 8.0), spread=((0.5, 1.5), (1.0, 1.0)))
+    # Curves slower with load (factors sorted), as contention makes them.
+    curves = tuple(base.scaled(f) for f in sorted(factors)[:len(loads)])
+    c = CurvesByLoad(tuple(loads), curves)
+    assert CurvesByLoad.from_dict(c.to_dict()) == c
+    assert c(64) == curves[-1](64) and c.spread == base.spread
+    assert c.at(loads[0] / 2) == curves[0] and c.at(1.0) == curves[-1]
+    for a, b, x, y in zip(loads, loads[1:], curves, curves[1:]):
+        mid = c.at((a + b) / 2)
+        assert mid(1) == pytest.approx((x(1) + y(1)) / 2)
+        assert mid(64) == pytest.approx((x(64) + y(64)) / 2)
+    load, curve = c.settle(lambda cv: work * cv(1))
+    assert curve == c.at(load)
+    u = [work * cv(1) for cv in curves]
+    if u[0] <= loads[0]:
+        assert load == loads[0]
+    elif all(ui > x for ui, x in zip(u, loads)):
+        assert load == loads[-1]
+    else:
+        assert work * curve(1) == pytest.approx(load)  # the load the run puts on its curve
+        # ... and no lower load settles: on every lower segment the utilization is above.
+        grid = np.linspace(loads[0], load, 50)[:-1]
+        assert all(work * c.at(x)(1) > x - 1e-9 for x in grid)
+
+
+def test_a_simulated_run_takes_the_curve_of_the_load_it_puts_on_the_cores() -> None:
+    """Light curve at 30% load, 1.5x slower at 90%: a slow stream is served at the light
+    curve, a fast one at the heavy curve, one between at the settled curve; the latency-bounded
+    QPS lies between the two single curves'."""
+    light = LatencyCurve((1, 1024), (1.0, 1.0))
+    c = CurvesByLoad((0.3, 0.9), (light, light.scaled(1.5)))
+    sizes = QuerySizes.fixed(8)
+    by_load, lo, hi = (SimulatedServer(k, cores=4, sizes=sizes, queries=3000, seed=2)
+                       for k in (c, light, light.scaled(1.5)))
+    policy = Policy(1024)  # whole queries: one 1 ms (light) sub-request each
+    slow, fast = 400.0, 2000.0  # 10% and 50% of 4 cores at 1 ms (settles at 64%)
+    assert np.array_equal(by_load.run(policy, slow).latency_ms, lo.run(policy, slow).latency_ms)
+    assert np.array_equal(by_load.run(policy, 3500.0).latency_ms,
+                          hi.run(policy, 3500.0).latency_ms)
+    r = by_load.run(policy, fast)
+    arrivals, _ = by_load.draw(fast)
+    load, curve = c.settle(lambda cv: len(arrivals) * cv(8) / (4 * arrivals[-1] * 1e3))
+    assert 0.3 < load < 0.9 and r.utilization == pytest.approx(load)
+    assert np.array_equal(r.latency_ms, simulate(arrivals, np.full(len(arrivals), 8), policy,
+                                                 curve, 4).latency_ms)
+    qps = [max_qps(lambda q, k=k: k.run(policy, q), 3.0, 1000.0, 0.01)[0]
+           for k in (lo, by_load, hi)]
+    assert qps[2] < qps[1] < qps[0]
+    # A controlled run has no one rate: it takes the highest load's curve.
+    ctl = ControllerSettings(updates=20, last=10)
+    a = simulate_controlled(RateController(3.0, 500.0, ctl), np.full(3000, 8), policy, c, 4)
+    b = simulate_controlled(RateController(3.0, 500.0, ctl), np.full(3000, 8), policy,
+                            light.scaled(1.5), 4)
+    assert np.array_equal(a.latency_ms, b.latency_ms)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: Policy(0), "batch size"),
     (lambda: Policy(8, 0), "offload threshold"),
@@ -336,6 +402,14 @@ def test_deeprecsched_with_the_controller_climbs_to_the_best_batch() -> None:
     (lambda: LatencyCurve.from_samples((1,), [[]]), "at least one"),
     (lambda: LatencyCurve.from_samples((1,), [[1.0, -1.0]]), "positive"),
     (lambda: LatencyCurve.from_samples((1,), [[1.0]], quantiles=0), "quantile"),
+    (lambda: CurvesByLoad((0.5,), ()), "as many curves"),
+    (lambda: CurvesByLoad((), ()), "as many curves"),
+    (lambda: CurvesByLoad((0.9, 0.5), (FLAT, FLAT)), "increasing"),
+    (lambda: CurvesByLoad((0.0, 0.5), (FLAT, FLAT)), "increasing"),
+    (lambda: CurvesByLoad((0.5, 1.5), (FLAT, FLAT)), "increasing"),
+    (lambda: CurvesByLoad((0.5, 0.9), (FLAT, LatencyCurve((1, 512), (2.0, 2.0)))), "share"),
+    (lambda: CurvesByLoad((0.5, 0.9), (FLAT, LatencyCurve(FLAT.batches, FLAT.ms,
+                                                              interpolation="log"))), "share"),
     (lambda: SimulatedServer(FLAT, cores=0), "core"),
     (lambda: simulate(np.zeros(2), np.ones(3, dtype=int), Policy(1), FLAT, 1), "one length"),
     (lambda: deeprecsched(_Known({}), 5.0, batch_sizes=()), "at least one batch size"),

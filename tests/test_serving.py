@@ -231,6 +231,29 @@ def test_a_profiling_run_lasts_its_span_not_a_count_of_queries() -> None:
         server.profile((8,), span_s=-1.0)
 
 
+def test_profile_loads_profiles_the_server_at_each_load() -> None:
+    """Curves by load: one profile per load, each run at its own load's rate; a forward that
+    slows the busier its worker is gives a slower curve at the higher load."""
+    server = Server(SMALL, workers=1)
+    last = [0.0]
+
+    def forward(batch: rm.Batch) -> None:
+        # 1 ms after an idle gap of over 2 ms, 2 ms back to back (a busy worker is slower).
+        now = time.perf_counter()
+        time.sleep(0.001 if now - last[0] > 0.002 else 0.002)
+        last[0] = time.perf_counter()
+
+    server._forward = forward  # type: ignore[method-assign]
+    curves = server.profile_loads((0.2, 0.95), batches=(8,), queries=30, query_items=8,
+                                  span_s=0.3)
+    assert curves.loads == (0.2, 0.95) and len(curves.curves) == 2
+    assert curves.curves[0](8) < curves.curves[1](8)
+    assert 0.9 < curves.curves[0](8) < 1.6 < curves.curves[1](8) < 2.6
+    for bad in ((), (0.9, 0.5), (0.0, 0.5), (0.5, 1.2)):
+        with pytest.raises(ValueError, match="increasing fractions"):
+            server.profile_loads(bad, batches=(8,))
+
+
 def test_the_simulator_replays_a_real_run_within_15_percent() -> None:
     """The simulator's queueing model against the real server: a real run of rmc1 at about
     60% load (whole and split queries), then the same queries simulated with the service
@@ -303,6 +326,32 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
     assert all(g is None or g >= 1.0 for sw in sweep.values() for g in sw.values())
 
 
+def test_serve_simulates_with_curves_by_load(capsys, tmp_path, monkeypatch) -> None:
+    """``--profile-loads``: the server is profiled at each load (the profile itself is
+    tested above; here a curve of 10 us an item at 30% load and 20 us at 90%, to be fast),
+    and the simulator serves each run at its load's curve: between the two curves' QPS."""
+    loads: list[float] = []
+
+    def profile(self, batches=(1, 1024), load=0.9, **options):  # type: ignore[no-untyped-def]
+        loads.append(load)
+        return LatencyCurve((1, 1024), (0.01, 10.24)).scaled(1.0 if load < 0.5 else 2.0)
+
+    monkeypatch.setattr(Server, "profile", profile)
+    out = tmp_path / "serve.json"
+    args = ["serve", "--simulate", "--model", "ncf", "--cores", "8", "--scale", "0.01",
+            "--batch-sizes", "1024", "--queries", "500", "--target-ms", "5"]
+    assert main([*args, "--profile-loads", "0.3,0.9", "--out", str(out)]) == 0
+    assert loads == [0.3, 0.9]
+    assert "curves by load (profiled at 0.3, 0.9)" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["cpu_curve"]["loads"] == [0.3, 0.9] and len(row["cpu_curve"]["curves"]) == 2
+    qps = []
+    for one in ("0.3", "0.9"):
+        assert main([*args, "--profile-loads", one, "--json"]) == 0
+        qps.append(json.loads(capsys.readouterr().out)[0]["static_qps"])
+    assert qps[1] < row["static_qps"] < qps[0]
+
+
 def test_serve_searches_rates_with_r3s_controller(capsys) -> None:
     assert main(["serve", "--simulate", "--model", "ncf", "--cores", "8", "--scale", "0.01",
                  "--batch-sizes", "1024,64", "--search", "controller", "--json"]) == 0
@@ -355,6 +404,9 @@ def test_serve_on_the_real_server(workers: list[str], capsys) -> None:
     (["--confirm", "-1"], "non-negative"),
     (["--simulate", "--service-times", "mean"], "invalid choice"),
     (["--search", "grid"], "invalid choice"),
+    (["--simulate", "--profile-loads", "0.9,0.3"], "increasing fractions"),
+    (["--simulate", "--profile-loads", "1.5"], "increasing fractions"),
+    (["--simulate", "--profile-loads", "0"], "positive"),
     (["--simulate", "--search", "controller", "--arrivals", "diurnal"], "--search bisect"),
 ])
 def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:

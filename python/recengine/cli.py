@@ -358,6 +358,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --simulate: profile the latency curve with this many "
                             "workers busy at once, so it carries their contention for memory "
                             "bandwidth, caches and clock (default: 1, none)")
+    serve.add_argument("--profile-loads", type=_comma_list(_positive_float, "load"),
+                       default=[0.9],
+                       help="with --simulate: profile the latency curve at these fractions of "
+                            "the workers' capacity (comma list, increasing, default: 0.9); "
+                            "with several, each simulated run takes the curve of the load it "
+                            "puts on the cores, interpolated between them (workers that slow "
+                            "each other down the busier they are, e.g. 0.3,0.6,0.9)")
     serve.add_argument("--service-times", choices=("median", "profiled"), default="median",
                        help="with --simulate: give every sub-request the profiled median time "
                             "for its size ('median', the default) or draw it from the spread "
@@ -973,6 +980,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
              else QuerySizes.lognormal())
     config = st.ServeConfig(models=models, simulate=args.simulate, cores=args.cores or (),
                             processes=args.processes, profile_workers=args.profile_workers,
+                            profile_loads=args.profile_loads,
                             confirm=args.confirm, service_times=args.service_times,
                             search=args.search, scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
@@ -997,6 +1005,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers = "worker processes" if config.processes else "worker threads"
         times = ("service times drawn from the profile" if config.service_times == "profiled"
                  else "median service times")
+        if len(config.profile_loads) > 1:
+            times += (f", curves by load (profiled at "
+                      f"{', '.join(f'{x:g}' for x in config.profile_loads)})")
         mode = (f"real server, {workers}" if not config.simulate else f"simulated, {times}" if
                 config.profile_workers == 1 else
                 f"simulated from a profile of {config.profile_workers} {workers}, {times}")

@@ -3,7 +3,8 @@
 A :class:`Policy` says how a server runs a query (sub-request batch size, accelerator offload
 threshold). :func:`deeprecsched` tunes it for the most queries/s whose p95 meets a target,
 against :func:`static_baseline`, on any :class:`Backend`: the discrete-event
-:class:`SimulatedServer` fed by :class:`LatencyCurve` profiles (any core count), or the real
+:class:`SimulatedServer` fed by :class:`LatencyCurve` profiles (any core count; by load,
+:class:`CurvesByLoad`), or the real
 server of :mod:`recengine.serving`.
 
 Example::
@@ -17,7 +18,7 @@ Example::
 """
 
 from .controller import ControllerSettings, RateController
-from .latency import ACCELERATOR_BATCHES, PROFILE_BATCHES, LatencyCurve, profile
+from .latency import ACCELERATOR_BATCHES, PROFILE_BATCHES, Cpu, CurvesByLoad, LatencyCurve, profile
 from .result import Policy, RunResult
 from .search import (
     BATCH_SIZES,
@@ -41,6 +42,8 @@ __all__ = [
     "THRESHOLDS",
     "Backend",
     "ControllerSettings",
+    "Cpu",
+    "CurvesByLoad",
     "LatencyCurve",
     "Policy",
     "QueryStream",

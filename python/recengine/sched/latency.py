@@ -3,18 +3,22 @@ profiled at a few batch sizes and interpolated between them: linearly in the bat
 CPU forward's cost grows about linearly between nearby sizes), or in ``log(batch)`` as
 DeepRecSys models its accelerator (R3). A curve profiled through a server also carries the
 spread of the times it saw around each median, so a simulator can draw service times with the
-tail that sets a p95 at tight targets."""
+tail that sets a p95 at tight targets. Cores slow each other down as more of them are busy
+(memory bandwidth, caches, clock speed, a shared parent), so a server can be profiled at
+several loads (:class:`CurvesByLoad`) and a simulator takes the curve of the load each run
+puts on it."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "SPREAD_QUANTILES", "LatencyCurve", "profile"]
+__all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "SPREAD_QUANTILES", "Cpu", "CurvesByLoad",
+           "LatencyCurve", "profile"]
 
 #: The batch sizes of R3's accelerator latency model.
 ACCELERATOR_BATCHES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
@@ -156,6 +160,114 @@ class LatencyCurve:
         return cls(tuple(int(b) for b in d["batches"]), tuple(float(m) for m in d["ms"]),
                    str(d.get("label", "")), str(d.get("interpolation", interpolation)),
                    tuple(tuple(float(r) for r in row) for row in d.get("spread", ())))
+
+
+@dataclass(frozen=True)
+class CurvesByLoad:
+    """One server's latency curves profiled at several ``loads`` (fractions of its cores'
+    capacity, increasing), all at the same batch sizes: where sub-requests take longer the
+    busier the server is, a run at a given rate is served at the curve of the load it puts on
+    the cores (:meth:`settle`).
+
+    Between two profiled loads the medians are linear in the load and the spread is the nearer
+    load's; outside them the end curve holds. Called as a curve (``curves(batch)``,
+    :meth:`many`), it is the curve of the highest load: where a throughput search ends,
+    so that capacity guesses start from it.
+
+    Example::
+
+        >>> light = LatencyCurve((1, 64), (1.0, 4.0))
+        >>> c = CurvesByLoad((0.5, 0.9), (light, light.scaled(1.5)))
+        >>> c.at(0.7).ms, c.at(0.2).ms, c(64)
+        ((1.25, 5.0), (1.0, 4.0), 6.0)
+    """
+
+    loads: tuple[float, ...]
+    curves: tuple[LatencyCurve, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.loads) != len(self.curves) or not self.loads:
+            raise ValueError("CurvesByLoad needs as many curves as loads (>= 1)")
+        if any(not 0 < x <= 1 for x in self.loads) or any(
+                a >= b for a, b in zip(self.loads, self.loads[1:])):
+            raise ValueError(f"loads must be increasing fractions in (0, 1], got {self.loads}")
+        first = self.curves[0]
+        for c in self.curves[1:]:
+            if c.batches != first.batches or c.interpolation != first.interpolation:
+                raise ValueError("the curves of CurvesByLoad must share their batch sizes and "
+                                 "interpolation")
+
+    @property
+    def label(self) -> str:
+        return self.curves[-1].label
+
+    @property
+    def batches(self) -> tuple[int, ...]:
+        return self.curves[0].batches
+
+    @property
+    def spread(self) -> tuple[tuple[float, ...], ...]:
+        """The highest load's spread (empty when some curve has none: then none is drawn)."""
+        return self.curves[-1].spread if all(c.spread for c in self.curves) else ()
+
+    def __call__(self, batch: float) -> float:
+        return self.curves[-1](batch)
+
+    def many(self, batch: np.ndarray) -> np.ndarray:
+        return self.curves[-1].many(batch)
+
+    def at(self, load: float) -> LatencyCurve:
+        """The curve at ``load``: medians linear in the load between the profiled loads."""
+        loads = self.loads
+        if load <= loads[0]:
+            return self.curves[0]
+        if load >= loads[-1]:
+            return self.curves[-1]
+        k = int(np.searchsorted(loads, load)) - 1  # loads[k] < load < loads[k + 1]
+        w = (load - loads[k]) / (loads[k + 1] - loads[k])
+        lo, hi = self.curves[k], self.curves[k + 1]
+        ms = tuple((1 - w) * a + w * b for a, b in zip(lo.ms, hi.ms))
+        return LatencyCurve(lo.batches, ms, hi.label, lo.interpolation,
+                            (lo if w < 0.5 else hi).spread)
+
+    def settle(self, utilization: Callable[[LatencyCurve], float]) -> tuple[float, LatencyCurve]:
+        """The load a run puts on the cores and its curve: the lowest load ``x`` at which
+        ``utilization(self.at(x))`` (the run's work on that curve over the cores' time) is
+        ``x``, clamped to the profiled loads. A run's work is linear in the curve's medians,
+        so it is solved exactly from one utilization per profiled curve.
+
+        Example::
+
+            >>> light = LatencyCurve((1, 64), (1.0, 1.0))
+            >>> c = CurvesByLoad((0.5, 0.9), (light, light.scaled(1.5)))
+            >>> load, curve = c.settle(lambda cv: 0.55 * cv(1))  # 0.55 of the cores at 1 ms
+            >>> round(load, 3), round(curve(1), 3)  # 0.55 x 1.2 ms = 0.66
+            (0.66, 1.2)
+        """
+        u = [utilization(c) for c in self.curves]
+        x = self.loads
+        if u[0] <= x[0]:
+            return x[0], self.curves[0]
+        for k in range(len(x) - 1):
+            # On [x_k, x_k+1] the utilization is linear in the load: find where it meets x.
+            g0, g1 = u[k] - x[k], u[k + 1] - x[k + 1]
+            if g1 <= 0:
+                load = x[k] + (x[k + 1] - x[k]) * g0 / (g0 - g1)
+                return load, self.at(load)
+        return x[-1], self.curves[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loads": list(self.loads), "curves": [c.to_dict() for c in self.curves]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CurvesByLoad:
+        """From :meth:`to_dict`'s form."""
+        return cls(tuple(float(x) for x in d["loads"]),
+                   tuple(LatencyCurve.from_dict(c) for c in d["curves"]))
+
+
+#: One core's service times: one latency curve, or curves profiled at several loads.
+Cpu = Union[LatencyCurve, CurvesByLoad]
 
 
 def profile(run: Callable[[int], Any], batches: Sequence[int] = PROFILE_BATCHES,

@@ -4,7 +4,9 @@ Queries arrive (times in seconds, sizes in items); a query at or above the offlo
 goes whole to the accelerator (one FIFO device), any other is split into ``ceil(N / b)``
 sub-requests that join one FIFO ready queue served by ``cores`` identical cores, each
 sub-request taking ``cpu(size)`` ms, or a time drawn from the curve's profiled spread around
-that median (:meth:`LatencyCurve.sample`, seeded). A query's latency is the end of its last
+that median (:meth:`LatencyCurve.sample`, seeded). With curves profiled at several loads
+(:class:`CurvesByLoad`), a run takes the curve of the load its queries put on the cores
+(:meth:`CurvesByLoad.settle`). A query's latency is the end of its last
 sub-request minus its arrival. Queues are bounded: a query whose sub-requests do not fit is
 shed (its latency is ``inf``). The simulation is exact for this model and deterministic for a seed.
 :func:`simulate_controlled` serves the same model with arrivals at the rate an R3 controller
@@ -21,14 +23,14 @@ import numpy as np
 
 from ..workload import QuerySizes
 from .controller import RateController
-from .latency import LatencyCurve
+from .latency import Cpu, CurvesByLoad, LatencyCurve
 from .result import Policy, RunResult
 from .stream import QueryStream
 
 __all__ = ["SimulatedServer", "simulate", "simulate_controlled"]
 
 
-def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: LatencyCurve,
+def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu,
              cores: int, accelerator: Optional[LatencyCurve] = None,
              queue_capacity: int = 4096, warmup: float = 0.1,
              part_ms: Optional[dict[tuple[int, int], float]] = None,
@@ -38,7 +40,8 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Lat
     Args:
         arrivals_s, sizes: ``[Q]`` arrival times (s) and query sizes (items).
         policy: batch size and offload threshold.
-        cpu: one core's latency curve.
+        cpu: one core's latency curve, or curves by load (the run takes the curve of the
+            load it puts on the cores over its span, the last arrival's time).
         cores: cores serving sub-requests.
         accelerator: the accelerator's latency curve (needed when the policy offloads).
         queue_capacity: the most sub-requests (or accelerator queries) waiting at once.
@@ -60,6 +63,10 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Lat
     sizes = np.asarray(sizes, dtype=np.int64)
     if arrivals_ms.shape != sizes.shape or arrivals_ms.ndim != 1:
         raise ValueError("arrivals and sizes must be 1-D arrays of one length")
+    span = (float(arrivals_ms[-1]) / 1e3) if sizes.size else 0.0
+    if isinstance(cpu, CurvesByLoad):
+        cpu = cpu.settle(lambda c: _ServiceTimes(sizes, policy, c, None, None)
+                         .utilization(cores, span) if span > 0 else 0.0)[1]
     times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
     fifo = _Fifo(cores, queue_capacity)
     latency = np.empty(sizes.size)
@@ -69,19 +76,20 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Lat
         if part_ms is not None:
             parts = [part_ms.get((i, k), took) for k, took in enumerate(parts)]
         latency[i] = fifo.serve(t, parts, times.offload_ms(i)) - t
-    span = (float(arrivals_ms[-1]) / 1e3) if sizes.size else 0.0
     return RunResult(latency, fifo.shed, fifo.offloaded, span, int(sizes.size * warmup),
                      times.utilization(cores, span))
 
 
 def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: Policy,
-                        cpu: LatencyCurve, cores: int,
+                        cpu: Cpu, cores: int,
                         accelerator: Optional[LatencyCurve] = None,
                         queue_capacity: int = 4096,
                         rng: Optional[np.random.Generator] = None) -> RunResult:
     """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets, telling
     it of each query as it completes, until it has taken every step or the sizes run out.
-    The arguments are :func:`simulate`'s; returns the whole run (its rate moved).
+    The arguments are :func:`simulate`'s; returns the whole run (its rate moved). The rate
+    moves through the run, so curves by load serve it at the highest profiled load's curve
+    (where the controller's search ends).
 
     Example::
 
@@ -96,6 +104,8 @@ def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: P
     sizes = np.asarray(sizes, dtype=np.int64)
     if sizes.ndim != 1:
         raise ValueError("sizes must be a 1-D array")
+    if isinstance(cpu, CurvesByLoad):
+        cpu = cpu.curves[-1]
     times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
     fifo = _Fifo(cores, queue_capacity)
     latency = np.full(sizes.size, np.nan)
@@ -234,7 +244,8 @@ class _Fifo:
 class SimulatedServer(QueryStream):
     """The simulator as a :class:`~.search.Backend`: runs of a seeded workload
     (:class:`~.stream.QueryStream`) on ``cores`` cores of latency curve ``cpu``, with an
-    optional accelerator. A run lasts at least ``span_s`` simulated seconds (more queries at
+    optional accelerator (``cpu`` may be curves by load: each run takes the curve of the load
+    it puts on the cores). A run lasts at least ``span_s`` simulated seconds (more queries at
     high rates, at most ``max_queries``), so that a rate the server cannot sustain shows in
     its tail. Every sub-request of a size takes the curve's median; with ``spread=True``, and
     a curve that carries a profiled spread, each one's time is drawn from it instead, with the
@@ -247,7 +258,7 @@ class SimulatedServer(QueryStream):
         True
     """
 
-    def __init__(self, cpu: LatencyCurve, cores: int, accelerator: Optional[LatencyCurve] = None,
+    def __init__(self, cpu: Cpu, cores: int, accelerator: Optional[LatencyCurve] = None,
                  sizes: Optional[QuerySizes] = None, queries: int = 2000, seed: int = 0,
                  process: str = "poisson", queue_capacity: int = 4096, span_s: float = 0.0,
                  max_queries: int = 200_000, spread: bool = False) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..workload import QuerySizes, Workload
 from .controller import RateController
-from .latency import LatencyCurve
+from .latency import Cpu
 from .result import Policy
 
 __all__ = ["QueryStream"]
@@ -22,13 +22,14 @@ class QueryStream:
 
     Example::
 
+        >>> from recengine.sched import LatencyCurve
         >>> s = QueryStream(LatencyCurve((1, 1024), (1.0, 1.0)), cores=4, queries=100)
         >>> a, sizes = s.draw(50.0)
         >>> len(a), bool(s.largest_query() >= sizes.max())
         (100, True)
     """
 
-    def __init__(self, curve: LatencyCurve, cores: int, sizes: Optional[QuerySizes] = None,
+    def __init__(self, curve: Cpu, cores: int, sizes: Optional[QuerySizes] = None,
                  queries: int = 2000, seed: int = 0, process: str = "poisson",
                  span_s: float = 0.0, max_queries: int = 200_000) -> None:
         if cores < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..sched.controller import RateController
-from ..sched.latency import LatencyCurve
+from ..sched.latency import Cpu
 from ..sched.result import Policy, RunResult
 from ..sched.stream import QueryStream
 from ..workload import QuerySizes
@@ -28,7 +28,7 @@ class RealServer(QueryStream):
 
     def __init__(self, server: Server, sizes: Optional[QuerySizes] = None, queries: int = 300,
                  seed: int = 0, process: str = "poisson", span_s: float = 0.0,
-                 max_queries: int = 200_000, curve: Optional[LatencyCurve] = None,
+                 max_queries: int = 200_000, curve: Optional[Cpu] = None,
                  confirm: int = 1) -> None:
         if confirm < 0:
             raise ValueError(f"confirm must be non-negative, got {confirm}")

@@ -30,7 +30,7 @@ import torch
 from .. import get_num_threads, set_num_threads
 from ..models import Batch, RecModel
 from ..sched.controller import RateController
-from ..sched.latency import PROFILE_BATCHES, LatencyCurve
+from ..sched.latency import PROFILE_BATCHES, CurvesByLoad, LatencyCurve
 from ..sched.result import Policy, RunResult
 from .accelerator import Accelerator
 from .processes import WorkerProcesses
@@ -354,6 +354,28 @@ class Server:
             samples.append([max(1e3 * (r.held if held else r.seconds), 1e-6)
                             for r in self.last_service])
         return LatencyCurve.from_samples(batches, samples, getattr(self.model, "name", ""))
+
+    def profile_loads(self, loads: Sequence[float] = (0.3, 0.6, 0.9),
+                      **options: Any) -> CurvesByLoad:
+        """:meth:`profile` at each of ``loads`` (increasing fractions of the workers'
+        capacity), for a simulator to serve each run at the curve of the load it puts on the
+        cores: where workers slow each other down the busier the server is, a tight target's
+        search ends at a low load, and a curve profiled near saturation underrates it.
+        ``options`` go to :meth:`profile`; :attr:`profile_services` keeps the last load's.
+
+        Example::
+
+            >>> import recengine.models as rm
+            >>> s = Server(rm.build("ncf", scale=0.01), workers=1)
+            >>> s.profile_loads((0.5, 0.9), batches=(1, 8), queries=5, span_s=0).loads
+            (0.5, 0.9)
+        """
+        loads = tuple(float(x) for x in loads)
+        if not loads or any(not 0 < x <= 1 for x in loads) or any(
+                a >= b for a, b in zip(loads, loads[1:])):
+            raise ValueError(f"profiling loads must be increasing fractions in (0, 1], got "
+                             f"{list(loads)}")
+        return CurvesByLoad(loads, tuple(self.profile(load=x, **options) for x in loads))
 
     def _time_forward(self, b: int, repeat: int = 3) -> float:
         """Seconds one forward of ``b`` items takes in this process, alone (at least 10 us)."""

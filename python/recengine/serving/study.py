@@ -4,7 +4,9 @@ in the simulator at any core count.
 For each model, the model is built at ``scale`` and its sub-request latency curve is
 profiled through the server on this machine (:meth:`Server.profile`). Simulated:
 :class:`~recengine.sched.SimulatedServer` on ``cores`` cores of the curve profiled with
-``profile_workers`` workers at once (1 by default: no contention between cores), each
+``profile_workers`` workers at once (1 by default: no contention between cores) at a
+fraction of their capacity (``profile_loads``; with several, each run takes the curve of the
+load it puts on the cores), each
 sub-request taking the profiled median for its size (``service_times="profiled"``: drawn from
 the spread the profile saw). Real: :class:`Server` with one worker per core (threads, or
 processes with ``processes``). Then the static baseline's and DeepRecSched's latency-bounded
@@ -28,6 +30,7 @@ from ..sched import (
     BATCH_SIZES,
     THRESHOLDS,
     ControllerSettings,
+    Cpu,
     LatencyCurve,
     Policy,
     SimulatedServer,
@@ -64,6 +67,7 @@ class ServeConfig:
     processes: bool = False
     cores: Sequence[int] = ()
     profile_workers: int = 1
+    profile_loads: Sequence[float] = (0.9,)
     confirm: int = 1
     service_times: str = "median"
     search: str = "bisect"
@@ -116,6 +120,11 @@ class ServeConfig:
         if not 1 <= self.profile_workers <= here:
             raise ValueError(f"the profile needs 1 to {here} workers (the cores here), got "
                              f"{self.profile_workers}")
+        self.profile_loads = [float(x) for x in self.profile_loads]
+        if not self.profile_loads or any(not 0 < x <= 1 for x in self.profile_loads) or any(
+                a >= b for a, b in zip(self.profile_loads, self.profile_loads[1:])):
+            raise ValueError(f"profiling loads must be increasing fractions in (0, 1], got "
+                             f"{self.profile_loads}")
         if self.confirm < 0:
             raise ValueError(f"confirm must be non-negative, got {self.confirm}")
         if self.accelerator == "cuda" and self.simulate:
@@ -164,7 +173,11 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
             status(f"{name}: profiling {config.profile_workers} worker(s)")
             with Server(model, workers=config.profile_workers, seed=config.seed,
                         distribution=config.distribution, processes=config.processes) as one:
-                profiled = one.profile(query_items=_typical_items(config))
+                items = _typical_items(config)
+                profiled: Cpu = (
+                    one.profile(load=config.profile_loads[0], query_items=items)
+                    if len(config.profile_loads) == 1 else
+                    one.profile_loads(config.profile_loads, query_items=items))
             for cores in config.cores:
                 backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
                                           config.queries, config.seed, config.process,
@@ -198,7 +211,7 @@ def _typical_items(config: ServeConfig) -> int:
 
 
 def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
-            curve: LatencyCurve, target: float, status: Callable[[str], None],
+            curve: Cpu, target: float, status: Callable[[str], None],
             tick: Optional[Callable[[], None]]) -> dict[str, Any]:
     """The static baseline's and DeepRecSched's latency-bounded throughput on ``backend``."""
     t0 = time.perf_counter()
