@@ -9,6 +9,7 @@ real server's latency-bounded throughput on this machine.
     python benches/serve_agreement.py --confirm 0     # a real miss is not run again
     python benches/serve_agreement.py --service-times median
     python benches/serve_agreement.py --gaps          # held time against the idle gap before
+    python benches/serve_agreement.py --plain-malloc  # glibc's adjusting malloc thresholds
 
 For each repeat (a fresh server and profiles) and each batch size: the highest Poisson rate
 whose p95 meets the target on the real server (this machine's cores, up to ``--workers``) and
@@ -73,6 +74,9 @@ def main() -> None:
                         "fractions joined by '+' (curves by load)")
     p.add_argument("--service-times", default="median,profiled",
                    help="comma list of 'median' and 'profiled' (drawn from the spread)")
+    p.add_argument("--plain-malloc", action="store_true",
+                   help="leave the workers' malloc thresholds to glibc's adjustment (a fresh "
+                        "worker then runs slower until it has run a large batch)")
     p.add_argument("--gaps", action="store_true",
                    help="after the runs, the first profile's held times by the idle gap "
                         "before each sub-request")
@@ -93,8 +97,8 @@ def main() -> None:
         model = rm.build(name)
         target = args.target_ms or rm.TARGETS_MS[model.name]
         for rep in range(args.repeat):
-            with Server(model, workers=args.workers, seed=rep,
-                        processes=args.processes) as server:
+            with Server(model, workers=args.workers, seed=rep, processes=args.processes,
+                        steady_malloc=not args.plain_malloc) as server:
                 single: dict[str, LatencyCurve] = {}  # each load profiled once
                 for x in (y for column in loads for y in column.split("+")):
                     if x in single:

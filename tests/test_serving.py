@@ -231,6 +231,47 @@ def test_a_profiling_run_lasts_its_span_not_a_count_of_queries() -> None:
         server.profile((8,), span_s=-1.0)
 
 
+_MMAPPED_BLOCKS = """
+import ctypes, sys
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+if sys.argv[1] == "steady":
+    from recengine.serving.allocator import steady_malloc
+    assert steady_malloc()
+elif sys.argv[1] == "server":
+    import recengine.models as rm
+    from recengine.serving import Server
+    Server(rm.build("ncf", scale=0.01), workers=1, steady_malloc=sys.argv[2] == "1")
+before = libc.mallinfo2().hblks
+libc.malloc(4 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or "glibc" not in (
+    os.confstr("CS_GNU_LIBC_VERSION") or ""), reason="glibc's malloc thresholds")
+def test_steady_malloc_serves_large_blocks_from_the_heap() -> None:
+    """A fresh process's malloc gives a 4 MiB block its own mmap (a page-faulting forward);
+    with the thresholds fixed (as a threaded server fixes them by default) it comes from the
+    heap."""
+    import subprocess
+    import sys
+
+    def mmapped(*args: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _MMAPPED_BLOCKS, *args], check=True,
+                             capture_output=True, text=True).stdout
+        return int(out.split()[-1])
+
+    assert mmapped("plain") == 1
+    assert mmapped("steady") == 0
+    assert mmapped("server", "1") == 0 and mmapped("server", "0") == 1
+
+
 def test_profile_loads_profiles_the_server_at_each_load() -> None:
     """Curves by load: one profile per load, each run at its own load's rate; a forward that
     slows the busier its worker is gives a slower curve at the higher load."""

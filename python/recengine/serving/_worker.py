@@ -10,6 +10,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
+from .allocator import steady_malloc
 from .processes import DONE, SUB_REQUEST, TAG_DONE, TAG_ERROR, TAG_READY
 
 __all__: list[str] = []
@@ -20,7 +21,9 @@ def _serve(conn: Connection) -> None:
     then run sub-requests (:data:`SUB_REQUEST`) until an empty message or EOF, answering
     each with :data:`DONE`."""
     try:
-        build_args, threads, distribution, seed, pool_size = conn.recv()
+        build_args, threads, distribution, seed, pool_size, fix_malloc = conn.recv()
+        if fix_malloc:
+            steady_malloc()
         import torch
 
         from .. import set_num_threads

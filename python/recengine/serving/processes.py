@@ -66,6 +66,8 @@ class WorkerProcesses:
         threads: torch and recengine threads each process's forward uses.
         distribution, seed, pool_size: the input pool, as :meth:`RecModel.sample_batch`
             draws it (identical in every process and in the parent).
+        steady_malloc: fix each process's malloc thresholds before it builds the model
+            (:func:`~recengine.serving.allocator.steady_malloc`).
         startup_timeout_s: the longest wait for every process to be ready.
 
     Raises:
@@ -85,8 +87,8 @@ class WorkerProcesses:
 
     def __init__(self, build_args: dict[str, Any], workers: int, threads: int = 1,
                  distribution: str = "uniform", seed: int = 0, pool_size: int = 2048,
-                 startup_timeout_s: float = 600.0) -> None:
-        self._setup = (build_args, threads, distribution, seed, pool_size)
+                 steady_malloc: bool = True, startup_timeout_s: float = 600.0) -> None:
+        self._setup = (build_args, threads, distribution, seed, pool_size, steady_malloc)
         self.timeout_s = startup_timeout_s
         self.procs: list[Optional[subprocess.Popen[bytes]]] = [None] * workers
         self.conns: list[Optional[Connection]] = [None] * workers

@@ -32,6 +32,7 @@ from ..models import Batch, RecModel
 from ..sched.controller import RateController
 from ..sched.latency import PROFILE_BATCHES, CurvesByLoad, LatencyCurve
 from ..sched.result import Policy, RunResult
+from . import allocator
 from .accelerator import Accelerator
 from .processes import WorkerProcesses
 
@@ -112,6 +113,9 @@ class Server:
             saved and rebuilt with ``weights=``). Threads share one interpreter lock, which
             caps a threaded server at a few cores; processes take a few seconds to start.
             Close the server (``close()`` or ``with``) to stop them.
+        steady_malloc: fix glibc's malloc thresholds in the worker processes (or, for worker
+            threads, in this process) so that a fresh worker runs at its steady speed from
+            its first forward (:func:`~recengine.serving.allocator.steady_malloc`).
 
     Example::
 
@@ -125,7 +129,8 @@ class Server:
     def __init__(self, model: RecModel, workers: Optional[int] = None,
                  threads_per_worker: int = 1, queue_capacity: int = 4096,
                  accelerator: Optional[Accelerator] = None, distribution: str = "uniform",
-                 seed: int = 0, pool_size: int = 2048, processes: bool = False) -> None:
+                 seed: int = 0, pool_size: int = 2048, processes: bool = False,
+                 steady_malloc: bool = True) -> None:
         cores = os.cpu_count() or 1
         if threads_per_worker < 1:
             raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
@@ -154,7 +159,9 @@ class Server:
         if processes:
             assert build_args is not None
             self._procs = WorkerProcesses(build_args, self.workers, threads_per_worker,
-                                          distribution, seed, pool_size)
+                                          distribution, seed, pool_size, steady_malloc)
+        elif steady_malloc:
+            allocator.steady_malloc()
 
     @property
     def processes(self) -> bool:
