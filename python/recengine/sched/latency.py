@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 __all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "SPREAD_QUANTILES", "Cpu", "CurvesByLoad",
-           "LatencyCurve", "profile"]
+           "LatencyCurve", "check_loads", "profile"]
 
 #: The batch sizes of R3's accelerator latency model.
 ACCELERATOR_BATCHES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
@@ -162,6 +162,21 @@ class LatencyCurve:
                    tuple(tuple(float(r) for r in row) for row in d.get("spread", ())))
 
 
+def check_loads(loads: Sequence[float]) -> tuple[float, ...]:
+    """``loads`` as floats, or ValueError unless they are increasing fractions in (0, 1]
+    (at least one).
+
+    Example::
+
+        >>> check_loads([0.3, 0.9])
+        (0.3, 0.9)
+    """
+    out = tuple(float(x) for x in loads)
+    if not out or any(not 0 < x <= 1 for x in out) or any(a >= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"loads must be increasing fractions in (0, 1], got {list(out)}")
+    return out
+
+
 @dataclass(frozen=True)
 class CurvesByLoad:
     """One server's latency curves profiled at several ``loads`` (fractions of its cores'
@@ -188,9 +203,7 @@ class CurvesByLoad:
     def __post_init__(self) -> None:
         if len(self.loads) != len(self.curves) or not self.loads:
             raise ValueError("CurvesByLoad needs as many curves as loads (>= 1)")
-        if any(not 0 < x <= 1 for x in self.loads) or any(
-                a >= b for a, b in zip(self.loads, self.loads[1:])):
-            raise ValueError(f"loads must be increasing fractions in (0, 1], got {self.loads}")
+        check_loads(self.loads)
         first = self.curves[0]
         for c in self.curves[1:]:
             if c.batches != first.batches or c.interpolation != first.interpolation:

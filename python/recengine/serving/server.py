@@ -30,7 +30,7 @@ import torch
 from .. import get_num_threads, set_num_threads
 from ..models import Batch, RecModel
 from ..sched.controller import RateController
-from ..sched.latency import PROFILE_BATCHES, CurvesByLoad, LatencyCurve
+from ..sched.latency import PROFILE_BATCHES, CurvesByLoad, LatencyCurve, check_loads
 from ..sched.result import Policy, RunResult
 from . import allocator
 from .accelerator import Accelerator
@@ -377,11 +377,7 @@ class Server:
             >>> s.profile_loads((0.5, 0.9), batches=(1, 8), queries=5, span_s=0).loads
             (0.5, 0.9)
         """
-        loads = tuple(float(x) for x in loads)
-        if not loads or any(not 0 < x <= 1 for x in loads) or any(
-                a >= b for a, b in zip(loads, loads[1:])):
-            raise ValueError(f"profiling loads must be increasing fractions in (0, 1], got "
-                             f"{list(loads)}")
+        loads = check_loads(loads)  # before any profiling
         return CurvesByLoad(loads, tuple(self.profile(load=x, **options) for x in loads))
 
     def _time_forward(self, b: int, repeat: int = 3) -> float:

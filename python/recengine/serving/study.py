@@ -39,6 +39,7 @@ from ..sched import (
     static_baseline,
 )
 from ..sched.controller import PROCESSES as CONTROLLER_PROCESSES
+from ..sched.latency import check_loads
 from ..shapes import resolve_model
 from ..workload import ARRIVALS, QuerySizes
 from .accelerator import Accelerator
@@ -120,11 +121,7 @@ class ServeConfig:
         if not 1 <= self.profile_workers <= here:
             raise ValueError(f"the profile needs 1 to {here} workers (the cores here), got "
                              f"{self.profile_workers}")
-        self.profile_loads = [float(x) for x in self.profile_loads]
-        if not self.profile_loads or any(not 0 < x <= 1 for x in self.profile_loads) or any(
-                a >= b for a, b in zip(self.profile_loads, self.profile_loads[1:])):
-            raise ValueError(f"profiling loads must be increasing fractions in (0, 1], got "
-                             f"{self.profile_loads}")
+        self.profile_loads = list(check_loads(self.profile_loads))
         if self.confirm < 0:
             raise ValueError(f"confirm must be non-negative, got {self.confirm}")
         if self.accelerator == "cuda" and self.simulate:
