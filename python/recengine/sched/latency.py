@@ -211,14 +211,6 @@ class CurvesByLoad:
                                  "interpolation")
 
     @property
-    def label(self) -> str:
-        return self.curves[-1].label
-
-    @property
-    def batches(self) -> tuple[int, ...]:
-        return self.curves[0].batches
-
-    @property
     def spread(self) -> tuple[tuple[float, ...], ...]:
         """The highest load's spread (empty when some curve has none: then none is drawn)."""
         return self.curves[-1].spread if all(c.spread for c in self.curves) else ()
