@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recengine.sched import (
+    STATIC,
     ControllerSettings,
     CurvesByLoad,
     LatencyCurve,
@@ -144,8 +145,11 @@ def test_deeprecsched_finds_the_known_optimum_then_the_offload_threshold() -> No
     # R3's climb stops at the first drop (384) and keeps the whole-query policy.
     r3 = deeprecsched(_Known(qps), 5.0, patience=0, thresholds=(), rel_tol=0.01)
     assert r3.policy.batch_size == 1024 and [p.batch_size for p, _ in r3.tried] == [1024, 512, 384]
+    # The static baseline splits every query into 32-item sub-requests by default.
     base = static_baseline(_Known(qps), 5.0, rel_tol=0.01)
-    assert base.policy == Policy(1024) and 100 / 1.01 <= base.qps <= 100
+    assert base.policy == STATIC == Policy(32) and 100 / 1.01 <= base.qps <= 100
+    whole = static_baseline(_Known(qps), 5.0, rel_tol=0.01, policy=Policy(1024))
+    assert whole.policy == Policy(1024) and 100 / 1.01 <= whole.qps <= 100
 
 
 def test_on_a_simulated_server_deeprecsched_matches_a_brute_force_search() -> None:
@@ -317,7 +321,7 @@ def test_deeprecsched_with_the_controller_climbs_to_the_best_batch() -> None:
     by_bisect = deeprecsched(sim, 20.0, batch_sizes=sizes)
     by_controller = deeprecsched(sim, 20.0, batch_sizes=sizes, controller=ControllerSettings())
     assert by_controller.policy == by_bisect.policy == Policy(16)
-    base = static_baseline(sim, 20.0, controller=ControllerSettings())
+    base = static_baseline(sim, 20.0, policy=Policy(1024), controller=ControllerSettings())
     assert base.policy == Policy(1024) and by_controller.qps > 1.5 * base.qps
 
 

@@ -354,6 +354,12 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
             assert key in r
         assert r["mode"] == "simulated" and r["target_ms"] == 5.0
         assert r["deeprecsched_qps"] >= r["static_qps"] > 0
+        # The baseline splits queries into 32 items; the gain over whole queries comes from
+        # DeepRecSched's own try at 1024 (no query is larger).
+        assert r["static_batch"] == 32
+        whole = next(t["qps"] for t in r["tried"] if t["batch_size"] == 1024)
+        assert r["whole_qps"] == whole and r["gain_over_whole"] == pytest.approx(
+            r["deeprecsched_qps"] / whole)
         assert r["p95_ms"] <= r["target_ms"]
         # The simulator drew service times from the profile's spread around its medians.
         assert r["service_times"] == "profiled"
@@ -362,6 +368,8 @@ def test_serve_simulated_prints_and_writes_json(tmp_path, capsys) -> None:
         assert all(row[0] <= 1.0 <= row[-1] for row in spread)
     written = json.loads(out.read_text())
     assert written["config"]["models"] == ["ncf"]
+    assert written["summary"]["mean_gain_over_whole"] == pytest.approx(
+        sum(r["gain_over_whole"] for r in rows) / len(rows))
     sweep = written["summary"]["gain_over_one_static_batch"]
     assert set(sweep) == {"4", "16"} and set(sweep["4"]) == {"1024", "128", "32"}
     assert all(g is None or g >= 1.0 for sw in sweep.values() for g in sw.values())
@@ -380,7 +388,8 @@ def test_serve_simulates_with_curves_by_load(capsys, tmp_path, monkeypatch) -> N
     monkeypatch.setattr(Server, "profile", profile)
     out = tmp_path / "serve.json"
     args = ["serve", "--simulate", "--model", "ncf", "--cores", "8", "--scale", "0.01",
-            "--batch-sizes", "1024", "--queries", "500", "--target-ms", "5"]
+            "--batch-sizes", "1024", "--static-batch", "1024", "--queries", "500",
+            "--target-ms", "5"]
     assert main([*args, "--profile-loads", "0.3,0.9", "--out", str(out)]) == 0
     assert loads == [0.3, 0.9]
     assert "curves by load (profiled at 0.3, 0.9)" in capsys.readouterr().out
@@ -395,7 +404,8 @@ def test_serve_simulates_with_curves_by_load(capsys, tmp_path, monkeypatch) -> N
 
 def test_serve_searches_rates_with_r3s_controller(capsys) -> None:
     assert main(["serve", "--simulate", "--model", "ncf", "--cores", "8", "--scale", "0.01",
-                 "--batch-sizes", "1024,64", "--search", "controller", "--json"]) == 0
+                 "--batch-sizes", "1024,64", "--static-batch", "64", "--search", "controller",
+                 "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["search"] == "controller" and row["deeprecsched_qps"] >= row["static_qps"] > 0
     assert [t["batch_size"] for t in row["tried"]] == [1024, 64]

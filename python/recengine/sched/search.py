@@ -5,8 +5,9 @@ meets the target with no query shed. :func:`max_qps` finds it by bracketing and 
 the rate (each step one run of the query stream); :func:`controlled_qps` finds it as R3 does,
 with a running-p95 rate controller on one long run (:mod:`.controller`). :func:`deeprecsched`
 hill-climbs the batch size over :data:`BATCH_SIZES` (largest first), then the offload
-threshold over :data:`THRESHOLDS` the same way, with either search. The static baseline runs
-every query whole on one core (batch 1024, no offload).
+threshold over :data:`THRESHOLDS` the same way, with either search. The static baseline
+(:data:`STATIC`) splits every query into sub-requests of a fixed 32 items, nothing offloaded:
+the fixed per-core batch size that DeepRecInfra runs with when its scheduler is off.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ __all__ = [
 BATCH_SIZES: tuple[int, ...] = (1024, 512, 384, 256, 192, 128, 96, 64, 48, 32)
 #: Offload thresholds, in the order they are tried (queries of at least this size offload).
 THRESHOLDS: tuple[int, ...] = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 1)
-#: The static baseline: every query whole on one core, nothing offloaded.
-STATIC = Policy(1024)
+#: The static baseline: every query split into sub-requests of a fixed 32 items, nothing
+#: offloaded. This is the per-core batch size DeepRecInfra serves with when DeepRecSched is
+#: off (the public DeepRecSys code's unscheduled run script); ``Policy(1024)`` runs every
+#: query whole instead.
+STATIC = Policy(32)
 
 
 class Backend(Protocol):

@@ -12,6 +12,11 @@ the spread the profile saw). Real: :class:`Server` with one worker per core (thr
 processes with ``processes``). Then the static baseline's and DeepRecSched's latency-bounded
 throughput at the model's p95 target (R2), each a search over arrival rates: bisection over
 runs at fixed rates, or (``search="controller"``) R3's running-p95 controller.
+
+The static baseline splits every query into sub-requests of ``static_batch`` items (32 by
+default: :data:`~recengine.sched.STATIC`, DeepRecInfra's fixed per-core batch size). Each row
+also gives DeepRecSched's gain over running every query whole (``gain_over_whole``), the
+other natural static server.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..models import TARGETS_MS, build
 from ..rows import DISTRIBUTIONS
 from ..sched import (
     BATCH_SIZES,
+    STATIC,
     THRESHOLDS,
     ControllerSettings,
     Cpu,
@@ -75,7 +81,7 @@ class ServeConfig:
     scale: float = 0.05
     target_ms: Optional[float] = None
     target_scale: float = 1.0
-    static_batch: int = 1024
+    static_batch: int = STATIC.batch_size
     batch_sizes: Sequence[int] = BATCH_SIZES
     patience: Optional[int] = None
     accelerator: str = "none"
@@ -228,6 +234,9 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
     tuned: Tuned = deeprecsched(backend, target, config.batch_sizes, THRESHOLDS,
                                 config.rel_tol, config.patience, told, [static], controller)
     run = tuned.result
+    largest = backend.largest_query()
+    whole = next((q for p, q in [(static.policy, static.qps), *tuned.tried]
+                  if p.offload_threshold is None and p.batch_size >= largest), None)
     return {
         "model": name, "mode": mode, "cores": cores, "target_ms": target,
         "scale": config.scale, "search": config.search,
@@ -236,6 +245,8 @@ def _search(config: ServeConfig, name: str, cores: int, mode: str, backend: Any,
         "static_p95_ms": static.result.p95 if static.result else None,
         "deeprecsched_qps": tuned.qps,
         "improvement": tuned.qps / static.qps if static.qps > 0 else None,
+        "whole_qps": whole,
+        "gain_over_whole": tuned.qps / whole if whole else None,
         "batch_size": tuned.policy.batch_size,
         "offload_threshold": tuned.policy.offload_threshold,
         "p95_ms": run.p95 if run else None, "p99_ms": run.p99 if run else None,
