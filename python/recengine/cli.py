@@ -388,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--target-scale", type=_arg_positive_float, default=1.0,
                        help="multiply every model's R2 target (DeepRecSys sweeps low, medium "
                             "and high targets; default: 1)")
-    serve.add_argument("--static-batch", type=_arg_positive_int, default=32,
+    serve.add_argument("--static-batch", type=_arg_positive_int, default=None,
                        help="the static baseline's batch size: every query split into "
                             "sub-requests of this many items (default: 32, DeepRecInfra's "
                             "fixed per-core batch; 1024 runs every query whole). The gain "
@@ -986,7 +986,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                             confirm=args.confirm, service_times=args.service_times,
                             search=args.search, scale=args.scale, target_ms=args.target_ms,
                             target_scale=args.target_scale,
-                            static_batch=args.static_batch, patience=args.patience,
+                            static_batch=args.static_batch or st.STATIC.batch_size,
+                            patience=args.patience,
                             batch_sizes=args.batch_sizes or st.BATCH_SIZES,
                             accelerator=args.accelerator,
                             accelerator_curves=args.accelerator_curves, sizes=sizes,
