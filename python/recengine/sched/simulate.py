@@ -34,7 +34,8 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
              cores: int, accelerator: Optional[LatencyCurve] = None,
              queue_capacity: int = 4096, warmup: float = 0.1,
              part_ms: Optional[dict[tuple[int, int], float]] = None,
-             rng: Optional[np.random.Generator] = None) -> RunResult:
+             rng: Optional[np.random.Generator] = None,
+             dispatch_ms: float = 0.0) -> RunResult:
     """Serve queries arriving at ``arrivals_s`` (non-decreasing) of ``sizes`` items.
 
     Args:
@@ -50,6 +51,9 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
             replay a real run's service times through the queueing model).
         rng: draws each sub-request's time from ``cpu``'s spread when the curve has one;
             without it (or a spread) every sub-request of a size takes the curve's median.
+        dispatch_ms: how long after its arrival a query's sub-requests can first start (a
+            server's admission and wake-up time). A core that is still busy then starts
+            them when it frees, as before; latency still counts from the arrival.
 
     Example::
 
@@ -57,8 +61,13 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
         >>> r = simulate(np.array([0.0, 0.0]), np.array([10, 10]), Policy(5), cpu, 2)
         >>> r.latency_ms.tolist()  # two sub-requests each: the second query waits 1 ms
         [1.0, 2.0]
+        >>> simulate(np.array([0.0, 0.0]), np.array([10, 10]), Policy(5), cpu, 2,
+        ...          dispatch_ms=0.5).latency_ms.tolist()
+        [1.5, 2.5]
     """
     _check(policy, cores, accelerator, queue_capacity)
+    if not dispatch_ms >= 0:
+        raise ValueError(f"the dispatch delay must be non-negative, got {dispatch_ms}")
     arrivals_ms = np.asarray(arrivals_s, dtype=np.float64) * 1e3
     sizes = np.asarray(sizes, dtype=np.int64)
     if arrivals_ms.shape != sizes.shape or arrivals_ms.ndim != 1:
@@ -75,7 +84,7 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
         parts = times.parts(i)
         if part_ms is not None:
             parts = [part_ms.get((i, k), took) for k, took in enumerate(parts)]
-        latency[i] = fifo.serve(t, parts, times.offload_ms(i)) - t
+        latency[i] = fifo.serve(t + dispatch_ms, parts, times.offload_ms(i)) - t
     return RunResult(latency, fifo.shed, fifo.offloaded, span, int(sizes.size * warmup),
                      times.utilization(cores, span))
 
