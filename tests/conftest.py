@@ -11,7 +11,10 @@ the compiled core exists.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
+import warnings
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -133,3 +136,35 @@ def assert_pooled_close(out: np.ndarray, rows_f32: np.ndarray, indices: Any,
 def check_pooled() -> Callable[..., None]:
     """``check_pooled(out, rows_f32, indices, **lookup_kwargs)``: see ``assert_pooled_close``."""
     return assert_pooled_close
+
+
+def run_forked(target: Any, args: tuple, timeout: float = 60.0) -> Any:
+    """Run ``target(conn, *args)`` in a forked child; return what it sent, or fail (never hang).
+    """
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a multi-threaded process: that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc = ctx.Process(target=target, args=(send, *args), daemon=True)
+        proc.start()
+    send.close()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if recv.poll(0.05):
+                try:
+                    msg = recv.recv()
+                except EOFError:  # the child closed the pipe without sending: it died
+                    proc.join(timeout=30)
+                    pytest.fail(f"the forked child died without an answer (exit {proc.exitcode})")
+                proc.join(timeout=30)
+                return msg
+            if not proc.is_alive() and not recv.poll(0.05):
+                pytest.fail(f"the forked child died without an answer (exit {proc.exitcode})")
+        pytest.fail(f"the forked child did not answer within {timeout} s (deadlock?)")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10)
+        recv.close()

@@ -3,13 +3,11 @@ in a forked child (a DataLoader-style worker)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import recengine
-from conftest import assert_pooled_close
+from conftest import assert_pooled_close, run_forked
 from recengine import EmbeddingCollection, EmbeddingTable, _core
 
 STORAGE = ("fp32", "fp16", "bf16", "int8", "int4")
@@ -193,38 +191,6 @@ def _child_lookups(conn: Any, table: EmbeddingTable, idx: np.ndarray, lengths: n
         conn.send(("error", repr(e), None, None))
     finally:
         conn.close()
-
-
-def run_forked(target: Any, args: tuple, timeout: float = 60.0) -> Any:
-    """Run ``target(conn, *args)`` in a forked child; return what it sent, or fail (never hang).
-    """
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork() in a multi-threaded process: that is the point here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        proc = ctx.Process(target=target, args=(send, *args), daemon=True)
-        proc.start()
-    send.close()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if recv.poll(0.05):
-                try:
-                    msg = recv.recv()
-                except EOFError:  # the child closed the pipe without sending: it died
-                    proc.join(timeout=30)
-                    pytest.fail(f"the forked child died without an answer (exit {proc.exitcode})")
-                proc.join(timeout=30)
-                return msg
-            if not proc.is_alive() and not recv.poll(0.05):
-                pytest.fail(f"the forked child died without an answer (exit {proc.exitcode})")
-        pytest.fail(f"the forked child did not answer within {timeout} s (deadlock?)")
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=10)
-        recv.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

@@ -30,10 +30,13 @@ require grad (``sparse=True`` unless ``grad="dense"``), ``out.backward(g)`` with
 (and, for the training step, every table's weight gradient) are checked against torch's once
 per case, outside the timing.
 
-Each implementation's time is the median of up to ``repeats`` calls after ``warmup`` calls,
-taken in ``rounds`` blocks that alternate between the implementations (so that a slow spell of
-the machine falls on all of them), each block stopping early once its share of ``budget_s`` is
-spent. The last-level cache is flushed before each block, and the calls cycle through several
+Each implementation's time is the median of up to ``repeats`` calls after ``warmup`` calls.
+By default (``timing="alternate"``) the implementations take turns call by call, as one process
+serving both would run them: torch's OpenMP threads are still spinning from torch's call when
+recengine's starts, and the other way round, so the figures include what sharing the cores
+costs each side. ``timing="blocks"`` instead times each implementation alone in ``rounds``
+blocks (so that a slow spell of the machine falls on all of them), the last-level cache flushed
+before each block; both stop early once ``budget_s`` is spent. The calls cycle through several
 index sets when one call touches few bytes, so that every implementation reads rows from
 memory rather than from the cache the previous one warmed. The roofline is a plain
 multithreaded gather of the same rows in the core (``_core.gather_probe``), best of one cold
@@ -84,6 +87,7 @@ __all__ = [
     "NUMPY_METHOD",
     "OPS",
     "OP_TARGETS",
+    "TIMINGS",
     "BenchConfig",
     "IndexSet",
     "ModuleStage",
@@ -115,6 +119,9 @@ IMPLEMENTATIONS: tuple[str, ...] = ("recengine", "torch", "numpy")
 #: What one result row measures: the stage's pooling (recengine's core API vs torch vs numpy),
 #: its eval forward as torch modules, or its training step (forward + backward) as modules.
 OPS: tuple[str, ...] = ("pool", "forward", "forward_backward")
+#: How implementations are timed: call by call in turn (``"alternate"``, the default) or
+#: each alone in blocks of calls (``"blocks"``).
+TIMINGS: tuple[str, ...] = ("alternate", "blocks")
 #: The ops that run the stage as torch modules (fp32 tables only; they need torch).
 MODULE_OPS: tuple[str, ...] = ("forward", "forward_backward")
 #: The routes a module op times, in the order each round runs them (see :class:`ModuleStage`).
@@ -187,9 +194,11 @@ class BenchConfig:
         budget_s: seconds of calls per implementation and case, after which it stops early
             (at least one timed call per round).
         warmup: untimed calls before the first round (the first one's output is checked).
-        rounds: the implementations are timed in turn this many times, each round getting
-            ``repeats / rounds`` calls and ``budget_s / rounds`` seconds, the cache flushed
-            before each block; the median is over all rounds' calls.
+        rounds: with ``timing="blocks"``, the implementations are timed in turn this many
+            times, each round getting ``repeats / rounds`` calls and ``budget_s / rounds``
+            seconds, the cache flushed before each block; the median is over all rounds' calls.
+        timing: one of :data:`TIMINGS`: ``"alternate"`` (call by call in turn, each call of
+            each implementation timed between the others') or ``"blocks"``.
         seed: seed of the tables and the indices.
         impls: implementations to time, from :data:`IMPLEMENTATIONS` (the module ops time
             recengine and the drop-in modules, and torch when it is listed; numpy does not
@@ -222,6 +231,7 @@ class BenchConfig:
     per_table: bool = False
     evict_mb: float = 64.0
     fresh_mb: float = 64.0
+    timing: str = "alternate"
 
     def __post_init__(self) -> None:
         self.models = tuple(resolve_model(m) for m in self.models)
@@ -250,6 +260,8 @@ class BenchConfig:
                              f"dtypes {list(self.dtypes)} leave nothing to measure")
         if self.grad not in GRAD_KINDS:
             raise ValueError(f"grad must be one of {', '.join(GRAD_KINDS)}, got {self.grad!r}")
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {self.timing!r}")
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale!r}")
         if self.threads is not None and self.threads < 1:
@@ -755,15 +767,29 @@ class _Timer:
         self.times: list[float] = []
         self.first: Any = None
 
-    def block(self, max_calls: int, budget_s: float) -> None:
-        """Up to ``max_calls`` timed calls, stopping once ``budget_s`` is spent (>= 1 call)."""
-        fn, sets = self.fn, self.sets
+    def warm(self) -> None:
+        """The warm-up calls, once (the first output is kept)."""
         if self.calls == 0:
             for k in range(max(self.warmup, 1)):
-                out = fn(sets[k % len(sets)])
+                out = self.fn(self.sets[k % len(self.sets)])
                 if k == 0:
                     self.first = out
             self.calls = max(self.warmup, 1)
+
+    def one(self) -> float:
+        """One timed call on the next index set; its seconds."""
+        iset = self.sets[self.calls % len(self.sets)]
+        t0 = time.perf_counter()
+        self.fn(iset)
+        t = time.perf_counter() - t0
+        self.times.append(t)
+        self.calls += 1
+        return t
+
+    def block(self, max_calls: int, budget_s: float) -> None:
+        """Up to ``max_calls`` timed calls, stopping once ``budget_s`` is spent (>= 1 call)."""
+        fn, sets = self.fn, self.sets
+        self.warm()
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -854,9 +880,16 @@ def _case_sets(row_bytes: Sequence[int], specs: Sequence[TableSpec], batch: int,
 
 def _run_rounds(timers: dict[str, _Timer], config: BenchConfig, evict: _Evictor,
                 after_round: Optional[Callable[[], None]] = None) -> None:
-    """``config.rounds`` rounds, each timing every timer in turn for one block (cache flushed
-    before each), so that a slow spell of the machine (other tenants, frequency changes) falls
-    on all of them rather than on one; ``after_round`` runs at the end of each round."""
+    """Time every timer: call by call in turn (``config.timing == "alternate"``, the order
+    rotating each turn so that none always follows the same one), or ``config.rounds`` rounds,
+    each timing every timer in turn for one block (cache flushed before each), so that a slow
+    spell of the machine (other tenants, frequency changes) falls on all of them rather than
+    on one; ``after_round`` runs at the end of each round (once, when alternating)."""
+    if config.timing == "alternate":
+        _alternate(list(timers.values()), config.repeats, config.budget_s)
+        if after_round is not None:
+            after_round()
+        return
     per_block = math.ceil(config.repeats / config.rounds)
     for _ in range(config.rounds):
         for timer in timers.values():
@@ -864,6 +897,26 @@ def _run_rounds(timers: dict[str, _Timer], config: BenchConfig, evict: _Evictor,
             timer.block(per_block, config.budget_s / config.rounds)
         if after_round is not None:
             after_round()
+
+
+def _alternate(timers: Sequence[_Timer], repeats: int, budget_s: float) -> None:
+    """Up to ``repeats`` turns in which every timer makes one timed call, stopping once the
+    calls of every timer have used ``budget_s`` seconds each (at least one turn)."""
+    for timer in timers:
+        timer.warm()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        spent = 0.0
+        for turn in range(max(repeats, 1)):
+            k = turn % len(timers)
+            for timer in (*timers[k:], *timers[:k]):
+                spent += timer.one()
+            if spent >= budget_s * len(timers):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def case_name(row: dict[str, Any]) -> str:

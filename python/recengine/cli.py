@@ -196,6 +196,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=_arg_positive_int, default=None,
                        help="time the implementations in turn this many times, splitting "
                             "--repeats and --budget between rounds (default: 3)")
+    bench.add_argument("--timing", choices=("alternate", "blocks"), default="alternate",
+                       help="alternate: implementations take turns call by call, as one "
+                            "process serving both runs them (default); blocks: each alone in "
+                            "blocks of calls with the cache flushed between (--rounds)")
     bench.add_argument("--seed", type=int, default=0, help="seed of tables and indices")
     bench.add_argument("--no-probe", action="store_true",
                        help="skip the gather roofline (probe) measurement")
@@ -214,6 +218,39 @@ def _parser() -> argparse.ArgumentParser:
                        help="save a chart of the speed ratio vs torch per model and batch "
                             "(needs matplotlib)")
     bench.set_defaults(func=_cmd_bench)
+
+    whole = sub.add_parser(
+        "bench-models",
+        help="time whole DeepRecInfra models on torch's embeddings against recengine's",
+        description=(
+            "Build each model on torch.nn.EmbeddingBag tables, as recengine.nn.convert-ed "
+            "drop-in modules and on recengine's EmbeddingBagCollection, with the same weights, "
+            "and time whole eval forwards and training steps (forward, backward, SGD step), the "
+            "routes taking turns call by call in this process on the same thread count. "
+            "Prints torch's time and each route's speedup over it."),
+    )
+    whole.add_argument("--models", type=_comma_list(_model, "model"), default=None,
+                       help="comma-separated models (default: rmc1,rmc2,rmc3)")
+    whole.add_argument("--batches", type=_comma_list(_positive_int, "batch"), default=None,
+                       help="comma-separated batch sizes (default: 1,16,64,256,1024)")
+    whole.add_argument("--steps", type=_comma_list(_one_of("modelbench", "STEPS"), "step"),
+                       default=None, help="forward and/or train (default: both)")
+    whole.add_argument("--routes", type=_comma_list(_one_of("modelbench", "ROUTES"), "route"),
+                       default=None, help="recengine routes: convert, collection, compiled "
+                                          "(torch.compile of the converted model, forwards "
+                                          "only) (default: convert,collection)")
+    whole.add_argument("--threads", type=_arg_positive_int, default=None,
+                       help="threads for torch and recengine alike (default: all cores)")
+    whole.add_argument("--scale", type=_arg_positive_float, default=0.05,
+                       help="table row factor (default: 0.05; 1 is the paper's size)")
+    whole.add_argument("--repeats", type=_arg_positive_int, default=25,
+                       help="timed calls per route and case (default: 25)")
+    whole.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
+    whole.add_argument("--budget", type=_arg_positive_float, default=2.0, metavar="SECONDS",
+                       help="seconds of timed calls per route and case (default: 2)")
+    whole.add_argument("--seed", type=int, default=0, help="seed of weights and batches")
+    _study_outputs(whole, "write a chart of each route's speedup over torch by batch")
+    whole.set_defaults(func=_cmd_bench_models)
 
     shard = sub.add_parser(
         "shard",
@@ -726,6 +763,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         per_table=args.per_table,
         evict_mb=quick.get("evict_mb", 64.0),
         fresh_mb=quick.get("fresh_mb", 64.0),
+        timing=args.timing,
     )
     rich = _rich()
     err_console = rich.console.Console(stderr=True) if rich else None
@@ -863,6 +901,80 @@ def _run_study(iter_study: Callable[..., Any], config: Any, total: Optional[int]
                 hooks["tick"] = lambda: progress.advance(task)
             rows = list(iter_study(config, **hooks))
     return _jsonable(rows), time.perf_counter() - start
+
+
+def _cmd_bench_models(args: argparse.Namespace) -> int:
+    from . import modelbench
+
+    config = modelbench.ModelBenchConfig(
+        models=args.models or modelbench.DEFAULT_MODELS,
+        batches=args.batches or modelbench.DEFAULT_BATCHES,
+        steps=args.steps or modelbench.STEPS, routes=args.routes or modelbench.DEFAULT_ROUTES,
+        threads=args.threads, scale=args.scale, repeats=args.repeats, warmup=args.warmup,
+        budget_s=args.budget, seed=args.seed)
+    total = len(config.models) * len(config.steps) * len(config.batches)
+    rows, wall = _run_study(modelbench.iter_model_bench, config, total + len(config.models))
+    summary = modelbench.summarize_models(rows)
+    if args.json:
+        print(json.dumps({"rows": rows, "summary": _jsonable(summary)}, indent=1))
+    else:
+        _print_model_bench(rows, summary)
+        print(f"wall time {wall:.1f} s", file=sys.stderr)
+    _write_study(args, rows, _jsonable(summary), modelbench.config_dict(config), wall,
+                 _plot_model_bench, lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _print_model_bench(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """One line per (model, step, batch): torch's time and each route's speedup."""
+    routes = list(dict.fromkeys(r["route"] for r in rows))
+    threads = rows[0]["threads"] if rows else "?"
+    pool = rows[0]["pool"] if rows else "?"
+    print(f"whole models, {threads} threads for torch and recengine (recengine on the "
+          f"{pool} pool); speedup = torch time / route time, median per call, alternating")
+    print(f"{'model':<7}{'step':<9}{'batch':>6}{'torch':>11}" + "".join(f"{r:>12}" for r in routes))
+    cases = dict.fromkeys((r["model"], r["step"], r["batch"]) for r in rows)
+    for model, step, batch in cases:
+        got = {r["route"]: r for r in rows
+               if (r["model"], r["step"], r["batch"]) == (model, step, batch)}
+        first = next(iter(got.values()))
+        cells = "".join(
+            f"{_fmt_ratio(got[r]['speedup']) + ('' if got[r]['correct'] else '!'):>12}"
+            if r in got else f"{'':>12}" for r in routes)
+        print(f"{model:<7}{step:<9}{batch:>6}{first['torch_ms']:>9.3f}ms{cells}")
+    for key, s in summary.items():
+        if key == "all_correct":
+            continue
+        print(f"{key}: geomean {_fmt_ratio(s['geomean_b16_up'])} at batch >= 16 "
+              f"(target {s['target']:.1f}x), slowest {_fmt_ratio(s['min'])} ({s['slowest']})")
+    if not summary.get("all_correct", True):
+        print("! a route's forward output differs from torch's (see max_diff in --json)")
+
+
+def _plot_model_bench(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Speedup over torch by batch: one panel per step, one line per model and route."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(dict.fromkeys(r["step"] for r in rows))
+    fig, axes = plt.subplots(1, len(steps), figsize=(6 * len(steps), 4.2), squeeze=False)
+    for ax, step in zip(axes[0], steps):
+        for key in dict.fromkeys((r["model"], r["route"]) for r in rows if r["step"] == step):
+            pts = sorted((r["batch"], r["speedup"]) for r in rows
+                         if r["step"] == step and (r["model"], r["route"]) == key)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=" ".join(key))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("speedup over torch (x)")
+        threads = rows[0]["threads"] if rows else "?"
+        ax.set_title(f"{step}, {threads} threads")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:

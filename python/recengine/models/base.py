@@ -4,6 +4,11 @@ A model's sparse input is one ``[B, L]`` int64 tensor per :class:`Feature`: ``L`
 table per sample, either pooled (summed to one ``[B, D]`` vector, the fixed pooling of the
 DeepRecSys configs) or kept as a sequence (``[B, L, D]``, for DIN's attention and DIEN's GRUs).
 Pooled features of all tables are pooled in one core call (:class:`EmbeddingBagCollection`).
+
+``embeddings="torch"`` builds the same model on plain ``torch.nn.EmbeddingBag`` modules, one
+per table, each feature its own call (torch's own way), with the same state_dict keys, so one
+model's weights load into the other and :func:`recengine.nn.convert` turns it into the drop-in
+route. :data:`EMBEDDINGS` names the two.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from ..nn import EmbeddingBag, EmbeddingBagCollection, EmbeddingBagConfig, Keyed
 from ..rows import draw_rows
 from ..shapes import TableSpec
 
-__all__ = ["Batch", "Feature", "RecModel", "mlp"]
+__all__ = ["EMBEDDINGS", "Batch", "Feature", "RecModel", "mlp"]
+
+#: Where a model's embeddings live: ``"recengine"`` (one :class:`EmbeddingBagCollection` core
+#: call for every pooled feature) or ``"torch"`` (a ``torch.nn.EmbeddingBag`` per table).
+EMBEDDINGS: tuple[str, ...] = ("recengine", "torch")
 
 
 @dataclass(frozen=True)
@@ -83,37 +92,50 @@ class RecModel(torch.nn.Module):
         tables: the embedding tables (rows, dim, lookups per sample).
         features: the sparse inputs, each reading one table.
         dense_dim: width of the dense input (0: none).
+        embeddings: one of :data:`EMBEDDINGS`.
+        sparse: give the embedding weights sparse gradients (as DLRM trains).
     """
 
     name = "model"
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[Feature],
-                 dense_dim: int) -> None:
+                 dense_dim: int, embeddings: str = "recengine", sparse: bool = False) -> None:
         super().__init__()
+        if embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, "
+                             f"got {embeddings!r}")
         self.tables = list(tables)
         self.features = tuple(features)
         self.dense_dim = dense_dim
+        self.embedding_route = embeddings
         pooled = [f for f in self.features if not f.sequence]
         by_table: dict[int, list[str]] = {}
         for f in pooled:
             by_table.setdefault(f.table, []).append(f.name)
         self._pooled = pooled
-        self.embeddings: Optional[EmbeddingBagCollection] = None
-        if by_table:
+        self.embeddings: Optional[torch.nn.Module] = None
+        if by_table and embeddings == "torch":
+            self.embeddings = _TorchBags({f"t{t}": self.tables[t] for t in sorted(by_table)},
+                                         sparse)
+        elif by_table:
             self.embeddings = EmbeddingBagCollection([
                 EmbeddingBagConfig(self.tables[t].num_rows, self.tables[t].dim, f"t{t}", names)
-                for t, names in sorted(by_table.items())])
+                for t, names in sorted(by_table.items())], sparse=sparse)
         # Tables only read as sequences: one module each (a bag of one id per position).
+        bag = torch.nn.EmbeddingBag if embeddings == "torch" else EmbeddingBag
         self.sequence_tables = torch.nn.ModuleDict({
-            f"t{t}": EmbeddingBag(self.tables[t].num_rows, self.tables[t].dim, mode="sum")
+            f"t{t}": bag(self.tables[t].num_rows, self.tables[t].dim, mode="sum", sparse=sparse)
             for t in sorted({f.table for f in self.features if f.sequence} - set(by_table))})
 
-    def _weight(self, table: int) -> Tensor:
+    def _bag(self, table: int) -> torch.nn.Module:
         key = f"t{table}"
         if key in self.sequence_tables:
-            return self.sequence_tables[key].weight
+            return self.sequence_tables[key]
         assert self.embeddings is not None
-        return self.embeddings.embedding_bags[key].weight
+        return self.embeddings.embedding_bags[key]
+
+    def _weight(self, table: int) -> Tensor:
+        return self._bag(table).weight
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:
         """Every feature's embedding by name: ``[B, D]`` pooled, ``[B, L, D]`` sequences."""
@@ -127,7 +149,10 @@ class RecModel(torch.nn.Module):
             if tuple(ids.shape) != (n, f.length):
                 raise ValueError(f"feature {f.name} needs ids of shape ({n}, {f.length}), "
                                  f"got {tuple(ids.shape)}")
-        if self.embeddings is not None and self._pooled:
+        if isinstance(self.embeddings, _TorchBags):
+            for f in self._pooled:
+                out[f.name] = self._bag(f.table)(by_name[f.name])
+        elif self.embeddings is not None and self._pooled:
             values = torch.cat([by_name[f.name].reshape(-1) for f in self._pooled])
             lengths = torch.cat([torch.full((n,), f.length, dtype=torch.int64,
                                             device=values.device) for f in self._pooled])
@@ -137,7 +162,11 @@ class RecModel(torch.nn.Module):
         for f in self.features:
             if f.sequence:
                 ids = by_name[f.name].reshape(-1, 1)
-                out[f.name] = _gather(ids, self._weight(f.table)).reshape(n, f.length, -1)
+                if isinstance(self.embeddings, _TorchBags) or f"t{f.table}" in self.sequence_tables:
+                    rows = self._bag(f.table)(ids)  # a module call, so convert() reaches it
+                else:
+                    rows = _gather(ids, self._weight(f.table))
+                out[f.name] = rows.reshape(n, f.length, -1)
         return out
 
     def sample_batch(self, size: int, distribution: str = "uniform", alpha: float = 1.0,
@@ -169,6 +198,17 @@ class RecModel(torch.nn.Module):
     def example_input(self, size: int = 4) -> Batch:
         """A small uniform random batch (for tracing and smoke tests)."""
         return self.sample_batch(size, seed=0)
+
+
+class _TorchBags(torch.nn.Module):
+    """The pooled tables as plain ``torch.nn.EmbeddingBag`` modules (``embedding_bags.<t>``,
+    the keys :class:`EmbeddingBagCollection` uses), for ``embeddings="torch"``."""
+
+    def __init__(self, tables: dict[str, TableSpec], sparse: bool) -> None:
+        super().__init__()
+        self.embedding_bags = torch.nn.ModuleDict({
+            key: torch.nn.EmbeddingBag(t.num_rows, t.dim, mode="sum", sparse=sparse)
+            for key, t in tables.items()})
 
 
 def _gather(ids: Tensor, weight: Tensor) -> Tensor:

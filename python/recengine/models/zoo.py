@@ -42,8 +42,9 @@ class DLRM(RecModel):
     """
 
     def __init__(self, tables: Sequence[TableSpec], bottom: Sequence[int],
-                 top: Sequence[int], name: str = "dlrm") -> None:
-        super().__init__(tables, _pooled(tables), bottom[0])
+                 top: Sequence[int], name: str = "dlrm", embeddings: str = "recengine",
+                 sparse: bool = False) -> None:
+        super().__init__(tables, _pooled(tables), bottom[0], embeddings=embeddings, sparse=sparse)
         self.name = name
         self.bottom = mlp(bottom)
         self.top = mlp([bottom[-1] + sum(t.dim for t in tables), *top], last_activation=False)
@@ -69,8 +70,9 @@ class WideAndDeep(RecModel):
     name = "wnd"
 
     def __init__(self, tables: Sequence[TableSpec], dense_dim: int = 512,
-                 deep: Sequence[int] = (1024, 512, 256, 1)) -> None:
-        super().__init__(tables, _pooled(tables), dense_dim)
+                 deep: Sequence[int] = (1024, 512, 256, 1), embeddings: str = "recengine",
+                 sparse: bool = False) -> None:
+        super().__init__(tables, _pooled(tables), dense_dim, embeddings=embeddings, sparse=sparse)
         width = dense_dim + sum(t.dim for t in tables)
         self.wide = torch.nn.Linear(width, deep[-1])
         self.deep = mlp([width, *deep], last_activation=False)
@@ -97,10 +99,11 @@ class MultiTaskWideAndDeep(RecModel):
     name = "mtwnd"
 
     def __init__(self, tables: Sequence[TableSpec], dense_dim: int = 512, tasks: int = 3,
-                 shared: Sequence[int] = (1024, 512), task: Sequence[int] = (256, 128)) -> None:
+                 shared: Sequence[int] = (1024, 512), task: Sequence[int] = (256, 128),
+                 embeddings: str = "recengine", sparse: bool = False) -> None:
         if tasks < 1:
             raise ValueError(f"MT-WnD needs at least one task, got {tasks}")
-        super().__init__(tables, _pooled(tables), dense_dim)
+        super().__init__(tables, _pooled(tables), dense_dim, embeddings=embeddings, sparse=sparse)
         width = dense_dim + sum(t.dim for t in tables)
         self.wide = torch.nn.Linear(width, tasks)
         self.shared = mlp([width, *shared])
@@ -132,12 +135,13 @@ class NCF(RecModel):
     name = "ncf"
 
     def __init__(self, tables: Sequence[TableSpec], hidden: Sequence[int] = (256, 256, 128, 64),
-                 final: int = 64) -> None:
+                 final: int = 64, embeddings: str = "recengine", sparse: bool = False) -> None:
         if len(tables) != 4:
             raise ValueError(f"NCF takes 4 tables (MF user, MF item, MLP user, MLP item), "
                              f"got {len(tables)}")
         names = ("mf_user", "mf_item", "mlp_user", "mlp_item")
-        super().__init__(tables, [Feature(n, i, 1) for i, n in enumerate(names)], 0)
+        super().__init__(tables, [Feature(n, i, 1) for i, n in enumerate(names)], 0,
+                         embeddings=embeddings, sparse=sparse)
         self.mlp = mlp([tables[2].dim + tables[3].dim, *hidden])
         self.final = torch.nn.Sequential(mlp([tables[0].dim + hidden[-1], final]),
                                          torch.nn.Linear(final, 1))
@@ -181,7 +185,8 @@ class DIN(RecModel):
     name = "din"
 
     def __init__(self, tables: Sequence[TableSpec], history: int = 3,
-                 attention: Sequence[int] = (32,), top: Sequence[int] = (200, 80, 2)) -> None:
+                 attention: Sequence[int] = (32,), top: Sequence[int] = (200, 80, 2),
+                 embeddings: str = "recengine", sparse: bool = False) -> None:
         if len(tables) != 4:
             raise ValueError(f"DIN takes 4 tables (user, behaviour, ad, context), "
                              f"got {len(tables)}")
@@ -190,7 +195,7 @@ class DIN(RecModel):
         features = [Feature("user", 0, tables[0].lookups),
                     Feature("behaviour", 1, history, sequence=True),
                     Feature("ad", 2, tables[2].lookups), Feature("context", 3, tables[3].lookups)]
-        super().__init__(tables, features, 0)
+        super().__init__(tables, features, 0, embeddings=embeddings, sparse=sparse)
         dim = tables[1].dim
         self.attention = _Attention(dim, attention)
         self.top = mlp([sum(t.dim for t in tables), *top], last_activation=False)
@@ -250,7 +255,8 @@ class DIEN(RecModel):
     name = "dien"
 
     def __init__(self, tables: Sequence[TableSpec], history: int = 40,
-                 attention: Sequence[int] = (80, 40), top: Sequence[int] = (200, 80, 2)) -> None:
+                 attention: Sequence[int] = (80, 40), top: Sequence[int] = (200, 80, 2),
+                 embeddings: str = "recengine", sparse: bool = False) -> None:
         if len(tables) < 3:
             raise ValueError(f"DIEN takes user tables then item and category tables, "
                              f"got {len(tables)} tables")
@@ -264,7 +270,7 @@ class DIEN(RecModel):
         features += [Feature("item", item, 1), Feature("category", cat, 1),
                      Feature("item_history", item, history, sequence=True),
                      Feature("category_history", cat, history, sequence=True)]
-        super().__init__(tables, features, 0)
+        super().__init__(tables, features, 0, embeddings=embeddings, sparse=sparse)
         self._users = [f"user{i}" for i in range(item)]
         dim = tables[0].dim
         self.gru = torch.nn.GRU(dim, dim, batch_first=True)

@@ -367,6 +367,10 @@ mod x86 {
         /// The range's last byte (counted from `from`), when rows may straddle one line more
         /// than `lines` covers.
         last: Option<usize>,
+        /// `Some(offset)` when two prefetches cover the range: the first line and the one at
+        /// `offset` (the same line again for a one-line range). Most rows of recommendation
+        /// tables (up to 128 aligned bytes) take this path, two plain prefetches with no jump.
+        pair: Option<usize>,
     }
 
     impl Prefetch {
@@ -385,10 +389,16 @@ mod x86 {
             let lines = len.div_ceil(64);
             let cap = super::prefetch_lines().min(if huge_pages { usize::MAX } else { SMALL_PAGE_LINES });
             if cap < lines {
-                return Prefetch { from, lines: cap, last: None };
+                let pair = (cap <= 2).then(|| 64 * cap.saturating_sub(1));
+                return Prefetch { from, lines: cap, last: None, pair: pair.filter(|_| cap > 0) };
             }
             let last = (!aligned && len > 0).then(|| len - 1);
-            Prefetch { from, lines, last }
+            let pair = match last {
+                None if lines <= 2 => Some(64 * lines.saturating_sub(1)),
+                Some(l) if lines <= 1 => Some(l),
+                _ => None,
+            };
+            Prefetch { from, lines, last, pair }
         }
 
         /// Bring row `r` towards L1. `r` may be any value, even an index that the kernel will
@@ -397,6 +407,14 @@ mod x86 {
         #[inline(always)]
         pub(crate) fn row(&self, base: *const u8, row_bytes: usize, r: usize) {
             let row = base.wrapping_add(r.wrapping_mul(row_bytes)).wrapping_add(self.from);
+            if let Some(second) = self.pair {
+                // SAFETY: prefetch is a hint; it does not fault on any address.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(second).cast());
+                }
+                return;
+            }
             let line = |k: usize| {
                 // SAFETY: prefetch is a hint; it does not fault on any address.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * k).cast()) };
@@ -483,11 +501,52 @@ mod x86 {
             let idx_ahead = idx.wrapping_add(ahead_by);
             let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };
             for b in bags {
-                let (s, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
+                let (start, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
+                let s = start;
                 let mut acc = [init; NV];
                 let mut bias_sum = 0f32;
                 // Padding is rare: count its hits, not the rows pooled.
                 let mut pad_hits = 0usize;
+                let mut s = s;
+                if !MAX && job.weights.is_none() {
+                    // Unweighted sums: two lookups at a time into two sets of accumulators, so
+                    // each add waits on the one two lookups back rather than on the last (the
+                    // add's latency, not the loads, bounds a bag of cached rows otherwise).
+                    // The sets are summed at the bag's end.
+                    let mut odd = [S::zero(); NV];
+                    let mut odd_bias = 0f32;
+                    while s + 2 <= e && s + 2 <= prefetch_until {
+                        prefetch.row(base, rb, (*idx_ahead.add(s)).to_u64() as usize);
+                        prefetch.row(base, rb, (*idx_ahead.add(s + 1)).to_u64() as usize);
+                        let (r0, r1) = ((*idx.add(s)).to_u64(), (*idx.add(s + 1)).to_u64());
+                        if r0 >= nrows || r1 >= nrows || r0 == pad || r1 == pad {
+                            break; // the loop below handles (and reports) these one at a time
+                        }
+                        let (row0, row1) = (base.add(r0 as usize * rb), base.add(r1 as usize * rb));
+                        let (block0, block1) = (row0.add(first_byte), row1.add(first_byte));
+                        if F::QUANT {
+                            let (sc0, bi0) = F::scale_bias::<S>(row0, dim);
+                            let (sc1, bi1) = F::scale_bias::<S>(row1, dim);
+                            bias_sum += bi0;
+                            odd_bias += bi1;
+                            let (w0, w1) = (S::splat(sc0), S::splat(sc1));
+                            for v in 0..NV {
+                                acc[v] = S::fmadd(load::<S, F, FULL>(block0, v, tails[v]), w0, acc[v]);
+                                odd[v] = S::fmadd(load::<S, F, FULL>(block1, v, tails[v]), w1, odd[v]);
+                            }
+                        } else {
+                            for v in 0..NV {
+                                acc[v] = S::add(acc[v], load::<S, F, FULL>(block0, v, tails[v]));
+                                odd[v] = S::add(odd[v], load::<S, F, FULL>(block1, v, tails[v]));
+                            }
+                        }
+                        s += 2;
+                    }
+                    for v in 0..NV {
+                        acc[v] = S::add(acc[v], odd[v]);
+                    }
+                    bias_sum += odd_bias;
+                }
                 for j in s..e {
                     if j < prefetch_until {
                         prefetch.row(base, rb, (*idx_ahead.add(j)).to_u64() as usize);
@@ -528,7 +587,7 @@ mod x86 {
                     }
                 }
                 let o = out.ptr.add(b * out.stride + col0);
-                let count = e - s - pad_hits;
+                let count = e - start - pad_hits;
                 if count == 0 {
                     for v in 0..NV {
                         S::store(o.wrapping_add(v * S::LANES), S::zero(), tails[v]);

@@ -16,6 +16,7 @@ pub mod error;
 pub mod kernel;
 pub mod lookup;
 pub mod nmp;
+pub mod openmp;
 pub mod parallel;
 pub mod probe;
 pub mod quant;

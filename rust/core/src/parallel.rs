@@ -1,7 +1,12 @@
-//! The core's thread pool: a rayon pool of a settable size, safe in forked children.
+//! Where the core's parallel loops run: on torch's OpenMP team when torch is loaded in the
+//! process ([`crate::openmp`]), else on the core's own pool, a rayon pool of a settable size,
+//! safe in forked children.
 //!
-//! The pool is created on first use with `RECENGINE_NUM_THREADS` threads (else one per core
-//! this process may run on), and re-created when the count changes. A forked child (a
+//! The thread count is the one set by [`set_num_threads`] or `RECENGINE_NUM_THREADS`; without
+//! either it is torch's (`omp_get_max_threads` of the calling thread) while the loops run on
+//! torch's team, else one per core this process may run on.
+//!
+//! The own pool is created on first use and re-created when the count changes. A forked child (a
 //! DataLoader-style worker) inherits the parent's pool object but none of its threads; the
 //! pool records the pid that built it, and a process that finds a pool of another pid leaks
 //! that husk (dropping it could wait on locks held by threads that do not exist) and builds
@@ -15,6 +20,7 @@ use arc_swap::ArcSwapOption;
 use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
+use crate::openmp::{self, Team};
 
 struct PoolState {
     pid: u32,
@@ -23,27 +29,46 @@ struct PoolState {
 }
 
 static POOL: ArcSwapOption<PoolState> = ArcSwapOption::const_empty();
-/// The requested thread count; 0 means "not set yet".
+/// The thread count set by [`set_num_threads`] or `RECENGINE_NUM_THREADS`; 0 means "not read
+/// yet", `usize::MAX` "not set".
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
-fn default_threads() -> usize {
-    std::env::var("RECENGINE_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// The thread count lookups use.
-pub fn num_threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
+/// The count set by [`set_num_threads`] or the environment, if any.
+fn chosen_threads() -> Option<usize> {
+    let n = match THREADS.load(Ordering::Relaxed) {
         0 => {
-            let n = default_threads();
+            let env = std::env::var("RECENGINE_NUM_THREADS")
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(usize::MAX);
             // Another thread may have set a count meanwhile; keep theirs.
-            let _ = THREADS.compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = THREADS.compare_exchange(0, env, Ordering::Relaxed, Ordering::Relaxed);
             THREADS.load(Ordering::Relaxed)
         }
         n => n,
+    };
+    (n != usize::MAX).then_some(n)
+}
+
+fn threads_for(team: Option<&Team>) -> usize {
+    chosen_threads().unwrap_or_else(|| match team {
+        Some(team) => team.max_threads(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+/// The thread count a parallel call made now from this thread uses.
+pub fn num_threads() -> usize {
+    threads_for(openmp::team().as_deref())
+}
+
+/// Where a parallel call made now runs: `"torch"` (torch's OpenMP team) or `"own"`.
+pub fn pool_in_use() -> &'static str {
+    if openmp::team().is_some() {
+        "torch"
+    } else {
+        "own"
     }
 }
 
@@ -67,7 +92,7 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
 }
 
 fn current_pool() -> Result<Arc<PoolState>> {
-    let want = num_threads();
+    let want = threads_for(None);
     let pid = std::process::id();
     if let Some(state) = POOL.load_full() {
         if state.pid == pid && state.threads == want {
@@ -189,16 +214,36 @@ impl Shared {
             }
             // SAFETY: item `k < n` was claimed, so the caller is still inside `for_each_index`
             // (it waits for `done == n`), and the closure `task` points to is alive.
-            let task = unsafe { &*self.task };
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(k)))
-                .unwrap_or_else(|_| Err(Error::value("a worker thread panicked (a bug in recengine)")));
-            if let Err(e) = r {
-                let mut slot = self.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                slot.get_or_insert(e);
-            }
+            run_item(unsafe { &*self.task }, k, &self.error);
             self.done.fetch_add(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Run item `k`, keeping the first error (a panic becomes one: nothing unwinds out of a pool
+/// thread or an OpenMP region).
+fn run_item(task: &(dyn Fn(usize) -> Result<()> + Sync), k: usize, error: &std::sync::Mutex<Option<Error>>) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(k)))
+        .unwrap_or_else(|_| Err(Error::value("a worker thread panicked (a bug in recengine)")));
+    if let Err(e) = r {
+        let mut slot = error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert(e);
+    }
+}
+
+/// `for_each_index` on torch's team: each of `threads` team threads claims items from a
+/// shared counter until none are left; the region's end waits for all of them.
+fn on_team(team: &Team, n: usize, threads: usize, task: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let error = std::sync::Mutex::new(None);
+    team.run(threads, &|| loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        if k >= n {
+            return;
+        }
+        run_item(task, k, &error);
+    });
+    error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).map_or(Ok(()), Err)
 }
 
 /// Run `task(0..n)` on the calling thread and up to `max_threads - 1` of the pool's threads,
@@ -208,9 +253,13 @@ impl Shared {
 /// each claiming items from a shared counter, so a small call never waits for a thread to
 /// wake: a thread that wakes after the items are gone finds nothing and touches nothing.
 pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
-    let threads = num_threads().min(max_threads);
+    let team = openmp::team();
+    let threads = threads_for(team.as_deref()).min(max_threads);
     if threads <= 1 || n <= 1 {
         return (0..n).try_for_each(task);
+    }
+    if let Some(team) = team {
+        return on_team(&team, n, threads.min(n), task);
     }
     let pool = current_pool()?;
     // SAFETY: erases the borrow's lifetime. The pointer is dereferenced only for claimed

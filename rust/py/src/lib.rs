@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use recengine_core::backward::{self, Grad};
 use recengine_core::backward::Plan;
-use recengine_core::{dram, nmp};
+use recengine_core::{dram, nmp, openmp};
 use recengine_core::cache::{self, BlobCache, Policy as CachePolicy, Stats as CacheStats, Store};
 use recengine_core::shard::{self, Layout, Piece, ShardedCollection, Split, TablePlan};
 use recengine_core::{
@@ -1737,6 +1737,19 @@ fn get_num_threads() -> usize {
 }
 
 #[pyfunction]
+fn set_thread_pool(mode: &str) -> PyResult<()> {
+    let parsed = openmp::PoolMode::parse(mode)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown thread pool {mode:?}; expected auto, torch or own")))?;
+    openmp::set_mode(parsed).py_err()
+}
+
+#[pyfunction]
+fn get_thread_pool() -> (&'static str, &'static str, Option<String>) {
+    let library = openmp::team().map(|t| t.library.clone());
+    (openmp::mode().name(), recengine_core::parallel::pool_in_use(), library)
+}
+
+#[pyfunction]
 fn simd_level() -> &'static str {
     simd::level().name()
 }
@@ -1766,6 +1779,9 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("simd", simd::level().name())?;
     d.set_item("simd_available", PyList::new(py, available_simd_levels())?)?;
     d.set_item("threads", recengine_core::parallel::num_threads())?;
+    d.set_item("pool", recengine_core::parallel::pool_in_use())?;
+    d.set_item("pool_mode", openmp::mode().name())?;
+    d.set_item("pool_library", openmp::team().map(|t| t.library.clone()))?;
     d.set_item("target", std::env::consts::ARCH)?;
     d.set_item("serial_work_bytes", recengine_core::lookup::SERIAL_WORK_BYTES)?;
     Ok(d)
@@ -1806,6 +1822,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(safetensors_names, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_thread_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(get_thread_pool, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
