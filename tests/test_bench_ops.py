@@ -141,3 +141,15 @@ def test_cli_rejects_unknown_op(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bench", "--ops", "pool,backward"])
     assert exc.value.code == 2
     assert "'backward' is not one of pool, forward, forward_backward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("timing", ["alternate", "blocks"])
+def test_both_timings_give_checked_rows(timing: str) -> None:
+    rows = run_bench(BenchConfig(**{**_TINY, "ops": ("pool", "forward")}, timing=timing))
+    assert {r["op"] for r in rows} == {"pool", "forward"}
+    assert all(r["correct"] and r["ratio_vs_torch"] > 0 for r in rows)
+
+
+def test_unknown_timing_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="timing"):
+        BenchConfig(timing="interleaved")

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 import recengine.models as rm  # noqa: E402
 from recengine.models import AUGRU, Batch  # noqa: E402
+from recengine.nn import convert  # noqa: E402
 from recengine.shapes import model_tables  # noqa: E402
 
 SCALE = 1e-3  # every table at its 1024-row floor or a little above
@@ -110,3 +111,42 @@ def test_bad_models_options_and_inputs_raise_clear_errors() -> None:
     bad[0][0, 0] = model.tables[0].num_rows
     with pytest.raises(IndexError):
         model(Batch(batch.dense, bad))
+
+
+@pytest.mark.parametrize("name", rm.model_names())
+def test_torch_embeddings_build_the_same_model(name: str) -> None:
+    """embeddings="torch": plain torch.nn.EmbeddingBag tables with the same state_dict keys,
+    so the recengine route's weights load and both score a batch alike; convert() of it is the
+    drop-in route."""
+    ours = rm.build(name, scale=SCALE)
+    theirs = rm.build(name, scale=SCALE, embeddings="torch")
+    assert theirs.build_args["embeddings"] == "torch"
+    bags = [m for m in theirs.modules() if isinstance(m, torch.nn.EmbeddingBag)]
+    assert bags and all(type(m) is torch.nn.EmbeddingBag for m in bags)
+    assert set(theirs.state_dict()) == set(ours.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    dropin = convert(rm.build(name, scale=SCALE, embeddings="torch"))
+    dropin.load_state_dict(ours.state_dict())
+    assert not [m for m in dropin.modules() if type(m) is torch.nn.EmbeddingBag]
+    batch = ours.sample_batch(5, seed=3)
+    with torch.no_grad():
+        want = ours(batch)
+        for model in (theirs, dropin):
+            torch.testing.assert_close(model(batch), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("embeddings", ["recengine", "torch"])
+def test_sparse_option_gives_sparse_embedding_gradients(embeddings: str) -> None:
+    model = rm.build("din", scale=SCALE, embeddings=embeddings, sparse=True).train()
+    model(model.sample_batch(4, seed=1)).sum().backward()
+    grads = [m.weight.grad for m in model.modules() if isinstance(m, torch.nn.EmbeddingBag)]
+    assert grads and all(g is not None and g.is_sparse for g in grads)
+    dense = rm.build("din", scale=SCALE, embeddings=embeddings).train()
+    dense(dense.sample_batch(4, seed=1)).sum().backward()
+    assert all(not m.weight.grad.is_sparse for m in dense.modules()
+               if isinstance(m, torch.nn.EmbeddingBag))
+
+
+def test_unknown_embeddings_route_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="embeddings must be one of"):
+        rm.build("rmc1", scale=SCALE, embeddings="fbgemm")
