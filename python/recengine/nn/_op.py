@@ -102,17 +102,20 @@ def flatten_2d(input: Tensor, per_sample_weights: Optional[Tensor]
     return input.reshape(-1), offsets, psw
 
 
-def pool(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
-         mode: int, padding_idx: int, include_last_offset: bool) -> Tensor:
+def pool(weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
+         per_sample_weights: Optional[Tensor], mode: int, padding_idx: int,
+         include_last_offset: bool) -> Tensor:
     """Pool ``weight`` rows: 1-D ``indices`` [L], ``offsets`` [B] (or [B + 1] with
-    ``include_last_offset``), optional ``per_sample_weights`` [L] (sum only); ``mode`` an index
+    ``include_last_offset``), or 2-D ``indices`` [B, n] (B bags of n) with ``offsets`` None;
+    optional ``per_sample_weights`` shaped as ``indices`` (sum only); ``mode`` an index
     into :data:`MODES`; ``padding_idx`` -1 for none. Returns [B, D] in the weight's dtype.
 
     ``weight`` must be a C-contiguous float32, float16 or bfloat16 CPU tensor.
     """
     psw = None if per_sample_weights is None else _floats(per_sample_weights)
     array, dtype, huge = _table(weight)
-    out = _core.pool_array(array, indices.numpy(), offsets.numpy(), None, psw, MODES[mode],
+    out = _core.pool_array(array, indices.numpy(), None if offsets is None else offsets.numpy(),
+                           None, None if psw is None else psw.reshape(-1), MODES[mode],
                            None if padding_idx < 0 else padding_idx, include_last_offset,
                            dtype=dtype, huge_pages=huge)
     result = torch.from_numpy(out)

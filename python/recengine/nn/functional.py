@@ -82,6 +82,14 @@ def embedding_bag(
     if input.dim() == 2:
         if offsets is not None:
             return torch_kernel()
+        if not grad and not torch.compiler.is_compiling():
+            # B bags of n as they are: the core takes [B, n] ids without offsets.
+            try:
+                return _op.pool(weight.contiguous(), input.contiguous(), None,
+                                None if psw is None else psw.contiguous(), MODES.index(mode),
+                                pad, False)
+            except (IndexError, ValueError):
+                return torch_kernel()
         indices, offsets, psw = _op.flatten_2d(input, psw)
         include_last_offset = False
     elif input.dim() == 1 and offsets is not None:

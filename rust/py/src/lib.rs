@@ -1749,6 +1749,17 @@ fn get_thread_pool() -> (&'static str, &'static str, Option<String>) {
     (openmp::mode().name(), recengine_core::parallel::pool_in_use(), library)
 }
 
+/// The kernels' prefetch distance in lookups, after setting it when `distance` is given
+/// (negative: the default again). A tuning aid; `RECENGINE_PREFETCH_DISTANCE` sets it at start.
+#[pyfunction]
+#[pyo3(signature = (distance=None))]
+fn prefetch_distance(distance: Option<i64>) -> usize {
+    if let Some(d) = distance {
+        recengine_core::kernel::set_prefetch_distance(usize::try_from(d).ok());
+    }
+    recengine_core::kernel::prefetch_distance()
+}
+
 #[pyfunction]
 fn simd_level() -> &'static str {
     simd::level().name()
@@ -1784,6 +1795,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("pool_library", openmp::team().map(|t| t.library.clone()))?;
     d.set_item("target", std::env::consts::ARCH)?;
     d.set_item("serial_work_bytes", recengine_core::lookup::SERIAL_WORK_BYTES)?;
+    d.set_item("prefetch_distance", recengine_core::kernel::prefetch_distance())?;
     Ok(d)
 }
 
@@ -1823,6 +1835,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(prefetch_distance, m)?)?;
     m.add_function(wrap_pyfunction!(get_thread_pool, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
