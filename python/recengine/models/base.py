@@ -113,6 +113,7 @@ class RecModel(torch.nn.Module):
         for f in pooled:
             by_table.setdefault(f.table, []).append(f.name)
         self._pooled = pooled
+        self._lengths_by: dict[tuple[int, torch.device], Tensor] = {}
         self.embeddings: Optional[torch.nn.Module] = None
         if by_table and embeddings == "torch":
             self.embeddings = _TorchBags({f"t{t}": self.tables[t] for t in sorted(by_table)},
@@ -154,8 +155,7 @@ class RecModel(torch.nn.Module):
                 out[f.name] = self._bag(f.table)(by_name[f.name])
         elif self.embeddings is not None and self._pooled:
             values = torch.cat([by_name[f.name].reshape(-1) for f in self._pooled])
-            lengths = torch.cat([torch.full((n,), f.length, dtype=torch.int64,
-                                            device=values.device) for f in self._pooled])
+            lengths = self._lengths(n, values.device)
             kt = self.embeddings(KeyedJaggedTensor([f.name for f in self._pooled], values,
                                                    lengths=lengths))
             out.update(kt.to_dict())
@@ -168,6 +168,18 @@ class RecModel(torch.nn.Module):
                     rows = _gather(ids, self._weight(f.table))
                 out[f.name] = rows.reshape(n, f.length, -1)
         return out
+
+    def _lengths(self, n: int, device: torch.device) -> Tensor:
+        """The keyed lengths ``[K * n]`` of a batch of ``n`` (every pooled feature has a fixed
+        length), made once per batch size and device (the collection only reads them)."""
+        cache = self._lengths_by
+        got = cache.get((n, device))
+        if got is None:
+            per_key = torch.tensor([f.length for f in self._pooled], dtype=torch.int64)
+            got = cache[(n, device)] = per_key.repeat_interleave(n).to(device)
+            if len(cache) > 64:  # many batch sizes: keep the newest few
+                del cache[next(iter(cache))]
+        return got
 
     def sample_batch(self, size: int, distribution: str = "uniform", alpha: float = 1.0,
                      seed: Optional[int] = None) -> Batch:
