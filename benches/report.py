@@ -1,10 +1,14 @@
-"""Markdown tables of a ``recengine bench --out FILE`` result, as benches/README.md shows them.
+"""Markdown tables of ``recengine bench`` and ``recengine bench-models`` results, as
+benches/README.md shows them.
 
 Usage::
 
     python benches/report.py benches/results/local_2_threads.json
+    python benches/report.py benches/results/device_models_t{1,4,8,16}.json
 
-prints the targets table, the pool table and the module-ops table.
+The first prints the targets table, the pool table and the module-ops table of one ``bench
+--out`` file; given ``bench-models --out`` files (one per thread count), it prints one table
+of every route's speedup over torch with a column per file, and the summary lines.
 """
 
 from __future__ import annotations
@@ -110,14 +114,53 @@ def module_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def main(path: str) -> None:
-    with open(path) as fh:
-        rows = json.load(fh)["rows"]
+def models_table(docs: list[dict[str, Any]]) -> list[str]:
+    """Whole-model speedups: a row per (model, step, batch), per file a torch time and each
+    route's speedup, then each file's geomean at batch >= 16 and slowest case per route."""
+    routes = list(dict.fromkeys(r["route"] for d in docs for r in d["rows"]))
+    head = "| model | step | batch |"
+    rule = "|---|---|---:|"
+    for d in docs:
+        t = d["rows"][0]["threads"]
+        head += f" torch ({t} thr) |" + "".join(f" {r} |" for r in routes)
+        rule += "---:|" * (1 + len(routes))
+    out = [head, rule]
+    cases = dict.fromkeys((r["model"], r["step"], r["batch"]) for r in docs[0]["rows"])
+    for model, step, batch in cases:
+        line = f"| {model} | {step} | {batch} |"
+        for d in docs:
+            got = {r["route"]: r for r in d["rows"]
+                   if (r["model"], r["step"], r["batch"]) == (model, step, batch)}
+            first = next(iter(got.values()), None)
+            line += f" {_time(first and first['torch_ms'] / 1e3)} |"
+            line += "".join(f" {_ratio(got[r]['speedup']) if r in got else '-'} |"
+                            for r in routes)
+        out.append(line)
+    out.append("")
+    for d in docs:
+        t = d["rows"][0]["threads"]
+        for key, s in d["summary"].items():
+            if key != "all_correct":
+                out.append(f"- {t} threads, {key}: geomean {_ratio(s['geomean_b16_up'])} at "
+                           f"batch >= 16 (target {s['target']:g}x), slowest "
+                           f"{_ratio(s['min'])} ({s['slowest']})")
+    return out
+
+
+def main(paths: list[str]) -> None:
+    docs = []
+    for path in paths:
+        with open(path) as fh:
+            docs.append(json.load(fh))
+    if "routes" in docs[0].get("config", {}):
+        print("\n".join(models_table(docs)))
+        return
+    rows = docs[0]["rows"]
     for lines in (targets(rows), pool_table(rows), module_table(rows)):
         print("\n".join(lines), end="\n\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1:])

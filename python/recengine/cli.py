@@ -967,6 +967,8 @@ def _plot_model_bench(rows: Sequence[dict[str, Any]], path: str) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=" ".join(key))
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log", base=2)
+        batches = sorted({r["batch"] for r in rows})
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch")
         ax.set_ylabel("speedup over torch (x)")
         threads = rows[0]["threads"] if rows else "?"
