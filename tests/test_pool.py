@@ -234,3 +234,25 @@ def test_env_chooses_the_pool() -> None:
         """
     assert _run(code, RECENGINE_POOL="own", RECENGINE_NUM_THREADS="2") == "own 2"
     assert _run(code, RECENGINE_POOL="torch", OMP_NUM_THREADS="2") == "torch 2"
+
+
+@needs_openmp
+def test_gradients_and_table_making_identical_on_both_pools(restore_pool: None) -> None:
+    """The dense backward's parallel sort, random tables and decoding run on torch's team too;
+    their results must be the same bits on either pool."""
+    recengine.set_num_threads(3)
+    rng = np.random.default_rng(11)
+    idx = rng.integers(0, 5000, 150_000)  # above the parallel sort's threshold
+    offsets = np.arange(0, idx.size, 50)
+    grad = rng.standard_normal((offsets.size, 16)).astype(np.float32)
+    got = {}
+    for pool in ("torch", "own"):
+        recengine.set_thread_pool(pool)
+        table = EmbeddingTable.random(70_000, 16, dtype="bf16", seed=5)
+        got[pool] = (recengine.embedding_bag_backward(grad, 5000, idx, offsets),
+                     table.to_numpy())
+    for a, b in zip(got["torch"], got["own"]):
+        np.testing.assert_array_equal(a, b)
+    recengine.set_num_threads(1)
+    np.testing.assert_array_equal(recengine.embedding_bag_backward(grad, 5000, idx, offsets),
+                                  got["torch"][0])

@@ -13,8 +13,6 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use rayon::slice::ParallelSliceMut;
-
 use crate::error::{Error, IndexError, Result};
 use crate::kernel::{Index, Mode};
 use crate::lookup::SERIAL_WORK_BYTES;
@@ -22,8 +20,6 @@ use crate::parallel;
 
 /// Work items per thread, so that threads that finish early can take more.
 const ITEMS_PER_THREAD: usize = 4;
-/// Below this many lookups the sort runs on the calling thread.
-const PARALLEL_SORT_LEN: usize = 1 << 16;
 const POSITION_BITS: u32 = 32;
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
 
@@ -80,12 +76,7 @@ impl Plan {
         padding_idx: Option<i64>,
     ) -> Result<Plan> {
         let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?;
-        if plan.keys.len() >= PARALLEL_SORT_LEN && parallel::num_threads() > 1 {
-            let keys = &mut plan.keys;
-            parallel::install(|| keys.par_sort_unstable())?;
-        } else {
-            plan.keys.sort_unstable();
-        }
+        parallel::sort(&mut plan.keys)?;
         let mut last = u64::MAX;
         for (k, key) in plan.keys.iter().enumerate() {
             let row = key >> POSITION_BITS;

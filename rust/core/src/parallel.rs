@@ -84,11 +84,95 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` inside the pool (rayon's parallel iterators in `f` use it, on the pool's
-/// `num_threads() - 1` threads while the caller waits).
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
-    let pool = current_pool()?;
-    Ok(pool.pool.install(f))
+/// Run `task(k, chunk)` for each `chunk_len`-long chunk `k` of `data` (the last may be
+/// shorter) on the core's threads, as [`for_each_index`] does.
+pub fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk_len: usize,
+    task: &(dyn Fn(usize, &mut [T]) -> Result<()> + Sync),
+) -> Result<()> {
+    let chunks: Vec<std::sync::Mutex<&mut [T]>> = data.chunks_mut(chunk_len.max(1)).map(std::sync::Mutex::new).collect();
+    for_each_index(chunks.len(), usize::MAX, &|k| {
+        // Each chunk is claimed by exactly one item: the lock is never contended.
+        let mut chunk = chunks[k].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        task(k, &mut chunk)
+    })
+}
+
+/// Below this many keys [`sort`] runs on the calling thread.
+const PARALLEL_SORT_LEN: usize = 1 << 16;
+
+/// Sort `keys` ascending on the core's threads (a sample sort: splitters from a sorted sample,
+/// each chunk of the input counted and then scattered into its buckets' places, each bucket
+/// sorted by one thread). The result is the sorted sequence whatever the thread count.
+pub fn sort(keys: &mut Vec<u64>) -> Result<()> {
+    let n = keys.len();
+    let threads = num_threads();
+    if threads <= 1 || n < PARALLEL_SORT_LEN {
+        keys.sort_unstable();
+        return Ok(());
+    }
+    let buckets = threads * 4;
+    let mut sample: Vec<u64> = keys.iter().step_by((n / (buckets * 32)).max(1)).copied().collect();
+    sample.sort_unstable();
+    let splitters: Vec<u64> = (1..buckets).map(|b| sample[b * sample.len() / buckets]).collect();
+    let bucket = |k: u64| splitters.partition_point(|&s| s <= k);
+    let chunk_len = n.div_ceil(threads * 4);
+    let chunks: Vec<&[u64]> = keys.chunks(chunk_len).collect();
+    // 1. How many keys of each chunk fall in each bucket.
+    let counts: Vec<std::sync::Mutex<Vec<usize>>> = (0..chunks.len()).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+    for_each_index(chunks.len(), usize::MAX, &|c| {
+        let mut count = vec![0usize; buckets];
+        for &k in chunks[c] {
+            count[bucket(k)] += 1;
+        }
+        *counts[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = count;
+        Ok(())
+    })?;
+    let counts: Vec<Vec<usize>> = counts.into_iter().map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)).collect();
+    // 2. The output, bucket-major, cut into one slice per (bucket, chunk), and each chunk's
+    // keys scattered into its own slices.
+    let mut out = vec![0u64; n];
+    {
+        let mut slots: Vec<Option<std::sync::Mutex<&mut [u64]>>> = (0..buckets * chunks.len()).map(|_| None).collect();
+        let mut rest: &mut [u64] = &mut out;
+        for b in 0..buckets {
+            for (c, count) in counts.iter().enumerate() {
+                let (mine, tail) = rest.split_at_mut(count[b]);
+                slots[c * buckets + b] = Some(std::sync::Mutex::new(mine));
+                rest = tail;
+            }
+        }
+        for_each_index(chunks.len(), usize::MAX, &|c| {
+            let mut guards: Vec<_> = slots[c * buckets..(c + 1) * buckets]
+                .iter()
+                .map(|s| s.as_ref().expect("every slot is set").lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .collect();
+            let mut filled = vec![0usize; buckets];
+            for &k in chunks[c] {
+                let b = bucket(k);
+                guards[b][filled[b]] = k;
+                filled[b] += 1;
+            }
+            Ok(())
+        })?;
+    }
+    // 3. Each bucket sorted on its own.
+    let sizes: Vec<usize> = (0..buckets).map(|b| counts.iter().map(|c| c[b]).sum()).collect();
+    let mut rest: &mut [u64] = &mut out;
+    let mut parts = Vec::with_capacity(buckets);
+    for &size in &sizes {
+        let (mine, tail) = rest.split_at_mut(size);
+        parts.push(std::sync::Mutex::new(mine));
+        rest = tail;
+    }
+    for_each_index(buckets, usize::MAX, &|b| {
+        parts[b].lock().unwrap_or_else(std::sync::PoisonError::into_inner).sort_unstable();
+        Ok(())
+    })?;
+    drop(parts);
+    *keys = out;
+    Ok(())
 }
 
 fn current_pool() -> Result<Arc<PoolState>> {
@@ -317,4 +401,56 @@ pub fn for_each_index(n: usize, max_threads: usize, task: &(dyn Fn(usize) -> Res
     LATEST.compare_and_swap(&Some(shared.clone()), None::<Arc<Shared>>);
     let mut slot = shared.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     slot.take().map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize, seed: u64, skew: bool) -> Vec<u64> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Skewed: most keys in a few rows, as a Zipf-like trace puts them.
+                let row = if skew && !state.is_multiple_of(4) { state % 7 } else { state % 100_000 };
+                row << 32 | i as u64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sort_matches_std_for_any_thread_count() {
+        for (n, skew) in [(0, false), (10, false), (PARALLEL_SORT_LEN + 1, false), (200_000, true), (300_001, false)] {
+            let mut want = keys(n, 7, skew);
+            want.sort_unstable();
+            for threads in [1, 2, 3, 5] {
+                set_num_threads(threads).unwrap();
+                let mut got = keys(n, 7, skew);
+                sort(&mut got).unwrap();
+                assert_eq!(got, want, "n {n}, skew {skew}, threads {threads}");
+            }
+        }
+        // Equal keys (no position bits) sort too.
+        set_num_threads(3).unwrap();
+        let mut same: Vec<u64> = (0..100_000u64).map(|i| i % 3).collect();
+        sort(&mut same).unwrap();
+        assert!(same.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn every_chunk_once_and_errors_come_back() {
+        set_num_threads(3).unwrap();
+        let mut data = vec![0u32; 10_001];
+        for_each_chunk(&mut data, 1000, &|k, chunk| {
+            chunk.iter_mut().for_each(|x| *x += k as u32 + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(data.iter().enumerate().all(|(i, &x)| x == (i / 1000) as u32 + 1));
+        let err = for_each_chunk(&mut data, 1000, &|k, _| if k == 4 { Err(Error::value("chunk 4")) } else { Ok(()) });
+        assert!(matches!(err, Err(Error::Value(m)) if m == "chunk 4"));
+    }
 }

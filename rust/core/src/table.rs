@@ -7,7 +7,6 @@ use std::path::Path;
 
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use rayon::prelude::*;
 use safetensors::tensor::{Metadata, SafeTensors};
 use safetensors::{Dtype, View};
 
@@ -61,8 +60,9 @@ impl Table {
         let mut storage = Storage::zeroed(len);
         let bytes = storage.bytes_mut().expect("a new buffer is owned");
         if len > 0 {
-            parallel::install(|| {
-                bytes.par_chunks_mut(rb * CHUNK_ROWS).enumerate().for_each(|(c, chunk)| fill(c * CHUNK_ROWS, chunk));
+            parallel::for_each_chunk(bytes, rb * CHUNK_ROWS, &|c, chunk| {
+                fill(c * CHUNK_ROWS, chunk);
+                Ok(())
             })?;
         }
         Ok(Table { storage, num_rows, dim, dtype })
@@ -271,13 +271,12 @@ impl Table {
         }
         let (dtype, dim, rb) = (self.dtype, self.dim, self.row_bytes());
         let src = self.storage.bytes();
-        parallel::install(|| {
-            out.par_chunks_mut(dim * CHUNK_ROWS).enumerate().for_each(|(c, chunk)| {
-                for (i, row) in chunk.chunks_exact_mut(dim).enumerate() {
-                    let r = c * CHUNK_ROWS + i;
-                    decode_row(dtype, &src[r * rb..(r + 1) * rb], row);
-                }
-            });
+        parallel::for_each_chunk(out, dim * CHUNK_ROWS, &|c, chunk| {
+            for (i, row) in chunk.chunks_exact_mut(dim).enumerate() {
+                let r = c * CHUNK_ROWS + i;
+                decode_row(dtype, &src[r * rb..(r + 1) * rb], row);
+            }
+            Ok(())
         })
     }
 
