@@ -4,7 +4,8 @@
 //! vectors, one const-generic instantiation per block size), decodes each stored format on the
 //! fly (quantized rows fold their scale into the FMA weight and sum their biases apart),
 //! prefetches rows a few lookups ahead (`prefetch_distance`), checks each index with one unsigned compare,
-//! and allocates nothing. Rows wider than one block are pooled block by block. A scalar kernel
+//! and allocates nothing. Unweighted sums take two lookups at a time into two accumulator
+//! sets (summed at the bag's end), so the adds of cached rows do not wait on each other. Rows wider than one block are pooled block by block. A scalar kernel
 //! covers CPUs without AVX2.
 
 use std::ops::Range;
@@ -527,12 +528,11 @@ mod x86 {
             let init = if MAX { S::splat(f32::NEG_INFINITY) } else { S::zero() };
             for b in bags {
                 let (start, e) = (*job.offsets.get_unchecked(b), *job.offsets.get_unchecked(b + 1));
-                let s = start;
                 let mut acc = [init; NV];
                 let mut bias_sum = 0f32;
                 // Padding is rare: count its hits, not the rows pooled.
                 let mut pad_hits = 0usize;
-                let mut s = s;
+                let mut s = start;
                 if !MAX && job.weights.is_none() {
                     // Unweighted sums: two lookups at a time into two sets of accumulators, so
                     // each add waits on the one two lookups back rather than on the last (the

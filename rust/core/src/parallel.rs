@@ -51,10 +51,24 @@ fn chosen_threads() -> Option<usize> {
     (n != usize::MAX).then_some(n)
 }
 
+/// The cores this process may run on, read once (`available_parallelism` reads the cgroup's
+/// CPU quota files: tens of microseconds, more than a small lookup).
+fn cores() -> usize {
+    static CORES: AtomicUsize = AtomicUsize::new(0);
+    match CORES.load(Ordering::Relaxed) {
+        0 => {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            CORES.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
 fn threads_for(team: Option<&Team>) -> usize {
     chosen_threads().unwrap_or_else(|| match team {
         Some(team) => team.max_threads(),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => cores(),
     })
 }
 
