@@ -214,16 +214,24 @@ def test_without_torch_the_own_pool_runs() -> None:
 @needs_openmp
 def test_thread_count_follows_torch_unless_set() -> None:
     out = _run("""
+        import threading
         import torch, recengine
         torch.set_num_threads(3)
         a = recengine.get_num_threads()
         torch.set_num_threads(1)
         b = recengine.get_num_threads()
+        # A thread that never ran a torch op: OpenMP's own default would be every core.
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(recengine.get_num_threads()))
+        t.start(); t.join()
+        torch.set_num_threads(2)
+        t = threading.Thread(target=lambda: seen.append(recengine.get_num_threads()))
+        t.start(); t.join()
         recengine.set_num_threads(2)
         torch.set_num_threads(5)
-        print(a, b, recengine.get_num_threads())
-        """)
-    assert out == "3 1 2"
+        print(a, b, *seen, recengine.get_num_threads())
+        """, OMP_NUM_THREADS="4")
+    assert out == "3 1 1 2 2"
 
 
 @needs_openmp

@@ -13,7 +13,7 @@
 //! was loaded (glibc's `dlpi_adds` counter, one look at the loader's list, tens of
 //! nanoseconds otherwise) looks for `libtorch_cpu` among the loaded objects and resolves
 //! `GOMP_parallel` and `omp_get_max_threads` through its dependencies, so exactly the runtime
-//! torch calls is used. A forked child never uses the parent's team (libgomp's threads do not
+//! torch calls is used, and torch's own `at::get_num_threads` for the thread count. A forked child never uses the parent's team (libgomp's threads do not
 //! survive `fork` and its pool would wait for them): a `pthread_atfork` handler counts forks, the
 //! attachment records the count it was made at, and a child falls back to the core's own pool.
 
@@ -26,12 +26,14 @@ use arc_swap::ArcSwapOption;
 /// `GOMP_parallel(fn, data, num_threads, flags)`: run `fn(data)` on a team of `num_threads`
 /// (0: the runtime's default), the calling thread included, and return when all are done.
 type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-/// `omp_get_max_threads()`: the team size a parallel region of the calling thread would get.
+/// `omp_get_max_threads()`: the team size a parallel region of the calling thread would get;
+/// also the shape of torch's `at::get_num_threads()` (no arguments, an `int` back).
 type OmpGetMaxThreads = unsafe extern "C" fn() -> c_int;
 
 /// torch's OpenMP runtime, as resolved in one process.
 pub struct Team {
     parallel: GompParallel,
+    /// torch's `at::get_num_threads()` when found, else the runtime's `omp_get_max_threads`.
     max_threads: OmpGetMaxThreads,
     /// [`FORKS`] when the runtime was found: a forked child sees a higher count.
     forks: u64,
@@ -40,11 +42,13 @@ pub struct Team {
 }
 
 impl Team {
-    /// The team size torch's next op on this thread would use (`torch.get_num_threads()` once
-    /// this thread has run a torch op; torch sets it lazily per thread).
+    /// The team size torch's next op on this thread would use: `torch.get_num_threads()`.
+    /// torch sets each thread's OpenMP count lazily, before the thread's first op, and
+    /// `at::get_num_threads` does that too, so a thread that has not run a torch op yet gets
+    /// torch's count rather than the runtime's default (every core).
     pub fn max_threads(&self) -> usize {
-        // SAFETY: a resolved `omp_get_max_threads` of a loaded runtime; it takes no arguments
-        // and may be called from any thread.
+        // SAFETY: a resolved `at::get_num_threads` or `omp_get_max_threads` of a loaded
+        // library; both take no arguments, return an int, and may be called from any thread.
         let n = unsafe { (self.max_threads)() };
         usize::try_from(n).unwrap_or(1).max(1)
     }
@@ -222,13 +226,21 @@ fn resolve() -> Option<Team> {
         unsafe { libc::dlsym(handle, name.as_ptr()) }
     };
     let parallel = symbol(c"GOMP_parallel");
-    let max_threads = symbol(c"omp_get_max_threads");
+    let mut max_threads = symbol(c"omp_get_max_threads");
     if parallel.is_null() || max_threads.is_null() {
         return None; // torch built without OpenMP (its native pool): keep ours.
     }
+    // `at::get_num_threads()` (Itanium-mangled; a plain function of no arguments returning
+    // int, the same call as a C function's): torch's count from any thread.
+    let torch_threads = symbol(c"_ZN2at15get_num_threadsEv");
+    if !torch_threads.is_null() {
+        max_threads = torch_threads;
+    }
     Some(Team {
-        // SAFETY: these symbols are libgomp's documented C entry points with exactly these
-        // signatures (Intel's and LLVM's runtimes export the same ones for compatibility).
+        // SAFETY: `GOMP_parallel` and `omp_get_max_threads` are libgomp's documented C entry
+        // points with exactly these signatures (Intel's and LLVM's runtimes export the same
+        // ones for compatibility); `at::get_num_threads` is `int ()` with C++ linkage, called
+        // the same way on the platform ABI.
         parallel: unsafe { std::mem::transmute::<*mut c_void, GompParallel>(parallel) },
         // SAFETY: as above.
         max_threads: unsafe { std::mem::transmute::<*mut c_void, OmpGetMaxThreads>(max_threads) },
