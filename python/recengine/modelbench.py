@@ -199,31 +199,30 @@ def _case(config: ModelBenchConfig, name: str, models: dict[str, Any], step: str
     import torch
 
     ref = models["torch"]
-    sets = []
-    for k in range(config.index_sets):
-        b = ref.sample_batch(batch, seed=config.seed * 7919 + k)
-        with torch.no_grad():
-            shape = ref.eval()(b).shape
-        target = torch.from_numpy(np.random.default_rng(k).random(tuple(shape), dtype=np.float32))
-        sets.append((b, target))
+    inputs = [ref.sample_batch(batch, seed=config.seed * 7919 + k)
+              for k in range(config.index_sets)]
     checks: dict[str, tuple[bool, float]] = {}
     with torch.no_grad():
-        want = ref.eval()(sets[0][0])
+        want = ref.eval()(inputs[0])  # torch's output: the checks' reference and the targets' shape
         for r in routes:
-            got = models[r].eval()(sets[0][0])
+            got = models[r].eval()(inputs[0])
             diff = float((got - want).abs().max())
             checks[r] = (bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5)), diff)
+    sets = [(b, torch.from_numpy(np.random.default_rng(k).random(tuple(want.shape),
+                                                                  dtype=np.float32)))
+            for k, b in enumerate(inputs)]
     impls = ("torch", *routes)
     timers = {k: _Timer(_runner(models[k], step, config.lr), sets, config.warmup) for k in impls}
     _alternate([timers[k] for k in impls], config.repeats, config.budget_s)
     torch_s = timers["torch"].median
+    pool = build_info()["pool"]
     for r in routes:
         rec_s = timers[r].median
         yield {
             "model": name, "step": step, "route": r, "batch": batch, "threads": threads,
             "torch_ms": torch_s * 1e3, "recengine_ms": rec_s * 1e3, "speedup": torch_s / rec_s,
             "calls": len(timers[r].times), "correct": checks[r][0], "max_diff": checks[r][1],
-            "pool": build_info()["pool"],
+            "pool": pool,
         }
 
 

@@ -286,12 +286,13 @@ class EmbeddingBagFunction(torch.autograd.Function):
         return _backward(ctx, grad, traced=False)
 
 
-def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
+def embedding_bag(weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
                   per_sample_weights: Optional[Tensor], mode: int, padding_idx: int,
                   include_last_offset: bool, sparse: bool) -> Tensor:
     """Pool on the core (arguments as :func:`embedding_bag_op`): through the custom op while
     torch traces (compile, export), else straight to the core, through autograd only when a
-    gradient is needed."""
+    gradient is needed. ``offsets`` may be None only for 2-D ``indices`` ``[B, n]`` when
+    neither applies (the plain pooling takes fixed-size bags as they are)."""
     if torch.compiler.is_compiling():
         return embedding_bag_op(weight, indices, offsets, per_sample_weights, mode,
                                 padding_idx, include_last_offset, sparse)

@@ -82,15 +82,10 @@ def embedding_bag(
     if input.dim() == 2:
         if offsets is not None:
             return torch_kernel()
-        if not grad and not torch.compiler.is_compiling():
-            # B bags of n as they are: the core takes [B, n] ids without offsets.
-            try:
-                return _op.pool(weight.contiguous(), input.contiguous(), None,
-                                None if psw is None else psw.contiguous(), MODES.index(mode),
-                                pad, False)
-            except (IndexError, ValueError):
-                return torch_kernel()
-        indices, offsets, psw = _op.flatten_2d(input, psw)
+        if grad or torch.compiler.is_compiling():
+            indices, offsets, psw = _op.flatten_2d(input, psw)
+        else:
+            indices = input  # B bags of n as they are: the core pools [B, n] without offsets
         include_last_offset = False
     elif input.dim() == 1 and offsets is not None:
         indices = input
@@ -98,8 +93,8 @@ def embedding_bag(
         return torch_kernel()
     try:
         return _op.embedding_bag(weight.contiguous(), indices.contiguous(),
-                                 offsets.contiguous(), psw, MODES.index(mode), pad,
-                                 include_last_offset, sparse)
+                                 None if offsets is None else offsets.contiguous(), psw,
+                                 MODES.index(mode), pad, include_last_offset, sparse)
     except (IndexError, ValueError):
         # The core refused the input: let torch raise its own exception for it.
         return torch_kernel()

@@ -13,9 +13,10 @@
 //! was loaded (glibc's `dlpi_adds` counter, one look at the loader's list, tens of
 //! nanoseconds otherwise) looks for `libtorch_cpu` among the loaded objects and resolves
 //! `GOMP_parallel` and `omp_get_max_threads` through its dependencies, so exactly the runtime
-//! torch calls is used, and torch's own `at::get_num_threads` for the thread count. A forked child never uses the parent's team (libgomp's threads do not
-//! survive `fork` and its pool would wait for them): a `pthread_atfork` handler counts forks, the
-//! attachment records the count it was made at, and a child falls back to the core's own pool.
+//! torch calls is used, and torch's own `at::get_num_threads` for the thread count. A forked
+//! child never uses the parent's team (libgomp's threads do not survive `fork` and its pool
+//! would wait for them): a `pthread_atfork` handler counts forks, the attachment records the
+//! count it was made at, and a child falls back to the core's own pool.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
