@@ -261,9 +261,12 @@ def pool_keyed_backward(
     modes: Sequence[str],
     outs: Sequence[Optional[NDArray[np.float32]]],
     weights: Optional[NDArray[np.float32]] = None,
+    accumulate: Optional[Sequence[str]] = None,
 ) -> list[Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]]:
     """The backward of :meth:`KeyedTables.pool`: block ``j`` adds into ``outs[tables[j]]`` (dense)
-    when given, else its entry is the block's sparse gradient ``(rows, values)``."""
+    when given, else its entry is the block's sparse gradient ``(rows, values)``.
+    ``accumulate``: per table, the dtype ("fp32", "fp16", "bf16") whose precision the sums
+    keep, as :func:`pool_backward`'s."""
 
 def pool_backward(
     grad: NDArray[np.float32],
@@ -276,10 +279,13 @@ def pool_backward(
     padding_idx: Optional[int] = None,
     include_last_offset: bool = False,
     out: Optional[NDArray[np.float32]] = None,
+    accumulate: str = "fp32",
 ) -> Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]:
     """The table's gradient from the pooled output's ``grad`` ``[B, D]`` (sum or mean mode):
     added into ``out`` ``[num_rows, D]`` when given (returns None), else the sparse gradient
-    ``(rows [K], values [K, D])``: each non-padding lookup's row and scaled gradient."""
+    ``(rows [K], values [K, D])``: each non-padding lookup's row and scaled gradient.
+    ``accumulate`` "fp16" or "bf16" computes it as torch's CPU backward does for a table of
+    that dtype: factors rounded to it, and the dense sums rounded to it after each addition."""
 
 def safetensors_names(path: str) -> list[str]: ...
 def set_num_threads(n: int) -> None: ...

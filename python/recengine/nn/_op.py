@@ -122,13 +122,20 @@ def pool(weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
     return result if weight.dtype == torch.float32 else result.to(weight.dtype)
 
 
+#: The core's names of the weight dtypes whose gradients it computes.
+CORE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
 def _backward_args(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
                    psw: Optional[Tensor], mode: int, padding_idx: int,
                    include_last_offset: bool) -> dict[str, Any]:
+    # The output's gradient has the weight's dtype: a float16 or bfloat16 weight's gradient
+    # is summed in that precision, as torch's CPU backward does (see Plan::accumulate_as).
     return dict(grad=_floats(grad), num_rows=num_rows, indices=indices.numpy(),
                 offsets=offsets.numpy(), weights=None if psw is None else _floats(psw),
                 mode=MODES[mode], padding_idx=None if padding_idx < 0 else padding_idx,
-                include_last_offset=include_last_offset)
+                include_last_offset=include_last_offset,
+                accumulate=CORE_DTYPES.get(grad.dtype, "fp32"))
 
 
 def dense_grad(grad: Tensor, num_rows: int, indices: Tensor, offsets: Tensor,
@@ -155,12 +162,13 @@ def sparse_grad_parts(grad: Tensor, num_rows: int, indices: Tensor, offsets: Ten
 
 def _psw_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
               psw: Tensor, padding_idx: int, include_last_offset: bool) -> Tensor:
-    """d out[b] / d psw[j] = weight[idx_j] . grad[b] for j in bag b, padding lookups 0."""
+    """d out[b] / d psw[j] = weight[idx_j] . grad[b] for j in bag b, padding lookups 0: each
+    dot product summed in float32 and rounded once to ``psw``'s dtype, as torch's."""
     starts = offsets[:-1] if include_last_offset else offsets
     positions = torch.arange(indices.numel(), dtype=starts.dtype)
     bag = torch.searchsorted(starts.contiguous(), positions, right=True) - 1
     idx = indices.long()
-    dots = (grad[bag] * weight[idx].to(grad.dtype)).sum(dim=1)
+    dots = (grad[bag].float() * weight[idx].float()).sum(dim=1)
     if padding_idx >= 0:
         dots = dots * (idx != padding_idx)
     return dots.to(psw.dtype)

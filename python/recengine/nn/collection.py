@@ -25,7 +25,7 @@ from .jagged import KeyedJaggedTensor, KeyedTensor, as_kjt
 __all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "PoolingType"]
 
 #: Weight dtypes the core pools, with its names for them.
-_CORE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_CORE_DTYPES = _op.CORE_DTYPES
 
 
 class PoolingType(enum.Enum):
@@ -253,7 +253,8 @@ class EmbeddingBagCollection(torch.nn.Module):
             [w.shape[1] for w in weights], kjt.values().contiguous().numpy(),
             kjt.lengths().contiguous().numpy(), kjt.stride(), self._modes,
             [None if d is None else d.numpy() for d in dense],
-            None if psw is None else _op._floats(psw))
+            None if psw is None else _op._floats(psw),
+            accumulate=[_CORE_DTYPES[w.dtype] for w in weights])
         out: list[Optional[Tensor]] = []
         for t, w in enumerate(weights):
             if not needed[t]:

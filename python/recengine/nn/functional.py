@@ -60,6 +60,7 @@ def embedding_bag(
             input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
             per_sample_weights, include_last_offset, padding_idx)
 
+    # torch_kernel reads the arguments as the caller gave them: the names below are new ones.
     psw = per_sample_weights
     if (
         not weight.is_cpu or not input.is_cpu
@@ -68,7 +69,7 @@ def embedding_bag(
         or (offsets is not None and (offsets.dtype not in _INDEX_DTYPES or offsets.dim() != 1))
         or max_norm is not None or scale_grad_by_freq or mode not in MODES
         or (psw is not None and (mode != "sum" or psw.shape != input.shape
-                                 or not psw.dtype.is_floating_point))
+                                 or psw.dtype != weight.dtype or not psw.is_cpu))
     ):
         return torch_kernel()
     grad = torch.is_grad_enabled() and (weight.requires_grad
@@ -79,22 +80,24 @@ def embedding_bag(
     if padding_idx is not None and not -num <= padding_idx < num:
         return torch_kernel()
     pad = -1 if padding_idx is None else padding_idx % num
+    bag_starts = offsets
+    last_offset = include_last_offset
     if input.dim() == 2:
         if offsets is not None:
             return torch_kernel()
         if grad or torch.compiler.is_compiling():
-            indices, offsets, psw = _op.flatten_2d(input, psw)
+            indices, bag_starts, psw = _op.flatten_2d(input, psw)
         else:
             indices = input  # B bags of n as they are: the core pools [B, n] without offsets
-        include_last_offset = False
+        last_offset = False
     elif input.dim() == 1 and offsets is not None:
         indices = input
     else:
         return torch_kernel()
     try:
         return _op.embedding_bag(weight.contiguous(), indices.contiguous(),
-                                 None if offsets is None else offsets.contiguous(), psw,
-                                 MODES.index(mode), pad, include_last_offset, sparse)
+                                 None if bag_starts is None else bag_starts.contiguous(), psw,
+                                 MODES.index(mode), pad, last_offset, sparse)
     except (IndexError, ValueError):
         # The core refused the input: let torch raise its own exception for it.
         return torch_kernel()

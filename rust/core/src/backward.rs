@@ -9,14 +9,23 @@
 //! dense gradient (added into a `[num_rows, dim]` buffer). The sparse gradient is torch's
 //! uncoalesced one and needs no sort: one row id and one scaled gradient row per non-padding
 //! lookup, in lookup order ([`Plan::unsorted`], [`Plan::gather`]).
+//!
+//! Sums run in f32. For float16 and bfloat16 tables, [`Plan::accumulate_as`] makes them
+//! torch's instead (its CPU backward's arithmetic): each lookup's factor rounded to the
+//! table's dtype, and the dense gradient rounded to it after every addition, so a drop-in
+//! for torch's EmbeddingBag gives torch's gradient and not a more precise one.
 
 use std::ops::Range;
 use std::sync::Mutex;
 
+use half::{bf16, f16};
+
+use crate::dtype::DType;
 use crate::error::{Error, IndexError, Result};
 use crate::kernel::{Index, Mode};
 use crate::lookup::SERIAL_WORK_BYTES;
 use crate::parallel;
+use crate::stdsort;
 
 /// Work items per thread, so that threads that finish early can take more.
 const ITEMS_PER_THREAD: usize = 4;
@@ -59,6 +68,10 @@ pub struct Plan {
     bag_of: Vec<u32>,
     /// The factor of each position's gradient.
     scale: Vec<f32>,
+    /// The dtype the dense sums round to after each addition (f32 for none).
+    round: DType,
+    /// The padding row, whose lookups are left out.
+    padding: Option<u64>,
 }
 
 impl Plan {
@@ -77,16 +90,53 @@ impl Plan {
     ) -> Result<Plan> {
         let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?;
         parallel::sort(&mut plan.keys)?;
+        plan.find_starts();
+        Ok(plan)
+    }
+
+    /// [`Plan::new`] for a table of `dtype`, whose gradient is computed as torch computes it
+    /// ([`Plan::accumulate_as`]): for float16 and bfloat16, each row's lookups are also added
+    /// in the order torch's unsorted sort leaves them in ([`crate::stdsort`]), as the roundings
+    /// depend on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_as<I: Index>(
+        num_rows: usize,
+        dim: usize,
+        indices: &[I],
+        offsets: &[usize],
+        weights: Option<&[f32]>,
+        mode: Mode,
+        padding_idx: Option<i64>,
+        dtype: DType,
+    ) -> Result<Plan> {
+        let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?
+            .accumulate_as(dtype)?;
+        if plan.round == DType::Fp32 {
+            parallel::sort(&mut plan.keys)?;
+        } else {
+            let rows: Vec<u64> = indices.iter().map(|i| i.to_u64()).collect();
+            let padding = plan.padding;
+            plan.keys = stdsort::torch_sort_order(&rows)
+                .into_iter()
+                .filter(|&p| Some(rows[p as usize]) != padding)
+                .map(|p| rows[p as usize] << POSITION_BITS | u64::from(p))
+                .collect();
+        }
+        plan.find_starts();
+        Ok(plan)
+    }
+
+    /// Where each distinct row's keys start, for keys grouped by row in ascending order.
+    fn find_starts(&mut self) {
         let mut last = u64::MAX;
-        for (k, key) in plan.keys.iter().enumerate() {
+        for (k, key) in self.keys.iter().enumerate() {
             let row = key >> POSITION_BITS;
             if row != last {
-                plan.starts.push(k);
+                self.starts.push(k);
                 last = row;
             }
         }
-        plan.starts.push(plan.keys.len());
-        Ok(plan)
+        self.starts.push(self.keys.len());
     }
 
     /// The same checks as [`Plan::new`], with the lookups left in position order: enough for
@@ -171,7 +221,28 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Plan { dim, num_rows, bags, keys, starts: Vec::new(), bag_of, scale })
+        Ok(Plan { dim, num_rows, bags, keys, starts: Vec::new(), bag_of, scale, round: DType::Fp32, padding })
+    }
+
+    /// Compute the gradient in `dtype`'s precision, as torch's CPU backward does for a
+    /// table of that dtype: every factor (per-sample weight, `1 / bag size` in mean mode)
+    /// rounded to `dtype`, and each addition into the dense gradient rounded to `dtype`
+    /// (`g = round(g + round(factor * grad))`). The sparse gradient's
+    /// values are then exact products, which the caller rounds once to `dtype`. `Fp32` leaves
+    /// the plan as it is; the quantized dtypes have no gradient.
+    pub fn accumulate_as(mut self, dtype: DType) -> Result<Plan> {
+        match dtype {
+            DType::Fp32 => return Ok(self),
+            DType::Fp16 | DType::Bf16 => {}
+            DType::Int8 | DType::Int4 => {
+                return Err(Error::value(format!("a {} table has no gradient", dtype.name())))
+            }
+        }
+        for s in &mut self.scale {
+            *s = round_to(dtype, *s);
+        }
+        self.round = dtype;
+        Ok(self)
     }
 
     /// How many distinct rows the lookups touch (padding aside); sorted plans only.
@@ -319,7 +390,11 @@ impl Plan {
                 for &key in &self.keys[self.starts[u]..self.starts[u + 1]] {
                     let p = (key & POSITION_MASK) as usize;
                     let b = self.bag_of[p] as usize;
-                    axpy(dst, self.scale[p], grad.row(b, dim));
+                    match self.round {
+                        DType::Fp16 => axpy_rounded::<f16>(dst, self.scale[p], grad.row(b, dim)),
+                        DType::Bf16 => axpy_rounded::<bf16>(dst, self.scale[p], grad.row(b, dim)),
+                        _ => axpy(dst, self.scale[p], grad.row(b, dim)),
+                    }
                 }
             }
             Ok(())
@@ -365,6 +440,44 @@ pub fn gather_all(jobs: Vec<(&Plan, Grad<'_>, &mut [f32])>) -> Result<()> {
 fn axpy(dst: &mut [f32], a: f32, x: &[f32]) {
     for (d, &v) in dst.iter_mut().zip(x) {
         *d += a * v;
+    }
+}
+
+/// A 16-bit float type the dense sums can round to.
+trait Half: Copy {
+    fn round(x: f32) -> f32;
+}
+
+impl Half for f16 {
+    #[inline(always)]
+    fn round(x: f32) -> f32 {
+        f16::from_f32(x).to_f32()
+    }
+}
+
+impl Half for bf16 {
+    #[inline(always)]
+    fn round(x: f32) -> f32 {
+        bf16::from_f32(x).to_f32()
+    }
+}
+
+/// `x` rounded (to nearest, ties to even) to `dtype` and back to f32.
+fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::Fp16 => f16::round(x),
+        DType::Bf16 => bf16::round(x),
+        _ => x,
+    }
+}
+
+/// `dst = round(dst + round(a * x))` per element: torch's half-precision axpy, which rounds
+/// the product to the 16-bit type and then the sum (the product of two 16-bit values is
+/// exact in f32, so each step rounds once, as torch's).
+#[inline]
+fn axpy_rounded<H: Half>(dst: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d = H::round(*d + H::round(a * v));
     }
 }
 
@@ -489,5 +602,42 @@ mod tests {
         plan.add_dense(Grad::dense(&[0.0; 4], 2), &mut dense).unwrap();
         assert_eq!(dense, vec![1.0; 6]);
         plan.gather(Grad::dense(&[0.0; 4], 2), &mut []).unwrap();
+    }
+
+    #[test]
+    fn half_precision_sums_round_after_every_addition() {
+        // Row 0 gets 2048 + 1 + 1: in f32 that is 2050; rounded to float16 after each
+        // addition, 2048 + 1 ties to even (2048) both times, as torch's float16 backward.
+        let grad = [2048.0f32, 1.0, 1.0];
+        let offsets = [0usize, 1, 2, 3];
+        let plan = Plan::new(2, 1, &[0i64, 0, 0], &offsets, None, Mode::Sum, None).unwrap();
+        let mut f32_sum = vec![0.0; 2];
+        plan.add_dense(Grad::dense(&grad, 1), &mut f32_sum).unwrap();
+        assert_eq!(f32_sum, vec![2050.0, 0.0]);
+        let plan = plan.accumulate_as(DType::Fp16).unwrap();
+        let mut half_sum = vec![0.0; 2];
+        plan.add_dense(Grad::dense(&grad, 1), &mut half_sum).unwrap();
+        assert_eq!(half_sum, vec![2048.0, 0.0]);
+        // bfloat16 keeps 8 significant bits: 256 + 1 rounds back to 256.
+        let grad = [256.0f32, 1.0, 1.0];
+        let plan = Plan::new(2, 1, &[0i64, 0, 0], &offsets, None, Mode::Sum, None).unwrap();
+        let plan = plan.accumulate_as(DType::Bf16).unwrap();
+        let mut bf_sum = vec![0.0; 2];
+        plan.add_dense(Grad::dense(&grad, 1), &mut bf_sum).unwrap();
+        assert_eq!(bf_sum, vec![256.0, 0.0]);
+    }
+
+    #[test]
+    fn half_precision_mean_factors_are_rounded() {
+        // Mean over a bag of 3: the factor 1/3 rounded to float16 (0.33325195), as torch's.
+        let plan = Plan::unsorted(1, 1, &[0i64, 0, 0], &[0, 3], None, Mode::Mean, None).unwrap();
+        let plan = plan.accumulate_as(DType::Fp16).unwrap();
+        let mut values = vec![0.0; 3];
+        plan.gather(Grad::dense(&[1.0], 1), &mut values).unwrap();
+        assert_eq!(values, vec![f16::from_f32(1.0 / 3.0).to_f32(); 3]);
+        assert!(Plan::unsorted(1, 1, &[0i64], &[0, 1], None, Mode::Sum, None)
+            .unwrap()
+            .accumulate_as(DType::Int8)
+            .is_err());
     }
 }

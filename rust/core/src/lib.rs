@@ -22,6 +22,7 @@ pub mod probe;
 pub mod quant;
 pub mod shard;
 pub mod simd;
+pub mod stdsort;
 mod storage;
 pub mod table;
 

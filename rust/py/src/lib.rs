@@ -1337,7 +1337,7 @@ fn keyed_layout(slots: &[usize], n: usize, lengths: &Ints<'_>, batch: usize) -> 
 /// `[num_rows, dim]`, dense) when that is given, else returns its sparse gradient (rows and
 /// values per lookup) in the result's entry `j`.
 #[pyfunction]
-#[pyo3(signature = (grad, tables, slots, num_rows, dims, values, lengths, batch, modes, outs, weights=None))]
+#[pyo3(signature = (grad, tables, slots, num_rows, dims, values, lengths, batch, modes, outs, weights=None, accumulate=None))]
 #[allow(clippy::too_many_arguments)]
 fn pool_keyed_backward<'py>(
     py: Python<'py>,
@@ -1352,11 +1352,17 @@ fn pool_keyed_backward<'py>(
     modes: Vec<String>,
     outs: Vec<Option<Bound<'py, PyAny>>>,
     weights: Option<&Bound<'py, PyAny>>,
+    accumulate: Option<Vec<String>>,
 ) -> PyResult<Vec<Option<SparseGrad<'py>>>> {
     let t = num_rows.len();
     if dims.len() != t || modes.len() != t || outs.len() != t {
         return Err(PyValueError::new_err(format!("dims, modes and outs need one entry per table ({t})")));
     }
+    let accumulate = match accumulate {
+        None => vec![DType::Fp32; t],
+        Some(a) if a.len() == t => a.iter().map(|d| DType::parse(d)).collect::<recengine_core::Result<Vec<_>>>().py_err()?,
+        Some(_) => return Err(PyValueError::new_err(format!("accumulate needs one dtype per table ({t})"))),
+    };
     if tables.len() != slots.len() || tables.iter().any(|&x| x >= t) {
         return Err(PyValueError::new_err("tables and slots need one entry per block, naming known tables"));
     }
@@ -1412,11 +1418,12 @@ fn pool_keyed_backward<'py>(
                 let (ti, ids) = (tables[j], starts[slots[j]]..starts[slots[j] + 1]);
                 let w = w_all.map(|w| &w[ids.clone()]);
                 let (rows, dim, mode) = (num_rows[ti], dims[ti], modes[ti]);
+                let acc = accumulate[ti];
                 match (idx, sorted[j]) {
-                    (IntSlice::I32(v), true) => Plan::new(rows, dim, &v[ids], &offs[j], w, mode, None),
-                    (IntSlice::I64(v), true) => Plan::new(rows, dim, &v[ids], &offs[j], w, mode, None),
-                    (IntSlice::I32(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None),
-                    (IntSlice::I64(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None),
+                    (IntSlice::I32(v), true) => Plan::new_as(rows, dim, &v[ids], &offs[j], w, mode, None, acc),
+                    (IntSlice::I64(v), true) => Plan::new_as(rows, dim, &v[ids], &offs[j], w, mode, None, acc),
+                    (IntSlice::I32(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None)?.accumulate_as(acc),
+                    (IntSlice::I64(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None)?.accumulate_as(acc),
                 }
             })
         })
@@ -1649,7 +1656,7 @@ type SparseGrad<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>);
 /// sparse gradient comes back: each non-padding lookup's row and scaled output gradient, in
 /// lookup order (torch's uncoalesced layout).
 #[pyfunction]
-#[pyo3(signature = (grad, num_rows, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, out=None))]
+#[pyo3(signature = (grad, num_rows, indices, offsets=None, lengths=None, weights=None, mode="sum", padding_idx=None, include_last_offset=false, out=None, accumulate="fp32"))]
 #[allow(clippy::too_many_arguments)]
 fn pool_backward<'py>(
     py: Python<'py>,
@@ -1663,7 +1670,9 @@ fn pool_backward<'py>(
     padding_idx: Option<i64>,
     include_last_offset: bool,
     out: Option<&Bound<'py, PyAny>>,
+    accumulate: &str,
 ) -> PyResult<Option<SparseGrad<'py>>> {
+    let accumulate = DType::parse(accumulate).py_err()?;
     let g = grad
         .cast::<PyArray2<f32>>()
         .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array [B, D]"))?;
@@ -1679,12 +1688,13 @@ fn pool_backward<'py>(
     let w = req.weights();
     let idx = req.indices.slice();
     let dense = out.is_some();
+    let (pad, acc) = (padding_idx, accumulate);
     let plan = py
         .detach(|| match (idx, dense) {
-            (IntSlice::I32(s), true) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
-            (IntSlice::I64(s), true) => Plan::new(num_rows, dim, s, &offs, w, mode, padding_idx),
-            (IntSlice::I32(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, padding_idx),
-            (IntSlice::I64(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, padding_idx),
+            (IntSlice::I32(s), true) => Plan::new_as(num_rows, dim, s, &offs, w, mode, pad, acc),
+            (IntSlice::I64(s), true) => Plan::new_as(num_rows, dim, s, &offs, w, mode, pad, acc),
+            (IntSlice::I32(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, pad)?.accumulate_as(acc),
+            (IntSlice::I64(s), false) => Plan::unsorted(num_rows, dim, s, &offs, w, mode, pad)?.accumulate_as(acc),
         })
         .py_err()?;
     if let Some(out) = out {
