@@ -331,3 +331,36 @@ def test_core_still_runs_for_torchs_dtypes(monkeypatch: pytest.MonkeyPatch) -> N
         RF.embedding_bag(x, w, o, mode="mean").sum().backward()
         RF.embedding_bag(x, w, o, mode="sum", per_sample_weights=torch.rand(3).to(dtype))
     assert len(calls) == 6
+
+
+def test_torchs_own_opinfo_samples() -> None:
+    """Every sample torch's OpInfo database has for ``nn.functional.embedding_bag`` (torch's
+    own test inputs), forward and gradients, within torch's tolerances."""
+    try:
+        from torch.testing._internal.common_methods_invocations import op_db
+    except Exception as e:  # torch's internal test helpers are not part of its API
+        pytest.skip(f"torch's OpInfo database does not import here: {e}")
+    ops = [o for o in op_db if o.name == "nn.functional.embedding_bag"]
+    assert ops, "torch's OpInfo database has no embedding_bag entry"
+    checked = 0
+    for dtype in WEIGHT_DTYPES:
+        for sample in ops[0].sample_inputs("cpu", dtype, requires_grad=True):
+            # The OpInfo's sample holds the weight as its input and the indices first.
+            inp, weight, rest = sample.args[0], sample.input, sample.args[1:]
+            kw = dict(sample.kwargs)
+            psw = kw.pop("per_sample_weights", None)
+            if rest:
+                kw["offsets"] = rest[0]
+            try:
+                theirs = _run(F.embedding_bag, inp, weight, grad_seed=0, psw=psw,
+                              psw_grad=psw is not None, **kw)
+            except Exception as refusal:
+                with pytest.raises(type(refusal)):
+                    _run(RF.embedding_bag, inp, weight, grad_seed=0, psw=psw,
+                         psw_grad=psw is not None, **kw)
+                continue
+            ours = _run(RF.embedding_bag, inp, weight, grad_seed=0, psw=psw,
+                        psw_grad=psw is not None, **kw)
+            _same(ours, theirs, exact_grad=dtype in HALF_DTYPES)
+            checked += 1
+    assert checked >= 100
