@@ -109,8 +109,11 @@ def test_bad_models_options_and_inputs_raise_clear_errors() -> None:
         model(Batch(batch.dense, [s[:, :2] for s in batch.sparse]))
     bad = [s.clone() for s in batch.sparse]
     bad[0][0, 0] = model.tables[0].num_rows
-    with pytest.raises(IndexError):
+    # torch's exception (as torch's model would raise), caused by the core's clear one.
+    with pytest.raises(RuntimeError) as refused:
         model(Batch(batch.dense, bad))
+    assert isinstance(refused.value.__cause__, IndexError)
+    assert "out of range" in str(refused.value.__cause__)
 
 
 @pytest.mark.parametrize("name", rm.model_names())

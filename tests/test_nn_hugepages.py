@@ -63,7 +63,7 @@ def test_a_freed_mapping_is_forgotten() -> None:
 def test_modules_allocate_and_convert_onto_huge_pages() -> None:
     bag = rnn.EmbeddingBag(*BIG, mode="sum", padding_idx=3)
     assert hugepages.on_huge_pages(bag.weight) and not bag.weight[3].any()
-    ebc = rnn.EmbeddingBagCollection([rnn.EmbeddingBagConfig(*BIG, "t", ["f"])])
+    ebc = rnn.EmbeddingBagCollection([rnn.EmbeddingBagConfig(*BIG, "t", feature_names=["f"])])
     assert hugepages.on_huge_pages(ebc.embedding_bags["t"].weight)
 
     given = torch.rand(BIG)

@@ -185,7 +185,8 @@ def test_cuda_modules_run_torchs_kernel() -> None:
     a.sum().backward()
     b.sum().backward()
     torch.testing.assert_close(ref.weight.grad.to_dense(), mod.weight.grad.to_dense())
-    ebc = rnn.EmbeddingBagCollection([rnn.EmbeddingBagConfig(100, 8, "t", ["f"])]).cuda()
+    ebc = rnn.EmbeddingBagCollection(
+        [rnn.EmbeddingBagConfig(100, 8, "t", feature_names=["f"])]).cuda()
     kjt = rnn.KeyedJaggedTensor(["f"], torch.tensor([1, 2, 3], device="cuda"),
                                 lengths=torch.tensor([1, 2], device="cuda"))
     out = ebc(kjt).values()

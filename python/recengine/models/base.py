@@ -120,7 +120,8 @@ class RecModel(torch.nn.Module):
                                          sparse)
         elif by_table:
             self.embeddings = EmbeddingBagCollection([
-                EmbeddingBagConfig(self.tables[t].num_rows, self.tables[t].dim, f"t{t}", names)
+                EmbeddingBagConfig(self.tables[t].num_rows, self.tables[t].dim, f"t{t}",
+                                   feature_names=names)
                 for t, names in sorted(by_table.items())], sparse=sparse)
         # Tables only read as sequences: one module each (a bag of one id per position).
         bag = torch.nn.EmbeddingBag if embeddings == "torch" else EmbeddingBag

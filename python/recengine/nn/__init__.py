@@ -9,13 +9,15 @@ converts live on huge pages (:mod:`recengine.nn.hugepages`). Needs torch
 """
 
 from . import functional, hugepages
-from .collection import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from .collection import EmbeddingBagCollection
+from .configs import DataType, EmbeddingBagConfig, PoolingType
 from .jagged import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from .modules import EmbeddingBag, convert
 from .quant import QUANT_DTYPES, QuantEmbeddingBag
 
 __all__ = [
     "QUANT_DTYPES",
+    "DataType",
     "EmbeddingBag",
     "EmbeddingBagCollection",
     "EmbeddingBagConfig",

@@ -1,17 +1,14 @@
 """``EmbeddingBagCollection``: many tables, keyed jagged input, one core call.
 
-Mirrors TorchRec's ``EmbeddingBagCollection`` (``EmbeddingBagConfig``, ``PoolingType``, a
-``KeyedJaggedTensor`` in and a ``KeyedTensor`` out, state_dict keys
-``embedding_bags.<table>.weight``) for users coming from it, but pools every feature of every
-table in one multithreaded call of the core (``_core.KeyedTables``) straight from the batch's
-flat ids, with no per-table Python work.
+Mirrors TorchRec's ``EmbeddingBagCollection`` (``EmbeddingBagConfig``, a
+``KeyedJaggedTensor`` in and a float32 ``KeyedTensor`` out, TorchRec's output keys, state_dict
+keys ``embedding_bags.<table>.weight``) for users coming from it, but pools every feature of
+every table in one multithreaded call of the core (``_core.KeyedTables``) straight from the
+batch's flat ids, with no per-table Python work.
 """
 
 from __future__ import annotations
 
-import enum
-import math
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
@@ -19,52 +16,26 @@ from torch import Tensor
 
 from .. import _core
 from . import _op, hugepages
+from .configs import EmbeddingBagConfig, PoolingType
+from .functional import embedding_bag
 from .hugepages import on_huge_pages
 from .jagged import KeyedJaggedTensor, KeyedTensor, as_kjt
 
-__all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "PoolingType"]
+__all__ = ["EmbeddingBagCollection", "EmbeddingBagConfig", "PoolingType", "embedding_names"]
 
 #: Weight dtypes the core pools, with its names for them.
 _CORE_DTYPES = _op.CORE_DTYPES
 
 
-class PoolingType(enum.Enum):
-    """How a table pools each bag (TorchRec's names)."""
-
-    SUM = "SUM"
-    MEAN = "MEAN"
-
-
-@dataclass
-class EmbeddingBagConfig:
-    """One table of an :class:`EmbeddingBagCollection` (TorchRec's fields).
-
-    Args:
-        num_embeddings: rows.
-        embedding_dim: D.
-        name: the table's name (its state_dict key).
-        feature_names: the keys of the input that look this table up (each gives D columns).
-        pooling: SUM or MEAN.
-        weight_init_min, weight_init_max: uniform init range; default +-sqrt(1/num_embeddings).
-        dtype: the weight's torch dtype (float32, float16 or bfloat16 run on the core).
-    """
-
-    num_embeddings: int
-    embedding_dim: int
-    name: str = ""
-    feature_names: list[str] = field(default_factory=list)
-    pooling: PoolingType = PoolingType.SUM
-    weight_init_min: Optional[float] = None
-    weight_init_max: Optional[float] = None
-    dtype: torch.dtype = torch.float32
-
-    def __post_init__(self) -> None:
-        if self.num_embeddings < 1 or self.embedding_dim < 1:
-            raise ValueError("a table needs num_embeddings >= 1 and embedding_dim >= 1")
-        if isinstance(self.pooling, str):
-            self.pooling = PoolingType(self.pooling.upper())
-        if not self.feature_names:
-            raise ValueError(f"table {self.name!r} has no feature_names")
+def embedding_names(tables: Sequence[EmbeddingBagConfig]) -> list[str]:
+    """The output keys of a collection of ``tables``, TorchRec's rule: each table's features
+    in order, a feature that more than one table looks up named ``feature@table``."""
+    counts: dict[str, int] = {}
+    for cfg in tables:
+        for f in cfg.feature_names:
+            counts[f] = counts.get(f, 0) + 1
+    return [f if counts[f] == 1 else f"{f}@{cfg.name}" for cfg in tables
+            for f in cfg.feature_names]
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
@@ -93,24 +64,33 @@ class _Keyed(torch.autograd.Function):
 
 
 class EmbeddingBagCollection(torch.nn.Module):
-    """Many embedding tables looked up by keyed jagged features, pooled in one core call.
+    """Many embedding tables looked up by keyed jagged features, pooled in one core call
+    (TorchRec's ``EmbeddingBagCollection``).
 
     Args:
-        tables: the tables' :class:`EmbeddingBagConfig`.
-        is_weighted: the input carries per-id weights (SUM tables only).
-        device: where the weights live: on the CPU (the default) on huge pages
-            (:mod:`recengine.nn.hugepages`); CUDA weights run torch's own kernel per feature.
-        sparse: make the weights' gradients sparse (uncoalesced, as torch's).
+        tables: the tables' :class:`EmbeddingBagConfig` (a table with no feature names gets
+            one named as the table, as in TorchRec).
+        is_weighted: pool with the input's per-id weights (SUM tables; in a MEAN table torch
+            refuses them at forward time, as in TorchRec).
+        device: where the weights live (default: torch's default device, the CPU unless a
+            ``torch.device`` context says otherwise): CPU weights on huge pages
+            (:mod:`recengine.nn.hugepages`); other devices run torch's kernel per feature,
+            and the meta device gives shapes only.
+        sparse: make the weights' gradients sparse (uncoalesced, as torch's); recengine's
+            addition, keyword only in effect.
 
     ``forward(features)`` takes a :class:`KeyedJaggedTensor` (ours, or TorchRec's) whose keys
-    include every table's feature names, and returns a :class:`KeyedTensor` with one ``[B, D]``
-    block per feature, in table order then feature order: ``[B, sum(D)]`` in all.
+    include every table's feature names, and returns a float32 :class:`KeyedTensor` with one
+    ``[B, D]`` block per feature, in table order then feature order (``[B, sum(D)]`` in all),
+    keyed as :func:`embedding_names` says. A variable-batch input (``stride_per_key_per_rank``)
+    gives each feature's bags, expanded to the batch through its ``inverse_indices``.
 
     Example::
 
         >>> ebc = EmbeddingBagCollection([
-        ...     EmbeddingBagConfig(100, 8, "t1", ["f1"]),
-        ...     EmbeddingBagConfig(50, 4, "t2", ["f2", "f3"], pooling=PoolingType.MEAN)])
+        ...     EmbeddingBagConfig(100, 8, "t1", feature_names=["f1"]),
+        ...     EmbeddingBagConfig(50, 4, "t2", feature_names=["f2", "f3"],
+        ...                        pooling=PoolingType.MEAN)])
         >>> kjt = KeyedJaggedTensor(["f1", "f2", "f3"], torch.tensor([1, 2, 3, 4, 5, 6]),
         ...                         lengths=torch.tensor([1, 1, 2, 0, 1, 1]))
         >>> out = ebc(kjt)
@@ -121,30 +101,33 @@ class EmbeddingBagCollection(torch.nn.Module):
     def __init__(self, tables: Sequence[EmbeddingBagConfig], is_weighted: bool = False,
                  device: Optional[torch.device | str] = None, sparse: bool = False) -> None:
         super().__init__()
-        if not tables:
-            raise ValueError("an EmbeddingBagCollection needs at least one table")
         names = [t.name for t in tables]
-        if len(set(names)) != len(names) or any(not n for n in names):
-            raise ValueError(f"tables need distinct non-empty names, got {names}")
-        if is_weighted and any(t.pooling != PoolingType.SUM for t in tables):
-            raise ValueError("weighted features need SUM pooling in every table")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Duplicate table name {duplicates[0]}")
+        for cfg in tables:
+            if cfg.pooling not in (PoolingType.SUM, PoolingType.MEAN):
+                raise ValueError(f"Unsupported pooling type {cfg.pooling}")
+            if not cfg.feature_names:
+                cfg.feature_names = [cfg.name]  # TorchRec's rule
         self._configs = list(tables)
         self._is_weighted = is_weighted
         self.embedding_bags = torch.nn.ModuleDict()
-        on_cpu = device is None or torch.device(device).type == "cpu"
+        where = torch.empty(0).device if device is None else torch.device(device)
+        self._device = where
+        on_cpu = where.type == "cpu"
         for cfg in self._configs:
             bag = torch.nn.EmbeddingBag(cfg.num_embeddings, cfg.embedding_dim,
                                         mode=cfg.pooling.value.lower(), sparse=sparse,
-                                        device="meta" if on_cpu else device, dtype=cfg.dtype)
+                                        include_last_offset=True,
+                                        device="meta" if on_cpu else where,
+                                        dtype=cfg.torch_dtype)
             if on_cpu:  # CPU weights on huge pages (see recengine.nn.hugepages)
                 bag.weight = torch.nn.Parameter(
-                    hugepages.empty((cfg.num_embeddings, cfg.embedding_dim), cfg.dtype))
-            bound = math.sqrt(1.0 / cfg.num_embeddings)
-            lo = -bound if cfg.weight_init_min is None else cfg.weight_init_min
-            hi = bound if cfg.weight_init_max is None else cfg.weight_init_max
-            with torch.no_grad():
-                bag.weight.uniform_(lo, hi)
+                    hugepages.empty((cfg.num_embeddings, cfg.embedding_dim), cfg.torch_dtype))
             self.embedding_bags[cfg.name] = bag
+        self.reset_parameters()
+        self._embedding_names = embedding_names(self._configs)
         # Output blocks: (table index, feature name), table order then feature order.
         self._blocks = [(t, f) for t, cfg in enumerate(self._configs) for f in cfg.feature_names]
         self._feature_names = [f for _, f in self._blocks]
@@ -156,6 +139,15 @@ class EmbeddingBagCollection(torch.nn.Module):
         self._held: Optional[_core.KeyedTables] = None
         self._slot_cache: tuple[tuple[str, ...], list[int]] = ((), [])
 
+    def reset_parameters(self) -> None:
+        """Initialise every weight by its config's ``init_fn`` (not on the meta device)."""
+        if self._device.type == "meta":
+            return
+        for cfg in self._configs:
+            assert cfg.init_fn is not None
+            with torch.no_grad():
+                cfg.init_fn(self.embedding_bags[cfg.name].weight)
+
     @classmethod
     def from_torchrec(cls, module: Any) -> EmbeddingBagCollection:
         """Ours from a ``torchrec.EmbeddingBagCollection``, sharing its weight Parameters (read
@@ -163,17 +155,19 @@ class EmbeddingBagCollection(torch.nn.Module):
         ``embedding_bags`` ModuleDict)."""
         configs = []
         for c in module.embedding_bag_configs():
-            pooling = getattr(c.pooling, "value", c.pooling)
-            if str(pooling).upper() not in ("SUM", "MEAN"):
+            pooling = str(getattr(c.pooling, "value", c.pooling)).upper()
+            if pooling not in ("SUM", "MEAN"):
                 raise ValueError(f"table {c.name!r} pools {pooling}, which has no counterpart "
                                  "here (SUM or MEAN)")
-            configs.append(EmbeddingBagConfig(c.num_embeddings, c.embedding_dim, c.name,
-                                              list(c.feature_names), PoolingType(
-                                                  str(pooling).upper()),
-                                              dtype=module.embedding_bags[c.name].weight.dtype))
+            configs.append(EmbeddingBagConfig(
+                c.num_embeddings, c.embedding_dim, c.name, feature_names=list(c.feature_names),
+                pooling=PoolingType(pooling),
+                dtype=module.embedding_bags[c.name].weight.dtype))
         ours = cls(configs, is_weighted=bool(module.is_weighted()), device="meta")
         for c in configs:
             ours.embedding_bags[c.name] = module.embedding_bags[c.name]
+        ours._device = module.embedding_bags[configs[0].name].weight.device if configs \
+            else torch.device("cpu")
         ours.train(module.training)
         return ours
 
@@ -185,7 +179,8 @@ class EmbeddingBagCollection(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.embedding_bags.values())).weight.device
+        """The device the collection was built for (TorchRec's ``device``)."""
+        return self._device
 
     def _weights(self) -> list[Tensor]:
         # Straight from the modules' dicts: Module.__getattr__ would cost more than a lookup.
@@ -235,15 +230,14 @@ class EmbeddingBagCollection(torch.nn.Module):
                 return None
             out = held.pool(*args)
             assert out is not None, "a hold made from these weights a moment ago"
-        result = torch.from_numpy(out)
-        dtype = weights[0].dtype
-        return result if dtype == torch.float32 or any(w.dtype != dtype for w in weights) \
-            else result.to(dtype)
+        # float32 for every table, as TorchRec's, which pools in the table's dtype first.
+        return self._round_to_tables(torch.from_numpy(out), weights, in_place=True)
 
     def _weight_grads(self, kjt: KeyedJaggedTensor, slots: list[int], grad: Tensor,
                       weights: list[Tensor], needed: Sequence[bool]) -> list[Optional[Tensor]]:
         """Every table's gradient from one core call: dense tables are summed into their
         buffers, sparse ones get torch's uncoalesced sparse gradient."""
+        grad = self._round_to_tables(grad, weights)
         sparse = [self.embedding_bags[name].sparse for name in self._names]
         dense = [None if sparse[t] or not needed[t] else torch.zeros(w.shape, dtype=torch.float32)
                  for t, w in enumerate(weights)]
@@ -270,33 +264,76 @@ class EmbeddingBagCollection(torch.nn.Module):
                                                    check_invariants=False))
         return out
 
-    def _pool_torch(self, kjt: KeyedJaggedTensor) -> Tensor:
-        """Torch's kernel per feature (CUDA, other dtypes, tracing)."""
+    def _round_to_tables(self, x: Tensor, weights: list[Tensor], in_place: bool = False
+                         ) -> Tensor:
+        """``x`` ``[B, sum(D)]`` float32 with each float16/bfloat16 table's columns rounded to
+        its dtype: TorchRec pools in the table's dtype and converts to float32, so its output
+        and the gradient reaching the table are rounded so."""
+        if all(w.dtype == torch.float32 for w in weights):
+            return x
+        x = x if in_place else x.clone()
+        col = 0
+        for t, dim in zip(self._block_tables, self._dims):
+            dtype = weights[t].dtype
+            if dtype != torch.float32:
+                x[:, col:col + dim] = x[:, col:col + dim].to(dtype).float()
+            col += dim
+        return x
+
+    def _pool_features(self, kjt: KeyedJaggedTensor) -> Tensor:
+        """One :func:`recengine.nn.functional.embedding_bag` call per feature (on the core
+        where it runs, else torch's kernel): variable batches, other devices, tracing, and
+        inputs torch refuses (so its exception is raised)."""
         jts = kjt.to_dict()
         outs = []
         for t, f in self._blocks:
             jt = jts[f]
-            bag = self.embedding_bags[self._configs[t].name]
-            psw = jt.weights_or_none() if self._is_weighted else None
-            outs.append(torch.nn.functional.embedding_bag(
+            bag = self.embedding_bags[self._names[t]]
+            outs.append(embedding_bag(
                 jt.values(), bag.weight, jt.offsets(), mode=self._modes[t], sparse=bag.sparse,
-                per_sample_weights=psw, include_last_offset=True))
+                per_sample_weights=jt.weights() if self._is_weighted else None,
+                include_last_offset=True).float())
+        inverse = kjt.inverse_indices_or_none()
+        if inverse is not None and inverse[1].numel() > 0:
+            row = {name: i for i, name in enumerate(inverse[0])}
+            outs = [out.index_select(0, inverse[1][row[f]]) for out, f in
+                    zip(outs, self._feature_names)]
         return torch.cat(outs, dim=1)
+
+    def _core_takes(self, kjt: KeyedJaggedTensor, weights: list[Tensor]) -> bool:
+        """Whether one keyed core call can pool ``kjt`` with torch's semantics."""
+        values = kjt.values()
+        if torch.compiler.is_compiling() or not values.is_cpu or kjt.variable_stride_per_key() \
+                or values.dtype not in (torch.int32, torch.int64) or not self._blocks:
+            return False
+        if self._is_weighted:
+            # Weights torch refuses (another dtype than a table's, or a MEAN table) go to
+            # torch per feature, which raises its own exception for them.
+            psw = kjt.weights()
+            return all(w.dtype == psw.dtype for w in weights) and \
+                all(m == "sum" for m in self._modes)
+        return True
 
     def forward(self, features: Any) -> KeyedTensor:
         """Pool ``features`` (a KeyedJaggedTensor): returns a KeyedTensor ``[B, sum(D)]``."""
         kjt = as_kjt(features)
-        if self._is_weighted and kjt.weights_or_none() is None:
-            raise ValueError("this collection is weighted: the input needs weights")
         weights = self._weights()
         values: Optional[Tensor] = None
-        if (not torch.compiler.is_compiling() and kjt.values().is_cpu
-                and kjt.values().dtype in (torch.int32, torch.int64)):
+        if self._core_takes(kjt, weights):
             slots = self._slots(kjt.keys())
-            if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
-                values = self._pool(kjt, slots, weights)
-            elif self._held_tables(weights) is not None:
-                values = _Keyed.apply(self, kjt, slots, *weights)
+            try:
+                if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+                    values = self._pool(kjt, slots, weights)
+                elif self._held_tables(weights) is not None:
+                    values = _Keyed.apply(self, kjt, slots, *weights)
+            except (IndexError, ValueError) as refusal:
+                # The core refused the input: torch's kernel per feature raises torch's
+                # exception for it, as TorchRec's collection would, caused by the core's
+                # (which says which id of which bag and table).
+                try:
+                    values = self._pool_features(kjt)
+                except Exception as theirs:
+                    raise theirs from refusal
         if values is None:
-            values = self._pool_torch(kjt)
-        return KeyedTensor(self._feature_names, self._dims, values)
+            values = self._pool_features(kjt)
+        return KeyedTensor(self._embedding_names, self._dims, values)

@@ -98,6 +98,10 @@ def embedding_bag(
         return _op.embedding_bag(weight.contiguous(), indices.contiguous(),
                                  None if bag_starts is None else bag_starts.contiguous(), psw,
                                  MODES.index(mode), pad, last_offset, sparse)
-    except (IndexError, ValueError):
-        # The core refused the input: let torch raise its own exception for it.
-        return torch_kernel()
+    except (IndexError, ValueError) as refusal:
+        # The core refused the input: torch raises its own exception for it, caused by the
+        # core's (which says which index of which bag).
+        try:
+            return torch_kernel()
+        except Exception as theirs:
+            raise theirs from refusal
