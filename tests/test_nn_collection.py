@@ -201,10 +201,13 @@ def test_kjt_accessors() -> None:
     assert kjt["b"].offsets().tolist() == [0, 2, 3]
     again = KeyedJaggedTensor.from_jt_dict(kjt.to_dict())
     assert again.keys() == ["a", "b"] and torch.equal(again.values(), kjt.values())
-    with pytest.raises(ValueError):
-        KeyedJaggedTensor(["a"], torch.tensor([1]))  # neither lengths nor offsets
-    with pytest.raises(ValueError):
-        KeyedJaggedTensor(["a", "b"], torch.tensor([1]), lengths=torch.tensor([1, 0, 0]))
+    # As TorchRec's, construction only stores: a bad one raises when it is used.
+    with pytest.raises(ValueError, match="neither lengths nor offsets"):
+        KeyedJaggedTensor(["a"], torch.tensor([1])).lengths()
+    with pytest.raises(ValueError, match="3 lengths for 2 keys"):
+        KeyedJaggedTensor(["a", "b"], torch.tensor([1]), lengths=torch.tensor([1, 0, 0])).sync()
+    with pytest.raises(ValueError, match="integer type"):  # float lengths: at construction
+        KeyedJaggedTensor(["a"], torch.tensor([1]), lengths=torch.tensor([1.0]))
     with pytest.raises(ValueError):
         kjt.weights()
     # Derived tensors stay on the input's device.
@@ -337,3 +340,35 @@ def test_convert_replaces_a_torchrec_collection() -> None:
         want = torch.nn.functional.embedding_bag(kjt.values(), weight, torch.tensor([0, 1]),
                                                  mode="sum")
         torch.testing.assert_close(model[0](kjt).values(), want)
+
+
+def test_fx_tracing_records_the_pooling() -> None:
+    ebc = rnn.EmbeddingBagCollection(
+        [EmbeddingBagConfig(10, 3, "t1", feature_names=["f1", "f3"]),
+         EmbeddingBagConfig(10, 4, "t2", feature_names=["f2"], pooling="mean")])
+    gm = torch.fx.symbolic_trace(ebc)
+    kjt = KeyedJaggedTensor.from_offsets_sync(
+        ["f1", "f3", "f2"], torch.tensor([1, 2, 4, 5, 4, 3, 2, 9, 1, 3, 4, 7]),
+        torch.tensor([0, 2, 4, 6, 8, 10, 12]))
+    traced, eager = gm(kjt), ebc(kjt)
+    assert traced.keys() == eager.keys() == ["f1", "f3", "f2"]
+    torch.testing.assert_close(traced.values(), eager.values())
+    # Jagged helpers are graph nodes too: a function building a JaggedTensor traces.
+    fn = torch.fx.symbolic_trace(
+        lambda v, n: rnn.JaggedTensor.from_dense_lengths(v, n).values())
+    assert fn(torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([1, 2])).tolist() == [1, 4, 5]
+
+
+def test_pytree_round_trips() -> None:
+    from torch.utils import _pytree as pytree
+
+    kjt = KeyedJaggedTensor(["a", "b"], torch.tensor([1, 2, 3]), torch.tensor([0.5, 1.0, 2.0]),
+                            lengths=torch.tensor([1, 0, 2, 0]))
+    kt = rnn.KeyedTensor(["x", "y"], [1, 2], torch.arange(6.0).reshape(2, 3))
+    jt = rnn.JaggedTensor(torch.tensor([7, 8]), lengths=torch.tensor([2]))
+    leaves, spec = pytree.tree_flatten({"kjt": kjt, "kt": kt, "jt": jt})
+    assert all(isinstance(leaf, torch.Tensor) for leaf in leaves if leaf is not None)
+    back = pytree.tree_unflatten(leaves, spec)
+    assert back["kjt"].keys() == ["a", "b"] and torch.equal(back["kjt"].weights(), kjt.weights())
+    assert back["kt"].keys() == ["x", "y"] and torch.equal(back["kt"]["y"], kt["y"])
+    assert torch.equal(back["jt"].values(), jt.values())

@@ -11,7 +11,7 @@ converts live on huge pages (:mod:`recengine.nn.hugepages`). Needs torch
 from . import functional, hugepages
 from .collection import EmbeddingBagCollection
 from .configs import DataType, EmbeddingBagConfig, PoolingType
-from .jagged import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+from .jagged import JaggedError, JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from .modules import EmbeddingBag, convert
 from .quant import QUANT_DTYPES, QuantEmbeddingBag
 
@@ -21,6 +21,7 @@ __all__ = [
     "EmbeddingBag",
     "EmbeddingBagCollection",
     "EmbeddingBagConfig",
+    "JaggedError",
     "JaggedTensor",
     "KeyedJaggedTensor",
     "KeyedTensor",

@@ -289,16 +289,10 @@ class EmbeddingBagCollection(torch.nn.Module):
         for t, f in self._blocks:
             jt = jts[f]
             bag = self.embedding_bags[self._names[t]]
-            outs.append(embedding_bag(
-                jt.values(), bag.weight, jt.offsets(), mode=self._modes[t], sparse=bag.sparse,
-                per_sample_weights=jt.weights() if self._is_weighted else None,
-                include_last_offset=True).float())
-        inverse = kjt.inverse_indices_or_none()
-        if inverse is not None and inverse[1].numel() > 0:
-            row = {name: i for i, name in enumerate(inverse[0])}
-            outs = [out.index_select(0, inverse[1][row[f]]) for out, f in
-                    zip(outs, self._feature_names)]
-        return torch.cat(outs, dim=1)
+            outs.append(_pool_feature(jt.values(), bag.weight, jt.offsets(), self._modes[t],
+                                      bag.sparse,
+                                      jt.weights() if self._is_weighted else None))
+        return _join_features(outs, kjt.inverse_indices_or_none(), self._feature_names)
 
     def _core_takes(self, kjt: KeyedJaggedTensor, weights: list[Tensor]) -> bool:
         """Whether one keyed core call can pool ``kjt`` with torch's semantics."""
@@ -314,8 +308,25 @@ class EmbeddingBagCollection(torch.nn.Module):
                 all(m == "sum" for m in self._modes)
         return True
 
+    def _traced_forward(self, features: torch.fx.Proxy) -> KeyedTensor:
+        """The forward as ``torch.fx`` records it: one node per feature's pooling (the
+        functional ``embedding_bag``, which runs on the core) and one to join them."""
+        jts = features.to_dict()
+        outs = []
+        for t, f in self._blocks:
+            jt = jts[f]
+            bag = self.embedding_bags[self._names[t]]
+            outs.append(_pool_feature(jt.values(), bag.weight, jt.offsets(), self._modes[t],
+                                      bag.sparse,
+                                      jt.weights() if self._is_weighted else None))
+        values = _join_features(outs, features.inverse_indices_or_none(),
+                                self._feature_names)
+        return KeyedTensor(self._embedding_names, self._dims, values)
+
     def forward(self, features: Any) -> KeyedTensor:
         """Pool ``features`` (a KeyedJaggedTensor): returns a KeyedTensor ``[B, sum(D)]``."""
+        if isinstance(features, torch.fx.Proxy):
+            return self._traced_forward(features)
         kjt = as_kjt(features)
         weights = self._weights()
         values: Optional[Tensor] = None
@@ -337,3 +348,25 @@ class EmbeddingBagCollection(torch.nn.Module):
         if values is None:
             values = self._pool_features(kjt)
         return KeyedTensor(self._embedding_names, self._dims, values)
+
+
+def _pool_feature(values: Tensor, weight: Tensor, offsets: Tensor, mode: str, sparse: bool,
+                  per_sample_weights: Optional[Tensor]) -> Tensor:
+    """One feature's bags (``offsets`` with the last offset) as float32, as TorchRec's."""
+    return embedding_bag(values, weight, offsets, mode=mode, sparse=sparse,
+                         per_sample_weights=per_sample_weights, include_last_offset=True).float()
+
+
+def _join_features(outs: list[Tensor], inverse: Optional[tuple[list[str], Tensor]],
+                   feature_names: list[str]) -> Tensor:
+    """The features' blocks side by side, each first expanded to the batch through its
+    ``inverse`` indices (variable batch) when the input has them."""
+    if inverse is not None and inverse[1].numel() > 0:
+        row = {name: i for i, name in enumerate(inverse[0])}
+        outs = [out.index_select(0, inverse[1][row[f]]) for out, f in zip(outs, feature_names)]
+    return torch.cat(outs, dim=1)
+
+
+# Nodes of a torch.fx graph (their arguments are proxies while it is traced).
+torch.fx.wrap("_pool_feature")
+torch.fx.wrap("_join_features")

@@ -8,8 +8,9 @@ sample 1, ..., then key 1's; ``lengths`` says how many ids each (key, sample) ha
 the same batch size (``stride``), or, with ``stride_per_key_per_rank``, its own ("variable
 batch"). A :class:`KeyedTensor` is a pooled result: ``[B, sum(D_k)]`` with each key's columns.
 
-Where they differ from TorchRec's: invalid input raises ``ValueError`` (TorchRec asserts), and
-the distributed helpers (``dist_*``) and TorchScript are left out.
+Where they differ from TorchRec's: invalid input raises :class:`JaggedError` (a ``ValueError``
+that is also the ``AssertionError`` TorchRec raises), and the distributed helpers (``dist_*``),
+TorchScript and TorchRec's FX tracer are left out.
 
 Example::
 
@@ -29,7 +30,29 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "as_kjt"]
+__all__ = ["JaggedError", "JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "as_kjt"]
+
+
+class JaggedError(ValueError, AssertionError):
+    """Invalid jagged input: a ``ValueError``, and an ``AssertionError`` too, because TorchRec's
+    classes assert where these raise, so code written for them catches it as before."""
+
+
+class _Traceable(type):
+    """Makes building one of these classes from a ``torch.fx`` Proxy a node of the traced
+    graph (its result a Proxy), as ``torch.fx.ProxyableClassMeta`` does, with a scan of the
+    arguments cheap enough for every eager call (and one level into tuples, for
+    ``inverse_indices``)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        for a in itertools.chain(args, kwargs.values()):
+            if isinstance(a, torch.fx.Proxy):
+                return a.tracer.create_proxy("call_function", cls, args, kwargs)
+            if isinstance(a, tuple):
+                for b in a:
+                    if isinstance(b, torch.fx.Proxy):
+                        return b.tracer.create_proxy("call_function", cls, args, kwargs)
+        return super().__call__(*args, **kwargs)
 
 
 def _cumsum(counts: list[int]) -> list[int]:
@@ -46,12 +69,15 @@ def _to_offsets(lengths: Tensor) -> Tensor:
 
 
 def _check_integers(t: Optional[Tensor], name: str) -> None:
-    if t is not None and t.numel() and (t.is_floating_point() or t.is_complex()
-                                        or t.dtype == torch.bool):
-        raise ValueError(f"{name} must hold integers, got {t.dtype}")
+    # Only real tensors: under torch.fx tracing these are proxies, which cannot be asked.
+    if isinstance(t, Tensor) and t.numel() and (t.is_floating_point() or t.is_complex()
+                                                or t.dtype == torch.bool):
+        raise JaggedError(f"{name} must be of integer type, but got {t.dtype}")
 
 
 def _values_string(values: Tensor, start: int, end: int) -> str:
+    if values.dim() > 2:
+        raise JaggedError("the values dimension is larger than 2, which has no printed form")
     if values.dim() == 1:
         return "[" + ", ".join(str(v.item()) for v in values[start:end]) + "]"
     return "[" + ", ".join("[" + ", ".join(str(s.item()) for s in row) + "]"
@@ -64,13 +90,13 @@ def _jagged_string(values: Tensor, offsets: Tensor, first: int, last: int) -> st
                            for i in range(first, last)) + "]"
 
 
-class JaggedTensor:
+class JaggedTensor(metaclass=_Traceable):
     """One key's ids for a batch: ``values`` ``[L]`` (or ``[L, ...]``) split into bags by
     ``lengths`` ``[B]`` or ``offsets`` ``[B + 1]``, with optional per-id ``weights`` ``[L]``
     (TorchRec's ``JaggedTensor``).
 
     Raises:
-        ValueError: neither lengths nor offsets, or non-integer ones.
+        JaggedError: neither lengths nor offsets, or non-integer ones.
 
     Example::
 
@@ -84,7 +110,7 @@ class JaggedTensor:
     def __init__(self, values: Tensor, weights: Optional[Tensor] = None,
                  lengths: Optional[Tensor] = None, offsets: Optional[Tensor] = None) -> None:
         if lengths is None and offsets is None:
-            raise ValueError("a JaggedTensor needs its lengths or its offsets")
+            raise JaggedError("a JaggedTensor needs its lengths or its offsets")
         _check_integers(lengths, "lengths")
         _check_integers(offsets, "offsets")
         self._values, self._weights = values, weights
@@ -106,8 +132,7 @@ class JaggedTensor:
         """From padded ``values`` ``[B, N]``: the first ``lengths[b]`` of row ``b``."""
         mask = torch.arange(values.size(1), device=values.device).expand(
             values.size(0), -1) < lengths.unsqueeze(-1)
-        return JaggedTensor(values[mask], None if weights is None else weights[mask],
-                            lengths=lengths)
+        return JaggedTensor(values[mask], _optional_mask(weights, mask), lengths=lengths)
 
     @staticmethod
     def from_dense(values: list[Tensor], weights: Optional[list[Tensor]] = None
@@ -161,7 +186,7 @@ class JaggedTensor:
 
     def weights(self) -> Tensor:
         if self._weights is None:
-            raise ValueError("this JaggedTensor has no weights")
+            raise JaggedError("this JaggedTensor has no weights")
         return self._weights
 
     def weights_or_none(self) -> Optional[Tensor]:
@@ -214,7 +239,7 @@ class JaggedTensor:
     __repr__ = __str__
 
 
-class KeyedJaggedTensor:
+class KeyedJaggedTensor(metaclass=_Traceable):
     """Ids of K keys for a batch, key-major (TorchRec's ``KeyedJaggedTensor``).
 
     Args:
@@ -232,7 +257,7 @@ class KeyedJaggedTensor:
             index_per_key, jt_dict: precomputed metadata (computed lazily when not given).
 
     Raises:
-        ValueError: non-integer lengths or offsets, or values/weights of different sizes.
+        JaggedError: non-integer lengths or offsets; sizes that do not add up, when used.
 
     Example::
 
@@ -259,21 +284,10 @@ class KeyedJaggedTensor:
         jt_dict: Optional[dict[str, JaggedTensor]] = None,
         inverse_indices: Optional[tuple[list[str], Tensor]] = None,
     ) -> None:
+        # As TorchRec's, the constructor only stores (and checks the integer dtypes): sizes
+        # are checked where they are used, with a JaggedError.
         _check_integers(lengths, "lengths")
         _check_integers(offsets, "offsets")
-        if lengths is None and offsets is None:
-            raise ValueError("give a KeyedJaggedTensor its lengths or its offsets")
-        if weights is not None and weights.shape[:1] != values.shape[:1]:
-            raise ValueError(f"weights {tuple(weights.shape)} must match values "
-                             f"{tuple(values.shape)}")
-        if stride_per_key_per_rank is None and keys:
-            # One batch size for every key: the lengths must split evenly (no sync needed).
-            n = lengths.numel() if lengths is not None else max(offsets.numel() - 1, 0)  # type: ignore[union-attr]
-            if (stride is None and n % len(keys)) or (stride is not None
-                                                      and n != stride * len(keys)):
-                raise ValueError(f"{n} lengths do not make a batch of "
-                                 f"{stride if stride is not None else 'any size'} for "
-                                 f"{len(keys)} keys")
         self._keys = list(keys)
         self._values, self._weights = values, weights
         self._lengths, self._offsets = lengths, offsets
@@ -319,7 +333,7 @@ class KeyedJaggedTensor:
         jts = list(jt_dict.values())
         weighted = [jt.weights_or_none() is not None for jt in jts]
         if any(weighted) and not all(weighted):
-            raise ValueError("either every JaggedTensor has weights or none has")
+            raise JaggedError("either every JaggedTensor has weights or none has")
         strides = [int(jt.lengths().numel()) for jt in jts]
         uniform = all(s == strides[0] for s in strides) and not force_variable_stride
         return KeyedJaggedTensor(
@@ -333,37 +347,7 @@ class KeyedJaggedTensor:
     @staticmethod
     def concat(kjt_list: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
         """The keys of several KeyedJaggedTensors of one batch, side by side."""
-        if not kjt_list:
-            raise ValueError("Can't concat empty KJT list")
-        weighted = kjt_list[0].weights_or_none() is not None
-        variable = [k.variable_stride_per_key() for k in kjt_list]
-        if any(variable) and not all(variable):
-            raise ValueError("variable stride per key must be consistent for all KJTs")
-        if any((k.weights_or_none() is not None) != weighted for k in kjt_list):
-            raise ValueError("Can't merge weighted KJT with unweighted KJT")
-        stride = None
-        if not variable[0]:
-            strides = {k.stride() for k in kjt_list}
-            if len(strides) != 1:
-                raise ValueError(f"strides must be consistent for all KJTs, got {strides}")
-            stride = strides.pop()
-        inverse = [k.inverse_indices_or_none() for k in kjt_list]
-        if any(i is not None for i in inverse) and not all(i is not None for i in inverse):
-            raise ValueError("inverse indices must be consistent for all KJTs")
-        lpk = [k._length_per_key for k in kjt_list]
-        return KeyedJaggedTensor(
-            [key for k in kjt_list for key in k.keys()],
-            torch.cat([k.values() for k in kjt_list]),
-            torch.cat([k.weights() for k in kjt_list]) if weighted else None,
-            lengths=torch.cat([k.lengths() for k in kjt_list]),
-            stride=stride,
-            stride_per_key_per_rank=[row for k in kjt_list for row in k.stride_per_key_per_rank()]
-            if variable[0] else None,
-            length_per_key=None if any(x is None for x in lpk)
-            else [n for x in lpk for n in x],  # type: ignore[union-attr]
-            inverse_indices=None if inverse[0] is None else (
-                [key for i in inverse for key in i[0]],  # type: ignore[index]
-                torch.cat([i[1] for i in inverse])))  # type: ignore[index]
+        return _concat(kjt_list)
 
     @staticmethod
     def empty(is_weighted: bool = False, device: Optional[torch.device] = None,
@@ -427,7 +411,7 @@ class KeyedJaggedTensor:
 
     def weights(self) -> Tensor:
         if self._weights is None:
-            raise ValueError("this KeyedJaggedTensor has no weights")
+            raise JaggedError("this KeyedJaggedTensor has no weights")
         return self._weights
 
     def weights_or_none(self) -> Optional[Tensor]:
@@ -436,7 +420,7 @@ class KeyedJaggedTensor:
     def lengths(self) -> Tensor:
         if self._lengths is None:
             if self._offsets is None:
-                raise ValueError("this KeyedJaggedTensor has neither lengths nor offsets")
+                raise JaggedError("this KeyedJaggedTensor has neither lengths nor offsets")
             self._lengths = torch.diff(self._offsets)
         return self._lengths
 
@@ -487,7 +471,7 @@ class KeyedJaggedTensor:
 
     def inverse_indices(self) -> tuple[list[str], Tensor]:
         if self._inverse_indices is None:
-            raise ValueError("this KeyedJaggedTensor has no inverse indices")
+            raise JaggedError("this KeyedJaggedTensor has no inverse indices")
         return self._inverse_indices
 
     def inverse_indices_or_none(self) -> Optional[tuple[list[str], Tensor]]:
@@ -497,6 +481,7 @@ class KeyedJaggedTensor:
         """How many ids each key has."""
         if self._length_per_key is None:
             k = len(self._keys)
+            self.stride()  # computed (and kept) first, as TorchRec's
             if k and self._values.is_meta:
                 # No data on the meta device: split the ids evenly (TorchRec's rule).
                 total = self._values.numel()
@@ -509,8 +494,8 @@ class KeyedJaggedTensor:
                 elif lengths.numel():
                     stride = self.stride()
                     if lengths.numel() != k * stride:
-                        raise ValueError(f"{lengths.numel()} lengths for {k} keys of batch "
-                                         f"{stride}")
+                        raise JaggedError(f"{lengths.numel()} lengths for {k} keys of batch "
+                                          f"{stride}")
                     per_key = lengths.reshape(k, stride).sum(dim=1).tolist()
                 else:
                     per_key = [0] * k
@@ -555,7 +540,7 @@ class KeyedJaggedTensor:
     def split(self, segments: list[int]) -> list[KeyedJaggedTensor]:
         """Consecutive groups of ``segments[i]`` keys, each its own KeyedJaggedTensor."""
         if sum(segments) != len(self._keys) or any(s < 0 for s in segments):
-            raise ValueError(f"segments {segments} do not split {len(self._keys)} keys")
+            raise JaggedError(f"segments {segments} do not split {len(self._keys)} keys")
         out: list[KeyedJaggedTensor] = []
         lpk, opk, lopk = self.length_per_key(), self.offset_per_key(), \
             self.lengths_offset_per_key()
@@ -588,7 +573,7 @@ class KeyedJaggedTensor:
         """The keys in the order ``indices`` (a key may appear more than once, or not)."""
         k = len(self._keys)
         if any(not 0 <= i < k for i in indices):
-            raise ValueError(f"permute indices {indices} out of range for {k} keys")
+            raise JaggedError(f"permute indices {indices} out of range for {k} keys")
         lpk, opk, lopk = self.length_per_key(), self.offset_per_key(), \
             self.lengths_offset_per_key()
         lengths, w = self.lengths(), self._weights
@@ -628,7 +613,13 @@ class KeyedJaggedTensor:
                 return {}
             values = torch.split(self._values, lpk)
             weights = None if self._weights is None else torch.split(self._weights, lpk)
-            lengths = torch.split(self.lengths(), self.stride_per_key())
+            all_lengths = self.lengths()
+            if self.variable_stride_per_key():
+                lengths = torch.split(all_lengths, self.stride_per_key())
+            elif all_lengths.numel():
+                lengths = all_lengths.view(len(self._keys), self.stride()).unbind(0)
+            else:
+                lengths = tuple(all_lengths.new_zeros(0) for _ in self._keys)
             self._jt_dict = {
                 key: JaggedTensor(values[i], None if weights is None else weights[i],
                                   lengths=lengths[i],
@@ -692,7 +683,7 @@ class KeyedJaggedTensor:
     __repr__ = __str__
 
 
-class KeyedTensor:
+class KeyedTensor(metaclass=_Traceable):
     """Pooled outputs of several keys side by side (TorchRec's ``KeyedTensor``): key ``k``
     spans ``length_per_key[k]`` positions of dimension ``key_dim`` of ``values`` (by default
     the columns of ``[B, sum(D_k)]``).
@@ -711,7 +702,7 @@ class KeyedTensor:
                  key_dim: int = 1, offset_per_key: Optional[list[int]] = None,
                  index_per_key: Optional[dict[str, int]] = None) -> None:
         if len(keys) != len(length_per_key):
-            raise ValueError(f"{len(keys)} keys but {len(length_per_key)} lengths")
+            raise JaggedError(f"{len(keys)} keys but {len(length_per_key)} lengths")
         self._keys, self._length_per_key, self._values = list(keys), list(length_per_key), values
         self._key_dim = key_dim
         self._offset_per_key = offset_per_key
@@ -761,25 +752,12 @@ class KeyedTensor:
     def regroup(keyed_tensors: list[KeyedTensor], groups: list[list[str]]) -> list[Tensor]:
         """One tensor per group: its keys' blocks, from any of ``keyed_tensors``, side by
         side in the group's order (a key may appear in several groups)."""
-        owner: dict[str, KeyedTensor] = {}
-        for kt in keyed_tensors:
-            for key in kt.keys():
-                owner[key] = kt
-        key_dim = keyed_tensors[0].key_dim()
-        out = []
-        for group in groups:
-            missing = [k for k in group if k not in owner]
-            if missing:
-                raise KeyError(f"keys {missing} are in none of the KeyedTensors")
-            out.append(torch.cat([owner[k][k] for k in group], dim=key_dim))
-        return out
+        return _regroup(keyed_tensors, groups)
 
     @staticmethod
     def regroup_as_dict(keyed_tensors: list[KeyedTensor], groups: list[list[str]],
                         keys: list[str]) -> dict[str, Tensor]:
-        if len(groups) != len(keys):
-            raise ValueError("Groups and keys should have same length")
-        return dict(zip(keys, KeyedTensor.regroup(keyed_tensors, groups)))
+        return _regroup_as_dict(keyed_tensors, groups, keys)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> KeyedTensor:
         return KeyedTensor(self._keys, self._length_per_key,
@@ -802,6 +780,80 @@ class KeyedTensor:
     __repr__ = __str__
 
 
+# --------------------------------------------------------------------------------------------
+# functions torch.fx records as single nodes (they look inside the objects, which a traced
+# graph holds as proxies)
+
+
+def _optional_mask(weights: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
+    return None if weights is None else weights[mask]
+
+
+def _regroup(keyed_tensors: list[KeyedTensor], groups: list[list[str]]) -> list[Tensor]:
+    """:meth:`KeyedTensor.regroup`."""
+    owner: dict[str, KeyedTensor] = {}
+    for kt in keyed_tensors:
+        for key in kt.keys():
+            owner[key] = kt
+    key_dim = keyed_tensors[0].key_dim()
+    out = []
+    for group in groups:
+        missing = [k for k in group if k not in owner]
+        if missing:
+            raise KeyError(f"keys {missing} are in none of the KeyedTensors")
+        out.append(torch.cat([owner[k][k] for k in group], dim=key_dim))
+    return out
+
+
+def _concat(kjt_list: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
+    """:meth:`KeyedJaggedTensor.concat`."""
+    if not kjt_list:
+        raise JaggedError("Can't concat empty KJT list")
+    weighted = kjt_list[0].weights_or_none() is not None
+    variable = [k.variable_stride_per_key() for k in kjt_list]
+    if any(variable) and not all(variable):
+        raise JaggedError("variable stride per key must be consistent for all KJTs")
+    if any((k.weights_or_none() is not None) != weighted for k in kjt_list):
+        raise JaggedError("Can't merge weighted KJT with unweighted KJT")
+    stride = None
+    if not variable[0]:
+        strides = {k.stride() for k in kjt_list}
+        if len(strides) != 1:
+            raise JaggedError(f"strides must be consistent for all KJTs, got {strides}")
+        stride = strides.pop()
+    inverse = [k.inverse_indices_or_none() for k in kjt_list]
+    if any(i is not None for i in inverse) and not all(i is not None for i in inverse):
+        raise JaggedError("inverse indices must be consistent for all KJTs")
+    lpk = [k._length_per_key for k in kjt_list]
+    return KeyedJaggedTensor(
+        [key for k in kjt_list for key in k.keys()],
+        torch.cat([k.values() for k in kjt_list]),
+        torch.cat([k.weights() for k in kjt_list]) if weighted else None,
+        lengths=torch.cat([k.lengths() for k in kjt_list]),
+        stride=stride,
+        stride_per_key_per_rank=[row for k in kjt_list for row in k.stride_per_key_per_rank()]
+        if variable[0] else None,
+        length_per_key=None if any(x is None for x in lpk)
+        else [n for x in lpk for n in x],  # type: ignore[union-attr]
+        inverse_indices=None if inverse[0] is None else (
+            [key for i in inverse for key in i[0]],  # type: ignore[index]
+            torch.cat([i[1] for i in inverse])))  # type: ignore[index]
+
+
+def _regroup_as_dict(keyed_tensors: list[KeyedTensor], groups: list[list[str]],
+                     keys: list[str]) -> dict[str, Tensor]:
+    """:meth:`KeyedTensor.regroup_as_dict`."""
+    if len(groups) != len(keys):
+        raise JaggedError("Groups and keys should have same length")
+    return dict(zip(keys, _regroup(keyed_tensors, groups)))
+
+
+torch.fx.wrap("_optional_mask")
+torch.fx.wrap("_regroup_as_dict")
+torch.fx.wrap("_regroup")
+torch.fx.wrap("_concat")
+
+
 def as_kjt(features: Any) -> KeyedJaggedTensor:
     """Our KeyedJaggedTensor from ours or from a ``torchrec.sparse.jagged_tensor`` one (read
     through its public accessors, so torchrec needs not be importable here)."""
@@ -817,3 +869,80 @@ def as_kjt(features: Any) -> KeyedJaggedTensor:
             stride_per_key_per_rank=features.stride_per_key_per_rank() if variable else None,
             inverse_indices=inverse)
     raise TypeError(f"expected a KeyedJaggedTensor, got {type(features).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# pytree nodes, so torch.export and torch.utils._pytree see the tensors inside (as TorchRec's)
+
+
+def _jt_children(jt: JaggedTensor) -> list[Optional[Tensor]]:
+    return [jt._values, jt._weights, jt._lengths, jt._offsets]
+
+
+def _kjt_children(kjt: KeyedJaggedTensor) -> list[Optional[Tensor]]:
+    inverse = kjt._inverse_indices
+    return [kjt._values, kjt._weights, kjt._lengths, kjt._offsets,
+            kjt._stride_per_key_per_rank, None if inverse is None else inverse[1]]
+
+
+def _kjt_context(kjt: KeyedJaggedTensor) -> tuple[list[str], Optional[list[str]]]:
+    inverse = kjt._inverse_indices
+    return kjt._keys, None if inverse is None else inverse[0]
+
+
+def _kjt_rebuild(children: Any, context: Any) -> KeyedJaggedTensor:
+    # A spec may stop before the variable-batch fields (TorchRec's older specs have 4).
+    values, weights, lengths, offsets, spkpr, inverse = [*children, None, None][:6]
+    keys, inverse_keys = context
+    return KeyedJaggedTensor(keys, values, weights, lengths, offsets,
+                             stride_per_key_per_rank=spkpr,
+                             inverse_indices=None if inverse is None else (inverse_keys, inverse))
+
+
+def _kt_context(kt: KeyedTensor) -> tuple[list[str], list[int], int]:
+    return kt._keys, kt._length_per_key, kt._key_dim
+
+
+def _register_pytree_nodes() -> None:
+    from torch.fx._pytree import register_pytree_flatten_spec
+    from torch.utils._pytree import GetAttrKey, register_pytree_node
+
+    jt_names = ("_values", "_weights", "_lengths", "_offsets")
+    register_pytree_node(
+        JaggedTensor, lambda jt: (_jt_children(jt), None),
+        lambda children, _: JaggedTensor(*children),
+        flatten_with_keys_fn=lambda jt: (
+            [(GetAttrKey(n), c) for n, c in zip(jt_names, _jt_children(jt))], None))
+    register_pytree_flatten_spec(JaggedTensor, lambda jt, spec: _jt_children(jt))
+
+    kjt_names = (*jt_names, "_stride_per_key_per_rank", "_inverse_indices")
+    register_pytree_node(
+        KeyedJaggedTensor, lambda kjt: (_kjt_children(kjt), _kjt_context(kjt)), _kjt_rebuild,
+        flatten_with_keys_fn=lambda kjt: (
+            [(GetAttrKey(n), c) for n, c in zip(kjt_names, _kjt_children(kjt))],
+            _kjt_context(kjt)))
+
+    def kjt_by_spec(kjt: KeyedJaggedTensor, spec: Any) -> list[Optional[Tensor]]:
+        keys = spec.context[0]
+        if kjt.keys() != keys:  # the spec's key order
+            kjt = kjt.permute([kjt.index_per_key()[k] for k in keys])
+        return _kjt_children(kjt)
+
+    register_pytree_flatten_spec(KeyedJaggedTensor, kjt_by_spec)
+
+    register_pytree_node(
+        KeyedTensor, lambda kt: ([kt._values], _kt_context(kt)),
+        lambda children, context: KeyedTensor(context[0], context[1], children[0], context[2]),
+        flatten_with_keys_fn=lambda kt: ([(GetAttrKey("_values"), kt._values)],
+                                         _kt_context(kt)))
+
+    def kt_by_spec(kt: KeyedTensor, spec: Any) -> list[Tensor]:
+        keys, _, key_dim = spec.context
+        if kt.keys() == keys:
+            return [kt._values]
+        return [torch.cat([kt[k] for k in keys], dim=key_dim)]  # the spec's key order
+
+    register_pytree_flatten_spec(KeyedTensor, kt_by_spec)
+
+
+_register_pytree_nodes()
