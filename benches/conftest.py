@@ -9,7 +9,7 @@ The benchmarks run only when asked (``pyproject.toml``'s addopts carry
 
 Sizes come from environment variables:
 
-* ``RECENGINE_BENCH_MODELS``: comma list of R2 models (default ``rmc1,wnd,din``);
+* ``RECENGINE_BENCH_MODELS``: comma list of DeepRecInfra models (default ``rmc1,wnd,din``);
 * ``RECENGINE_BENCH_BATCHES``: comma list of batch sizes (default ``1,16,64,256,1024``);
 * ``RECENGINE_BENCH_DTYPES``: ``fp32``, ``int8`` or both (default ``fp32``);
 * ``RECENGINE_BENCH_TABLE_MB``: fp32 MiB each model's tables are scaled to (default 64, twice

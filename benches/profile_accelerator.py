@@ -1,10 +1,10 @@
-"""Profile the eight R2 models on a CUDA device: the accelerator latency curves that
+"""Profile the eight DeepRecInfra models on a CUDA device: the accelerator latency curves that
 ``recengine serve --accelerator modeled --accelerator-curves FILE`` replays on any machine.
 
     python benches/profile_accelerator.py --out benches/results/accelerator_h100.json
 
-Each model is built at ``--scale`` (tables and weights on the device) and timed at R3's batch
-sizes (1, 4, 16, 64, 256, 1024): the median of ``--repeat`` forwards after a warm-up, input
+Each model is built at ``--scale`` (tables and weights on the device) and timed at DeepRecSys's
+batch sizes (1, 4, 16, 64, 256, 1024): the median of ``--repeat`` forwards after a warm-up, input
 copy from the host included, synchronised (``Accelerator.run``). The curves interpolate in
 log(batch), as DeepRecSys's model.
 """

@@ -1,5 +1,5 @@
-"""Bisection against R3's running-p95 controller: how each rate search rates each batch size,
-and what that does to DeepRecSched's gain over a static baseline, in the simulator.
+"""Bisection against DeepRecSys's running-p95 controller: how each rate search rates each batch
+size, and what that does to DeepRecSched's gain over a static baseline, in the simulator.
 
     python benches/rate_search.py                       # curves profiled here, one worker
     python benches/rate_search.py --curves benches/results/serve_sim16_p16span_h100host.json
@@ -8,7 +8,7 @@ and what that does to DeepRecSched's gain over a static baseline, in the simulat
 
 For each model and core count, every batch size of DeepRecSched's climb is searched three
 ways on one :class:`~recengine.sched.SimulatedServer` (the study's: runs of at least ten
-targets): bisection over fixed-rate runs (:func:`~recengine.sched.max_qps`), and R3's
+targets): bisection over fixed-rate runs (:func:`~recengine.sched.max_qps`), and DeepRecSys's
 controller (:func:`~recengine.sched.controlled_qps`) with each ``--window``. The table gives
 bisection's QPS, each controller's answer over it, and the p95 of a fixed-rate run at that
 answer; the summary gives DeepRecSched's mean gain over whole queries and over batch 32 as
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--cores", default="16,40", help="comma list of simulated core counts")
     p.add_argument("--curves", default=None, help="a `recengine serve --json --out` file")
     p.add_argument("--window", default="64,512",
-                   help="comma list of the controller's windows (R3: 64)")
+                   help="comma list of the controller's windows (DeepRecSys: 64)")
     p.add_argument("--batches", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--real", action="store_true",
                    help="search the real server here instead (one worker per core of "

@@ -1,4 +1,4 @@
-"""Pooling benchmarks: recengine vs torch vs numpy on R2 model shapes, grouped by
+"""Pooling benchmarks: recengine vs torch vs numpy on DeepRecInfra model shapes, grouped by
 (model, batch, dtype) so the table shows the three side by side, and a benchmark showing that
 lookups release the GIL.
 

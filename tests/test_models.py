@@ -1,5 +1,5 @@
-"""The eight R2 models: shapes, embeddings against a numpy reference, AUGRU against the GRU,
-seeding, weights round trip, and bad input."""
+"""The eight DeepRecInfra models: shapes, embeddings against a numpy reference, AUGRU against the
+GRU, seeding, weights round trip, and bad input."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ def test_deeprecsched_finds_the_known_optimum_then_the_offload_threshold() -> No
     tuned = deeprecsched(_Known(qps), 5.0, rel_tol=0.01)
     assert tuned.policy == Policy(128, 256)
     assert 200 / 1.01 <= tuned.qps <= 200
-    # R3's climb stops at the first drop (384) and keeps the whole-query policy.
+    # DeepRecSys's climb stops at the first drop (384) and keeps the whole-query policy.
     r3 = deeprecsched(_Known(qps), 5.0, patience=0, thresholds=(), rel_tol=0.01)
     assert r3.policy.batch_size == 1024 and [p.batch_size for p, _ in r3.tried] == [1024, 512, 384]
     # The static baseline splits every query into 32-item sub-requests by default.
@@ -272,7 +272,7 @@ def test_the_controller_finds_the_known_rate_of_a_simulated_server(cores: int, m
 
 def test_the_controller_cycles_when_a_window_is_short_against_the_queue() -> None:
     """16 fast cores at 30,000 QPS: a 64-query window lasts 2 ms, far less than an overload
-    takes to show in the p95, so R3's controller climbs past saturation and falls far below
+    takes to show in the p95, so DeepRecSys's controller climbs past saturation and falls far below
     it again (a limit cycle) and its answer is well off bisection's. Longer windows settle."""
     cpu = LatencyCurve((1, 1024), (0.5, 0.5))
     sim = SimulatedServer(cpu, 16, sizes=QuerySizes.fixed(8), queries=2000, span_s=2.0)

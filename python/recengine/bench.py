@@ -1,6 +1,6 @@
 """Side-by-side benchmark of embedding pooling: recengine vs torch vs numpy, in one run.
 
-For every (model, dtype, batch) the harness builds the model's tables once (R2 shapes from
+For every (model, dtype, batch) the harness builds the model's tables once (DeepRecInfra shapes from
 :mod:`recengine.shapes`, row counts scaled), draws uniform random indices with each table's
 fixed pooling factor, and times the model's whole embedding stage on the same rows, the same
 indices and the same thread count, as up to three operations (:data:`OPS`, one result row each,
@@ -183,7 +183,7 @@ class BenchConfig:
     """What :func:`run_bench` measures.
 
     Args:
-        models: R2 model names (see :func:`recengine.shapes.model_names`).
+        models: DeepRecInfra model names (see :func:`recengine.shapes.model_names`).
         batches: bags per table per call (the batch size B).
         dtypes: table storage dtypes, from :data:`BENCH_DTYPES`.
         scale: row-count factor for every model; None scales each model to ``table_mb``.

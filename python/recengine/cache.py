@@ -1,7 +1,7 @@
 """Buffer caches: a few fast slots in front of a slow store of equal-size blobs.
 
 :class:`ExpertCache` keeps the parameters of some experts of a mixture-of-experts layer in
-fast memory (Expert Buffering, R9 of the reference): each batch fetches the experts it routes
+fast memory (Expert Buffering, arXiv 2303.06182): each batch fetches the experts it routes
 to, which makes them resident and pinned until the batch releases them; misses are copied from
 the store (RAM, or a memory-mapped file so that experts can live on disk) by the core's
 threads. :class:`CachedTable` puts the same cache in front of an embedding table (blobs =

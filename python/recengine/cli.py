@@ -375,11 +375,11 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve a model under a query stream: DeepRecSched vs a static baseline",
         description=(
-            "Serve one of the R2 models under Poisson queries of lognormal sizes and find the "
-            "latency-bounded throughput (the highest QPS whose p95 meets the model's target) "
-            "of a static baseline and of DeepRecSched (tuned batch size and accelerator offload "
-            "threshold): on the real server on this machine's cores, or with --simulate in a "
-            "discrete-event simulator fed by this machine's profiled latency curve at any "
+            "Serve one of the DeepRecInfra models under Poisson queries of lognormal sizes and "
+            "find the latency-bounded throughput (the highest QPS whose p95 meets the model's "
+            "target) of a static baseline and of DeepRecSched (tuned batch size and accelerator "
+            "offload threshold): on the real server on this machine's cores, or with --simulate "
+            "in a discrete-event simulator fed by this machine's profiled latency curve at any "
             "core count."),
     )
     serve.add_argument("--model", default=["rmc1"],
@@ -410,7 +410,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--search", choices=("bisect", "controller"), default="bisect",
                        help="how each policy's latency-bounded QPS is found: bracket and "
                             "bisect the rate over runs at fixed rates ('bisect', the "
-                            "default), or R3's controller, which steps the rate of one long "
+                            "default), or DeepRecSys's controller, which steps the rate of one "
+                            "long "
                             "run on the p95 of every 64 completed queries ('controller')")
     serve.add_argument("--confirm", type=int, default=1,
                        help="real server: run a rate that misses the target this many more "
@@ -421,9 +422,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
                        help="table row factor (default: 0.05, all eight models under 2 GB)")
     serve.add_argument("--target-ms", type=_arg_positive_float, default=None,
-                       help="p95 target in ms (default: the model's R2 target)")
+                       help="p95 target in ms (default: the model's DeepRecInfra target)")
     serve.add_argument("--target-scale", type=_arg_positive_float, default=1.0,
-                       help="multiply every model's R2 target (DeepRecSys sweeps low, medium "
+                       help="multiply every model's DeepRecInfra target (DeepRecSys sweeps low, "
+                            "medium "
                             "and high targets; default: 1)")
     serve.add_argument("--static-batch", type=_arg_positive_int, default=None,
                        help="the static baseline's batch size: every query split into "
@@ -436,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
                             "1024,512,384,256,192,128,96,64,48,32)")
     serve.add_argument("--patience", type=int, default=None,
                        help="stop DeepRecSched's climb after this many non-improving tries "
-                            "past a drop (R3 stops at the first drop: 0; default: try all)")
+                            "past a drop (DeepRecSys stops at the first drop: 0; default: try all)")
     serve.add_argument("--accelerator", choices=("none", "cuda", "modeled"), default="none",
                        help="offload target: a CUDA device (real server) or a latency model "
                             "(--accelerator-curves) (default: none)")
@@ -1131,7 +1133,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         mode = (f"real server, {workers}" if not config.simulate else f"simulated, {times}" if
                 config.profile_workers == 1 else
                 f"simulated from a profile of {config.profile_workers} {workers}, {times}")
-        search = "R3's running-p95 controller" if config.search == "controller" else "bisection"
+        search = "DeepRecSys's running-p95 controller" if config.search == "controller" \
+            else "bisection"
         print(f"latency-bounded throughput ({mode}; rates by {search}; {config.process} arrivals, "
               f"{config.sizes.describe()} items, {config.distribution} rows, scale "
               f"{config.scale:g})")

@@ -1,4 +1,4 @@
-"""Row (index) distributions for synthetic embedding lookups (R2).
+"""Row (index) distributions for synthetic embedding lookups (DeepRecInfra).
 
 * ``"uniform"``: every row equally likely.
 * ``"zipf"``: a bounded Zipf law of exponent ``alpha`` over the table's rows, ``P(rank r) ~
@@ -7,7 +7,7 @@
 * ``"pareto"``: MLPerf DLRM's multi-hot generator, ``int(pareto(a=alpha)) % n`` (``alpha``
   defaults to 0.25 there), rows permuted.
 * ``"production"``: the Zipf law whose exponent makes the hottest 10% of rows take 42.7% of
-  the lookups, as MovieLens-100k measures (R2); :func:`production_alpha` solves for it.
+  the lookups, as MovieLens-100k measures (DeepRecInfra); :func:`production_alpha` solves for it.
 
 Example::
 
@@ -28,7 +28,7 @@ __all__ = ["DISTRIBUTIONS", "draw_rows", "production_alpha", "top_share", "zipf_
 #: The row distributions :func:`draw_rows` knows.
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "zipf", "pareto", "production")
 
-#: MovieLens-100k: the hottest 10% of items take this share of the accesses (R2).
+#: MovieLens-100k: the hottest 10% of items take this share of the accesses (DeepRecInfra).
 _PRODUCTION_TOP10 = 0.427
 
 

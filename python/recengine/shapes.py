@@ -62,7 +62,7 @@ def _tables(count: int, num_rows: int, dim: int, lookups: int) -> tuple[TableSpe
 
 _MT_WND_TABLES = _tables(41, 500_000, 32, 1) + _tables(2, 5_000_000, 32, 1)
 
-#: The eight R2 models, by short name, in the order of the DeepRecSys paper's table.
+#: The eight DeepRecInfra models, by short name, in the order of the DeepRecSys paper's table.
 MODEL_SHAPES: dict[str, tuple[TableSpec, ...]] = {
     "rmc1": _tables(8, 4_000_000, 32, 80),
     "rmc2": _tables(32, 500_000, 64, 120),

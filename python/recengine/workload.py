@@ -1,4 +1,4 @@
-"""Query streams for serving studies (DeepRecInfra, R2): when queries arrive, how many items
+"""Query streams for serving studies (DeepRecInfra): when queries arrive, how many items
 each ranks, and which embedding rows they read. Everything is reproducible from a seed.
 
 * Arrivals (:data:`ARRIVALS`): ``"poisson"`` (exponential gaps), ``"poisson-ms"`` (the public
@@ -43,7 +43,7 @@ __all__ = [
 #: Arrival processes :func:`arrival_times` knows.
 ARRIVALS: tuple[str, ...] = ("poisson", "poisson-ms", "diurnal")
 
-#: Query sizes are clipped to [1, MAX_QUERY_SIZE] items (R2).
+#: Query sizes are clipped to [1, MAX_QUERY_SIZE] items (DeepRecInfra).
 MAX_QUERY_SIZE = 1024
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -142,7 +142,7 @@ class QuerySizes:
 
     @classmethod
     def normal(cls, mean: float = 165.0, sd: float = 16.0) -> QuerySizes:
-        """``N(mean, sd^2)`` rounded (R2 uses mean 165 or 256, sd 16 or 32)."""
+        """``N(mean, sd^2)`` rounded (DeepRecInfra uses mean 165 or 256, sd 16 or 32)."""
         if not sd >= 0:
             raise ValueError(f"sd must be >= 0, got {sd}")
         return cls("normal", (float(mean), float(sd)))

@@ -1,9 +1,9 @@
-"""recengine.models: the eight DeepRecInfra recommendation models (DeepRecSys, R2).
+"""recengine.models: the eight DeepRecInfra recommendation models (DeepRecSys).
 
 ``build(name, scale=...)`` makes one with recengine embeddings: DLRM-RMC1/2/3, WnD, MT-WnD,
 NCF, DIN (attention over behaviours) and DIEN (GRU + AUGRU interest evolution). Tables have
-the R2 shapes with row counts times ``scale`` (:data:`DEFAULT_SCALE` keeps all eight models
-together under 2 GB); weights are random (seeded) or loaded from a file. Needs torch.
+the DeepRecInfra shapes with row counts times ``scale`` (:data:`DEFAULT_SCALE` keeps all eight
+models together under 2 GB); weights are random (seeded) or loaded from a file. Needs torch.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""The parts every R2 model shares: its sparse features, a batch, the embedding front end.
+"""The parts every DeepRecInfra model shares: its sparse features, a batch, the embedding front end.
 
 A model's sparse input is one ``[B, L]`` int64 tensor per :class:`Feature`: ``L`` ids of one
 table per sample, either pooled (summed to one ``[B, D]`` vector, the fixed pooling of the
@@ -83,7 +83,7 @@ def mlp(sizes: Sequence[int], last_activation: bool = True) -> torch.nn.Sequenti
 
 
 class RecModel(torch.nn.Module):
-    """Base of the R2 models: the tables, the features that read them and a dense input.
+    """Base of the DeepRecInfra models: the tables, the features that read them and a dense input.
 
     Subclasses set :attr:`name`, build their layers and implement ``forward(batch)``; they call
     :meth:`embed` for the pooled ``[B, D]`` vectors and sequences ``[B, L, D]`` by feature name.

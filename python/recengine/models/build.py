@@ -1,4 +1,5 @@
-"""``build(name)``: one of the eight R2 models at a scale, with random or loaded weights."""
+"""``build(name)``: one of the eight DeepRecInfra models at a scale, with random or loaded
+weights."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ __all__ = ["DEFAULT_SCALE", "TARGETS_MS", "build", "model_names"]
 #: (25.6 GB at paper scale).
 DEFAULT_SCALE = 0.05
 
-#: The p95 tail-latency targets of R2, in milliseconds.
+#: The p95 tail-latency targets of DeepRecInfra, in milliseconds.
 TARGETS_MS: dict[str, float] = {
     "rmc1": 100.0, "rmc2": 400.0, "rmc3": 100.0, "wnd": 25.0, "mtwnd": 25.0,
     "ncf": 5.0, "din": 100.0, "dien": 35.0,

@@ -1,6 +1,6 @@
-"""The eight DeepRecInfra models (R2) in torch, on recengine embeddings.
+"""The eight DeepRecInfra models in torch, on recengine embeddings.
 
-Layer sizes follow the public DeepRecSys configs (REFERENCE R2). Where the table leaves room,
+Layer sizes follow the public DeepRecSys configs. Where the table leaves room,
 the choice made here is written on the class. Every model takes a :class:`~.base.Batch` and
 returns per-sample scores: ``[B, 1]`` click probabilities (DLRM, WnD, NCF), ``[B, tasks]``
 (MT-WnD) or ``[B, 2]`` class probabilities (DIN, DIEN).

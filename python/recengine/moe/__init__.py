@@ -1,4 +1,5 @@
-"""recengine.moe: a mixture-of-experts layer with dynamic gating and Expert Buffering (R9).
+"""recengine.moe: a mixture-of-experts layer with dynamic gating and Expert Buffering
+(arXiv 2303.06182).
 
 :class:`MoE` (dynamic or static gating), :class:`ExpertBuffer` (experts served from a few
 fast slots over a memory-mapped slow tier), routing traces (:mod:`recengine.moe.traces`),

@@ -1,5 +1,5 @@
 """``MoE``: a mixture-of-experts feed-forward layer with dynamic or static (capacity) gating,
-and optional Expert Buffering of its expert weights (R9 of the reference).
+and optional Expert Buffering of its expert weights (arXiv 2303.06182).
 
 Each of ``num_experts`` experts is a two-layer feed-forward network, ``relu(x W1 + b1) W2 +
 b2`` (``d_model -> d_hidden -> d_model``). A linear gate scores every token; each token goes

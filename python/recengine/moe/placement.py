@@ -1,4 +1,4 @@
-"""Expert placement across devices for load balance (R9 of the reference).
+"""Expert placement across devices for load balance (arXiv 2303.06182).
 
 Experts are spread over ``num_devices`` devices, ``capacity`` each (default: an even share).
 :func:`place` assigns them greedily by historical load: heaviest expert first, each to the

@@ -1,4 +1,4 @@
-"""recengine.nmp: emulating near-memory processing of SparseLengthsSum (RecNMP, R7).
+"""recengine.nmp: emulating near-memory processing of SparseLengthsSum (RecNMP).
 
 The DDR4 memory-system model and host baseline (:mod:`recengine.nmp.dram`), and the RecNMP
 emulation of SLS traces with RankCache, hot-entry profiling, table-aware scheduling and an

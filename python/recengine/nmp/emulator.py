@@ -38,7 +38,7 @@ __all__ = ["PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice
 PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp")
 
 #: RankCache memory technologies: read and write energy (pJ) of a 64-bit access of a 2 MB
-#: array at 22 nm (R8's table, NVMExplorer); a 64-byte line costs 8 accesses.
+#: array at 22 nm (NVMExplorer's table); a 64-byte line costs 8 accesses.
 TECHNOLOGIES: dict[str, tuple[float, float]] = {
     "sram": (1.128, 17.02),
     "stt-mram-optimistic": (4.37, 43.5),
@@ -155,7 +155,7 @@ class Trace:
     @classmethod
     def from_model(cls, model: str, batch: int, distribution: str = "zipf", alpha: float = 1.0,
                    table_mb: Optional[float] = None, models: int = 1, seed: int = 0) -> Trace:
-        """One batch of ``batch`` samples of an R2 model (``"rmc1"``, ``"wnd"``, ...): its
+        """One batch of ``batch`` samples of a DeepRecInfra model (``"rmc1"``, ``"wnd"``, ...): its
         tables and pooling factors, scaled down to ``table_mb`` MiB of tables when given.
         Rows as :meth:`synthetic` (``alpha``: its ``zipf`` parameter)."""
         scale = 1.0 if table_mb is None else min(1.0, table_mb * 2**20 / model_bytes(model))

@@ -8,14 +8,15 @@ with threshold 2, table-aware scheduling), and reports:
 * ``latency_speedup``: host memory latency / RecNMP memory latency for the trace;
 * ``throughput_speedup``: the end-to-end speedup of a model whose SLS takes ``sls_fraction``
   of its time on the host (Amdahl: ``1 / ((1 - f) + f / latency_speedup)``; the default f
-  is 0.79, the share of inference cycles R6 reports recommendation models can take);
+  is 0.79, the share of inference cycles the scale-out inference study (arXiv 2011.02084)
+  reports recommendation models can take);
 * ``energy_saving``: 1 - RecNMP energy / host energy.
 
 Sweeps: ranks per channel (1-8); RankCache size (0-1 MiB); locality (the exponent of a
 bounded Zipf law over each table's rows, 0 = uniform, default 1.0); co-located models (1-8,
 their lookups interleaved); table-aware scheduling and hot-entry profiling off. Traces: ``batch``
-samples of the model's tables (R2 shapes scaled to ``table_mb``) with their pooling factors,
-rows from ``distribution`` (uniform, Zipf, Pareto or production-like), or a trace file.
+samples of the model's tables (DeepRecInfra shapes scaled to ``table_mb``) with their pooling
+factors, rows from ``distribution`` (uniform, Zipf, Pareto or production-like), or a trace file.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""recengine.sched: latency-bounded throughput and the DeepRecSched scheduler (R3).
+"""recengine.sched: latency-bounded throughput and the DeepRecSched scheduler (DeepRecSys).
 
 A :class:`Policy` says how a server runs a query (sub-request batch size, accelerator offload
 threshold). :func:`deeprecsched` tunes it for the most queries/s whose p95 meets a target,

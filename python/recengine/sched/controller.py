@@ -1,4 +1,4 @@
-"""R3's running-p95 rate controller: the rate search DeepRecSys runs on a live query stream.
+"""DeepRecSys's running-p95 rate controller: the rate search DeepRecSys runs on a live query stream.
 
 Queries arrive one by one (exponential gaps at the current rate). Every ``window`` queries
 that complete, the controller takes the p95 latency of the last ``window`` completed and steps
@@ -36,7 +36,7 @@ PROCESSES: tuple[str, ...] = ("poisson", "poisson-ms")
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    """The controller's knobs (R3; the public DeepRecSys scheduler's defaults).
+    """The controller's knobs (the public DeepRecSys scheduler's defaults).
 
     Attributes:
         window: completed queries per running p95 (and per step of the rate).
@@ -110,7 +110,7 @@ class RateController:
         if not (math.isfinite(self.start_qps) and self.start_qps > 0):
             raise ValueError(f"the starting rate must be positive, got {self.start_qps}")
         self.rate = float(self.start_qps)
-        self.floor = self.start_qps / 2**12  # R3's grid is bounded too: no rate below this
+        self.floor = self.start_qps / 2**12  # DeepRecSys's grid is bounded too: no rate below this
         self._recent: list[float] = []
         self._rng = np.random.default_rng(self.seed)
 

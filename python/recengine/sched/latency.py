@@ -1,7 +1,7 @@
 """Latency curves: how long one core (or an accelerator) takes to run a batch of ``b`` items,
 profiled at a few batch sizes and interpolated between them: linearly in the batch size (a
 CPU forward's cost grows about linearly between nearby sizes), or in ``log(batch)`` as
-DeepRecSys models its accelerator (R3). A curve profiled through a server also carries the
+DeepRecSys models its accelerator (DeepRecSys). A curve profiled through a server also carries the
 spread of the times it saw around each median, so a simulator can draw service times with the
 tail that sets a p95 at tight targets. Cores slow each other down as more of them are busy
 (memory bandwidth, caches, clock speed, a shared parent), so a server can be profiled at
@@ -20,9 +20,9 @@ import numpy as np
 __all__ = ["ACCELERATOR_BATCHES", "PROFILE_BATCHES", "SPREAD_QUANTILES", "Cpu", "CurvesByLoad",
            "LatencyCurve", "check_loads", "profile"]
 
-#: The batch sizes of R3's accelerator latency model.
+#: The batch sizes of DeepRecSys's accelerator latency model.
 ACCELERATOR_BATCHES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
-#: The batch sizes a CPU curve is profiled at by default: R3's, and more points where
+#: The batch sizes a CPU curve is profiled at by default: DeepRecSys's, and more points where
 #: queries' sizes and DeepRecSched's batch sizes lie.
 PROFILE_BATCHES: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512, 1024)
 #: How many equally likely values a profiled spread keeps per batch size (the quantiles at
@@ -35,7 +35,7 @@ class LatencyCurve:
     """Milliseconds to run a batch, measured at ``batches`` (increasing) as ``ms``.
 
     Between two points the latency is linear in the batch (``interpolation="linear"``) or in
-    ``log(batch)`` (``"log"``, R3's accelerator model); past the last point it grows in
+    ``log(batch)`` (``"log"``, DeepRecSys's accelerator model); past the last point it grows in
     proportion to the batch (the per-item cost of the largest batch); below the first it is
     the first point's.
 

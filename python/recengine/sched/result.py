@@ -12,7 +12,7 @@ __all__ = ["Policy", "RunResult"]
 
 @dataclass(frozen=True)
 class Policy:
-    """How a server runs a query (R3's knobs): split into sub-requests of at most
+    """How a server runs a query (DeepRecSched's knobs): split into sub-requests of at most
     ``batch_size`` items, run in parallel on the cores; a query of ``offload_threshold``
     items or more goes whole to the accelerator (``None``: never)."""
 

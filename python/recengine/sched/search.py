@@ -1,9 +1,9 @@
-"""Latency-bounded throughput and DeepRecSched's search (R3).
+"""Latency-bounded throughput and DeepRecSched's search (DeepRecSys).
 
 The latency-bounded throughput of a policy is the highest arrival rate whose p95 latency
 meets the target with no query shed. :func:`max_qps` finds it by bracketing and bisecting
-the rate (each step one run of the query stream); :func:`controlled_qps` finds it as R3 does,
-with a running-p95 rate controller on one long run (:mod:`.controller`). :func:`deeprecsched`
+the rate (each step one run of the query stream); :func:`controlled_qps` finds it as DeepRecSys
+does, with a running-p95 rate controller on one long run (:mod:`.controller`). :func:`deeprecsched`
 hill-climbs the batch size over :data:`BATCH_SIZES` (largest first), then the offload
 threshold over :data:`THRESHOLDS` the same way, with either search. The static baseline
 (:data:`STATIC`) splits every query into sub-requests of a fixed 32 items, nothing offloaded:
@@ -30,7 +30,7 @@ __all__ = [
     "static_baseline",
 ]
 
-#: DeepRecSched's batch sizes, in the order it tries them (R3, after the whole query).
+#: DeepRecSched's batch sizes, in the order it tries them (DeepRecSys, after the whole query).
 BATCH_SIZES: tuple[int, ...] = (1024, 512, 384, 256, 192, 128, 96, 64, 48, 32)
 #: Offload thresholds, in the order they are tried (queries of at least this size offload).
 THRESHOLDS: tuple[int, ...] = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 1)
@@ -53,7 +53,7 @@ class Backend(Protocol):
 
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
         """One run whose arrival rate ``controller`` sets as its queries complete, until it
-        has taken every step (R3's search)."""
+        has taken every step (DeepRecSys's search)."""
         ...
 
     def largest_query(self) -> int:
@@ -136,7 +136,7 @@ def max_qps(measure: Callable[[float], RunResult], target_ms: float, start_qps: 
 def controlled_qps(backend: Backend, policy: Policy, target_ms: float,
                    settings: Optional[ControllerSettings] = None,
                    start_qps: Optional[float] = None) -> tuple[float, Optional[RunResult]]:
-    """R3's rate search: one run of ``backend`` under ``policy`` whose rate a
+    """DeepRecSys's rate search: one run of ``backend`` under ``policy`` whose rate a
     :class:`~.controller.RateController` steps on the running p95 of 64 completed queries,
     starting at ``start_qps`` (default: half the backend's capacity hint). Returns the
     controller's answer (the median of its last rates; 0.0 when it found none,
@@ -175,7 +175,7 @@ def static_baseline(backend: Backend, target_ms: float, rel_tol: float = 0.02,
                     controller: Optional[ControllerSettings] = None) -> Tuned:
     """The static baseline's latency-bounded throughput: one fixed ``policy``
     (:data:`STATIC` by default), found by bisection (:func:`max_qps`, within ``rel_tol``) or,
-    given ``controller`` settings, by R3's controller (:func:`controlled_qps`)."""
+    given ``controller`` settings, by DeepRecSys's controller (:func:`controlled_qps`)."""
     qps, result = _evaluate(backend, policy, target_ms, rel_tol, controller)
     return Tuned(policy, qps, result, [(policy, qps)])
 
@@ -189,9 +189,9 @@ def deeprecsched(backend: Backend, target_ms: float, batch_sizes: Sequence[int] 
     """DeepRecSched: climb the batch sizes in order, then (with an accelerator) the offload
     thresholds, keeping the policy of the highest latency-bounded throughput. Each policy's
     throughput is found by bisection (:func:`max_qps`) or, given ``controller`` settings, by
-    R3's running-p95 controller (:func:`controlled_qps`).
+    DeepRecSys's running-p95 controller (:func:`controlled_qps`).
 
-    R3 stops a climb at the first drop in throughput (``patience=0``); measured latency
+    DeepRecSys stops a climb at the first drop in throughput (``patience=0``); measured latency
     curves are not always unimodal (a batch that spills the cache can be slower per item than
     a smaller one, so QPS dips and recovers), so by default (``patience=None``) every
     candidate is tried; ``patience=k`` stops after ``k + 1`` tries in a row without a new

@@ -9,7 +9,7 @@ that median (:meth:`LatencyCurve.sample`, seeded). With curves profiled at sever
 (:meth:`CurvesByLoad.settle`). A query's latency is the end of its last
 sub-request minus its arrival. Queues are bounded: a query whose sub-requests do not fit is
 shed (its latency is ``inf``). The simulation is exact for this model and deterministic for a seed.
-:func:`simulate_controlled` serves the same model with arrivals at the rate an R3 controller
+:func:`simulate_controlled` serves the same model with arrivals at the rate a DeepRecSys controller
 sets as queries complete (:mod:`.controller`).
 """
 
@@ -284,8 +284,8 @@ class SimulatedServer(QueryStream):
                         self.queue_capacity, rng=self._rng())
 
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
-        """One run whose rate ``controller`` sets (R3's search, :func:`simulate_controlled`),
-        on this stream's query sizes."""
+        """One run whose rate ``controller`` sets (DeepRecSys's search,
+        :func:`simulate_controlled`), on this stream's query sizes."""
         return simulate_controlled(controller,
                                    self.controlled_sizes(controller, self.queue_capacity),
                                    policy, self.curve, self.cores, self.accelerator,

@@ -1,4 +1,4 @@
-"""recengine.serving: a real inference server for the R2 models on this machine.
+"""recengine.serving: a real inference server for the DeepRecInfra models on this machine.
 
 :class:`Server` replays a query stream against real model forwards on worker threads with
 bounded queues (shed queries counted, a failing worker reported, never a hang);

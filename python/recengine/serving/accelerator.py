@@ -1,4 +1,4 @@
-"""Where offloaded queries run: a real CUDA device, or a latency model of one (R3: the
+"""Where offloaded queries run: a real CUDA device, or a latency model of one (DeepRecSys: the
 public DeepRecSys accelerator is a latency curve profiled at a few batch sizes)."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class RealServer(QueryStream):
         return self.server.run(arrivals, sizes, policy)
 
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
-        """One run whose rate ``controller`` sets (R3's search, :meth:`Server.
+        """One run whose rate ``controller`` sets (DeepRecSys's search, :meth:`Server.
         run_controlled`), on this stream's query sizes."""
         sizes = self.controlled_sizes(controller, self.server.queue_capacity)
         return self.server.run_controlled(sizes, policy, controller)

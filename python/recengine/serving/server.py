@@ -201,11 +201,11 @@ class Server:
 
     def run_controlled(self, sizes: np.ndarray, policy: Policy, controller: RateController,
                        timeout_s: Optional[float] = None) -> RunResult:
-        """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets (R3's
-        search): before each arrival the controller is told of every query completed since
-        (latency, ``inf`` if shed), and it draws the gap. Arrivals stop when it has taken
-        every step (or the sizes run out); the queries in flight then finish. Returns every
-        dispatched query's latency. Raises as :meth:`run` does."""
+        """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets
+        (DeepRecSys's search): before each arrival the controller is told of every query
+        completed since (latency, ``inf`` if shed), and it draws the gap. Arrivals stop when it
+        has taken every step (or the sizes run out); the queries in flight then finish. Returns
+        every dispatched query's latency. Raises as :meth:`run` does."""
         sizes = np.asarray(sizes, dtype=np.int64)
         told = 0
         last = 0.0

@@ -10,8 +10,9 @@ load it puts on the cores), each
 sub-request taking the profiled median for its size (``service_times="profiled"``: drawn from
 the spread the profile saw). Real: :class:`Server` with one worker per core (threads, or
 processes with ``processes``). Then the static baseline's and DeepRecSched's latency-bounded
-throughput at the model's p95 target (R2), each a search over arrival rates: bisection over
-runs at fixed rates, or (``search="controller"``) R3's running-p95 controller.
+throughput at the model's p95 target (DeepRecInfra), each a search over arrival rates:
+bisection over runs at fixed rates, or (``search="controller"``) DeepRecSys's running-p95
+controller.
 
 The static baseline splits every query into sub-requests of ``static_batch`` items (32 by
 default: :data:`~recengine.sched.STATIC`, DeepRecInfra's fixed per-core batch size). Each row
@@ -56,7 +57,7 @@ __all__ = ["SEARCHES", "SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study
            "static_sweep"]
 
 #: How a policy's latency-bounded throughput is found: bracket and bisect the rate over runs
-#: at fixed rates (:func:`~recengine.sched.max_qps`), or R3's running-p95 controller on one
+#: at fixed rates (:func:`~recengine.sched.max_qps`), or DeepRecSys's running-p95 controller on one
 #: long run (:func:`~recengine.sched.controlled_qps`).
 SEARCHES: tuple[str, ...] = ("bisect", "controller")
 
@@ -111,7 +112,7 @@ class ServeConfig:
             raise ValueError(f"the rate search is one of {', '.join(SEARCHES)}, got "
                              f"{self.search!r}")
         if self.search == "controller" and self.process not in CONTROLLER_PROCESSES:
-            raise ValueError(f"R3's controller draws Poisson arrivals; --arrivals "
+            raise ValueError(f"DeepRecSys's controller draws Poisson arrivals; --arrivals "
                              f"{self.process} needs --search bisect")
         if self.service_times not in ("profiled", "median"):
             raise ValueError(f"service times are 'profiled' or 'median', got "
@@ -160,7 +161,7 @@ def _accelerator_curve(config: ServeConfig, model: str) -> Optional[LatencyCurve
         curves = json.load(f)
     if model not in curves:
         raise ValueError(f"{config.accelerator_curves} has no curve for {model}")
-    return LatencyCurve.from_dict(curves[model], interpolation="log")  # R3's model
+    return LatencyCurve.from_dict(curves[model], interpolation="log")  # DeepRecSys's model
 
 
 def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: None,

@@ -1,4 +1,5 @@
-"""recengine.shard: embedding tables sharded over servers (R6 of the reference).
+"""recengine.shard: embedding tables sharded over servers (as in the scale-out inference study,
+arXiv 2011.02084).
 
 Plan where each table's rows live (:func:`plan`, five strategies), then look tables up sharded
 in this process (:class:`ShardedEmbedding`) or across processes and machines on Ray

@@ -102,7 +102,7 @@ class ShardTable:
     @classmethod
     def from_spec(cls, spec: TableSpec, name: str, dtype: str = "fp32",
                   net: str = "main") -> ShardTable:
-        """From an R2 model's :class:`~recengine.shapes.TableSpec`."""
+        """From a DeepRecInfra model's :class:`~recengine.shapes.TableSpec`."""
         return cls(name, spec.num_rows, spec.dim, dtype, float(spec.lookups), net)
 
 

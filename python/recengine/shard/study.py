@@ -1,11 +1,11 @@
-"""The sharding study behind ``recengine shard``: one R2 model served singular and sharded by
-each strategy, in process and on Ray, from the same queries.
+"""The sharding study behind ``recengine shard``: one DeepRecInfra model served singular and
+sharded by each strategy, in process and on Ray, from the same queries.
 
 For each (strategy, backend) the study plans the model's tables on ``shards`` shards, builds
 the sharded embedding and serves ``queries`` queries of ``batch`` samples (uniform random ids,
 the model's pooling factors) one after another. In process, every strategy takes each query in
 turn, so a slow spell of the machine falls on all of them. It reports per-query latency (p50,
-p99), the p99 overhead over singular in-process serving (R6's baseline, the model on one
+p99), the p99 overhead over singular in-process serving (that study's baseline, the model on one
 server), the compute overhead (CPU seconds of this process, plus the shard actors' on Ray, over
 singular in-process serving's), the lookups each shard call carries, and the bytes each shard
 holds.
@@ -54,7 +54,7 @@ class StudyConfig:
     """What :func:`run_study` measures.
 
     Args:
-        model: an R2 model name.
+        model: a DeepRecInfra model name.
         shards: shards for the sharded strategies.
         strategies: planners to compare (singular is always run: it is the baseline).
         backends: "inprocess" and/or "ray".

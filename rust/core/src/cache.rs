@@ -1,6 +1,6 @@
 //! A buffer cache of equal-size blobs: a few slots of fast memory in front of a slow store.
 //!
-//! Built for Expert Buffering (R9 of the reference): a mixture-of-experts layer keeps only
+//! Built for Expert Buffering (arXiv 2303.06182): a mixture-of-experts layer keeps only
 //! some experts' parameters in fast memory, and each batch makes the experts it routes to
 //! resident first. The same cache serves as a hot-row cache in front of a memory-mapped
 //! embedding table (blobs = rows).

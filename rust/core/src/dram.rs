@@ -1,4 +1,4 @@
-//! A DDR4 memory-system model for emulating SparseLengthsSum traffic (RecNMP, R7).
+//! A DDR4 memory-system model for emulating SparseLengthsSum traffic (RecNMP).
 //!
 //! Channels hold DIMMs, DIMMs ranks, ranks bank groups of banks; each bank has an open-page
 //! row buffer. A channel's controller takes 64-byte read requests in arrival order into a

@@ -1,4 +1,4 @@
-//! SparseLengthsSum on a DDR4 host vs on RecNMP's near-memory units (R7).
+//! SparseLengthsSum on a DDR4 host vs on RecNMP's near-memory units.
 //!
 //! A trace is a list of lookups `(model, table, row, bag)`; tables of `vector_bytes` rows lie
 //! one after another in memory, each starting on a DRAM row boundary.
@@ -38,7 +38,7 @@ pub struct Lookup {
 
 /// Per-unit energies (pJ) and powers (mW). Defaults: DDR4-like per-command energies of a
 /// Micron-style power model for an x8 rank, 4 pJ/bit channel I/O, 1 pJ per NMP float add, and
-/// an SRAM RankCache access of R8's table (2 MB SRAM array, 64-bit access, 1.128 pJ, scaled
+/// an SRAM RankCache access of NVMExplorer's table (2 MB SRAM array, 64-bit access, 1.128 pJ, scaled
 /// to a 64-byte line: 8 accesses).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Energy {
