@@ -153,3 +153,23 @@ def test_both_timings_give_checked_rows(timing: str) -> None:
 def test_unknown_timing_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="timing"):
         BenchConfig(timing="interleaved")
+
+
+def test_kernels_vs_fbgemm_script_runs(tmp_path: Any) -> None:
+    """benches/kernels_vs_fbgemm.py on tiny tables: it checks the outputs agree, and writes
+    one row per dtype and batch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benches" / "kernels_vs_fbgemm.py"
+    out = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--tables", "2", "--rows", "1000", "--dim", "16",
+         "--pooling", "4", "--batches", "1,8", "--repeats", "3", "--budget", "0.01",
+         "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dtype"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 8), ("int8", 1),
+                                                        ("int8", 8)]
+    assert all(r["ratio"] > 0 and r["calls"] >= 1 for r in rows)

@@ -285,6 +285,11 @@ mod x86 {
         unsafe fn scale_bias<S: Simd>(_row: *const u8, _dim: usize) -> (f32, f32) {
             (1.0, 0.0)
         }
+        /// Where a row of `dim` values keeps its scale (quantized formats).
+        #[inline(always)]
+        fn scale_at(_dim: usize) -> Option<usize> {
+            None
+        }
     }
 
     struct F32;
@@ -337,6 +342,10 @@ mod x86 {
             unsafe { S::full_u8(p) }
         }
         #[inline(always)]
+        fn scale_at(dim: usize) -> Option<usize> {
+            Some(dim)
+        }
+        #[inline(always)]
         unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
             // SAFETY: an int8 row has its f32 scale and bias at bytes dim..dim + 8.
             unsafe {
@@ -361,6 +370,10 @@ mod x86 {
         unsafe fn full<S: Simd>(p: *const u8) -> S::V {
             // SAFETY: forwarded caller contract.
             unsafe { S::full_u4(p) }
+        }
+        #[inline(always)]
+        fn scale_at(dim: usize) -> Option<usize> {
+            Some(dim.div_ceil(2))
         }
         #[inline(always)]
         unsafe fn scale_bias<S: Simd>(row: *const u8, dim: usize) -> (f32, f32) {
@@ -398,20 +411,35 @@ mod x86 {
         /// EPYC, 128-byte rows of an L2-resident table pooled 22% faster with one line than
         /// with two. On 2 MiB pages every line is prefetched, which measured best there
         /// (one line was 20% slower on a DRAM-resident table).
-        pub(crate) fn new(base: *const u8, row_bytes: usize, from: usize, to: usize, huge_pages: bool) -> Prefetch {
+        ///
+        ///
+        /// `also`: a byte of the row every lookup reads whatever the columns (a quantized
+        /// row's scale), prefetched too when the cap leaves its line out: 8-bit rows of 64
+        /// values (72 bytes) have their scale and bias on their second line, which the
+        /// one-line cap would leave to a demand miss on every lookup.
+        pub(crate) fn new(base: *const u8, row_bytes: usize, from: usize, to: usize, huge_pages: bool, also: Option<usize>) -> Prefetch {
             const SMALL_PAGE_LINES: usize = 1;
             let len = to - from;
             let aligned = (base as usize + from).is_multiple_of(64) && row_bytes.is_multiple_of(64);
             let lines = len.div_ceil(64);
             let cap = super::prefetch_lines().min(if huge_pages { usize::MAX } else { SMALL_PAGE_LINES });
             if cap < lines {
+                if let Some(at) = also.filter(|&at| cap == 1 && at > from) {
+                    return Prefetch { from, lines: 1, last: None, pair: Some(at - from) };
+                }
                 let pair = (cap <= 2).then(|| 64 * cap.saturating_sub(1));
                 return Prefetch { from, lines: cap, last: None, pair: pair.filter(|_| cap > 0) };
             }
             let last = (!aligned && len > 0).then(|| len - 1);
+            // Unaligned rows: where in its first line a row's range can start (row starts step
+            // by gcd(row_bytes, 64) from a 64-byte aligned base) says whether the first and last
+            // bytes' lines are all of it: for 8-bit rows of 64 values (72 bytes, starting 8
+            // bytes apart) they are, two prefetches rather than three.
+            let step = 1usize << row_bytes.trailing_zeros().min(6);
+            let latest = (base as usize + from) % step + (64 - step);
             let pair = match last {
                 None if lines <= 2 => Some(64 * lines.saturating_sub(1)),
-                Some(l) if lines <= 1 => Some(l),
+                Some(l) if lines <= 1 || latest + len <= 128 => Some(l),
                 _ => None,
             };
             Prefetch { from, lines, last, pair }
@@ -507,7 +535,8 @@ mod x86 {
             let rb = job.row_bytes();
             let base = job.data.as_ptr();
             let first_byte = F::byte_offset(col0);
-            let prefetch = Prefetch::new(base, rb, first_byte, (F::byte_offset(col0 + ncols) + 8).min(rb), job.huge_pages);
+            let to = (F::byte_offset(col0 + ncols) + 8).min(rb);
+            let prefetch = Prefetch::new(base, rb, first_byte, to, job.huge_pages, F::scale_at(dim));
             let nrows = job.num_rows as u64;
             let pad = job.padding.unwrap_or(u64::MAX);
             let idx = job.indices.as_ptr();
@@ -709,5 +738,59 @@ mod x86 {
     pub(super) unsafe fn pool_avx2<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) -> Result<()> {
         // SAFETY: forwarded caller contract.
         unsafe { by_format::<Avx2, I>(job, bags, out) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Prefetch;
+
+        /// The lines `Prefetch::row` asks for, as row-relative byte addresses of `base`.
+        fn prefetched_lines(p: &Prefetch, base: usize, row_bytes: usize, r: usize) -> Vec<usize> {
+            let row = base + r * row_bytes + p.from;
+            let mut at = Vec::new();
+            if let Some(second) = p.pair {
+                at.extend([row, row + second]);
+            } else {
+                at.extend((0..p.lines).map(|k| row + 64 * k));
+                at.extend(p.last.map(|l| row + l));
+            }
+            at.into_iter().map(|a| a / 64).collect()
+        }
+
+        #[test]
+        fn huge_page_prefetches_cover_every_line_of_every_row() {
+            // Every line a row's range touches is prefetched, for row sizes that are and are not
+            // multiples of 64 (8-bit rows of 64 values are 72 bytes) and any column range.
+            for base in [0usize, 64 * 1000] {
+                for row_bytes in [8usize, 36, 64, 72, 100, 136, 256, 264] {
+                    for (from, to) in [(0, row_bytes), (0, row_bytes.min(40)), (row_bytes / 2, row_bytes)] {
+                        if to <= from {
+                            continue;
+                        }
+                        let p = Prefetch::new(base as *const u8, row_bytes, from, to, true, None);
+                        for r in 0..130 {
+                            let want: Vec<usize> =
+                                ((base + r * row_bytes + from) / 64..=(base + r * row_bytes + to - 1) / 64).collect();
+                            let got = prefetched_lines(&p, base, row_bytes, r);
+                            assert!(
+                                want.iter().all(|l| got.contains(l)),
+                                "row_bytes {row_bytes} [{from}, {to}) row {r}: want {want:?}, got {got:?}"
+                            );
+                        }
+                    }
+                }
+            }
+            // 72-byte rows take two prefetches, not two lines and the last byte again.
+            let p = Prefetch::new(std::ptr::null(), 72, 0, 72, true, None);
+            assert_eq!(p.pair, Some(71));
+        }
+
+        #[test]
+        fn small_pages_prefetch_the_scale_line_of_quantized_rows() {
+            let p = Prefetch::new(std::ptr::null(), 72, 0, 72, false, Some(64));
+            assert_eq!((p.lines, p.pair), (1, Some(64)));
+            let p = Prefetch::new(std::ptr::null(), 72, 0, 72, false, None);
+            assert_eq!((p.lines, p.pair), (1, Some(0)));
+        }
     }
 }

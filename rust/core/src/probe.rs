@@ -19,7 +19,7 @@ fn gather<I: Index>(t: &TableView<'_>, indices: &[I], ring: &mut [u8]) -> u64 {
     let data = t.data;
     let last = t.num_rows.saturating_sub(1);
     #[cfg(target_arch = "x86_64")]
-    let pf = crate::kernel::Prefetch::new(data.as_ptr(), rb, 0, rb, t.huge_pages);
+    let pf = crate::kernel::Prefetch::new(data.as_ptr(), rb, 0, rb, t.huge_pages, None);
     #[cfg(target_arch = "x86_64")]
     let distance = crate::kernel::prefetch_distance();
     for (j, i) in indices.iter().enumerate() {
