@@ -282,8 +282,8 @@ class EmbeddingBagCollection(torch.nn.Module):
 
     def _pool_features(self, kjt: KeyedJaggedTensor) -> Tensor:
         """One :func:`recengine.nn.functional.embedding_bag` call per feature (on the core
-        where it runs, else torch's kernel): variable batches, other devices, tracing, and
-        inputs torch refuses (so its exception is raised)."""
+        where it runs, else torch's kernel): variable batches, other devices, tracing (``kjt``
+        a torch.fx Proxy), and inputs torch refuses (so its exception is raised)."""
         jts = kjt.to_dict()
         outs = []
         for t, f in self._blocks:
@@ -308,25 +308,12 @@ class EmbeddingBagCollection(torch.nn.Module):
                 all(m == "sum" for m in self._modes)
         return True
 
-    def _traced_forward(self, features: torch.fx.Proxy) -> KeyedTensor:
-        """The forward as ``torch.fx`` records it: one node per feature's pooling (the
-        functional ``embedding_bag``, which runs on the core) and one to join them."""
-        jts = features.to_dict()
-        outs = []
-        for t, f in self._blocks:
-            jt = jts[f]
-            bag = self.embedding_bags[self._names[t]]
-            outs.append(_pool_feature(jt.values(), bag.weight, jt.offsets(), self._modes[t],
-                                      bag.sparse,
-                                      jt.weights() if self._is_weighted else None))
-        values = _join_features(outs, features.inverse_indices_or_none(),
-                                self._feature_names)
-        return KeyedTensor(self._embedding_names, self._dims, values)
-
     def forward(self, features: Any) -> KeyedTensor:
         """Pool ``features`` (a KeyedJaggedTensor): returns a KeyedTensor ``[B, sum(D)]``."""
         if isinstance(features, torch.fx.Proxy):
-            return self._traced_forward(features)
+            # Traced by torch.fx: one graph node per feature's pooling (the functional
+            # embedding_bag, which runs on the core) and one to join them.
+            return KeyedTensor(self._embedding_names, self._dims, self._pool_features(features))
         kjt = as_kjt(features)
         weights = self._weights()
         values: Optional[Tensor] = None

@@ -88,10 +88,7 @@ impl Plan {
         mode: Mode,
         padding_idx: Option<i64>,
     ) -> Result<Plan> {
-        let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?;
-        parallel::sort(&mut plan.keys)?;
-        plan.find_starts();
-        Ok(plan)
+        Plan::new_as(num_rows, dim, indices, offsets, weights, mode, padding_idx, DType::Fp32)
     }
 
     /// [`Plan::new`] for a table of `dtype`, whose gradient is computed as torch computes it
@@ -227,9 +224,9 @@ impl Plan {
     /// Compute the gradient in `dtype`'s precision, as torch's CPU backward does for a
     /// table of that dtype: every factor (per-sample weight, `1 / bag size` in mean mode)
     /// rounded to `dtype`, and each addition into the dense gradient rounded to `dtype`
-    /// (`g = round(g + round(factor * grad))`). The sparse gradient's
-    /// values are then exact products, which the caller rounds once to `dtype`. `Fp32` leaves
-    /// the plan as it is; the quantized dtypes have no gradient.
+    /// (`g = round(g + round(factor * grad))`). The sparse gradient's values are then exact
+    /// products, which the caller rounds once to `dtype`. `Fp32` leaves the plan as it is;
+    /// the quantized dtypes have no gradient.
     pub fn accumulate_as(mut self, dtype: DType) -> Result<Plan> {
         match dtype {
             DType::Fp32 => return Ok(self),

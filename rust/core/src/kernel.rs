@@ -412,7 +412,6 @@ mod x86 {
         /// with two. On 2 MiB pages every line is prefetched, which measured best there
         /// (one line was 20% slower on a DRAM-resident table).
         ///
-        ///
         /// `also`: a byte of the row every lookup reads whatever the columns (a quantized
         /// row's scale), prefetched too when the cap leaves its line out: 8-bit rows of 64
         /// values (72 bytes) have their scale and bias on their second line, which the
