@@ -274,6 +274,7 @@ def _refusals() -> list[tuple[str, Callable[[Callable[..., Any], Any], Any]]]:
         ("2-D input with offsets", lambda f, w: f(torch.ones(3, 4, dtype=torch.long), w,
                                               torch.arange(3))),
         ("1-D input without offsets", lambda f, w: f(torch.ones(12, dtype=torch.long), w)),
+        ("2-D input with no columns", lambda f, w: f(torch.zeros(3, 0, dtype=torch.long), w)),
         ("first offset not 0", lambda f, w: f(x, w, torch.tensor([1, 2]))),
         ("offset past the end", lambda f, w: f(x, w, torch.tensor([0, 100]))),
         ("last offset past the end", lambda f, w: f(x, w, torch.tensor([0, 7]),

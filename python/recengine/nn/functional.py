@@ -83,8 +83,8 @@ def embedding_bag(
     bag_starts = offsets
     last_offset = include_last_offset
     if input.dim() == 2:
-        if offsets is not None:
-            return torch_kernel()
+        if offsets is not None or input.shape[1] == 0:
+            return torch_kernel()  # torch raises for both
         if grad or torch.compiler.is_compiling():
             indices, bag_starts, psw = _op.flatten_2d(input, psw)
         else:
