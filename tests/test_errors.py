@@ -226,6 +226,23 @@ def test_thread_count_errors() -> None:
     for bad in (0, -1, 1.5, "2", True, None):
         with pytest.raises(ValueError):
             recengine.set_num_threads(bad)  # type: ignore[arg-type]
+    # An absurd count is refused (4096 threads on 2 cores made a lookup take minutes).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with pytest.raises(ValueError, match="per core"):
+        recengine.set_num_threads(4096 * max(cores or 1, 1))
+
+
+def test_absurd_thread_count_from_the_environment_is_capped() -> None:
+    code = ("import os, numpy as np, recengine; t = recengine.EmbeddingTable.random(1000, 16); "
+            "t.lookup(np.arange(1000), offsets=np.arange(0, 1000, 10)); "
+            "n = recengine.get_num_threads(); c = os.cpu_count(); "
+            "assert 1 <= n <= 4 * c, (n, c); print(n)")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "RECENGINE_NUM_THREADS": "100000",
+                                            "RECENGINE_POOL": "own"})
+    assert done.returncode == 0, done.stderr
 
 
 def test_simd_level_errors() -> None:
@@ -289,3 +306,44 @@ def test_collection_type_errors() -> None:
         coll.lookup([np.array([0.0])], offsets=[np.array([0])])
     with pytest.raises(IndexError):
         coll.lookup([np.array([-1])], offsets=[np.array([0])])
+
+
+def _misaligned(values: np.ndarray, shift: int) -> np.ndarray:
+    """A C-contiguous copy of ``values`` that starts ``shift`` bytes into its buffer: not
+    aligned for its dtype when ``shift`` is not a multiple of the item size."""
+    buf = np.zeros(values.nbytes + shift, dtype=np.uint8)
+    view = buf[shift:].view(values.dtype).reshape(values.shape)
+    view[...] = values
+    assert view.flags["C_CONTIGUOUS"] and not view.flags["ALIGNED"]
+    return view
+
+
+@pytest.mark.parametrize("shift", [1, 2, 3])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_misaligned_arrays_are_read_correctly(shift: int, index_dtype: type) -> None:
+    """Arrays at an odd byte offset (contiguous, not aligned) are copied where the core takes
+    them, and the answers are the aligned arrays' (they used to raise PanicException)."""
+    table = EmbeddingTable.random(50, 8, seed=3)
+    rows = table.to_numpy()
+    idx = np.arange(0, 40, 3, dtype=index_dtype)
+    offsets = np.array([0, 4, 9], dtype=index_dtype)
+    lengths = np.array([4, 5, 5], dtype=index_dtype)
+    w = np.linspace(0.5, 2.0, idx.size, dtype=np.float32)
+    bad_idx, bad_off, bad_len, bad_w = (_misaligned(a, shift) for a in (idx, offsets, lengths, w))
+    want = table.lookup(idx, offsets=offsets, weights=w)
+    np.testing.assert_array_equal(table.lookup(bad_idx, offsets=bad_off, weights=bad_w), want)
+    np.testing.assert_array_equal(table.lookup(bad_idx, lengths=bad_len, weights=bad_w), want)
+    coll = EmbeddingCollection([table, table])
+    np.testing.assert_array_equal(coll.lookup([bad_idx, bad_idx], offsets=[bad_off, bad_off]),
+                                  coll.lookup([idx, idx], offsets=[offsets, offsets]))
+    np.testing.assert_array_equal(recengine.sparse_lengths_sum(rows, bad_idx, bad_len),
+                                  recengine.sparse_lengths_sum(rows, idx, lengths))
+    np.testing.assert_array_equal(recengine.embedding_bag(rows, bad_idx, bad_off),
+                                  recengine.embedding_bag(rows, idx, offsets))
+    grad = np.ones((3, 8), dtype=np.float32)
+    np.testing.assert_array_equal(
+        recengine.embedding_bag_backward(_misaligned(grad, shift), 50, bad_idx, bad_off),
+        recengine.embedding_bag_backward(grad, 50, idx, offsets))
+    # A misaligned table cannot be read in place: a clear error says how to copy it.
+    with pytest.raises(ValueError, match="aligned"):
+        recengine.sparse_lengths_sum(_misaligned(rows, shift), idx, lengths)

@@ -45,7 +45,8 @@ def set_num_threads(n: int) -> None:
     """Set how many threads the core's parallel calls use. Without it the count is the
     ``RECENGINE_NUM_THREADS`` environment variable, else torch's (``torch.get_num_threads()``)
     while the core runs on torch's threads (see :func:`set_thread_pool`), else one per core
-    this process may run on.
+    this process may run on. At most 4 per core: a larger ``n`` raises ValueError, and a
+    larger ``RECENGINE_NUM_THREADS`` is taken as that maximum.
 
     Example::
 

@@ -13,8 +13,8 @@ __all__ = ["as_float32_array", "as_index_array"]
 def as_index_array(obj: Any, name: str) -> np.ndarray:
     """Return ``obj`` as a C-contiguous int64 or int32 array, or raise TypeError.
 
-    Lists, tuples, other integer dtypes and non-contiguous arrays are copied. Floats, bools and
-    objects are refused rather than silently truncated.
+    Lists, tuples, other integer dtypes and non-contiguous or misaligned arrays are copied.
+    Floats, bools and objects are refused rather than silently truncated.
 
     Example:
         >>> as_index_array([1, 2], "indices").dtype
@@ -33,7 +33,8 @@ def as_index_array(obj: Any, name: str) -> np.ndarray:
         raise IndexError(f"{name} holds a value larger than the largest int64")
     if arr.dtype not in (np.int32, np.int64):
         arr = arr.astype(np.int64)
-    return np.ascontiguousarray(arr)
+    # "A": aligned too (a view at an odd byte offset is copied, as the core reads it in place).
+    return np.require(arr, requirements="CA")
 
 
 def as_float32_array(obj: Any, name: str) -> np.ndarray:
@@ -48,4 +49,4 @@ def as_float32_array(obj: Any, name: str) -> np.ndarray:
     arr = np.asarray(obj)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.require(arr, dtype=np.float32, requirements="CA")

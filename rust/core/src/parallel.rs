@@ -41,7 +41,7 @@ fn chosen_threads() -> Option<usize> {
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
                 .filter(|&n| n > 0)
-                .unwrap_or(usize::MAX);
+                .map_or(usize::MAX, |n| n.min(max_threads()));
             // Another thread may have set a count meanwhile; keep theirs.
             let _ = THREADS.compare_exchange(0, env, Ordering::Relaxed, Ordering::Relaxed);
             THREADS.load(Ordering::Relaxed)
@@ -86,13 +86,28 @@ pub fn pool_in_use() -> &'static str {
     }
 }
 
-/// Set the thread count (1 or more). The pool is rebuilt at its next use.
+/// Threads per core a count may ask for at most: more only adds switching (and thousands of
+/// threads on a few cores made a lookup take minutes).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// The largest thread count: [`MAX_THREADS_PER_CORE`] per core this process may run on.
+pub fn max_threads() -> usize {
+    MAX_THREADS_PER_CORE * cores()
+}
+
+/// Set the thread count: 1 to [`max_threads`]. The pool is rebuilt at its next use.
+/// (`RECENGINE_NUM_THREADS` above the maximum is taken as the maximum.)
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::value("the thread count must be at least 1"));
     }
-    if n > 4096 {
-        return Err(Error::value(format!("{n} threads is more than this library allows (4096)")));
+    let most = max_threads();
+    if n > most {
+        return Err(Error::value(format!(
+            "{n} threads is more than {MAX_THREADS_PER_CORE} per core of the {} this process may \
+             run on (at most {most})",
+            cores()
+        )));
     }
     THREADS.store(n, Ordering::Relaxed);
     Ok(())

@@ -1,6 +1,6 @@
-//! Taking numpy arguments without copies: C-contiguous int32/int64 indices and float32
-//! weights are borrowed in place; anything else goes through `recengine._convert` once
-//! (which copies or raises a clear TypeError).
+//! Taking numpy arguments without copies: C-contiguous, aligned int32/int64 indices and
+//! float32 weights are borrowed in place; anything else (a view at an odd byte offset too)
+//! goes through `recengine._convert` once (which copies or raises a clear TypeError).
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -29,7 +29,7 @@ impl<'py> Ints<'py> {
     }
 
     pub fn slice(&self) -> IntSlice<'_> {
-        // The arrays were checked C-contiguous when taken, so as_slice cannot fail.
+        // The arrays were checked C-contiguous and aligned when taken, so as_slice cannot fail.
         match self {
             Ints::I32(a) => IntSlice::I32(a.as_slice().expect("checked contiguous")),
             Ints::I64(a) => IntSlice::I64(a.as_slice().expect("checked contiguous")),
@@ -52,13 +52,19 @@ fn convert_fn<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     m.bind(py).getattr(name)
 }
 
+/// Whether an array can be read in place as a slice: C-contiguous and aligned for its type
+/// (a view at an odd byte offset is contiguous but not aligned, and cannot be a Rust slice).
+pub fn in_place<'py>(a: &impl PyUntypedArrayMethods<'py>) -> bool {
+    a.is_c_contiguous() && a.is_aligned()
+}
+
 fn try_ints<'py>(obj: &Bound<'py, PyAny>) -> Option<Ints<'py>> {
     if let Ok(a) = obj.cast::<PyArrayDyn<i64>>() {
-        if a.is_c_contiguous() {
+        if in_place(a) {
             return a.try_readonly().ok().map(Ints::I64);
         }
     } else if let Ok(a) = obj.cast::<PyArrayDyn<i32>>() {
-        if a.is_c_contiguous() {
+        if in_place(a) {
             return a.try_readonly().ok().map(Ints::I32);
         }
     }
@@ -77,7 +83,7 @@ pub fn ints<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> {
 /// Take a float32 array argument.
 pub fn floats<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArrayDyn<'py, f32>> {
     if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
-        if a.is_c_contiguous() {
+        if in_place(a) {
             if let Ok(r) = a.try_readonly() {
                 return Ok(r);
             }

@@ -22,7 +22,7 @@ use recengine_core::{
     bag_offsets, make_job, probe, run, simd, Bags, DType, Index, Mode, Table, TableView,
 };
 
-use crate::arrays::{floats, ints, ints_1d, IntSlice, Ints};
+use crate::arrays::{floats, in_place, ints, ints_1d, IntSlice, Ints};
 use crate::errors::IntoPy;
 
 /// How the bags of one lookup were given.
@@ -649,9 +649,9 @@ impl PyRouted {
                 .map_err(|_| PyTypeError::new_err("each block must be a 2-D float32 array"))?
                 .try_readonly()?;
             let width = router.plan.tables[s.table].pieces[s.piece].cols.len();
-            if a.shape() != [s.bags.len(), width] || !a.is_c_contiguous() {
+            if a.shape() != [s.bags.len(), width] || !in_place(&*a) {
                 return Err(PyValueError::new_err(format!(
-                    "the block of table {} piece {} must be a C-contiguous [{}, {width}] array, got {:?}",
+                    "the block of table {} piece {} must be a C-contiguous, aligned [{}, {width}] array, got {:?}",
                     s.table,
                     s.piece,
                     s.bags.len(),
@@ -1177,8 +1177,8 @@ enum TableArray<'py> {
 /// derived from the row width when it is not given).
 fn table_array<'py>(array: &Bound<'py, PyAny>, dtype: Option<&str>, dim: Option<usize>) -> PyResult<TableArray<'py>> {
     fn borrow<'py, T: numpy::Element>(a: &Bound<'py, PyArray2<T>>) -> PyResult<PyReadonlyArray2<'py, T>> {
-        if !a.is_c_contiguous() {
-            return Err(PyValueError::new_err("the table array must be C-contiguous"));
+        if !in_place(a) {
+            return Err(PyValueError::new_err("the table array must be C-contiguous and aligned (np.require(a, requirements=\"CA\") makes such a copy)"));
         }
         Ok(a.try_readonly()?)
     }
@@ -1370,9 +1370,9 @@ fn pool_keyed_backward<'py>(
         .cast::<PyArray2<f32>>()
         .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array"))?;
     let stride: usize = tables.iter().map(|&x| dims[x]).sum();
-    if !g.is_c_contiguous() || g.shape() != [batch, stride] {
+    if !in_place(g) || g.shape() != [batch, stride] {
         return Err(PyValueError::new_err(format!(
-            "grad must be a C-contiguous [{batch}, {stride}] array, got shape {:?}",
+            "grad must be a C-contiguous, aligned [{batch}, {stride}] array, got shape {:?}",
             g.shape()
         )));
     }
@@ -1393,9 +1393,9 @@ fn pool_keyed_backward<'py>(
                 let a = o
                     .cast::<PyArray2<f32>>()
                     .map_err(|_| PyTypeError::new_err("outs must hold float32 [num_rows, dim] arrays"))?;
-                if a.shape() != [num_rows[i], dims[i]] || !a.is_c_contiguous() {
+                if a.shape() != [num_rows[i], dims[i]] || !in_place(a) {
                     return Err(PyValueError::new_err(format!(
-                        "outs[{i}] must be a C-contiguous [{}, {}] array",
+                        "outs[{i}] must be a C-contiguous, aligned [{}, {}] array",
                         num_rows[i], dims[i]
                     )));
                 }
@@ -1676,8 +1676,8 @@ fn pool_backward<'py>(
     let g = grad
         .cast::<PyArray2<f32>>()
         .map_err(|_| PyTypeError::new_err("grad must be a 2-D float32 array [B, D]"))?;
-    if !g.is_c_contiguous() {
-        return Err(PyValueError::new_err("grad must be C-contiguous"));
+    if !in_place(g) {
+        return Err(PyValueError::new_err("grad must be C-contiguous and aligned"));
     }
     let dim = g.shape()[1];
     let g = g.try_readonly()?;
@@ -1701,9 +1701,9 @@ fn pool_backward<'py>(
         let o = out
             .cast::<PyArray2<f32>>()
             .map_err(|_| PyTypeError::new_err("out must be a 2-D float32 array [num_rows, D]"))?;
-        if o.shape() != [num_rows, dim] || !o.is_c_contiguous() {
+        if o.shape() != [num_rows, dim] || !in_place(o) {
             return Err(PyValueError::new_err(format!(
-                "out must be a C-contiguous [{num_rows}, {dim}] array, got shape {:?}",
+                "out must be a C-contiguous, aligned [{num_rows}, {dim}] array, got shape {:?}",
                 o.shape()
             )));
         }
