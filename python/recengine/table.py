@@ -55,10 +55,12 @@ class EmbeddingTable:
             target = "fp16" if arr.dtype == np.float16 else "fp32"
         else:
             target = normalize_dtype(dtype)
+        # The rows are copied into the table, so any layout is taken ("A": a misaligned view
+        # is copied once more, aligned, as the core reads its source in place).
         if arr.dtype != np.float16:
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            arr = np.require(arr, dtype=np.float32, requirements="CA")
         else:
-            arr = np.ascontiguousarray(arr)
+            arr = np.require(arr, requirements="CA")
         self._t = _core.Table.from_array(arr, target)
 
     @classmethod
