@@ -168,3 +168,20 @@ def run_forked(target: Any, args: tuple, timeout: float = 60.0) -> Any:
             proc.kill()
             proc.join(timeout=10)
         recv.close()
+
+
+@pytest.fixture
+def core_pool_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each call of ``recengine.nn._op.pool`` (the drop-in's way
+    into the core) during the test: to check which calls reach the core."""
+    from recengine.nn import _op
+
+    calls: list[int] = []
+    real = _op.pool
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_op, "pool", counting)
+    return calls

@@ -110,7 +110,9 @@ def embedding_bag_backward(
     """
     if not isinstance(num_rows, (int, np.integer)) or num_rows < 0:
         raise ValueError(f"num_rows must be a non-negative integer, got {num_rows!r}")
-    g = np.require(grad, dtype=np.float32, requirements="CA")  # a misaligned view is copied
+    g = np.ascontiguousarray(grad, dtype=np.float32)
+    if not g.flags.aligned:  # a view at an odd byte offset: the core needs an aligned copy
+        g = g.copy()
     if g.ndim != 2:
         raise ValueError(f"grad must be 2-D [B, D], got shape {g.shape}")
     args = (g, num_rows, indices, offsets, None, weights, mode, padding_idx, include_last_offset)

@@ -108,7 +108,9 @@ impl Plan {
     ) -> Result<Plan> {
         let mut plan = Plan::unsorted(num_rows, dim, indices, offsets, weights, mode, padding_idx)?
             .accumulate_as(dtype)?;
-        if plan.round == DType::Fp32 {
+        // From `TORCH_RADIX_SORT_MIN` lookups torch's order is the stable one, which is the
+        // order of the sorted (row, position) keys: the parallel sort gives it.
+        if plan.round == DType::Fp32 || indices.len() >= stdsort::TORCH_RADIX_SORT_MIN {
             parallel::sort(&mut plan.keys)?;
         } else {
             let rows: Vec<u64> = indices.iter().map(|i| i.to_u64()).collect();
