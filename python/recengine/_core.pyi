@@ -26,11 +26,14 @@ class Table:
     def random(num_rows: int, dim: int, dtype: str, seed: int) -> Table:
         """Rows uniform in [-1, 1), encoded as ``dtype``; the same seed gives the same table."""
     @staticmethod
-    def mmap(path: str, offset: int, num_rows: int, dim: int, dtype: str) -> Table:
-        """Map ``num_rows`` rows of ``dtype`` read-only from ``path`` from byte ``offset`` on."""
+    def open(path: str, offset: int, num_rows: int, dim: int, dtype: str, mmap: bool = True
+             ) -> Table:
+        """``num_rows`` rows of ``dtype`` from ``path`` from byte ``offset`` on: mapped
+        read-only when ``mmap``, else read into memory now."""
     @staticmethod
-    def load_safetensors(path: str, name: Optional[str]) -> Table:
-        """Map one tensor of a safetensors file (the only one when ``name`` is None)."""
+    def load_safetensors(path: str, name: Optional[str] = None, mmap: bool = True) -> Table:
+        """One tensor of a safetensors file (the only one when ``name`` is None), mapped or
+        read into memory as for :meth:`open`."""
     def save_safetensors(self, path: str, name: str) -> None: ...
     @property
     def num_rows(self) -> int: ...

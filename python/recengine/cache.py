@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._files import npy_header
 from .table import EmbeddingTable
 
 __all__ = ["POLICIES", "CachedTable", "ExpertCache", "simulate"]
@@ -113,11 +114,12 @@ class ExpertCache:
             >>> ExpertCache.from_npy(path, slots=4).num_blobs
             16
         """
-        mm = np.load(os.fspath(path), mmap_mode="r")
-        if not isinstance(mm, np.memmap) or mm.ndim < 1 or not mm.flags.c_contiguous:
+        head = npy_header(path)
+        if not head.shape or (head.fortran_order and len(head.shape) > 1) \
+                or head.dtype.hasobject:
             raise ValueError(f"{os.fspath(path)!r} does not hold a C-ordered array [N, ...]")
-        return cls.from_file(path, mm.shape[0], mm.shape[1:], mm.dtype, slots, policy,
-                             int(mm.offset), wait_s)
+        return cls.from_file(path, head.shape[0], head.shape[1:], head.dtype, slots, policy,
+                             head.offset, wait_s)
 
     @classmethod
     def from_table(cls, table: EmbeddingTable, slots: int, policy: str = "lru",

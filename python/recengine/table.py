@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _core
 from ._dtypes import normalize_dtype
+from ._files import npy_header, regular_file
 
 __all__ = ["EmbeddingTable"]
 
@@ -97,38 +98,39 @@ class EmbeddingTable:
         return cls._wrap(_core.Table.from_raw(raw, normalize_dtype(dtype), int(dim)))
 
     @classmethod
-    def load(cls, path: PathLike, name: Optional[str] = None) -> EmbeddingTable:
-        """Memory-map a table from a ``.npy`` or ``.safetensors`` file (read-only).
+    def load(cls, path: PathLike, name: Optional[str] = None, *, mmap: bool = True
+             ) -> EmbeddingTable:
+        """Load a table from a ``.npy`` or ``.safetensors`` file, memory-mapped by default.
 
-        Rows are paged in on demand, so tables larger than RAM work. ``.npy`` files hold
-        float32 or float16 ``[num_rows, dim]``; safetensors files hold F32, F16 or BF16 tensors,
-        or quantized tables written by :meth:`save`. ``name`` picks the tensor in a safetensors
-        file with several.
+        ``.npy`` files hold float32 or float16 ``[num_rows, dim]``; safetensors files hold
+        F32, F16 or BF16 tensors, or quantized tables written by :meth:`save`. ``name`` picks
+        the tensor in a safetensors file with several.
+
+        With ``mmap=True`` the file is mapped read-only and rows are paged in on demand, so
+        tables larger than RAM work. The file must then stay as it is while the table lives:
+        replace a table file by writing a new file and renaming it over the old one (the
+        table keeps reading the old rows until loaded again). A file truncated in place
+        is detected before each lookup, copy or conversion and raises ``OSError`` instead of
+        killing the process with SIGBUS; a truncation racing with a lookup in flight cannot be
+        detected. ``mmap=False`` reads the rows into memory now, which is immune to that.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a regular file, an unknown suffix, or contents that are no table.
+            TypeError: a dtype a table cannot have.
+            MemoryError: ``mmap=False`` and the rows do not fit in memory.
 
         Example::
 
             >>> t.save("table.safetensors")  # doctest: +SKIP
-            >>> EmbeddingTable.load("table.safetensors")  # doctest: +SKIP
+            >>> EmbeddingTable.load("table.safetensors", mmap=False)  # doctest: +SKIP
         """
         path = os.fspath(path)
         if path.endswith(".safetensors"):
-            return cls._wrap(_core.Table.load_safetensors(path, name))
-        if not path.endswith(".npy"):
-            raise ValueError(f"cannot tell the format of {path!r}: expected .npy or .safetensors")
-        mm = np.load(path, mmap_mode="r")
-        if not isinstance(mm, np.memmap) or mm.ndim != 2:
-            raise ValueError(f"{path!r} does not hold a 2-D array")
-        if not mm.flags.c_contiguous:
-            raise ValueError(f"{path!r} is stored in Fortran order; save it C-contiguous")
-        if mm.dtype.newbyteorder("=") != mm.dtype:
-            raise ValueError(f"{path!r} is not little-endian")
-        dtypes = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
-        if mm.dtype not in dtypes:
-            raise TypeError(f"{path!r} holds {mm.dtype}; .npy tables must be float32 or float16")
-        rows, dim = mm.shape
-        offset, dtype = int(mm.offset), dtypes[mm.dtype]
-        del mm
-        return cls._wrap(_core.Table.mmap(path, offset, rows, dim, dtype))
+            return cls._wrap(_core.Table.load_safetensors(regular_file(path), name, bool(mmap)))
+        if path.endswith(".npy"):
+            return cls._wrap(_core.Table.open(path, *_npy_layout(path), mmap=bool(mmap)))
+        raise ValueError(f"cannot tell the format of {path!r}: expected .npy or .safetensors")
 
     def save(self, path: PathLike, name: str = "weight") -> None:
         """Write the table to ``path``: ``.safetensors`` (any dtype) or ``.npy`` (fp32/fp16).
@@ -252,3 +254,19 @@ class EmbeddingTable:
         where = ", mmap" if self.is_memory_mapped else ""
         return (f"EmbeddingTable(num_rows={self.num_rows}, dim={self.dim}, "
                 f"dtype={self.dtype!r}, nbytes={self.nbytes}{where})")
+
+
+def _npy_layout(path: str) -> tuple[int, int, int, str]:
+    """``(offset, rows, dim, dtype)`` of the 2-D float32/float16 array in an ``.npy`` file."""
+    head = npy_header(path)
+    if len(head.shape) != 2:
+        raise ValueError(f"{path!r} does not hold a 2-D array (shape {head.shape})")
+    if head.fortran_order and min(head.shape) > 1:
+        raise ValueError(f"{path!r} is stored in Fortran order; save it C-contiguous")
+    if head.dtype.newbyteorder("=") != head.dtype:
+        raise ValueError(f"{path!r} is not little-endian")
+    dtypes = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+    if head.dtype not in dtypes:
+        raise TypeError(f"{path!r} holds {head.dtype}; .npy tables must be float32 or float16")
+    rows, dim = head.shape
+    return head.offset, rows, dim, dtypes[head.dtype]

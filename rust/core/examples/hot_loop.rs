@@ -25,7 +25,7 @@ fn main() {
     let mut best = f64::MAX;
     for _ in 0..200 {
         let t = Instant::now();
-        lookup(table.view(), &indices, Bags::Lengths(&lengths), None, Mode::Sum, None, &mut out).unwrap();
+        lookup(table.view().unwrap(), &indices, Bags::Lengths(&lengths), None, Mode::Sum, None, &mut out).unwrap();
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!("{rows} x {dim}, {bags} bags of {per_bag}: best {:.1} us, {:.2} ns per lookup", best * 1e6, best * 1e9 / (bags * per_bag) as f64);

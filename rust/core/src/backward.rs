@@ -189,9 +189,9 @@ impl Plan {
             }
         };
 
-        let mut bag_of = vec![0u32; n];
-        let mut counts = vec![0u32; bags];
-        let mut keys = Vec::with_capacity(n);
+        let mut bag_of = crate::mem::filled(n, 0u32, "the gradient plan")?;
+        let mut counts = crate::mem::filled(bags, 0u32, "the gradient plan")?;
+        let mut keys = crate::mem::with_capacity(n, "the gradient plan")?;
         for b in 0..bags {
             for p in offsets[b]..offsets[b + 1] {
                 bag_of[p] = b as u32;

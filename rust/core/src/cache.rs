@@ -160,7 +160,7 @@ impl Directory {
         }
         Ok(Directory {
             policy,
-            slots: vec![Slot::default(); slots],
+            slots: crate::mem::filled(slots, Slot::default(), "the cache's slots")?,
             resident: HashMap::new(),
             num_ids,
             clock: 0,
@@ -356,12 +356,12 @@ enum StoreKind {
 
 impl Store {
     /// An owned copy of `bytes`.
-    pub fn from_bytes(bytes: &[u8]) -> Store {
-        let mut s = Storage::zeroed(bytes.len());
+    pub fn from_bytes(bytes: &[u8]) -> Result<Store> {
+        let mut s = Storage::zeroed(bytes.len())?;
         if let Some(dst) = s.bytes_mut() {
             dst.copy_from_slice(bytes);
         }
-        Store(StoreKind::Bytes(s))
+        Ok(Store(StoreKind::Bytes(s)))
     }
 
     /// `len` bytes of a file from `offset`, memory-mapped read-only (paged in on demand).
@@ -374,10 +374,18 @@ impl Store {
         Store(StoreKind::Table(table))
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The blobs; for a mapped file checked as `Storage::bytes` is.
+    fn bytes(&self) -> Result<&[u8]> {
         match &self.0 {
             StoreKind::Bytes(s) => s.bytes(),
             StoreKind::Table(t) => t.bytes(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.0 {
+            StoreKind::Bytes(s) => s.len(),
+            StoreKind::Table(t) => t.nbytes(),
         }
     }
 }
@@ -411,7 +419,7 @@ impl BlobCache {
         if blob_bytes == 0 {
             return Err(Error::value("blobs need at least one byte"));
         }
-        let len = store.bytes().len();
+        let len = store.len();
         if !len.is_multiple_of(blob_bytes) {
             return Err(Error::value(format!(
                 "the store holds {len} bytes, not a whole number of {blob_bytes}-byte blobs"
@@ -422,7 +430,7 @@ impl BlobCache {
         let arena_len = slots
             .checked_mul(blob_bytes)
             .ok_or_else(|| Error::value("slots x blob bytes overflows"))?;
-        let mut arena = Storage::zeroed(arena_len);
+        let mut arena = Storage::zeroed(arena_len)?;
         let base = arena.bytes_mut().expect("a new buffer is owned").as_mut_ptr();
         Ok(BlobCache { dir: Mutex::new(dir), ready: Condvar::new(), arena, base, blob: blob_bytes, store, wait })
     }
@@ -432,7 +440,7 @@ impl BlobCache {
     }
 
     pub fn num_blobs(&self) -> usize {
-        self.store.bytes().len() / self.blob
+        self.store.len() / self.blob
     }
 
     fn lock(&self) -> MutexGuard<'_, Directory> {
@@ -466,13 +474,15 @@ impl BlobCache {
     /// The arena: slot `k` is bytes `k * blob_bytes ..`. Read only the slots of ids a batch
     /// has fetched and not yet released.
     pub fn arena(&self) -> &[u8] {
-        self.arena.bytes()
+        self.arena.bytes().expect("the arena is owned memory")
     }
 
     /// Make `ids` resident and pinned for the batch; return each id's slot (in order). Misses
     /// are copied from the store in parallel. Waits while other batches pin the slots needed
     /// (at most the cache's `wait`, then an error).
     pub fn fetch(&self, ids: &[usize]) -> Result<Vec<usize>> {
+        // Checked before any slot is claimed (a mapped store's file may have shrunk).
+        let src = self.store.bytes()?;
         let deadline = Instant::now() + self.wait;
         let mut dir = self.lock();
         let grant = loop {
@@ -490,7 +500,6 @@ impl BlobCache {
         };
         drop(dir);
         let start = Instant::now();
-        let src = self.store.bytes();
         let blob = self.blob;
         let fills = &grant.fills;
         let base = self.base as usize;
@@ -573,7 +582,7 @@ mod tests {
     #[test]
     fn fetch_copies_the_blobs() {
         let bytes: Vec<u8> = (0..40).collect();
-        let c = BlobCache::new(Store::from_bytes(&bytes), 4, 3, Policy::Fifo, Duration::from_secs(1)).unwrap();
+        let c = BlobCache::new(Store::from_bytes(&bytes).unwrap(), 4, 3, Policy::Fifo, Duration::from_secs(1)).unwrap();
         let slots = c.fetch(&[7, 2, 7]).unwrap();
         assert_eq!(slots[0], slots[2]);
         for (&id, &k) in [7usize, 2, 7].iter().zip(&slots) {

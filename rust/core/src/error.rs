@@ -15,6 +15,9 @@ pub enum Error {
     /// An argument of a type or dtype the core does not handle.
     #[error("{0}")]
     Type(String),
+    /// A buffer of `bytes` bytes could not be allocated.
+    #[error("could not allocate {bytes} bytes for {what}: not enough memory")]
+    Memory { bytes: usize, what: String },
     /// A file could not be opened, mapped, read or written.
     #[error("{path}: {source}")]
     Io {
@@ -52,6 +55,10 @@ impl Error {
 
     pub(crate) fn type_(msg: impl Into<String>) -> Self {
         Error::Type(msg.into())
+    }
+
+    pub(crate) fn memory(bytes: usize, what: impl Into<String>) -> Self {
+        Error::Memory { bytes, what: what.into() }
     }
 
     pub(crate) fn io(path: impl Into<String>, source: std::io::Error) -> Self {

@@ -15,6 +15,7 @@ pub mod dtype;
 pub mod error;
 pub mod kernel;
 pub mod lookup;
+pub mod mem;
 pub mod nmp;
 pub mod openmp;
 pub mod parallel;

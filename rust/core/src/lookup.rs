@@ -4,6 +4,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{pool_range, Index, Job, Mode, Out};
+use crate::mem;
 use crate::parallel;
 use crate::simd;
 
@@ -35,10 +36,12 @@ pub fn bag_offsets<O: Index>(bags: Bags<'_, O>, n: usize) -> Result<Vec<usize>> 
                     "{bags} bags of {per_bag} do not match {n} indices"
                 )));
             }
-            Ok((0..=bags).map(|b| b * per_bag).collect())
+            let mut offs = mem::with_capacity(bags + 1, "the bag offsets")?;
+            offs.extend((0..=bags).map(|b| b * per_bag));
+            Ok(offs)
         }
         Bags::Lengths(lengths) => {
-            let mut offs = Vec::with_capacity(lengths.len() + 1);
+            let mut offs = mem::with_capacity(lengths.len() + 1, "the bag offsets")?;
             let mut total: u64 = 0;
             offs.push(0);
             for (i, l) in lengths.iter().enumerate() {
@@ -67,7 +70,7 @@ pub fn bag_offsets<O: Index>(bags: Bags<'_, O>, n: usize) -> Result<Vec<usize>> 
                     "with include_last_offset, offsets needs at least one entry (the end)",
                 ));
             }
-            let mut offs = Vec::with_capacity(offsets.len() + 1);
+            let mut offs = mem::with_capacity(offsets.len() + 1, "the bag offsets")?;
             let mut prev: i64 = 0;
             for (i, o) in offsets.iter().enumerate() {
                 let o = o.to_i64();

@@ -457,15 +457,16 @@ impl ShardedCollection {
             subs.extend(route(&self.plan.tables[t], t, self.shapes[t].0, r.indices, &r.offsets, r.weights, mode)?);
         }
         let stride = self.layout.stride;
-        let mut out = vec![0f32; batch * stride];
+        let mut out = crate::mem::filled(batch.saturating_mul(stride), 0f32, "the pooled output")?;
         // Row-wise shares pool into partial blocks of their own, merged below.
         let mut partial: Vec<Vec<f32>> = subs
             .iter()
             .map(|s| {
                 let split = self.plan.tables[s.table].split;
-                if writes_directly(split) { Vec::new() } else { vec![0f32; batch * self.shapes[s.table].1] }
+                let len = if writes_directly(split) { 0 } else { batch.saturating_mul(self.shapes[s.table].1) };
+                crate::mem::filled(len, 0f32, "a row-wise share's partial output")
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let base = out.as_mut_ptr();
         let outs: Vec<Out> = subs
             .iter()
@@ -484,7 +485,7 @@ impl ShardedCollection {
             .iter()
             .map(|s| {
                 make_job(
-                    self.pieces[s.table][s.piece].view(),
+                    self.pieces[s.table][s.piece].view()?,
                     &s.indices,
                     s.offsets.clone(),
                     s.weights.as_deref(),
@@ -536,7 +537,7 @@ mod tests {
             .iter()
             .zip(reqs)
             .enumerate()
-            .map(|(t, (tab, r))| make_job(tab.view(), r.indices, r.offsets.clone(), r.weights, mode, None, Some(t)).unwrap())
+            .map(|(t, (tab, r))| make_job(tab.view().unwrap(), r.indices, r.offsets.clone(), r.weights, mode, None, Some(t)).unwrap())
             .collect();
         let mut out = vec![0f32; batch * layout.stride];
         run(&jobs, &layout.columns, &mut out, layout.stride).unwrap();

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
@@ -57,7 +56,7 @@ impl Table {
     ) -> Result<Table> {
         let len = Table::check_shape(num_rows, dim, dtype)?;
         let rb = dtype.row_bytes(dim);
-        let mut storage = Storage::zeroed(len);
+        let mut storage = Storage::zeroed(len)?;
         let bytes = storage.bytes_mut().expect("a new buffer is owned");
         if len > 0 {
             parallel::for_each_chunk(bytes, rb * CHUNK_ROWS, &|c, chunk| {
@@ -111,7 +110,7 @@ impl Table {
                 dtype.row_bytes(dim)
             )));
         }
-        let mut storage = Storage::zeroed(len);
+        let mut storage = Storage::zeroed(len)?;
         storage.bytes_mut().expect("a new buffer is owned").copy_from_slice(bytes);
         Ok(Table { storage, num_rows, dim, dtype })
     }
@@ -134,10 +133,11 @@ impl Table {
         })
     }
 
-    /// Map `num_rows` rows of `dtype` from `path`, starting at byte `offset`, read-only.
-    pub fn mmap(path: &str, offset: usize, num_rows: usize, dim: usize, dtype: DType) -> Result<Table> {
+    /// `num_rows` rows of `dtype` from `path`, starting at byte `offset`: memory-mapped
+    /// read-only when `mapped`, else read into memory now.
+    pub fn open(path: &str, offset: usize, num_rows: usize, dim: usize, dtype: DType, mapped: bool) -> Result<Table> {
         let len = Table::check_shape(num_rows, dim, dtype)?;
-        let storage = Storage::map_file(path, offset, len)?;
+        let storage = if mapped { Storage::map_file(path, offset, len)? } else { Storage::read_file(path, offset, len)? };
         Ok(Table { storage, num_rows, dim, dtype })
     }
 
@@ -149,10 +149,10 @@ impl Table {
         Ok(names)
     }
 
-    /// Map one tensor of a safetensors file: F32, F16 or BF16 `[rows, dim]`, or U8 rows of a
-    /// quantized table saved by [`Table::save_safetensors`]. `name` may be omitted when the
-    /// file holds one tensor.
-    pub fn load_safetensors(path: &str, name: Option<&str>) -> Result<Table> {
+    /// One tensor of a safetensors file (memory-mapped when `mapped`, as [`Table::open`]):
+    /// F32, F16 or BF16 `[rows, dim]`, or U8 rows of a quantized table saved by
+    /// [`Table::save_safetensors`]. `name` may be omitted when the file holds one tensor.
+    pub fn load_safetensors(path: &str, name: Option<&str>, mapped: bool) -> Result<Table> {
         let (header_len, meta) = read_header(path)?;
         let tensors = meta.tensors();
         let name = match name {
@@ -205,7 +205,7 @@ impl Table {
                 dtype.name()
             )));
         }
-        Table::mmap(path, 8 + header_len + start, rows, dim, dtype)
+        Table::open(path, 8 + header_len + start, rows, dim, dtype, mapped)
     }
 
     /// Write the table as tensor `name` of a new safetensors file. Quantized tables are stored
@@ -215,6 +215,7 @@ impl Table {
         if self.dtype.is_quantized() {
             info.insert(format_key(name), format!("{}:{}", self.dtype.name(), self.dim));
         }
+        self.bytes()?;
         let view = TableTensor { table: self, shape: self.stored_shape() };
         safetensors::serialize_to_file([(name, view)], Some(info), Path::new(path))
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
@@ -230,7 +231,7 @@ impl Table {
     /// A new table with the rows converted to `dtype` (decoded to f32, then encoded).
     pub fn convert(&self, dtype: DType) -> Result<Table> {
         let (src_dtype, dim, src_rb) = (self.dtype, self.dim, self.row_bytes());
-        let src = self.storage.bytes();
+        let src = self.storage.bytes()?;
         let rb = dtype.row_bytes(dim);
         Table::build(self.num_rows, dim, dtype, |first, chunk| {
             let mut row = vec![0f32; dim];
@@ -253,7 +254,7 @@ impl Table {
         }
         let (dtype, src_rb) = (self.dtype, self.row_bytes());
         let dim = cols.len();
-        let src = self.storage.bytes();
+        let src = self.storage.bytes()?;
         let (first_row, c0) = (rows.start, cols.start);
         let rb = dtype.row_bytes(dim);
         Table::build(rows.len(), dim, dtype, |first, chunk| {
@@ -270,7 +271,7 @@ impl Table {
             return Err(Error::value("output of the wrong size"));
         }
         let (dtype, dim, rb) = (self.dtype, self.dim, self.row_bytes());
-        let src = self.storage.bytes();
+        let src = self.storage.bytes()?;
         parallel::for_each_chunk(out, dim * CHUNK_ROWS, &|c, chunk| {
             for (i, row) in chunk.chunks_exact_mut(dim).enumerate() {
                 let r = c * CHUNK_ROWS + i;
@@ -280,19 +281,23 @@ impl Table {
         })
     }
 
-    pub fn view(&self) -> TableView<'_> {
-        TableView {
-            data: self.storage.bytes(),
+    /// The rows to read, checked as [`Table::bytes`] is.
+    pub fn view(&self) -> Result<TableView<'_>> {
+        Ok(TableView {
+            data: self.storage.bytes()?,
             num_rows: self.num_rows,
             dim: self.dim,
             dtype: self.dtype,
             huge_pages: self.storage.huge_pages(),
-        }
+        })
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    /// The stored rows. For a memory-mapped table this checks first that the file still holds
+    /// them (an error, not a SIGBUS, when it was truncated since it was loaded).
+    pub fn bytes(&self) -> Result<&[u8]> {
         self.storage.bytes()
     }
+
     pub fn num_rows(&self) -> usize {
         self.num_rows
     }
@@ -306,7 +311,7 @@ impl Table {
         self.dtype.row_bytes(self.dim)
     }
     pub fn nbytes(&self) -> usize {
-        self.storage.bytes().len()
+        self.storage.len()
     }
     pub fn is_mmap(&self) -> bool {
         self.storage.is_mapped()
@@ -337,7 +342,7 @@ fn slice_row(dtype: DType, src: &[u8], src_dim: usize, c0: usize, dst: &mut [u8]
 }
 
 fn read_header(path: &str) -> Result<(usize, Metadata)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::storage::open_regular(path)?;
     // SAFETY: read-only mapping used only to parse the header during this call; see
     // `Storage::map_file` for the contract on files changed underneath.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -363,7 +368,9 @@ impl View for TableTensor<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(self.table.bytes())
+        // `save_safetensors` checked the bytes (`data` cannot fail); a file truncated since
+        // then reads as empty, which the serializer refuses as a length mismatch.
+        Cow::Borrowed(self.table.bytes().unwrap_or(&[]))
     }
     fn data_len(&self) -> usize {
         self.table.nbytes()

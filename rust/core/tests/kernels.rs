@@ -85,7 +85,7 @@ fn every_level_matches_the_naive_reference() {
             let table = Table::random(c.rows, c.dim, c.dtype, case).unwrap();
             let mut out = vec![f32::NAN; c.lengths.len() * c.dim];
             lookup(
-                table.view(),
+                table.view().unwrap(),
                 &c.indices,
                 Bags::Lengths(&c.lengths),
                 c.weights.as_deref(),
@@ -118,7 +118,7 @@ fn out_of_range_indices_are_reported_with_their_bag() {
         let table = Table::random(10, 16, DType::Fp32, 0).unwrap();
         let mut out = vec![0f32; 2 * 16];
         for bad in [10i64, -1, i64::MAX, i64::MIN] {
-            let err = lookup(table.view(), &[1, 2, bad], Bags::Lengths(&[1i64, 2]), None, Mode::Sum, None, &mut out)
+            let err = lookup(table.view().unwrap(), &[1, 2, bad], Bags::Lengths(&[1i64, 2]), None, Mode::Sum, None, &mut out)
                 .unwrap_err();
             match err {
                 Error::IndexOutOfRange(e) => {
@@ -141,7 +141,7 @@ fn int32_indices_and_large_batches_agree_with_int64() {
     let mut a = vec![0f32; 2000 * 64];
     let mut b = vec![0f32; 2000 * 64];
     let bags = Bags::Offsets { offsets: &offsets, include_last: false };
-    lookup(table.view(), &idx64, bags, None, Mode::Mean, None, &mut a).unwrap();
-    lookup(table.view(), &idx32, bags, None, Mode::Mean, None, &mut b).unwrap();
+    lookup(table.view().unwrap(), &idx64, bags, None, Mode::Mean, None, &mut a).unwrap();
+    lookup(table.view().unwrap(), &idx32, bags, None, Mode::Mean, None, &mut b).unwrap();
     assert_eq!(a, b);
 }

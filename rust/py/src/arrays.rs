@@ -2,8 +2,12 @@
 //! float32 weights are borrowed in place; anything else (a view at an odd byte offset too)
 //! goes through `recengine._convert` once (which copies or raises a clear TypeError).
 
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use std::os::raw::c_int;
+
+use numpy::ndarray::{Dim, Dimension};
+use numpy::npyffi::{npy_intp, PY_ARRAY_API};
+use numpy::{Element, PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -101,4 +105,36 @@ pub fn ints_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> 
         return Err(PyValueError::new_err(format!("{name} must be 1-D, got shape {:?}", x.shape())));
     }
     Ok(x)
+}
+
+/// A new C-contiguous array of shape `dims`, zero-filled when `zeroed`. numpy's own error
+/// (a `MemoryError` for a size the machine cannot hold, a `ValueError` for one numpy cannot
+/// describe) comes back as an `Err`, where `PyArray::new` and `PyArray::zeros` panic on it.
+pub fn new_array<'py, T: Element, const N: usize>(
+    py: Python<'py>,
+    dims: [usize; N],
+    zeroed: bool,
+) -> PyResult<Bound<'py, PyArray<T, Dim<[usize; N]>>>>
+where
+    Dim<[usize; N]>: Dimension,
+{
+    let mut shape = [0 as npy_intp; N];
+    for (d, &n) in shape.iter_mut().zip(&dims) {
+        *d = npy_intp::try_from(n).map_err(|_| PyMemoryError::new_err(format!("an array of shape {dims:?} is too large")))?;
+    }
+    let descr = T::get_dtype(py).into_dtype_ptr();
+    // SAFETY: `shape` holds `N` dimensions, `descr` is a new reference that numpy steals, and
+    // both functions return a new reference to a C-contiguous array or null with the Python
+    // error set, which `from_owned_ptr_or_err` turns into an `Err`. `PyArray_Empty` leaves
+    // float and integer elements uninitialised but valid for any bit pattern.
+    let ptr = unsafe {
+        if zeroed {
+            PY_ARRAY_API.PyArray_Zeros(py, N as c_int, shape.as_mut_ptr(), descr, 0)
+        } else {
+            PY_ARRAY_API.PyArray_Empty(py, N as c_int, shape.as_mut_ptr(), descr, 0)
+        }
+    };
+    // SAFETY: `ptr` is an owned reference or null (see above).
+    let obj = unsafe { Bound::from_owned_ptr_or_err(py, ptr) }?;
+    Ok(obj.cast_into::<PyArray<T, Dim<[usize; N]>>>()?)
 }

@@ -1,6 +1,6 @@
 //! The one place core errors become Python exceptions.
 
-use pyo3::exceptions::{PyIndexError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 use recengine_core::Error;
 
@@ -10,6 +10,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::IndexOutOfRange(e) => PyIndexError::new_err(e.to_string()),
         Error::Value(msg) => PyValueError::new_err(msg),
         Error::Type(msg) => PyTypeError::new_err(msg),
+        e @ Error::Memory { .. } => PyMemoryError::new_err(e.to_string()),
         e @ Error::Io { .. } => PyOSError::new_err(e.to_string()),
     }
 }

@@ -111,10 +111,10 @@ fn pool_into_new<'py, I: Index>(
         Some(start)
     }).collect();
     let stride: usize = views.iter().map(|v| v.dim).sum();
-    // SAFETY: the array is filled completely before Python sees it: every job writes all of
-    // its bags' cells in its columns (zeros for empty bags), the columns partition each row,
-    // and all jobs have `batch` bags (checked by `run`). On error the array is dropped unread.
-    let out = unsafe { PyArray2::<f32>::new(py, [batch, stride], false) };
+    // The array is filled completely before Python sees it: every job writes all of its bags'
+    // cells in its columns (zeros for empty bags), the columns partition each row, and all
+    // jobs have `batch` bags (checked by `run`). On error the array is dropped unread.
+    let out = arrays::new_array::<f32, 2>(py, [batch, stride], false)?;
     {
         let mut rw = out.readwrite();
         let out_slice = rw.as_slice_mut().expect("a new array is contiguous");
@@ -217,16 +217,17 @@ impl PyTable {
     }
 
     #[staticmethod]
-    fn mmap(py: Python<'_>, path: &str, offset: usize, num_rows: usize, dim: usize, dtype: &str) -> PyResult<PyTable> {
+    #[pyo3(signature = (path, offset, num_rows, dim, dtype, mmap=true))]
+    fn open(py: Python<'_>, path: &str, offset: usize, num_rows: usize, dim: usize, dtype: &str, mmap: bool) -> PyResult<PyTable> {
         let dt = self::dtype(dtype)?;
-        let t = py.detach(|| Table::mmap(path, offset, num_rows, dim, dt)).py_err()?;
+        let t = py.detach(|| Table::open(path, offset, num_rows, dim, dt, mmap)).py_err()?;
         Ok(PyTable { inner: Arc::new(t) })
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, name=None))]
-    fn load_safetensors(py: Python<'_>, path: &str, name: Option<&str>) -> PyResult<PyTable> {
-        let t = py.detach(|| Table::load_safetensors(path, name)).py_err()?;
+    #[pyo3(signature = (path, name=None, mmap=true))]
+    fn load_safetensors(py: Python<'_>, path: &str, name: Option<&str>, mmap: bool) -> PyResult<PyTable> {
+        let t = py.detach(|| Table::load_safetensors(path, name, mmap)).py_err()?;
         Ok(PyTable { inner: Arc::new(t) })
     }
 
@@ -273,7 +274,7 @@ impl PyTable {
         include_last_offset: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let req = request(indices, offsets, lengths, weights, include_last_offset)?;
-        lookup_one(py, self.inner.view(), &req, mode, padding_idx)
+        lookup_one(py, self.inner.view().py_err()?, &req, mode, padding_idx)
     }
 
     fn quantize(&self, py: Python<'_>, dtype: &str) -> PyResult<PyTable> {
@@ -289,7 +290,7 @@ impl PyTable {
     }
 
     fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let out = PyArray2::<f32>::zeros(py, [self.inner.num_rows(), self.inner.dim()], false);
+        let out = arrays::new_array::<f32, 2>(py, [self.inner.num_rows(), self.inner.dim()], false)?;
         {
             let mut rw = out.readwrite();
             let s = rw.as_slice_mut().expect("a new array is contiguous");
@@ -299,11 +300,12 @@ impl PyTable {
     }
 
     fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
-        let out = PyArray2::<u8>::zeros(py, [self.inner.num_rows(), self.inner.row_bytes()], false);
+        let out = arrays::new_array::<u8, 2>(py, [self.inner.num_rows(), self.inner.row_bytes()], false)?;
         {
             let mut rw = out.readwrite();
             let s = rw.as_slice_mut().expect("a new array is contiguous");
-            py.detach(|| s.copy_from_slice(self.inner.bytes()));
+            let src = self.inner.bytes().py_err()?;
+            py.detach(|| s.copy_from_slice(src));
         }
         Ok(out)
     }
@@ -350,7 +352,7 @@ impl PyCollection {
         let t = self.tables.len();
         let mode = Mode::parse(mode).py_err()?;
         let reqs = requests(t, &indices, offsets.as_ref(), lengths.as_ref(), weights.as_ref(), include_last_offset)?;
-        let views: Vec<TableView<'_>> = self.tables.iter().map(|t| t.view()).collect();
+        let views = self.tables.iter().map(|t| t.view()).collect::<recengine_core::Result<Vec<TableView<'_>>>>().py_err()?;
         pool_requests(py, &views, &reqs, &vec![mode; t], &vec![None; t])
     }
 }
@@ -638,7 +640,7 @@ impl PyRouted {
     fn merge<'py>(&self, py: Python<'py>, router: &PyRouter, blocks: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let dims: Vec<usize> = router.shapes.iter().map(|s| s.1).collect();
         let layout = Layout::new(&dims);
-        let mut out = vec![0f32; self.batch * layout.stride];
+        let mut out = recengine_core::mem::filled(self.batch.saturating_mul(layout.stride), 0f32, "the pooled output").py_err()?;
         let mut held = Vec::with_capacity(self.subs.len());
         for s in &self.subs {
             let block = blocks
@@ -723,7 +725,7 @@ impl PyBlobCache {
         let ro = a.try_readonly()?;
         let blob = a.shape()[1];
         let bytes = ro.as_slice().map_err(|_| PyValueError::new_err("the store array must be C-contiguous"))?;
-        let store = Store::from_bytes(bytes);
+        let store = Store::from_bytes(bytes).py_err()?;
         Self::build(store, blob, slots, policy, wait_s)
     }
 
@@ -1438,20 +1440,20 @@ fn pool_keyed_backward<'py>(
     }
     // Sparse blocks: allocate every block's values, then gather them all in parallel.
     let mut result = Vec::with_capacity(tables.len());
-    let mut arrays = Vec::new();
+    let mut blocks = Vec::new();
     for (j, plan) in plans.iter().enumerate() {
         if sorted[j] {
             result.push(None);
             continue;
         }
         let rows = PyArray1::from_vec(py, plan.rows());
-        // SAFETY: `gather_all` below writes every value (one row per lookup) before Python
-        // sees the array; on error the arrays are dropped unread.
-        let vals = unsafe { PyArray2::<f32>::new(py, [plan.len(), dims[tables[j]]], false) };
-        arrays.push((j, vals.clone()));
+        // `gather_all` below writes every value (one row per lookup) before Python sees the
+        // array; on error the arrays are dropped unread.
+        let vals = arrays::new_array::<f32, 2>(py, [plan.len(), dims[tables[j]]], false)?;
+        blocks.push((j, vals.clone()));
         result.push(Some((rows, vals)));
     }
-    let mut borrows = arrays.iter().map(|(j, a)| Ok((*j, a.try_readwrite()?))).collect::<PyResult<Vec<_>>>()?;
+    let mut borrows = blocks.iter().map(|(j, a)| Ok((*j, a.try_readwrite()?))).collect::<PyResult<Vec<_>>>()?;
     let jobs: Vec<(&Plan, Grad<'_>, &mut [f32])> = borrows
         .iter_mut()
         .map(|(j, rw)| (&plans[*j], view(*j), rw.as_slice_mut().expect("a new array is contiguous")))
@@ -1713,9 +1715,9 @@ fn pool_backward<'py>(
         return Ok(None);
     }
     let rows = PyArray1::from_vec(py, plan.rows());
-    // SAFETY: `gather` writes every value (one row per lookup) before Python sees the array;
-    // on error the array is dropped unread.
-    let values = unsafe { PyArray2::<f32>::new(py, [plan.len(), dim], false) };
+    // `gather` writes every value (one row per lookup) before Python sees the array; on error
+    // the array is dropped unread.
+    let values = arrays::new_array::<f32, 2>(py, [plan.len(), dim], false)?;
     {
         let mut rw = values.readwrite();
         let vs = rw.as_slice_mut().expect("a new array is contiguous");
@@ -1817,8 +1819,8 @@ fn gather_probe(py: Python<'_>, table: &Bound<'_, PyTable>, indices: &Bound<'_, 
     let t = table.get().inner.clone();
     let s = idx.slice();
     py.detach(|| match s {
-        IntSlice::I32(x) => probe::gather_probe(&t.view(), x, repeats),
-        IntSlice::I64(x) => probe::gather_probe(&t.view(), x, repeats),
+        IntSlice::I32(x) => probe::gather_probe(&t.view()?, x, repeats),
+        IntSlice::I64(x) => probe::gather_probe(&t.view()?, x, repeats),
     })
     .py_err()
 }
