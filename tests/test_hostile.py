@@ -209,3 +209,62 @@ def test_directories_and_devices_are_refused(tmp_path: os.PathLike) -> None:
             EmbeddingTable.load(device)
     with pytest.raises(FileNotFoundError):
         EmbeddingTable.load(os.path.join(tmp_path, "missing.npy"))
+
+
+# ---------------------------------------------------------------------------------------------
+# traces
+
+
+def test_a_trace_naming_a_huge_table_id_is_refused_at_once(tmp_path: os.PathLike) -> None:
+    import time
+
+    from recengine.nmp import Trace
+
+    path = os.path.join(tmp_path, "trace.csv")
+    with open(path, "w") as f:
+        f.write("table,row\n0,5\n1000000000,3\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="table ids go up to 1000000000"):
+        Trace.load(path)
+    assert time.perf_counter() - t0 < 5  # it ran for minutes
+    with open(path, "w") as f:
+        f.write("table,row,bag\n0,5,0\n2,7,1\n2,9,0\n")
+    assert Trace.load(path).table_rows == [6, 1, 10]
+    with pytest.raises(ValueError, match="names table 2 but table_rows sizes 1"):
+        Trace.load(path, table_rows=[10])
+    with pytest.raises(ValueError, match="differ in length"):
+        Trace([4], np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros(3, np.int64),
+              np.zeros(2, np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# interpreter exit with recengine calls in flight
+
+
+def test_daemon_threads_in_recengine_calls_do_not_abort_the_exit() -> None:
+    # Python ends daemon threads when they next take the interpreter lock at exit; one in a
+    # core call (the lock released) must end with it, not abort. (torch's autograd in a
+    # daemon thread aborts the exit with "terminate called without an active exception" on
+    # its own, with torch.nn.EmbeddingBag too: join such threads before exiting.)
+    code = """
+import threading, time, numpy as np, recengine
+from recengine import functional as F
+from recengine.cache import ExpertCache
+t = recengine.EmbeddingTable.random(50000, 32)
+idx = np.random.default_rng(0).integers(0, 50000, 50000)
+offs = np.arange(0, 50000, 20)
+g = np.ones((offs.size, 32), np.float32)
+cache = ExpertCache.from_array(np.zeros((8, 1000), np.float32), slots=1, wait_s=30)
+cache.fetch([0])
+jobs = [lambda: t.lookup(idx, offsets=offs), lambda: F.embedding_bag_backward(g, 50000, idx, offs),
+        lambda: recengine.EmbeddingTable.random(200000, 16), lambda: cache.fetch([1])]
+def loop(job):
+    while True:
+        job()
+for job in jobs:
+    threading.Thread(target=loop, args=(job,), daemon=True).start()
+time.sleep(0.3)
+print("exit")
+"""
+    for _ in range(3):
+        assert in_child(code).strip() == "exit"

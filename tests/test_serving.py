@@ -34,6 +34,48 @@ def test_under_overload_every_query_is_served_or_shed() -> None:
     assert r.p95 == float("inf")  # shed queries count as missing any target
 
 
+@pytest.mark.parametrize("arrivals, match", [
+    ([0.0, np.inf], "finite"), ([0.0, np.nan], "finite"), ([-1.0, 0.0], "non-negative"),
+    ([0.5, 0.1], "non-decreasing"), ([0.0, 1e9], "past timeout_s=5")])
+def test_bad_arrivals_are_refused_before_the_run(arrivals: list[float], match: str) -> None:
+    server = Server(SMALL, workers=1)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        server.run(np.array(arrivals), np.full(2, 8), Policy(8), timeout_s=5)
+    assert time.perf_counter() - t0 < 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"timeout_s": 0}, "timeout_s"), ({"timeout_s": float("nan")}, "timeout_s"),
+    ({"timeout_s": -3}, "timeout_s"), ({"warmup": 1.5}, "warmup"),
+    ({"sizes": np.array([1.5, 2.0])}, "whole numbers")])
+def test_bad_run_arguments_are_refused(kwargs: dict, match: str) -> None:
+    server = Server(SMALL, workers=1)
+    sizes = kwargs.pop("sizes", np.full(2, 8))
+    with pytest.raises(ValueError, match=match):
+        server.run(np.zeros(2), sizes, Policy(8), **kwargs)
+
+
+def test_the_timeout_holds_when_every_worker_hangs() -> None:
+    release = __import__("threading").Event()
+
+    class Hung(torch.nn.Module):
+        def forward(self, batch):
+            release.wait(60)
+
+    server = Server(SMALL, workers=4)
+    server._forward = Hung()
+    t0 = time.perf_counter()
+    try:
+        with pytest.warns(RuntimeWarning, match="still busy"):
+            with pytest.raises(TimeoutError, match="unfinished 2 s after the start"):
+                server.run(np.zeros(8), np.full(8, 8), Policy(8), timeout_s=2)
+        # The timeout, then one grace period for the four threads together (not 5 s each).
+        assert time.perf_counter() - t0 < 2 + 2 * 1.5
+    finally:
+        release.set()
+
+
 def test_a_failing_worker_is_reported_not_hung() -> None:
     class Broken(torch.nn.Module):
         def forward(self, batch):

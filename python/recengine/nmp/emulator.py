@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import _core
+from .._files import regular_file
 from ..rows import draw_rows
 from ..shapes import model_bytes, model_tables
 from .dram import DramConfig
@@ -91,6 +92,10 @@ class NMPConfig:
         return d
 
 
+#: The most tables a trace may number (ids ``0..MAX_TABLES-1``).
+MAX_TABLES = 1 << 20
+
+
 @dataclass
 class Trace:
     """Lookups over tables: ``table_rows[t]`` rows in table ``t``; per lookup its model,
@@ -101,6 +106,20 @@ class Trace:
     tables: np.ndarray
     rows: np.ndarray
     bags: np.ndarray
+
+    def __post_init__(self) -> None:
+        cols = {k: getattr(self, k) for k in ("models", "tables", "rows", "bags")}
+        for k, c in cols.items():
+            c = np.asarray(c)
+            if c.ndim != 1 or (c.size and c.dtype.kind not in "iu"):
+                raise ValueError(f"Trace.{k} must be a 1-D integer array, got {c.dtype} {c.shape}")
+            setattr(self, k, c.astype(np.int64, copy=False))
+        if len({c.size for c in cols.values()}) > 1:
+            raise ValueError("Trace columns differ in length: "
+                             + ", ".join(f"{k} {np.size(c)}" for k, c in cols.items()))
+        if self.tables.size and int(self.tables.max()) >= len(self.table_rows):
+            raise ValueError(f"the trace names table {int(self.tables.max())} but table_rows "
+                             f"sizes {len(self.table_rows)} tables")
 
     def __len__(self) -> int:
         return int(self.rows.size)
@@ -176,7 +195,7 @@ class Trace:
         whitespace-separated) with a header naming columns ``table``, ``row`` and optionally
         ``bag`` (default: 0) and ``model`` (default: 0), one lookup per line. ``table_rows``
         (default: the file's, else each table's largest row + 1) sizes the tables."""
-        path = os.fspath(path)
+        path = regular_file(path)
         rows: Optional[list[int]] = list(table_rows) if table_rows is not None else None
         if path.endswith(".npz"):
             with np.load(path) as z:
@@ -191,10 +210,14 @@ class Trace:
             cols = _read_text_trace(path)
         if any(c.size and c.min() < 0 for c in cols):
             raise ValueError(f"{path}: negative model, table, row or bag")
+        num_tables = int(cols[1].max()) + 1 if cols[1].size else 0
+        if num_tables > MAX_TABLES:
+            raise ValueError(f"{path}: table ids go up to {num_tables - 1}; a trace numbers its "
+                             f"tables 0..T-1 with T at most {MAX_TABLES} (renumber them)")
         if rows is None:
-            t, r = cols[1], cols[2]
-            rows = [int(r[t == i].max()) + 1 if np.any(t == i) else 1
-                    for i in range(int(t.max()) + 1 if t.size else 0)]
+            sizes = np.ones(num_tables, np.int64)
+            np.maximum.at(sizes, cols[1], cols[2] + 1)
+            rows = [int(n) for n in sizes]
         return cls(rows, *cols)
 
 

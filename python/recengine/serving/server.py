@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -42,6 +43,8 @@ __all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError", "idle_before
 SWITCH_INTERVAL_S = 0.0005
 #: The most queries one profiling run serves.
 PROFILE_MAX_QUERIES = 20_000
+#: How long the end of a run waits for its worker threads, all together.
+JOIN_GRACE_S = 2.0
 
 
 class WorkerError(RuntimeError):
@@ -185,18 +188,31 @@ class Server:
         """Replay queries arriving at ``arrivals_s`` (seconds from now, non-decreasing) of
         ``sizes`` items under ``policy``; returns every query's latency (``inf`` if shed).
 
+        ``timeout_s`` bounds the whole call, counted from its start (default: the last
+        arrival plus 30 s plus 10 ms per query); a run that has not finished by then raises
+        ``TimeoutError``, whatever the workers are doing.
+
         Raises:
             WorkerError: a worker (or the accelerator) raised.
-            TimeoutError: the queries did not all finish within ``timeout_s`` after the last
-                arrival (default: 30 s plus 10 ms per query).
-            ValueError: bad arrivals, sizes or policy.
+            TimeoutError: the queries did not all finish within ``timeout_s``.
+            ValueError: bad arrivals (not finite, negative, decreasing, or later than
+                ``timeout_s``), sizes, policy or timeout.
         """
         arrivals = np.asarray(arrivals_s, dtype=np.float64)
-        sizes = np.asarray(sizes, dtype=np.int64)
+        sizes = _sizes(sizes)
         if arrivals.ndim != 1 or arrivals.shape != sizes.shape:
             raise ValueError("arrivals and sizes must be 1-D arrays of one length")
+        if not np.isfinite(arrivals).all():
+            raise ValueError("arrival times must be finite")
         if arrivals.size and (np.any(np.diff(arrivals) < 0) or arrivals[0] < 0):
             raise ValueError("arrival times must be non-negative and non-decreasing")
+        timeout_s = _timeout(timeout_s)
+        if timeout_s is not None and arrivals.size and arrivals[-1] >= timeout_s:
+            raise ValueError(f"the last query arrives {arrivals[-1]:g} s after the start, past "
+                             f"timeout_s={timeout_s:g}: give a longer timeout")
+        if not 0 <= warmup < 1:
+            raise ValueError(f"warmup is the fraction of queries to leave out, in [0, 1); got "
+                             f"{warmup}")
         return self._serve(sizes, policy, lambda i, s: float(arrivals[i]), timeout_s, warmup)
 
     def run_controlled(self, sizes: np.ndarray, policy: Policy, controller: RateController,
@@ -205,8 +221,10 @@ class Server:
         (DeepRecSys's search): before each arrival the controller is told of every query
         completed since (latency, ``inf`` if shed), and it draws the gap. Arrivals stop when it
         has taken every step (or the sizes run out); the queries in flight then finish. Returns
-        every dispatched query's latency. Raises as :meth:`run` does."""
-        sizes = np.asarray(sizes, dtype=np.int64)
+        every dispatched query's latency. Raises as :meth:`run` does (a controller that asks
+        for an arrival past ``timeout_s`` raises ``TimeoutError``)."""
+        sizes = _sizes(sizes)
+        timeout_s = _timeout(timeout_s)
         told = 0
         last = 0.0
 
@@ -219,7 +237,11 @@ class Server:
                 told += 1
             if controller.done:
                 return None
-            last += controller.gap_s()
+            gap = float(controller.gap_s())
+            if not (np.isfinite(gap) and gap >= 0):
+                raise ValueError(f"the rate controller gave the gap {gap} s; gaps are finite "
+                                 "and non-negative")
+            last += gap
             return last
 
         return self._serve(sizes, policy, arrival, timeout_s, 0.0)
@@ -239,7 +261,7 @@ class Server:
             raise RuntimeError("the server is closed")
         n = sizes.size
         self._run_id += 1
-        state = _RunState(n, self.queue_capacity)
+        state = _RunState(n, self.queue_capacity, timeout_s)
         if self._procs is not None:
             self._procs.restart_dead()  # a worker lost in an earlier run
             state.idle.extend(k for k in range(len(self._procs)) if not self._procs.busy[k])
@@ -264,7 +286,7 @@ class Server:
         try:
             if self._procs is None:
                 self._dispatch(state, arrival, sizes, policy)
-                self._wait(state, threads, state.finish_timeout(timeout_s))
+                self._wait(state, threads)
             else:
                 self._loop(state, arrival, sizes, policy, threads, timeout_s)
         finally:
@@ -273,8 +295,16 @@ class Server:
                 state.cond.notify_all()
                 state.done.notify_all()
                 state.accel.notify_all()
+            # One grace period for all threads together: a worker stuck in a forward must not
+            # hold the call (and its TimeoutError) for seconds per thread.
+            grace = time.perf_counter() + JOIN_GRACE_S
             for t in threads:
-                t.join(timeout=5.0)
+                t.join(timeout=max(grace - time.perf_counter(), 0.0))
+            stuck = [t.name for t in threads if t.is_alive()]
+            if stuck:
+                warnings.warn(f"{', '.join(stuck)} still busy {JOIN_GRACE_S:g} s after the run "
+                              "ended (a forward that does not return); left running as daemon "
+                              "threads", RuntimeWarning, stacklevel=2)
             if self._procs is not None and state.finished < n:
                 self._procs.stop_busy()  # hung or abandoned: replaced at the next run
             torch.set_num_threads(saved[0])
@@ -400,6 +430,7 @@ class Server:
                 with s.cond:
                     s.end_arrivals(i)
                 return
+            s.check_arrival(i, at)
             due = start + at
             while True:
                 now = time.perf_counter()
@@ -456,6 +487,8 @@ class Server:
         s.t0 = start
         i, n = 0, sizes.size
         at = arrival(0, s) if n else None
+        if at is not None:
+            s.check_arrival(0, at)
         deadline = None
         while s.error is None:
             now = time.perf_counter()
@@ -464,6 +497,8 @@ class Server:
                     self._admit(s, i, at, int(sizes[i]), policy)
                 i += 1
                 at = arrival(i, s) if i < n else None
+                if at is not None:
+                    s.check_arrival(i, at)
                 if at is None and i < n:  # no more queries: the run is the ones dispatched
                     with s.cond:
                         s.end_arrivals(i)
@@ -477,11 +512,9 @@ class Server:
                 if s.finished >= s.n:
                     return
                 if deadline is None:
-                    timeout_s = s.finish_timeout(timeout_s)
-                    deadline = now + timeout_s
+                    deadline = s.deadline(now)
                 elif now > deadline:
-                    raise TimeoutError(f"{s.n - s.finished} of {s.n} queries unfinished "
-                                       f"{timeout_s:.0f} s after the last arrival")
+                    raise s.timeout_error()
                 if not all(t.is_alive() for t in threads):
                     s.error = RuntimeError("the accelerator's thread exited unexpectedly")
                     return
@@ -496,8 +529,8 @@ class Server:
             if not events and at is not None and not procs.exact_timeouts:
                 time.sleep(min(max(start + at - time.perf_counter(), 0.0), 1e-4))
 
-    def _wait(self, s: _RunState, threads: list[threading.Thread], timeout_s: float) -> None:
-        deadline = time.perf_counter() + timeout_s
+    def _wait(self, s: _RunState, threads: list[threading.Thread]) -> None:
+        deadline = s.deadline(time.perf_counter())
         with s.done:
             while s.finished < s.n and s.error is None:
                 if not all(t.is_alive() for t in threads):
@@ -505,8 +538,7 @@ class Server:
                     break
                 left = deadline - time.perf_counter()
                 if left <= 0:
-                    raise TimeoutError(f"{s.n - s.finished} of {s.n} queries unfinished "
-                                       f"{timeout_s:.0f} s after the last arrival")
+                    raise s.timeout_error()
                 s.done.wait(timeout=min(left, 0.5))
 
     def _complete(self, s: _RunState, i: int, end: Optional[float] = None) -> None:
@@ -601,8 +633,9 @@ class RemoteWorkerError(RuntimeError):
 class _RunState:
     """One run's shared state, guarded by ``cond``."""
 
-    def __init__(self, n: int, capacity: int) -> None:
+    def __init__(self, n: int, capacity: int, timeout_s: Optional[float] = None) -> None:
         self.n, self.capacity = n, capacity
+        self.timeout_s = timeout_s  # from t0; None: the default after the last arrival
         lock = threading.Lock()
         self.cond = threading.Condition(lock)  # workers wait here for sub-requests
         self.done = threading.Condition(lock)  # the caller waits here for finished queries
@@ -625,10 +658,24 @@ class _RunState:
         self.details = ""
         self.t0 = 0.0
 
-    def finish_timeout(self, timeout_s: Optional[float]) -> float:
-        """How long the queries may take to finish after the last arrival: ``timeout_s``, or
-        by default 30 s plus 10 ms a query."""
-        return 30.0 + 10 * self.n * 1e-3 if timeout_s is None else timeout_s
+    def deadline(self, now: float) -> float:
+        """When the run must be over (``perf_counter`` time), asked once every query has
+        arrived (``now``): ``timeout_s`` after the start, or by default 30 s plus 10 ms a
+        query after the last arrival."""
+        if self.timeout_s is not None:
+            return self.t0 + self.timeout_s
+        return now + 30.0 + 10 * self.n * 1e-3
+
+    def check_arrival(self, i: int, at: float) -> None:
+        """Refuse an arrival at ``at`` s that ``timeout_s`` leaves no time for."""
+        if self.timeout_s is not None and at >= self.timeout_s:
+            raise TimeoutError(f"query {i} would arrive {at:g} s after the start, past the "
+                               f"timeout of {self.timeout_s:g} s")
+
+    def timeout_error(self) -> TimeoutError:
+        after = (f"{self.timeout_s:g} s after the start" if self.timeout_s is not None
+                 else "the default time after the last arrival")
+        return TimeoutError(f"{self.n - self.finished} of {self.n} queries unfinished {after}")
 
     def end_arrivals(self, n: int) -> None:
         """No query arrives after the first ``n`` (call holding ``cond``)."""
@@ -642,3 +689,22 @@ class _RunState:
         self.completed.append(i)
         if self.finished == self.n:
             self.done.notify_all()
+
+
+def _sizes(sizes: Any) -> np.ndarray:
+    """Query sizes as int64, refusing floats that are not whole numbers and non-numbers."""
+    arr = np.asarray(sizes)
+    if arr.size and arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"query sizes must be whole numbers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _timeout(timeout_s: Optional[float]) -> Optional[float]:
+    """A checked ``timeout_s``: None or a positive finite number of seconds."""
+    if timeout_s is None:
+        return None
+    t = float(timeout_s)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    return t
