@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import recengine
 from recengine import EmbeddingCollection, EmbeddingTable
+import recengine.functional
+import recengine.reference
+from recengine.cache import CachedTable
 from recengine.reference import pool_reference
 
 STORAGE = ("fp32", "fp16", "bf16", "int8", "int4")
@@ -349,3 +352,93 @@ def test_misaligned_arrays_are_read_correctly(shift: int, index_dtype: type) -> 
     with pytest.raises(ValueError, match="aligned"):
         recengine.sparse_lengths_sum(_misaligned(rows, shift), idx, lengths)
     np.testing.assert_array_equal(EmbeddingTable(_misaligned(rows, shift)).to_numpy(), rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile values and types (each once accepted silently, or refused with the wrong exception)
+
+
+@pytest.mark.parametrize("dtype", ["timedelta64[s]", "datetime64[s]", "bool", "float32",
+                                   "complex64", "object", "U3"])
+def test_indices_that_are_not_integers_are_refused(dtype: str) -> None:
+    t = EmbeddingTable.random(10, 4)
+    idx = np.array([1, 2]).astype(dtype)
+    with pytest.raises(TypeError, match="integer"):
+        t.lookup(idx, offsets=np.array([0]))
+
+
+def test_weights_must_have_the_indices_shape() -> None:
+    t = EmbeddingTable.random(10, 4)
+    for idx, w in ((np.array([1, 2]), np.ones((2, 1))), (np.array([1, 2]), np.ones((1, 2))),
+                   (np.array([[1, 2]]), np.ones(2)), (np.array([1, 2]), np.ones(3))):
+        kw = {} if idx.ndim == 2 else {"offsets": np.array([0])}
+        with pytest.raises(ValueError, match="shape"):
+            t.lookup(idx, weights=w, **kw)
+    cached = CachedTable(t, slots=4)
+    with pytest.raises(ValueError, match="shape"):
+        cached.lookup(np.array([1, 2]), offsets=np.array([0]), weights=np.ones(3))
+
+
+def test_out_of_range_numbers_are_value_errors() -> None:
+    t = EmbeddingTable.random(10, 4)
+    for kwargs in ({"num_rows": -5, "dim": 4}, {"num_rows": 5, "dim": 0},
+                   {"num_rows": 5, "dim": 4, "seed": -1}, {"num_rows": 5, "dim": 4, "seed": 2**64}):
+        with pytest.raises(ValueError, match="must be in"):
+            EmbeddingTable.random(**kwargs)
+    with pytest.raises(TypeError):
+        EmbeddingTable.random(True, 4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        EmbeddingTable.random(5.0, 4)  # type: ignore[arg-type]
+    for pad in (2**63, -(2**63) - 1):
+        with pytest.raises(ValueError, match="padding_idx"):
+            t.lookup(np.array([1]), offsets=np.array([0]), padding_idx=pad)
+        with pytest.raises(ValueError, match="padding_idx"):
+            recengine.functional.embedding_bag(np.ones((3, 2), np.float32), np.array([1]),
+                                               np.array([0]), padding_idx=pad)
+    with pytest.raises(ValueError, match="out of range"):
+        t.lookup(np.array([1]), offsets=np.array([0]), padding_idx=2**62)
+    with pytest.raises(ValueError, match="offsets holds"):
+        t.lookup(np.array([1, 2]), offsets=np.array([0, 2**63 + 5], np.uint64))
+    with pytest.raises(ValueError, match="rows"):
+        t.slice((-1, 3))
+
+
+def test_from_raw_takes_bytes_only() -> None:
+    for data in (np.ones((10, 16), np.float32), np.ones((10, 16)), [[1.5] * 16] * 10):
+        with pytest.raises(TypeError, match="uint8"):
+            EmbeddingTable.from_raw(data, "fp32", 4)
+    raw = EmbeddingTable.random(10, 4).raw_rows()
+    assert EmbeddingTable.from_raw(raw, "fp32", 4).shape == (10, 4)
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantizing_non_finite_rows_is_refused(storage: str, bad: float) -> None:
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    x[4, 2] = bad
+    with pytest.raises(ValueError, match=r"row 4 holds .*column 2"):
+        EmbeddingTable(x, dtype=storage)
+    with pytest.raises(ValueError, match="row 4"):
+        EmbeddingTable(x.astype(np.float16)).quantize(storage)
+    with pytest.raises(ValueError, match="row 4"):
+        recengine.reference.quantize_rowwise_reference(x, 8 if storage == "int8" else 4)
+    x[4, 2] = 0
+    assert EmbeddingTable(x, dtype=storage).shape == (6, 4)
+
+
+def test_max_mode_treats_nan_as_torch_does(simd_level: str) -> None:
+    torch = pytest.importorskip("torch")
+    nan, inf = np.nan, np.inf
+    w = np.array([[nan, 1, 2], [1, nan, 3], [2, 2, nan], [-inf, 0, inf]], np.float32)
+    idx = np.array([0, 2, 2, 0, 1, 2, 2, 1, 3, 0, 3, 1, 1])
+    offs = np.array([0, 2, 4, 6, 8, 9, 11])
+    for dt in (np.float32, np.float16):
+        for pad in (None, 2):
+            got = recengine.functional.embedding_bag(w.astype(dt), idx, offs, mode="max",
+                                                     padding_idx=pad)
+            want = torch.nn.functional.embedding_bag(
+                torch.from_numpy(idx), torch.from_numpy(w.astype(dt)), torch.from_numpy(offs),
+                mode="max", padding_idx=pad).float().numpy()
+            np.testing.assert_array_equal(got, want)
+            ref = pool_reference(w.astype(dt), idx, offs, mode="max", padding_idx=pad)
+            np.testing.assert_array_equal(got, ref)

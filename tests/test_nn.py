@@ -222,3 +222,9 @@ def test_replaced_weight_data_is_seen() -> None:
         torch.testing.assert_close(mod(x, o), torch.full((1, 4), 2.0))
         mod.weight.data = torch.ones(12, 4).half()  # new shape and dtype
         torch.testing.assert_close(mod(x, o), torch.full((1, 4), 2.0).half())
+
+
+def test_a_module_with_an_unknown_mode_is_refused_when_built() -> None:
+    # torch takes any string and fails at the first call; refusing it at once is kinder.
+    with pytest.raises(ValueError, match="mode must be one of sum, mean, max"):
+        rnn.EmbeddingBag(10, 4, mode="median")

@@ -372,3 +372,34 @@ def test_pytree_round_trips() -> None:
     assert back["kjt"].keys() == ["a", "b"] and torch.equal(back["kjt"].weights(), kjt.weights())
     assert back["kt"].keys() == ["x", "y"] and torch.equal(back["kt"]["y"], kt["y"])
     assert torch.equal(back["jt"].values(), jt.values())
+
+
+def test_a_weight_replaced_by_a_view_of_the_same_memory_is_read_anew() -> None:
+    # A transpose of a square table keeps the address and the shape: only its strides say
+    # that the rows moved.
+    ebc = rnn.EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        name="t", embedding_dim=8, num_embeddings=8, feature_names=["f"])])
+    kjt = KeyedJaggedTensor(keys=["f"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 1]))
+    w = ebc.embedding_bags["t"].weight
+    with torch.no_grad():
+        ebc(kjt)
+        w.data = w.data.t()
+        want = torch.nn.functional.embedding_bag(torch.tensor([1, 2]), w, torch.tensor([0, 1]))
+        assert torch.equal(ebc(kjt).values(), want)
+        w.data = w.data.t().contiguous().view(torch.bfloat16)[:, :8].contiguous()
+        assert torch.equal(ebc(kjt).values(), torch.nn.functional.embedding_bag(
+            torch.tensor([1, 2]), w, torch.tensor([0, 1])).float())
+
+
+def test_a_collection_refuses_input_naming_a_feature_twice() -> None:
+    # Which of the two would it pool? (The KJT itself follows TorchRec, which allows repeated
+    # keys, as a permute makes them, and looks keys up by their last position.)
+    kjt = KeyedJaggedTensor(keys=["f", "f"], values=torch.tensor([1, 2]),
+                            lengths=torch.tensor([1, 1]))
+    ebc = rnn.EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        name="t", embedding_dim=4, num_embeddings=8, feature_names=["f"])])
+    with pytest.raises(ValueError, match="more than once"):
+        ebc(kjt)
+    ok = KeyedJaggedTensor(keys=["f", "g"], values=torch.tensor([1, 2]),
+                           lengths=torch.tensor([1, 1]))
+    assert ok.permute([0, 0, 1]).keys() == ["f", "f", "g"]

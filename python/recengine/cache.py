@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._convert import as_float32_array, as_index_array
 from ._files import npy_header
 from .table import EmbeddingTable
 
@@ -261,9 +262,14 @@ class CachedTable:
         if (offsets is None) == (lengths is None):
             raise ValueError("give offsets or lengths")
         if lengths is not None:
-            bounds = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))])
+            lens = as_index_array(lengths, "lengths").astype(np.int64)
+            if lens.ndim != 1 or (lens < 0).any():
+                raise ValueError("lengths must be 1-D and non-negative")
+            bounds = np.concatenate([[0], np.cumsum(lens)])
         else:
-            o = np.asarray(offsets, dtype=np.int64)
+            o = as_index_array(offsets, "offsets").astype(np.int64)
+            if o.ndim != 1:
+                raise ValueError(f"offsets must be 1-D, got shape {o.shape}")
             bounds = o if include_last_offset else np.concatenate([o, [idx.size]])
         if bounds.size == 0 or bounds[0] != 0 or bounds[-1] != idx.size or np.any(
                 np.diff(bounds) < 0):
@@ -273,7 +279,10 @@ class CachedTable:
             j = int(np.argmax(bad))
             raise IndexError(f"index {idx[j]} at position {j} is out of range for a table of "
                              f"{self.table.num_rows} rows")
-        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+        w = None if weights is None else as_float32_array(weights, "per-sample weights")
+        if w is not None and w.shape != idx.shape:
+            raise ValueError(f"per-sample weights must have the indices' shape {idx.shape}, "
+                             f"got {w.shape}")
         out = np.zeros((bounds.size - 1, self.table.dim), dtype=np.float32)
         arena = self.cache._c.arena()
         for b0, b1 in self._groups(bounds, idx):

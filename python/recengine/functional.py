@@ -7,6 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
+from ._convert import I64, as_int, as_padding_idx
 
 __all__ = ["embedding_bag", "embedding_bag_backward", "sparse_lengths_sum"]
 
@@ -44,7 +45,7 @@ def sparse_lengths_sum(
                [2., 3.]], dtype=float32)
     """
     return _core.pool_array(_as_table_array(table), indices, None, lengths, weights, mode,
-                            padding_idx, False)
+                            as_padding_idx(padding_idx), False)
 
 
 def embedding_bag(
@@ -68,7 +69,7 @@ def embedding_bag(
                [0., 1., 1.]], dtype=float32)
     """
     return _core.pool_array(_as_table_array(table), indices, offsets, None, weights, mode,
-                            padding_idx, include_last_offset)
+                            as_padding_idx(padding_idx), include_last_offset)
 
 
 def embedding_bag_backward(
@@ -115,7 +116,8 @@ def embedding_bag_backward(
         g = g.copy()
     if g.ndim != 2:
         raise ValueError(f"grad must be 2-D [B, D], got shape {g.shape}")
-    args = (g, num_rows, indices, offsets, None, weights, mode, padding_idx, include_last_offset)
+    args = (g, as_int(num_rows, "num_rows", 0, I64[1]), indices, offsets, None, weights, mode,
+            as_padding_idx(padding_idx), include_last_offset)
     if sparse:
         return _core.pool_backward(*args)
     out = np.zeros((num_rows, g.shape[1]), dtype=np.float32)

@@ -115,7 +115,9 @@ def pool_reference(
 
     ``out[b] = reduce_{j in bag b, indices[j] != padding_idx} w_j * table[indices[j]]`` with
     reduce one of sum, mean (sum divided by the number of non-padding rows) or max
-    (elementwise). Empty bags, and bags holding only ``padding_idx``, give zeros.
+    (elementwise, by torch's rule: the bag's first row, then each value greater than the one
+    held; so a NaN in the first row stays, one in a later row is passed over). Empty bags,
+    and bags holding only ``padding_idx``, give zeros.
 
     Args:
         table_f32: ``[N, D]`` float array (read as float64).
@@ -189,7 +191,10 @@ def pool_reference(
             continue  # an empty bag, or only padding: zeros
         vals = table[rows[keep]]
         if mode == "max":
-            out[b] = vals.max(axis=0)
+            acc = vals[0].copy()  # torch's rule: the first row, then any greater value, so
+            for v in vals[1:]:    # a NaN that comes first stays and a later one is passed over
+                acc = np.where(v > acc, v, acc)
+            out[b] = acc
         else:
             total = (w[start:end][keep][:, None] * vals).sum(axis=0)
             out[b] = total / keep.sum() if mode == "mean" else total
@@ -278,6 +283,9 @@ def quantize_rowwise_reference(x_f32: Any, bits: int) -> np.ndarray:
     ``scale = (max - min) / 255``, ``q = clip(rint((x - min) * 255 / (range + 1e-8)), 0, 255)``,
     ``bias = min``, all in float32 arithmetic.
 
+    Rows holding a NaN or an infinity are refused (they have no scale), as recengine's
+    quantizer refuses them.
+
     4 bits: ``ceil(D/2)`` bytes (column 2k in the low nibble of byte k, column 2k+1 in the high
     nibble, a zero pad nibble when D is odd), then fp16 scale, then fp16 bias;
     ``bias = fp16(min)``, ``scale = fp16((max - bias) / 15)`` (1.0 when the range is not positive
@@ -299,6 +307,9 @@ def quantize_rowwise_reference(x_f32: Any, bits: int) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x_f32, dtype=np.float32))
     if x.ndim != 2:
         raise ValueError("x must be 2-D [N, D]")
+    if not np.isfinite(x).all():
+        raise ValueError(f"row {int(np.argmin(np.isfinite(x).all(axis=1)))} is not finite; "
+                         "quantized rows must be finite")
     n, dim = x.shape
     if dim == 0:
         raise ValueError("dim must be positive")

@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
+from ._convert import I64, as_int, as_padding_idx
 from ._dtypes import normalize_dtype
 from ._files import npy_header, regular_file
 
@@ -85,7 +86,10 @@ class EmbeddingTable:
             >>> t.dtype, t.row_bytes
             ('int8', 24)
         """
-        return cls._wrap(_core.Table.random(int(num_rows), int(dim), normalize_dtype(dtype), seed))
+        return cls._wrap(_core.Table.random(as_int(num_rows, "num_rows", 0, I64[1]),
+                                            as_int(dim, "dim", 1, I64[1]),
+                                            normalize_dtype(dtype),
+                                            as_int(seed, "seed", 0, 2**64 - 1)))
 
     @classmethod
     def from_raw(cls, data: Any, dtype: Any, dim: int) -> EmbeddingTable:
@@ -94,8 +98,13 @@ class EmbeddingTable:
         For int8 this is the fused 8-bit rowwise layout that torch's
         ``quantized.embedding_bag_byte_rowwise_offsets`` and FBGEMM use.
         """
-        raw = np.ascontiguousarray(np.asarray(data, dtype=np.uint8))
-        return cls._wrap(_core.Table.from_raw(raw, normalize_dtype(dtype), int(dim)))
+        raw = np.asarray(data)
+        if raw.dtype != np.uint8:
+            raise TypeError(f"raw rows are bytes: a uint8 array [num_rows, row_bytes], got dtype "
+                            f"{raw.dtype} (to make a table of values, use EmbeddingTable(array))")
+        raw = np.require(raw, requirements="CA")
+        return cls._wrap(_core.Table.from_raw(raw, normalize_dtype(dtype),
+                                              as_int(dim, "dim", 1, I64[1])))
 
     @classmethod
     def load(cls, path: PathLike, name: Optional[str] = None, *, mmap: bool = True
@@ -192,8 +201,8 @@ class EmbeddingTable:
             ValueError: inconsistent offsets/lengths/weights, or an unknown mode.
             TypeError: non-integer indices.
         """
-        return self._t.lookup(indices, offsets, lengths, weights, mode, padding_idx,
-                              include_last_offset)
+        return self._t.lookup(indices, offsets, lengths, weights, mode,
+                              as_padding_idx(padding_idx), include_last_offset)
 
     def slice(self, rows: tuple[int, int], cols: Optional[tuple[int, int]] = None
               ) -> EmbeddingTable:
@@ -207,7 +216,9 @@ class EmbeddingTable:
             (10, 4)
         """
         c0, c1 = (0, self.dim) if cols is None else cols
-        return self._wrap(self._t.slice(int(rows[0]), int(rows[1]), int(c0), int(c1)))
+        r0, r1 = (as_int(r, "rows", 0, self.num_rows) for r in rows)
+        c0, c1 = (as_int(c, "cols", 0, self.dim) for c in (c0, c1))
+        return self._wrap(self._t.slice(r0, r1, c0, c1))
 
     def to_numpy(self) -> np.ndarray:
         """All rows as a new ``[num_rows, dim]`` float32 array (dequantized)."""

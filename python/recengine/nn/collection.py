@@ -196,6 +196,9 @@ class EmbeddingBagCollection(torch.nn.Module):
             except ValueError:
                 missing = sorted(set(self._feature_names) - set(keys))
                 raise ValueError(f"the input lacks the features {missing}") from None
+            twice = sorted({f for f in self._feature_names if keys.count(f) > 1})
+            if twice:
+                raise ValueError(f"the input names the features {twice} more than once")
             self._slot_cache = (tuple(keys), slots)
         return slots
 
@@ -317,8 +320,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         kjt = as_kjt(features)
         weights = self._weights()
         values: Optional[Tensor] = None
+        slots = self._slots(kjt.keys())  # (refuses missing features and features named twice)
         if self._core_takes(kjt, weights):
-            slots = self._slots(kjt.keys())
             try:
                 if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
                     values = self._pool(kjt, slots, weights)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import hugepages
+from ._op import MODES
 from .functional import embedding_bag
 
 __all__ = ["EmbeddingBag", "convert"]
@@ -33,6 +34,8 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.mode not in MODES:  # torch takes any string here and fails at the first call
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         # A weight allocated here moves to huge pages (one copy, at construction); a weight
         # handed in (``_weight``, as ``from_pretrained`` does) stays shared, as in torch.
         if kwargs.get("_weight") is None and (len(args) < 8 or args[7] is None):

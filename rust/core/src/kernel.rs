@@ -238,8 +238,12 @@ unsafe fn pool_scalar<I: Index>(job: &Job<'_, I>, bags: Range<usize>, out: Out) 
             quant::decode_row(job.dtype, &job.data[start..start + rb], &mut row);
             let w = job.weights.map_or(1.0, |w| w[j]);
             if job.mode == Mode::Max {
+                // torch's rule: the first row, then each value greater than the one held
+                // (so a NaN held stays, and a later NaN is never taken).
                 for (a, x) in o.iter_mut().zip(&row) {
-                    *a = a.max(*x);
+                    if count == 1 || *x > *a {
+                        *a = *x;
+                    }
                 }
             } else {
                 for (a, x) in o.iter_mut().zip(&row) {
@@ -617,10 +621,13 @@ mod x86 {
                     if MAX {
                         let (sc, bi) = F::scale_bias::<S>(row, dim);
                         let (sv, bv) = (S::splat(sc), S::splat(bi));
+                        // torch's rule, as in `pool_scalar`: the bag's first row, then
+                        // `max(x, acc)`, which keeps `acc` when either is NaN.
+                        let first = j == start + pad_hits;
                         for v in 0..NV {
                             let x = load::<S, F, FULL>(block, v, tails[v]);
                             let x = if F::QUANT { S::fmadd(x, sv, bv) } else { x };
-                            acc[v] = S::max(acc[v], x);
+                            acc[v] = if first { x } else { S::max(x, acc[v]) };
                         }
                     } else {
                         let mut w = match job.weights {

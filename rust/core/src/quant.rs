@@ -4,6 +4,22 @@
 use half::{bf16, f16};
 
 use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// [`encode_row`] of row number `row`, refusing non-finite values in an int8 or int4 row:
+/// a NaN or an infinity has no scale and bias, and would come back as finite garbage.
+pub fn encode_row_checked(dtype: DType, src: &[f32], dst: &mut [u8], row: usize) -> Result<()> {
+    if dtype.is_quantized() {
+        if let Some((col, x)) = src.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::value(format!(
+                "row {row} holds {x} (column {col}); {} rows must be finite to quantize",
+                dtype.name()
+            )));
+        }
+    }
+    encode_row(dtype, src, dst);
+    Ok(())
+}
 
 /// Encode `src` (one row, `dim` values) into `dst` (`dtype.row_bytes(dim)` bytes).
 ///

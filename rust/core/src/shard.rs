@@ -378,7 +378,7 @@ pub fn merge_rows(layout: &Layout, t: usize, dim: usize, mode: Mode, offsets: &[
             }
             let part = &block[b * dim..(b + 1) * dim];
             match (mode, seen) {
-                (Mode::Max, true) => row.iter_mut().zip(part).for_each(|(o, &x)| *o = o.max(x)),
+                (Mode::Max, true) => row.iter_mut().zip(part).for_each(|(o, &x)| if x > *o { *o = x }),
                 (Mode::Max, false) => row.copy_from_slice(part),
                 (_, false) => row.copy_from_slice(part),
                 (_, true) => row.iter_mut().zip(part).for_each(|(o, &x)| *o += x),

@@ -114,6 +114,7 @@ pub(crate) trait Simd {
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `a > b ? a : b` lane by lane: `b` where either is NaN (the x86 `maxps` rule).
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// Load the valid lanes (the rest are zero) of f32 values at `p`.
     unsafe fn load_f32(p: *const u8, t: Self::Tail) -> Self::V;

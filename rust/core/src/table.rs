@@ -13,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::lookup::TableView;
 use crate::parallel;
-use crate::quant::{decode_row, encode_row};
+use crate::quant::{decode_row, encode_row, encode_row_checked};
 use crate::storage::Storage;
 
 /// Rows per parallel chunk when encoding, generating or decoding whole tables.
@@ -52,17 +52,14 @@ impl Table {
         num_rows: usize,
         dim: usize,
         dtype: DType,
-        fill: impl Fn(usize, &mut [u8]) + Sync + Send,
+        fill: impl Fn(usize, &mut [u8]) -> Result<()> + Sync + Send,
     ) -> Result<Table> {
         let len = Table::check_shape(num_rows, dim, dtype)?;
         let rb = dtype.row_bytes(dim);
         let mut storage = Storage::zeroed(len)?;
         let bytes = storage.bytes_mut().expect("a new buffer is owned");
         if len > 0 {
-            parallel::for_each_chunk(bytes, rb * CHUNK_ROWS, &|c, chunk| {
-                fill(c * CHUNK_ROWS, chunk);
-                Ok(())
-            })?;
+            parallel::for_each_chunk(bytes, rb * CHUNK_ROWS, &|c, chunk| fill(c * CHUNK_ROWS, chunk))?;
         }
         Ok(Table { storage, num_rows, dim, dtype })
     }
@@ -76,8 +73,9 @@ impl Table {
         Table::build(num_rows, dim, dtype, |first, chunk| {
             for (i, dst) in chunk.chunks_exact_mut(rb).enumerate() {
                 let r = first + i;
-                encode_row(dtype, &values[r * dim..(r + 1) * dim], dst);
+                encode_row_checked(dtype, &values[r * dim..(r + 1) * dim], dst, r)?;
             }
+            Ok(())
         })
     }
 
@@ -94,8 +92,9 @@ impl Table {
                 for (x, b) in row.iter_mut().zip(&bits[r * dim..(r + 1) * dim]) {
                     *x = half::f16::from_bits(*b).to_f32();
                 }
-                encode_row(dtype, &row, dst);
+                encode_row_checked(dtype, &row, dst, r)?;
             }
+            Ok(())
         })
     }
 
@@ -128,8 +127,9 @@ impl Table {
                     // 24 random bits -> [0, 1) -> [-1, 1).
                     *x = (rng.next_u64() >> 40) as f32 * (2.0 / 16_777_216.0) - 1.0;
                 }
-                encode_row(dtype, &row, dst);
+                encode_row(dtype, &row, dst); // finite by construction
             }
+            Ok(())
         })
     }
 
@@ -238,8 +238,9 @@ impl Table {
             for (i, dst) in chunk.chunks_exact_mut(rb).enumerate() {
                 let r = first + i;
                 decode_row(src_dtype, &src[r * src_rb..(r + 1) * src_rb], &mut row);
-                encode_row(dtype, &row, dst);
+                encode_row_checked(dtype, &row, dst, r)?;
             }
+            Ok(())
         })
     }
 
@@ -262,6 +263,7 @@ impl Table {
                 let r = first_row + first + i;
                 slice_row(dtype, &src[r * src_rb..(r + 1) * src_rb], self.dim, c0, dst, dim);
             }
+            Ok(())
         })
     }
 

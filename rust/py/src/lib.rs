@@ -66,6 +66,14 @@ fn request<'py>(
         (d, _, _) => return Err(PyValueError::new_err(format!("indices must be 1-D or 2-D, got {d}-D"))),
     };
     let weights = weights.map(|w| floats(w, "per-sample weights")).transpose()?;
+    if let Some(w) = &weights {
+        if w.shape() != shape.as_slice() {
+            return Err(PyValueError::new_err(format!(
+                "per-sample weights must have the indices' shape {shape:?}, got {:?}",
+                w.shape()
+            )));
+        }
+    }
     Ok(Request { indices, bags, weights })
 }
 
@@ -1511,19 +1519,28 @@ struct HeldWeight {
     ptr: usize,
     rows: usize,
     dim: usize,
+    /// The weight's strides and torch dtype object when held: `weight.data` may be replaced
+    /// by a view of the same memory with other strides (a transpose) or another dtype.
+    strides: (isize, isize),
+    torch_dtype: Py<PyAny>,
     dtype: DType,
     huge_pages: bool,
 }
 
 impl HeldWeight {
-    /// Whether `w` is still the held weight with the same storage address and shape.
+    /// Whether `w` is still the held weight with the same storage address, shape, strides
+    /// and dtype.
     fn current(&self, w: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = w.py();
         if !w.is(self.weight.bind(py)) || w.call_method0(pyo3::intern!(py, "data_ptr"))?.extract::<usize>()? != self.ptr {
             return Ok(false);
         }
         let shape: (usize, usize) = w.getattr(pyo3::intern!(py, "shape"))?.extract()?;
-        Ok(shape == (self.rows, self.dim))
+        if shape != (self.rows, self.dim) || !w.getattr(pyo3::intern!(py, "dtype"))?.is(self.torch_dtype.bind(py)) {
+            return Ok(false);
+        }
+        let strides: (isize, isize) = w.call_method0(pyo3::intern!(py, "stride"))?.extract()?;
+        Ok(strides == self.strides)
     }
 }
 
@@ -1582,7 +1599,9 @@ impl KeyedTables {
                     )));
                 }
                 check_dim(dim)?;
-                Ok(HeldWeight { weight: weight.unbind(), _alias: alias.unbind(), ptr, rows, dim, dtype, huge_pages })
+                let strides: (isize, isize) = weight.call_method0("stride")?.extract()?;
+                let torch_dtype = weight.getattr("dtype")?.unbind();
+                Ok(HeldWeight { weight: weight.unbind(), _alias: alias.unbind(), ptr, rows, dim, strides, torch_dtype, dtype, huge_pages })
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(KeyedTables { held, modes })
