@@ -123,3 +123,55 @@ def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "bench" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["shard", "--shards", "100000"], "--shards"),
+    (["moe", "--tokens", "1000000000"], "--tokens"),
+    (["moe", "--experts", "1000000000"], "--experts"),
+    (["moe", "--locality", "2"], "--locality"),
+    (["moe", "--zipf", "nan"], "--zipf"),
+    (["serve", "--queries", "-5"], "--queries"),
+    (["serve", "--patience", "-3"], "--patience"),
+    (["serve", "--simulate", "--cores", "100000"], "--cores"),
+    (["nmp", "--zipf", "nan"], "--zipf"),
+    (["nmp", "--sls-fraction", "inf"], "--sls-fraction"),
+    (["bench", "--seed", "-1"], "--seed"),
+    (["bench-models", "--warmup", "-1"], "--warmup"),
+])
+def test_options_out_of_range_are_refused_before_any_work(
+        argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}:" in err, err
+
+
+def test_impossible_runs_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    import torch
+
+    cases = [(["moe", "--experts", "65536", "--d-model", "65536"], "GiB available")]
+    if not torch.cuda.is_available():
+        cases.append((["serve", "--accelerator", "cuda"], "needs a CUDA device"))
+    for argv, message in cases:
+        t0 = time.perf_counter()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert time.perf_counter() - t0 < 10
+
+
+def test_an_unreachable_ray_address_is_refused_at_once() -> None:
+    import time
+
+    from recengine.shard.distributed import _check_reachable
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match="no Ray cluster answers at 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1")
+    assert time.perf_counter() - t0 < 6
+    _check_reachable(None)
+    _check_reachable("auto")

@@ -71,6 +71,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _core_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1024:
+        raise ValueError(f"{value} is more than the 1024 cores the simulator models")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -90,6 +97,41 @@ def _arg_positive_float(text: str) -> float:
         return _positive_float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]`` (the error names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in [{low:g}, "
+                                             f"{high:g}]")
+        return value
+
+    return parse
+
+
+#: Seeds: any non-negative 63-bit integer.
+_seed = _int_in(0, 2**63 - 1)
 
 
 def _dtype(text: str) -> str:
@@ -191,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=_arg_positive_float, default=None, metavar="SECONDS",
                        help="time budget per implementation and case; stops early after "
                             "it (default: 0.3)")
-    bench.add_argument("--warmup", type=int, default=1,
+    bench.add_argument("--warmup", type=_int_in(0, 10**6), default=1,
                        help="untimed calls before the first round (default: 1)")
     bench.add_argument("--rounds", type=_arg_positive_int, default=None,
                        help="time the implementations in turn this many times, splitting "
@@ -200,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="alternate: implementations take turns call by call, as one "
                             "process serving both runs them (default); blocks: each alone in "
                             "blocks of calls with the cache flushed between (--rounds)")
-    bench.add_argument("--seed", type=int, default=0, help="seed of tables and indices")
+    bench.add_argument("--seed", type=_seed, default=0, help="seed of tables and indices")
     bench.add_argument("--no-probe", action="store_true",
                        help="skip the gather roofline (probe) measurement")
     bench.add_argument("--per-table", action="store_true",
@@ -245,10 +287,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="table row factor (default: 0.05; 1 is the paper's size)")
     whole.add_argument("--repeats", type=_arg_positive_int, default=25,
                        help="timed calls per route and case (default: 25)")
-    whole.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
+    whole.add_argument("--warmup", type=_int_in(0, 10**6), default=3, help="untimed calls first (default: 3)")
     whole.add_argument("--budget", type=_arg_positive_float, default=2.0, metavar="SECONDS",
                        help="seconds of timed calls per route and case (default: 2)")
-    whole.add_argument("--seed", type=int, default=0, help="seed of weights and batches")
+    whole.add_argument("--seed", type=_seed, default=0, help="seed of weights and batches")
     _study_outputs(whole, "write a chart of each route's speedup over torch by batch")
     whole.set_defaults(func=_cmd_bench_models)
 
@@ -264,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("--model", type=_model, default="rmc1",
                        help="the model (default: rmc1)")
-    shard.add_argument("--shards", type=_arg_positive_int, default=4,
+    shard.add_argument("--shards", type=_int_in(1, 1024), default=4,
                        help="shards for the sharded strategies (default: 4)")
     shard.add_argument("--strategies", default=None,
                        type=_comma_list(_one_of("shard", "STRATEGIES"), "strategy"),
@@ -283,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
                             "128)")
     shard.add_argument("--memory-mb", type=_arg_positive_float, default=None,
                        help="per-shard memory cap for the planners (default: none)")
-    shard.add_argument("--seed", type=int, default=0, help="seed of tables and queries")
+    shard.add_argument("--seed", type=_seed, default=0, help="seed of tables and queries")
     shard.add_argument("--ray-address", default=None,
                        help="an existing Ray cluster's address (default: start a local one)")
     shard.add_argument("--ray-cpus", type=_arg_positive_int, default=None,
@@ -302,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
             "dynamic with static (capacity) gating; and place experts on devices for load "
             "balance."),
     )
-    moe.add_argument("--experts", type=_arg_positive_int, default=64,
+    moe.add_argument("--experts", type=_int_in(1, 65536), default=64,
                      help="experts in the layer (default: 64)")
     moe.add_argument("--d-model", type=_arg_positive_int, default=256,
                      help="token width (default: 256)")
@@ -311,13 +353,13 @@ def _parser() -> argparse.ArgumentParser:
     moe.add_argument("--top-k", type=_arg_positive_int, default=2, help="experts per token")
     moe.add_argument("--batches", type=_arg_positive_int, default=300,
                      help="batches in the trace (default: 300)")
-    moe.add_argument("--tokens", type=_arg_positive_int, default=8,
+    moe.add_argument("--tokens", type=_int_in(1, 1 << 20), default=8,
                      help="tokens per batch of the trace (default: 8, decode-sized)")
     moe.add_argument("--trace", choices=("synthetic", "recorded"), default="synthetic",
                      help="where the routing comes from (default: synthetic)")
-    moe.add_argument("--zipf", type=float, default=1.0,
+    moe.add_argument("--zipf", type=_float_in(0, 1e6), default=1.0,
                      help="synthetic trace's Zipf exponent (default: 1.0)")
-    moe.add_argument("--locality", type=float, default=0.5,
+    moe.add_argument("--locality", type=_float_in(0, 1), default=0.5,
                      help="synthetic trace's temporal locality in [0, 1] (default: 0.5)")
     moe.add_argument("--slots", type=_comma_list(_positive_int, "slot count"), default=None,
                      help="comma list of cache sizes in experts (default: 8,16,24,32,48)")
@@ -327,11 +369,11 @@ def _parser() -> argparse.ArgumentParser:
                           "belady)")
     moe.add_argument("--timed-batches", type=_arg_positive_int, default=50,
                      help="batches the throughput is timed on (default: 50)")
-    moe.add_argument("--gating-tokens", type=_arg_positive_int, default=2048,
+    moe.add_argument("--gating-tokens", type=_int_in(1, 1 << 20), default=2048,
                      help="tokens of the dynamic vs static gating batch (default: 2048)")
     moe.add_argument("--devices", type=_arg_positive_int, default=8,
                      help="devices to place experts on (default: 8)")
-    moe.add_argument("--seed", type=int, default=0, help="seed of the layer and trace")
+    moe.add_argument("--seed", type=_seed, default=0, help="seed of the layer and trace")
     _study_outputs(moe, "save miss rate and throughput ratio against slots per policy")
     moe.set_defaults(func=_cmd_moe)
 
@@ -349,7 +391,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="samples per batch (default: 64)")
     nmp.add_argument("--table-mb", type=_arg_positive_float, default=256.0,
                      help="scale the model's tables to about this many MiB (default: 256)")
-    nmp.add_argument("--zipf", type=float, default=1.0,
+    nmp.add_argument("--zipf", type=_float_in(0, 1e6), default=1.0,
                      help="locality: Zipf exponent over each table's rows, or the Pareto shape "
                           "(default: 1.0)")
     nmp.add_argument("--distribution", default="zipf",
@@ -358,7 +400,7 @@ def _parser() -> argparse.ArgumentParser:
     nmp.add_argument("--trace", default=None, metavar="FILE",
                      help="emulate this trace (.npz from Trace.save, or CSV/text with columns "
                           "table,row[,bag][,model]) instead of the model's batch")
-    nmp.add_argument("--sls-fraction", type=float, default=0.79,
+    nmp.add_argument("--sls-fraction", type=_float_in(0, 1), default=0.79,
                      help="share of inference time in SLS on the host, for the throughput "
                           "speedup (default: 0.79)")
     nmp.add_argument("--sweeps", default=None,
@@ -367,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
                           "profiling (default: all)")
     nmp.add_argument("--preset", choices=("recnmp",), default=None,
                      help="run only the paper's configuration")
-    nmp.add_argument("--seed", type=int, default=0, help="seed of the traces")
+    nmp.add_argument("--seed", type=_seed, default=0, help="seed of the traces")
     _study_outputs(nmp, "save latency speedup and energy saving per sweep")
     nmp.set_defaults(func=_cmd_nmp)
 
@@ -413,11 +455,11 @@ def _parser() -> argparse.ArgumentParser:
                             "default), or DeepRecSys's controller, which steps the rate of one "
                             "long "
                             "run on the p95 of every 64 completed queries ('controller')")
-    serve.add_argument("--confirm", type=int, default=1,
+    serve.add_argument("--confirm", type=_int_in(0, 100), default=1,
                        help="real server: run a rate that misses the target this many more "
                             "times before the search counts it as a miss, so that one slow "
                             "stretch does not end a search low (default: 1)")
-    serve.add_argument("--cores", type=_comma_list(_positive_int, "core count"), default=None,
+    serve.add_argument("--cores", type=_comma_list(_core_count, "core count"), default=None,
                        help="cores (comma list with --simulate; default: this machine's)")
     serve.add_argument("--scale", type=_arg_positive_float, default=0.05,
                        help="table row factor (default: 0.05, all eight models under 2 GB)")
@@ -436,7 +478,7 @@ def _parser() -> argparse.ArgumentParser:
                        default=None,
                        help="DeepRecSched's batch sizes in the order tried (default: "
                             "1024,512,384,256,192,128,96,64,48,32)")
-    serve.add_argument("--patience", type=int, default=None,
+    serve.add_argument("--patience", type=_int_in(0, 1000), default=None,
                        help="stop DeepRecSched's climb after this many non-improving tries "
                             "past a drop (DeepRecSys stops at the first drop: 0; default: try all)")
     serve.add_argument("--accelerator", choices=("none", "cuda", "modeled"), default="none",
@@ -457,9 +499,9 @@ def _parser() -> argparse.ArgumentParser:
                        choices=("uniform", "zipf", "pareto", "production", "movielens"),
                        help="rows the model's inputs read; movielens needs the recbole wheel "
                             "(default: uniform)")
-    serve.add_argument("--queries", type=int, default=0,
+    serve.add_argument("--queries", type=_int_in(0, 10**7), default=0,
                        help="queries per run at least (default: 2000 simulated, 300 real)")
-    serve.add_argument("--seed", type=int, default=0, help="seed of weights and workload")
+    serve.add_argument("--seed", type=_seed, default=0, help="seed of weights and workload")
     _study_outputs(serve, "save latency-bounded QPS against batch size per model")
     serve.set_defaults(func=_cmd_serve)
 

@@ -29,10 +29,12 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -74,12 +76,48 @@ class MoEStudyConfig:
         if not self.slots or min(self.slots) < 1:
             raise ValueError("slots needs one or more counts >= 1")
         if min(self.num_experts, self.batches, self.tokens, self.timed_batches,
-               self.gating_tokens, self.devices) < 1:
-            raise ValueError("num_experts, batches, tokens, timed_batches, gating_tokens and "
-                             "devices must be >= 1")
+               self.gating_tokens, self.devices, self.d_model, self.d_hidden, self.top_k) < 1:
+            raise ValueError("num_experts, d_model, d_hidden, top_k, batches, tokens, "
+                             "timed_batches, gating_tokens and devices must be >= 1")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed the {self.num_experts} experts")
+        for name, value, most in (("num_experts", self.num_experts, MAX_EXPERTS),
+                                  ("tokens", self.tokens, MAX_TOKENS),
+                                  ("gating_tokens", self.gating_tokens, MAX_TOKENS)):
+            if value > most:
+                raise ValueError(f"{name} must be at most {most}, got {value}")
+        if self.batches * self.tokens > MAX_ROUTED:
+            raise ValueError(f"the trace routes {self.batches} batches of {self.tokens} tokens; "
+                             f"at most {MAX_ROUTED} tokens in all")
+        if not (math.isfinite(self.zipf_s) and self.zipf_s >= 0):
+            raise ValueError(f"zipf_s must be a finite number >= 0, got {self.zipf_s}")
+        if not 0 <= self.locality <= 1:
+            raise ValueError(f"locality must be in [0, 1], got {self.locality}")
+        need = self.num_experts * 2 * self.d_model * self.d_hidden * 4
+        have = available_memory()
+        if have is not None and need > have // 2:
+            raise ValueError(f"the layer's {self.num_experts} experts of {self.d_model}x"
+                             f"{self.d_hidden} take {need / 2**30:.1f} GiB; this machine has "
+                             f"{have / 2**30:.1f} GiB available (half of it may be used)")
 
 
 _REPEATS = 3
+#: Limits of the study's sizes (each far past what it is meant for; larger ones only hang).
+MAX_EXPERTS = 65536
+MAX_TOKENS = 1 << 20
+MAX_ROUTED = 10**8
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _median_time(fn: Callable[[], Any], repeats: int = _REPEATS) -> float:

@@ -28,6 +28,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -70,8 +72,10 @@ class NMPStudyConfig:
         for s in self.sweeps:
             if s not in SWEEPS:
                 raise ValueError(f"unknown sweep {s!r}; expected some of {', '.join(SWEEPS)}")
-        if self.batch < 1 or not self.table_mb > 0 or self.zipf < 0:
-            raise ValueError("batch must be >= 1, table_mb > 0 and zipf >= 0")
+        if self.batch < 1 or not (self.table_mb > 0 and math.isfinite(self.table_mb)) \
+                or not (self.zipf >= 0 and math.isfinite(self.zipf)):
+            raise ValueError(f"batch must be >= 1, table_mb > 0 and zipf a finite number >= 0 "
+                             f"(got {self.batch}, {self.table_mb}, {self.zipf})")
         if not 0 <= self.sls_fraction <= 1:
             raise ValueError(f"sls_fraction must be in [0, 1], got {self.sls_fraction}")
         if self.distribution not in DISTRIBUTIONS:

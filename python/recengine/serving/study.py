@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..models import TARGETS_MS, build
 from ..rows import DISTRIBUTIONS
@@ -64,6 +65,11 @@ SEARCHES: tuple[str, ...] = ("bisect", "controller")
 #: A run of the study (real or simulated) lasts this many of the model's latency targets (or
 #: ``ServeConfig.queries`` queries, whichever is more), so real and simulated runs compare.
 SPAN_TARGETS = 10
+
+
+#: The most cores the simulator models, and queries a run takes.
+MAX_SIMULATED_CORES = 1024
+MAX_QUERIES = 10**7
 
 
 @dataclass
@@ -108,6 +114,9 @@ class ServeConfig:
         if not self.simulate and any(c > here for c in self.cores):
             raise ValueError(f"the real server has {here} cores here; use --simulate to study "
                              f"{max(self.cores)}")
+        if any(c > MAX_SIMULATED_CORES for c in self.cores):
+            raise ValueError(f"the simulator models at most {MAX_SIMULATED_CORES} cores, got "
+                             f"{max(self.cores)}")
         if self.search not in SEARCHES:
             raise ValueError(f"the rate search is one of {', '.join(SEARCHES)}, got "
                              f"{self.search!r}")
@@ -134,14 +143,22 @@ class ServeConfig:
         if self.accelerator == "cuda" and self.simulate:
             raise ValueError("the simulator takes a modeled accelerator "
                              "(--accelerator modeled --accelerator-curves FILE)")
+        if self.accelerator == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--accelerator cuda needs a CUDA device, and torch sees none here "
+                             "(--accelerator modeled --accelerator-curves FILE models one)")
         if self.process not in ARRIVALS:
             raise ValueError(f"unknown arrival process {self.process!r}; expected one of "
                              f"{', '.join(ARRIVALS)}")
         if self.distribution not in (*DISTRIBUTIONS, "movielens"):
             raise ValueError(f"unknown row distribution {self.distribution!r}; expected one "
                              f"of {', '.join(DISTRIBUTIONS)}, movielens")
-        if self.queries <= 0:
+        if self.queries < 0 or self.queries > MAX_QUERIES:
+            raise ValueError(f"queries must be in [0, {MAX_QUERIES}] (0: the default), got "
+                             f"{self.queries}")
+        if self.queries == 0:
             self.queries = 2000 if self.simulate else 300
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be non-negative, got {self.patience}")
         if self.rel_tol <= 0:
             self.rel_tol = 0.02 if self.simulate else 0.05
 

@@ -16,6 +16,7 @@ deadline). A lookup never hangs and never returns a partial output.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -141,6 +142,7 @@ class RayShardedEmbedding:
         self._router = plan.router()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            _check_reachable(address)
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         actor_class = ray.remote(_ShardActor).options(
@@ -240,3 +242,22 @@ class RayShardedEmbedding:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Refuse at once a Ray address ``host:port`` (or ``ray://host:port``) where nothing
+    listens: ``ray.init`` retries such an address for minutes.
+
+    Raises:
+        ConnectionError: no TCP connection within ``timeout_s``.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # a form ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({e})") from None

@@ -42,11 +42,15 @@ from .distributed import RayShardedEmbedding, save_tables
 from .inprocess import ShardedEmbedding
 from .plan import STRATEGIES, ShardPlan, ShardTable, plan
 
-__all__ = ["BACKENDS", "StudyConfig", "config_dict", "iter_study", "model_nets", "plot_study",
+__all__ = ["BACKENDS", "MAX_SHARDS", "StudyConfig", "config_dict", "iter_study", "model_nets", "plot_study",
            "run_study", "study_plans", "study_tables", "summarize_study"]
 
 #: Where the shards run: this process's thread pool, or one Ray actor per shard.
 BACKENDS: tuple[str, ...] = ("inprocess", "ray")
+
+
+#: The most shards the study places tables on.
+MAX_SHARDS = 1024
 
 
 @dataclass
@@ -84,8 +88,9 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
-        if self.shards < 1:
-            raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be in [1, {MAX_SHARDS}] (each is a thread pool or a "
+                             f"Ray actor process), got {self.shards}")
         for s in self.strategies:
             if s not in STRATEGIES:
                 raise ValueError(f"unknown strategy {s!r}; expected some of "
