@@ -150,3 +150,65 @@ def test_the_study_on_ray(local_ray: None) -> None:
         ("capacity", "ray")]
     ray_rows = [r for r in rows if r["backend"] == "ray"]
     assert all(r["p99_overhead"] > 1 and r["compute_overhead"] > 0 for r in ray_rows)
+
+
+def test_table_files_of_another_shape_are_refused(local_ray: None, tables: Any,
+                                                  tmp_path: Path) -> None:
+    tabs, specs, _ = tables
+    save_tables(tabs, tmp_path, [s.name for s in specs])
+    # t1 replaced by a table with more rows and columns: its top-left block is not t1.
+    save_tables([recengine.EmbeddingTable.random(400, 16)], tmp_path, ["t1"])
+    with pytest.raises(ValueError, match=r"t1\.safetensors holds a 400 x 16 table but the "
+                                         r"plan's is 250 x 12"):
+        RayShardedEmbedding(plan(specs, 2, strategy="capacity"), tmp_path)
+
+
+def test_a_shard_that_raises_is_reported_as_unavailable(local_ray: None, tables: Any) -> None:
+    tabs, specs, root = tables
+    indices, lengths = _batch(tabs, 10)
+    emb = RayShardedEmbedding(plan(specs, 2, strategy="capacity"), root, timeout_s=20)
+    with emb:
+        ray.get(emb.actors[0].__ray_call__.remote(lambda self: self.tables.clear()))
+        with pytest.raises(ShardUnavailableError, match="shard 0 is unavailable: it raised "
+                                                        "KeyError") as err:
+            emb.lookup(indices, lengths=lengths)
+        assert err.value.shard == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        emb.lookup(indices, lengths=lengths)
+
+
+def test_every_lookup_is_answered_or_failed_while_shards_die_and_raise(
+        local_ray: None, tables: Any) -> None:
+    """Fault injection: shard actors killed (restarted by Ray) and made to raise between
+    lookups; each lookup returns the right answer or raises ShardUnavailableError, none
+    hangs or returns a wrong answer, and the driver leaks no file descriptor."""
+    tabs, specs, root = tables
+    indices, lengths = _batch(tabs, 11)
+    want = recengine.EmbeddingCollection(tabs).lookup(indices, lengths=lengths)
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    served = failed = 0
+    rng = np.random.default_rng(0)
+    with RayShardedEmbedding(plan(specs, 2, strategy="capacity"), root, timeout_s=30,
+                             max_restarts=100) as emb:
+        for step in range(12):
+            fault = rng.integers(0, 3)
+            victim = emb.actors[int(rng.integers(0, 2))]
+            if fault == 1:
+                ray.kill(victim, no_restart=False)
+            elif fault == 2:
+                ray.get(victim.__ray_call__.remote(
+                    lambda self: setattr(self, "tables", {})), timeout=60)
+            t0 = time.monotonic()
+            try:
+                got = emb.lookup(indices, lengths=lengths)
+            except ShardUnavailableError:
+                failed += 1
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+                served += 1
+            assert time.monotonic() - t0 < 35
+            if fault == 2:  # put the pieces back: a restart reloads them
+                ray.kill(victim, no_restart=False)
+    assert served + failed == 12 and served > 0
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2

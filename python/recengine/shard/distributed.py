@@ -32,7 +32,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class ShardUnavailableError(RuntimeError):
-    """A shard's actor died or did not answer in time; ``shard`` says which."""
+    """A shard's actor died, raised, or did not answer in time; ``shard`` says which."""
 
     def __init__(self, shard: int, reason: str) -> None:
         super().__init__(f"shard {shard} is unavailable: {reason}")
@@ -66,15 +66,16 @@ class _ShardActor:
     """One shard: its pieces as owned tables, keyed by ``(table, piece)``."""
 
     def __init__(self, shard: int, pieces: list[tuple[int, int, str, tuple[int, int],
-                                                       tuple[int, int]]],
+                                                       tuple[int, int], tuple[int, int]]],
                  threads: int) -> None:
         import recengine
 
         recengine.set_num_threads(threads)
         self.shard = shard
         self.tables: dict[tuple[int, int], EmbeddingTable] = {}
-        for t, p, path, rows, cols in pieces:
-            self.tables[(t, p)] = EmbeddingTable.load(path).slice(rows, cols)
+        for t, p, path, shape, rows, cols in pieces:
+            # Checked here too: the file this node reads may not be the one the driver saw.
+            self.tables[(t, p)] = _load_checked(path, shape).slice(rows, cols)
         self._cpu0 = time.process_time()
 
     def ready(self) -> int:
@@ -89,6 +90,15 @@ class _ShardActor:
     def cpu_seconds(self) -> float:
         """CPU time this actor's process has used since it loaded its pieces."""
         return time.process_time() - self._cpu0
+
+
+def _load_checked(path: str, shape: tuple[int, int]) -> EmbeddingTable:
+    """The table at ``path`` (memory-mapped), which must have the plan's ``shape``."""
+    table = EmbeddingTable.load(path)
+    if table.shape != tuple(shape):
+        raise ValueError(f"{path} holds a {table.shape[0]} x {table.shape[1]} table but the "
+                         f"plan's is {shape[0]} x {shape[1]}")
+    return table
 
 
 def _ray() -> Any:
@@ -137,6 +147,8 @@ class RayShardedEmbedding:
         if missing:
             raise FileNotFoundError(f"{root} lacks {', '.join(f'{m}.safetensors' for m in missing)}"
                                     " (save_tables writes them)")
+        for t in plan.tables:  # (mapped, not read: a header check)
+            _load_checked(str(root / f"{t.name}.safetensors"), (t.num_rows, t.dim))
         self.plan = plan
         self.timeout_s = float(timeout_s)
         self._router = plan.router()
@@ -151,8 +163,9 @@ class RayShardedEmbedding:
         by_shard: dict[int, list[Any]] = {}
         for t, pl in enumerate(plan.placements):
             path = str((root / f"{pl.table.name}.safetensors").resolve())
+            shape = (pl.table.num_rows, pl.table.dim)
             for p, q in enumerate(pl.pieces):
-                by_shard.setdefault(q.shard, []).append((t, p, path, q.rows, q.cols))
+                by_shard.setdefault(q.shard, []).append((t, p, path, shape, q.rows, q.cols))
         self._actors = {s: actor_class.remote(s, pieces, threads_per_shard)
                         for s, pieces in sorted(by_shard.items())}
         try:
@@ -185,6 +198,8 @@ class RayShardedEmbedding:
             IndexError, ValueError, TypeError: bad input, before any shard is called.
         """
         ray = _ray()
+        if not self._actors:
+            raise RuntimeError("this RayShardedEmbedding is closed")
         routed = self._router.route(list(indices), None if offsets is None else list(offsets),
                                     None if lengths is None else list(lengths),
                                     None if weights is None else list(weights), mode,
@@ -211,6 +226,10 @@ class RayShardedEmbedding:
                 except ray.exceptions.RayActorError as e:
                     raise ShardUnavailableError(shard, f"its actor died ({type(e).__name__})"
                                                 ) from e
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.cause if getattr(e, "cause", None) is not None else e
+                    raise ShardUnavailableError(
+                        shard, f"it raised {type(cause).__name__}: {cause}") from e
         except ShardUnavailableError:
             for r in pending.values():
                 ray.cancel(r)
