@@ -33,8 +33,9 @@ class Policy:
 
 @dataclass
 class RunResult:
-    """One run: ``latency_ms[i]`` of every query (``inf`` for a shed query), how many were
-    shed, how many went to the accelerator, and the run's span in seconds. Percentiles skip
+    """One run: ``latency_ms[i]`` of every query (``inf`` for a shed or failed query), how
+    many were shed and failed, how many went to the accelerator, and the run's span in
+    seconds. Every query is one of served (a finite latency), shed or failed. Percentiles skip
     the first ``warmup`` queries (the system starts empty). ``utilization`` is the offered
     work over the cores' capacity where known (a simulation): at 1 or more the queue grows
     without bound however short the run."""
@@ -45,6 +46,8 @@ class RunResult:
     span_s: float = 0.0
     warmup: int = 0
     utilization: float = float("nan")
+    #: Queries that failed (a worker process died serving them); their latency is ``inf``.
+    failed: int = 0
 
     def __post_init__(self) -> None:
         self.latency_ms = np.asarray(self.latency_ms, dtype=np.float64)
@@ -74,9 +77,10 @@ class RunResult:
 
     def meets(self, target_ms: float) -> bool:
         """Whether p95 is within ``target_ms``, nothing was shed and the load is sustainable."""
-        return self.shed == 0 and not self.utilization >= 1.0 and self.p95 <= target_ms
+        return self.shed == 0 and self.failed == 0 and not self.utilization >= 1.0 \
+            and self.p95 <= target_ms
 
     @property
     def achieved_qps(self) -> float:
         """Queries served per second of the run."""
-        return (self.queries - self.shed) / self.span_s if self.span_s > 0 else 0.0
+        return (self.queries - self.shed - self.failed) / self.span_s if self.span_s > 0 else 0.0

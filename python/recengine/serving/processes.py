@@ -7,7 +7,9 @@ other workers. The parent keeps the ready queue and hands one sub-request at a t
 idle worker over that worker's connection, so the queue stays one FIFO in one place (the
 same discipline as the threaded server and the simulator), and no lock is shared between
 processes: a worker that dies cannot leave another waiting on it. A dead worker shows up as
-the end of its connection, and the parent reports it.
+the end of its connection, and the parent reports it; a replacement can be started without
+waiting for it (:meth:`WorkerProcesses.spawn`), and reports itself ready through
+:meth:`~WorkerProcesses.poll` when it has built its model.
 
 A sub-request and its answer cross the connection as a few packed numbers
 (:data:`SUB_REQUEST`, :data:`DONE`), not pickles, and the parent waits on every connection
@@ -51,8 +53,9 @@ SELECT_LIMIT = 1024
 
 #: What :meth:`WorkerProcesses.poll` reports: ``("done", worker, (run, query, part, items,
 #: seconds, end))`` with ``end`` a :func:`time.perf_counter` reading (on Linux one monotonic
-#: clock for every process of the machine), ``("error", worker, (message, traceback))`` or
-#: ``("died", worker, (exitcode, ""))``.
+#: clock for every process of the machine), ``("error", worker, (message, traceback))``,
+#: ``("died", worker, (exitcode, ""))`` or, for a worker started by :meth:`spawn`,
+#: ``("ready", worker, ())``.
 Event = tuple[str, int, tuple[Any, ...]]
 
 
@@ -94,6 +97,8 @@ class WorkerProcesses:
         self.conns: list[Optional[Connection]] = [None] * workers
         #: Whether each worker holds a sub-request (possibly of an earlier, abandoned run).
         self.busy = [False] * workers
+        #: Whether each worker was started and has not yet reported ready.
+        self.starting = [False] * workers
         # One selector for the workers' connections, kept as they come and go.
         self._selector: selectors.BaseSelector = selectors.SelectSelector()
         self.start(range(workers))
@@ -101,18 +106,37 @@ class WorkerProcesses:
     def __len__(self) -> int:
         return len(self.procs)
 
+    def spawn(self, k: int) -> None:
+        """Start worker ``k`` without waiting for it: :meth:`poll` reports ``("ready", k,
+        ())`` once it has built its model (or its error, or its death)."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            fd = theirs.fileno()
+            self.procs[k] = subprocess.Popen(
+                [sys.executable, "-m", "recengine.serving._worker", str(fd)],
+                pass_fds=(fd,), stdin=subprocess.DEVNULL)
+        conn = Connection(ours.detach())
+        self.conns[k], self.busy[k], self.starting[k] = conn, False, True
+        conn.send(self._setup)
+        if conn.fileno() >= SELECT_LIMIT and isinstance(self._selector, selectors.SelectSelector):
+            self._coarsen()
+        self._selector.register(conn, selectors.EVENT_READ, k)
+
     def start(self, which: Sequence[int]) -> None:
         """(Re)start the workers ``which`` and wait until each has built its model."""
         for k in which:
-            ours, theirs = socket.socketpair()
-            with theirs:
-                fd = theirs.fileno()
-                self.procs[k] = subprocess.Popen(
-                    [sys.executable, "-m", "recengine.serving._worker", str(fd)],
-                    pass_fds=(fd,), stdin=subprocess.DEVNULL)
-            conn = Connection(ours.detach())
-            self.conns[k], self.busy[k] = conn, False
-            conn.send(self._setup)
+            self.spawn(k)
+        self.wait_started(which)
+
+    def wait_started(self, which: Optional[Sequence[int]] = None) -> None:
+        """Wait until the workers ``which`` (default: every one still starting) are ready.
+
+        Raises:
+            RuntimeError: one failed to start (its error, or its exit) or was not ready
+                within the startup timeout; every worker is stopped then.
+        """
+        which = [k for k in (range(len(self.procs)) if which is None else which)
+                 if self.starting[k]]
         deadline = time.monotonic() + self.timeout_s
         for k in which:
             conn = self.conns[k]
@@ -132,10 +156,7 @@ class WorkerProcesses:
                 self.close()
                 raise RuntimeError(f"worker process {k} failed to start: {payload[0]}\n"
                                    f"{payload[1]}")
-            if conn.fileno() >= SELECT_LIMIT and isinstance(self._selector,
-                                                            selectors.SelectSelector):
-                self._coarsen()
-            self._selector.register(conn, selectors.EVENT_READ, k)
+            self.starting[k] = False
 
     @property
     def exact_timeouts(self) -> bool:
@@ -150,13 +171,20 @@ class WorkerProcesses:
         old.close()
 
     def restart_dead(self) -> list[int]:
-        """Restart every worker whose process has exited; returns their indices."""
+        """Restart every worker whose process has exited, and wait for those still starting;
+        returns the indices restarted."""
         dead = [k for k, p in enumerate(self.procs) if p is None or p.poll() is not None]
         for k in dead:
             self._drop(k)
-        if dead:
-            self.start(dead)
+        for k in dead:
+            self.spawn(k)
+        self.wait_started()
         return dead
+
+    @property
+    def pids(self) -> list[Optional[int]]:
+        """Each worker's process id (None for one that is gone and not yet replaced)."""
+        return [None if p is None else p.pid for p in self.procs]
 
     def stop_busy(self) -> list[int]:
         """Kill the workers holding a sub-request (after a run was abandoned: they may hang,
@@ -189,8 +217,12 @@ class WorkerProcesses:
                 events.append(("died", k, (self._exitcode(k), "")))
                 self._drop(k)
                 continue
-            self.busy[k] = False
             tag, payload = _decode(data)
+            if self.starting[k]:
+                self.starting[k] = False
+                events.append(("ready", k, ()) if tag == "ready" else (tag, k, payload))
+                continue
+            self.busy[k] = False
             events.append((tag, k, payload))
         return events
 
@@ -214,7 +246,7 @@ class WorkerProcesses:
         if p is not None and p.poll() is None:
             p.kill()  # its connection is closed: it can do no more useful work
             p.wait()
-        self.conns[k], self.procs[k], self.busy[k] = None, None, False
+        self.conns[k], self.procs[k], self.busy[k], self.starting[k] = None, None, False, False
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop every worker (asked first, then killed)."""

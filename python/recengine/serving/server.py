@@ -45,6 +45,9 @@ SWITCH_INTERVAL_S = 0.0005
 PROFILE_MAX_QUERIES = 20_000
 #: How long the end of a run waits for its worker threads, all together.
 JOIN_GRACE_S = 2.0
+#: Worker process deaths a run survives (each failing the query it held and replaced), at
+#: least this many and four times the workers; past that it raises WorkerError.
+MIN_DEATHS_PER_RUN = 8
 
 
 class WorkerError(RuntimeError):
@@ -167,6 +170,13 @@ class Server:
             allocator.steady_malloc()
 
     @property
+    def worker_pids(self) -> list[Optional[int]]:
+        """The worker processes' ids (None for threads, or for a process being replaced)."""
+        if self._procs is None:
+            return [None] * self.workers
+        return self._procs.pids
+
+    @property
     def processes(self) -> bool:
         """Whether the workers are processes (else threads of this process)."""
         return self._process_mode
@@ -233,7 +243,8 @@ class Server:
             done = s.completed
             while told < len(done):  # append is atomic; end and shed are set before it
                 j = done[told]
-                controller.observe(np.inf if s.shed[j] else (s.end[j] - s.arrival[j]) * 1e3)
+                lost = s.shed[j] or s.failed[j]
+                controller.observe(np.inf if lost else (s.end[j] - s.arrival[j]) * 1e3)
                 told += 1
             if controller.done:
                 return None
@@ -263,8 +274,9 @@ class Server:
         self._run_id += 1
         state = _RunState(n, self.queue_capacity, timeout_s)
         if self._procs is not None:
-            self._procs.restart_dead()  # a worker lost in an earlier run
+            self._procs.restart_dead()  # a worker lost in an earlier run, or still starting
             state.idle.extend(k for k in range(len(self._procs)) if not self._procs.busy[k])
+            state.deaths_allowed = max(MIN_DEATHS_PER_RUN, 4 * len(self._procs))
         saved = (torch.get_num_threads(), get_num_threads(), sys.getswitchinterval())
         torch.set_num_threads(self.threads_per_worker)
         set_num_threads(self.threads_per_worker)
@@ -317,11 +329,11 @@ class Server:
             raise err from state.error
         n = state.n
         latency = state.end[:n] - state.arrival[:n]
-        latency[state.shed[:n]] = np.inf
+        latency[state.shed[:n] | state.failed[:n]] = np.inf
         span = float(state.arrival[n - 1]) if n else 0.0
         self.last_service = state.service
         return RunResult(latency * 1e3, int(state.shed.sum()), state.offloaded, span,
-                         int(n * warmup))
+                         int(n * warmup), failed=int(state.failed[:n].sum()))
 
     def profile(self, batches: Sequence[int] = PROFILE_BATCHES, load: Optional[float] = 0.9,
                 queries: int = 20, held: bool = True, query_items: int = 164,
@@ -586,21 +598,31 @@ class Server:
         assert self._procs is not None
         while s.idle and s.queue and not s.stop and s.error is None:
             k = s.idle.popleft()
+            item = s.queue.popleft()
             try:
                 s.sent[k] = time.perf_counter()
-                self._procs.send(k, (self._run_id, *s.queue.popleft()))
-            except OSError as e:  # its death is reported by the collector as well
-                s.error = RuntimeError(f"worker process {k} is gone: {e!r}")
-                s.done.notify_all()
+                self._procs.send(k, (self._run_id, *item))
+            except OSError:
+                # Gone: the sub-request goes back to the head of the queue, and the worker's
+                # death comes as an event (its replacement reports ready in turn).
+                s.queue.appendleft(item)
+                self._procs.busy[k] = False
+                continue
+            s.holding[k] = item[0]
 
     def _handle(self, s: _RunState, tag: str, k: int, payload: tuple[Any, ...]) -> None:
         """One event of the worker processes (:meth:`WorkerProcesses.poll`)."""
         if tag == "done":
             run, i, part, n, seconds, end = payload
             if run == self._run_id:  # not a leftover of an abandoned run
+                s.holding.pop(k, None)
                 held = time.perf_counter() - s.sent[k]
                 s.service.append(Service(i, part, n, seconds, held, k, s.sent[k] - s.t0))
                 self._complete(s, i, end)
+            with s.cond:
+                s.idle.append(k)
+                self._feed(s)
+        elif tag == "ready":  # a replacement has built its model
             with s.cond:
                 s.idle.append(k)
                 self._feed(s)
@@ -608,8 +630,25 @@ class Server:
             message, details = payload
             raise RemoteWorkerError(f"worker process {k}: {message}", details)
         else:
-            raise RuntimeError(f"worker process {k} exited (exit code {payload[0]}) while "
-                               f"serving")
+            self._lost(s, k, payload[0])
+
+    def _lost(self, s: _RunState, k: int, exitcode: Optional[int]) -> None:
+        """Worker process ``k`` died: the query of the sub-request it held fails (its other
+        parts still run, so the query is accounted for once they are done), and a
+        replacement starts; past ``s.deaths_allowed`` deaths the run gives up."""
+        assert self._procs is not None
+        s.deaths += 1
+        with s.cond:
+            if k in s.idle:  # it died between sub-requests
+                s.idle.remove(k)
+        i = s.holding.pop(k, None)
+        if i is not None:
+            s.failed[i] = True
+            self._complete(s, i)
+        if s.deaths > s.deaths_allowed:
+            raise RuntimeError(f"worker processes died {s.deaths} times in this run (the last, "
+                               f"process {k}, with exit code {exitcode}); giving up")
+        self._procs.spawn(k)
 
     def _accelerator(self, s: _RunState) -> None:
         assert self.accelerator is not None
@@ -649,6 +688,10 @@ class _RunState:
         self.end = np.zeros(n)
         self.parts = np.zeros(n, dtype=np.int64)
         self.shed = np.zeros(n, dtype=bool)
+        self.failed = np.zeros(n, dtype=bool)  # a worker process died holding a part of it
+        self.holding: dict[int, int] = {}  # worker process -> the query of its sub-request
+        self.deaths = 0
+        self.deaths_allowed = 0
         self.finished = 0
         self.completed: list[int] = []  # queries in the order they finished (or were shed)
         self.offloaded = 0
