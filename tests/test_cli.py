@@ -170,7 +170,7 @@ def test_an_unreachable_ray_address_is_refused_at_once() -> None:
     from recengine.shard.distributed import _check_reachable
 
     t0 = time.perf_counter()
-    with pytest.raises(ConnectionError, match="no Ray cluster answers at 127.0.0.1:1"):
+    with pytest.raises(ConnectionError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
         _check_reachable("127.0.0.1:1")
     assert time.perf_counter() - t0 < 6
     _check_reachable(None)

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 import recengine
-from recengine import EmbeddingCollection, EmbeddingTable
 import recengine.functional
 import recengine.reference
+from recengine import EmbeddingCollection, EmbeddingTable
 from recengine.cache import CachedTable
 from recengine.reference import pool_reference
 

@@ -13,7 +13,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import recengine
 from recengine import EmbeddingTable
 from recengine.cache import ExpertCache
 
@@ -122,8 +121,10 @@ held = recengine.EmbeddingTable.load(path, mmap=False)
 want = held.lookup(np.array([999]), offsets=np.array([0]))
 os.truncate(path, 300)
 for f in (lambda: t.lookup(np.array([999]), offsets=np.array([0])), t.to_numpy, t.raw_rows,
-          lambda: t.quantize("int4"), lambda: t.slice((0, 10)), lambda: t.save(path + ".copy.safetensors"),
-          lambda: recengine.EmbeddingCollection([t]).lookup([np.array([1])], offsets=[np.array([0])])):
+          lambda: t.quantize("int4"), lambda: t.slice((0, 10)),
+          lambda: t.save(path + ".copy.safetensors"),
+          lambda: recengine.EmbeddingCollection([t]).lookup([np.array([1])],
+                                                            offsets=[np.array([0])])):
     try:
         f()
         print("no error")

@@ -283,6 +283,6 @@ def test_weights_outside_sum_mode_are_refused_as_unsharded() -> None:
     for target in (emb, recengine.EmbeddingCollection(tables)):
         with pytest.raises(ValueError, match="only supported with mode"):
             target.lookup(*args, mode="mean")
-    with pytest.raises(ValueError, match="weights must have the indices. shape"):
+    with pytest.raises(ValueError, match=r"weights must have the indices' shape"):
         emb.lookup([np.array([1, 30])], lengths=[np.array([2])],
                    weights=[np.ones(1, np.float32)])

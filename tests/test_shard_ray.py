@@ -190,7 +190,7 @@ def test_every_lookup_is_answered_or_failed_while_shards_die_and_raise(
     rng = np.random.default_rng(0)
     with RayShardedEmbedding(plan(specs, 2, strategy="capacity"), root, timeout_s=30,
                              max_restarts=100) as emb:
-        for step in range(12):
+        for _ in range(12):
             fault = rng.integers(0, 3)
             victim = emb.actors[int(rng.integers(0, 2))]
             if fault == 1:

@@ -77,7 +77,8 @@ def as_int(value: Any, name: str, low: int, high: int) -> int:
     try:
         v = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be an integer, got {kind} {value!r}") from None
     if not low <= v <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {v}")
     return v

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from ._convert import as_float32_array, as_index_array
+from ._convert import I64, as_float32_array, as_index_array, as_int
 from ._files import npy_header
 from .table import EmbeddingTable
 
@@ -42,6 +42,10 @@ __all__ = ["POLICIES", "CachedTable", "ExpertCache", "simulate"]
 POLICIES: tuple[str, ...] = ("inactive_lifo", "lru", "fifo", "lfu", "belady")
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _slots(slots: Any) -> int:
+    return as_int(slots, "slots", 1, I64[1])
 
 
 def _ids(ids: Any) -> np.ndarray:
@@ -81,11 +85,14 @@ class ExpertCache:
             >>> ExpertCache.from_array(np.zeros((10, 3)), slots=2).num_blobs
             10
         """
-        a = np.ascontiguousarray(blobs)
+        a = np.asarray(blobs)
         if a.ndim < 1 or a.shape[0] < 1:
             raise ValueError("blobs needs at least one blob ([N, ...])")
+        if a.dtype.hasobject:
+            raise TypeError("blobs must hold plain values, not Python objects")
+        a = np.ascontiguousarray(a)
         raw = a.reshape(a.shape[0], -1).view(np.uint8).reshape(a.shape[0], -1)
-        core = _core.BlobCache.from_array(raw, int(slots), policy, float(wait_s))
+        core = _core.BlobCache.from_array(raw, _slots(slots), policy, float(wait_s))
         return cls(core, a.shape[1:], a.dtype)
 
     @classmethod
@@ -97,8 +104,10 @@ class ExpertCache:
         disk until missed). For ``np.save`` files, :meth:`from_npy` reads all of that."""
         dt = np.dtype(dtype)
         blob = int(np.prod(item_shape, dtype=np.int64)) * dt.itemsize
-        core = _core.BlobCache.from_file(os.fspath(path), int(num_blobs), blob, int(slots),
-                                         policy, int(offset), float(wait_s))
+        num_blobs = as_int(num_blobs, "num_blobs", 0, I64[1])
+        core = _core.BlobCache.from_file(os.fspath(path), num_blobs,
+                                         blob, _slots(slots), policy,
+                                         as_int(offset, "offset", 0, I64[1]), float(wait_s))
         return cls(core, tuple(int(s) for s in item_shape), dt)
 
     @classmethod
@@ -126,7 +135,7 @@ class ExpertCache:
     def from_table(cls, table: EmbeddingTable, slots: int, policy: str = "lru",
                    wait_s: float = 30.0) -> ExpertCache:
         """A cache of ``slots`` rows of ``table`` (raw stored rows; shared, not copied)."""
-        return cls(_core.BlobCache.from_table(table._t, int(slots), policy, float(wait_s)),
+        return cls(_core.BlobCache.from_table(table._t, _slots(slots), policy, float(wait_s)),
                    (table.row_bytes,), np.uint8)
 
     @property
@@ -214,7 +223,7 @@ def simulate(policy: str, slots: int, trace: Sequence[Sequence[int]],
     """
     batches = [_ids(b).tolist() for b in trace]
     n = num_ids if num_ids is not None else 1 + max((max(b) for b in batches if b), default=0)
-    return dict(_core.simulate_cache(policy, int(slots), int(n), batches))
+    return dict(_core.simulate_cache(policy, _slots(slots), as_int(n, "n", 0, I64[1]), batches))
 
 
 class CachedTable:
@@ -258,7 +267,13 @@ class CachedTable:
                include_last_offset: bool = False) -> np.ndarray:
         """Pool rows into bags (arguments as :meth:`EmbeddingTable.lookup`, 1-D indices);
         returns ``[B, dim]`` float32."""
-        idx = _ids(indices)
+        idx = as_index_array(indices, "indices")
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be 1-D (with offsets or lengths), got shape "
+                             f"{idx.shape}")
+        idx = idx.astype(np.int64)
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"unknown mode {mode!r}; expected sum, mean or max")
         if (offsets is None) == (lengths is None):
             raise ValueError("give offsets or lengths")
         if lengths is not None:

@@ -287,7 +287,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="table row factor (default: 0.05; 1 is the paper's size)")
     whole.add_argument("--repeats", type=_arg_positive_int, default=25,
                        help="timed calls per route and case (default: 25)")
-    whole.add_argument("--warmup", type=_int_in(0, 10**6), default=3, help="untimed calls first (default: 3)")
+    whole.add_argument("--warmup", type=_int_in(0, 10**6), default=3,
+                       help="untimed calls first (default: 3)")
     whole.add_argument("--budget", type=_arg_positive_float, default=2.0, metavar="SECONDS",
                        help="seconds of timed calls per route and case (default: 2)")
     whole.add_argument("--seed", type=_seed, default=0, help="seed of weights and batches")

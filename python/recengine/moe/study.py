@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import math
-
 import statistics
 import time
 from dataclasses import asdict, dataclass

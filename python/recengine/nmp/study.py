@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 

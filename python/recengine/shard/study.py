@@ -42,8 +42,8 @@ from .distributed import RayShardedEmbedding, save_tables
 from .inprocess import ShardedEmbedding
 from .plan import STRATEGIES, ShardPlan, ShardTable, plan
 
-__all__ = ["BACKENDS", "MAX_SHARDS", "StudyConfig", "config_dict", "iter_study", "model_nets", "plot_study",
-           "run_study", "study_plans", "study_tables", "summarize_study"]
+__all__ = ["BACKENDS", "MAX_SHARDS", "StudyConfig", "config_dict", "iter_study", "model_nets",
+           "plot_study", "run_study", "study_plans", "study_tables", "summarize_study"]
 
 #: Where the shards run: this process's thread pool, or one Ray actor per shard.
 BACKENDS: tuple[str, ...] = ("inprocess", "ray")
