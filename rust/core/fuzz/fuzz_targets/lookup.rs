@@ -79,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
                     // fused multiply-add in the SIMD kernels and two roundings in the
                     // scalar one, an ulp apart.)
                     assert!(x == y || (x.is_nan() && y.is_nan()), "max: {x} vs {y}");
-                } else if x.is_finite() && y.is_finite() && x.abs() < 1e30 && y.abs() < 1e30 {
+                } else if !dtype.is_quantized() && x.is_finite() && y.is_finite() && x.abs() < 1e30 && y.abs() < 1e30 {
+                    // (Quantized sums accumulate code x scale and the biases apart, so rows
+                    // of huge scale and bias that cancel round differently from the scalar
+                    // kernel's decoded rows: by up to an ulp of those terms, which this
+                    // target cannot bound from the output alone.)
                     assert!((x - y).abs() <= 1e-3 * (1.0 + x.abs() + y.abs()), "{x} vs {y}");
                 }
             }
