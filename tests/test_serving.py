@@ -177,19 +177,10 @@ def test_a_dead_worker_process_fails_its_query_and_is_replaced() -> None:
 
 
 def _children() -> set[int]:
-    """Process ids of this process's live children (Linux)."""
-    me = os.getpid()
-    kids = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] != "Z":
-                kids.add(int(pid))
-    return kids
+    """Process ids of this process's live children."""
+    psutil = pytest.importorskip("psutil")
+    return {p.pid for p in psutil.Process().children()
+            if p.status() != psutil.STATUS_ZOMBIE}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")

@@ -107,13 +107,12 @@ pub fn ints_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> 
     Ok(x)
 }
 
-/// A new C-contiguous array of shape `dims`, zero-filled when `zeroed`. numpy's own error
-/// (a `MemoryError` for a size the machine cannot hold, a `ValueError` for one numpy cannot
-/// describe) comes back as an `Err`, where `PyArray::new` and `PyArray::zeros` panic on it.
+/// A new C-contiguous array of shape `dims`, uninitialised (every caller writes all of it).
+/// numpy's own error (a `MemoryError` for a size the machine cannot hold, a `ValueError` for
+/// one numpy cannot describe) comes back as an `Err`, where `PyArray::new` panics on it.
 pub fn new_array<'py, T: Element, const N: usize>(
     py: Python<'py>,
     dims: [usize; N],
-    zeroed: bool,
 ) -> PyResult<Bound<'py, PyArray<T, Dim<[usize; N]>>>>
 where
     Dim<[usize; N]>: Dimension,
@@ -124,16 +123,10 @@ where
     }
     let descr = T::get_dtype(py).into_dtype_ptr();
     // SAFETY: `shape` holds `N` dimensions, `descr` is a new reference that numpy steals, and
-    // both functions return a new reference to a C-contiguous array or null with the Python
-    // error set, which `from_owned_ptr_or_err` turns into an `Err`. `PyArray_Empty` leaves
-    // float and integer elements uninitialised but valid for any bit pattern.
-    let ptr = unsafe {
-        if zeroed {
-            PY_ARRAY_API.PyArray_Zeros(py, N as c_int, shape.as_mut_ptr(), descr, 0)
-        } else {
-            PY_ARRAY_API.PyArray_Empty(py, N as c_int, shape.as_mut_ptr(), descr, 0)
-        }
-    };
+    // `PyArray_Empty` returns a new reference to a C-contiguous array or null with the Python
+    // error set, which `from_owned_ptr_or_err` turns into an `Err`. It leaves float and
+    // integer elements uninitialised but valid for any bit pattern.
+    let ptr = unsafe { PY_ARRAY_API.PyArray_Empty(py, N as c_int, shape.as_mut_ptr(), descr, 0) };
     // SAFETY: `ptr` is an owned reference or null (see above).
     let obj = unsafe { Bound::from_owned_ptr_or_err(py, ptr) }?;
     Ok(obj.cast_into::<PyArray<T, Dim<[usize; N]>>>()?)

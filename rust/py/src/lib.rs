@@ -122,7 +122,7 @@ fn pool_into_new<'py, I: Index>(
     // The array is filled completely before Python sees it: every job writes all of its bags'
     // cells in its columns (zeros for empty bags), the columns partition each row, and all
     // jobs have `batch` bags (checked by `run`). On error the array is dropped unread.
-    let out = arrays::new_array::<f32, 2>(py, [batch, stride], false)?;
+    let out = arrays::new_array::<f32, 2>(py, [batch, stride])?;
     {
         let mut rw = out.readwrite();
         let out_slice = rw.as_slice_mut().expect("a new array is contiguous");
@@ -298,7 +298,7 @@ impl PyTable {
     }
 
     fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let out = arrays::new_array::<f32, 2>(py, [self.inner.num_rows(), self.inner.dim()], false)?;
+        let out = arrays::new_array::<f32, 2>(py, [self.inner.num_rows(), self.inner.dim()])?;
         {
             let mut rw = out.readwrite();
             let s = rw.as_slice_mut().expect("a new array is contiguous");
@@ -308,7 +308,7 @@ impl PyTable {
     }
 
     fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
-        let out = arrays::new_array::<u8, 2>(py, [self.inner.num_rows(), self.inner.row_bytes()], false)?;
+        let out = arrays::new_array::<u8, 2>(py, [self.inner.num_rows(), self.inner.row_bytes()])?;
         {
             let mut rw = out.readwrite();
             let s = rw.as_slice_mut().expect("a new array is contiguous");
@@ -1457,7 +1457,7 @@ fn pool_keyed_backward<'py>(
         let rows = PyArray1::from_vec(py, plan.rows());
         // `gather_all` below writes every value (one row per lookup) before Python sees the
         // array; on error the arrays are dropped unread.
-        let vals = arrays::new_array::<f32, 2>(py, [plan.len(), dims[tables[j]]], false)?;
+        let vals = arrays::new_array::<f32, 2>(py, [plan.len(), dims[tables[j]]])?;
         blocks.push((j, vals.clone()));
         result.push(Some((rows, vals)));
     }
@@ -1736,7 +1736,7 @@ fn pool_backward<'py>(
     let rows = PyArray1::from_vec(py, plan.rows());
     // `gather` writes every value (one row per lookup) before Python sees the array; on error
     // the array is dropped unread.
-    let values = arrays::new_array::<f32, 2>(py, [plan.len(), dim], false)?;
+    let values = arrays::new_array::<f32, 2>(py, [plan.len(), dim])?;
     {
         let mut rw = values.readwrite();
         let vs = rw.as_slice_mut().expect("a new array is contiguous");
