@@ -4,8 +4,9 @@ glibc's malloc serves a large block (128 KiB at first) with its own ``mmap`` and
 back with ``munmap`` when freed, so every forward that allocates such blocks faults its pages
 in anew; it raises that threshold as it frees larger blocks. A fresh worker therefore runs a
 model slower until it has once run a large batch: on the 16-core host, DIEN's 256-item
-forward held a worker 33 ms before any 1,024-item forward and 25 ms after (benches/README.md,
-"A fresh worker's allocator"), which a profile taken first then carries into the simulator.
+forward held a worker 33 ms before any 1,024-item forward and 25 ms after
+(benches/notes/serving.md, "A fresh worker's allocator"), which a profile taken first then
+carries into the simulator.
 :func:`steady_malloc` fixes the thresholds (as ``mallopt(3)`` documents, setting them turns
 the adjustment off), so a worker runs at its steady speed from its first forward.
 """
