@@ -1395,3 +1395,39 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["all_correct"] = all(checked) if checked else None
     out["incorrect"] = [case_name(r) for r in rows if r.get("correct") is False]
     return out
+
+
+def plot_bench(rows: Sequence[dict[str, Any]], path: str,
+               config: Optional[BenchConfig] = None) -> None:
+    """Speed ratio over torch per model and batch, one panel per (op, dtype) measured, with
+    the 1x parity line; a log axis labelled in x where the ratios span a wide range."""
+    from matplotlib.ticker import FuncFormatter
+
+    from .studies._output import figure, save_figure
+
+    panels = [(op, d) for op in OPS for d in BENCH_DTYPES
+              if any(r.get("op", "pool") == op and r["dtype"] == d for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = figure(len(panels), size=(max(6.0, 1.3 * len(models) + 2), 3.8))
+    width = 0.8 / max(len(batches), 1)
+    for ax, (op, dtype) in zip(axes, panels):
+        lookup = {(r["model"], r["batch"]): r["ratio_vs_torch"] for r in rows
+                  if r["dtype"] == dtype and r.get("op", "pool") == op}
+        for j, batch in enumerate(batches):
+            xs = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
+            ys = [lookup.get((m, batch)) or 0.0 for m in models]
+            ax.bar(xs, ys, width, label=f"batch {batch}")
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="as fast as torch")
+        ax.set_xticks(range(len(models)), models)
+        ax.set_xlabel("model")
+        ax.set_ylabel("torch time / recengine time (x)")
+        ax.set_title(f"{op}, {dtype} (> 1x: recengine faster)", fontsize="medium")
+        values = [v for v in lookup.values() if v]
+        if values and max(values) / min(values) > 8:
+            ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}x"))
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    threads = (config.threads if config is not None and config.threads else default_threads())
+    save_figure(fig, path, f"recengine against torch, {threads} threads, "
+                           f"{os.cpu_count()} CPUs")

@@ -50,6 +50,7 @@ __all__ = [
     "build_routes",
     "config_dict",
     "iter_model_bench",
+    "plot_models",
     "run_model_bench",
     "summarize_models",
 ]
@@ -257,3 +258,32 @@ def config_dict(config: ModelBenchConfig) -> dict[str, Any]:
     """The config as plain JSON values."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
+
+
+def plot_models(rows: Sequence[dict[str, Any]], path: str,
+                config: Optional[ModelBenchConfig] = None) -> None:
+    """Speedup over torch by batch: one panel per step, one line per model and route, the 1x
+    parity line, the thread count in the title."""
+    from matplotlib.ticker import FuncFormatter
+
+    from .studies._output import figure, save_figure
+
+    steps = list(dict.fromkeys(r["step"] for r in rows))
+    fig, axes = figure(len(steps), columns=len(steps), size=(6.0, 4.2))
+    batches = sorted({r["batch"] for r in rows})
+    for ax, step in zip(axes, steps):
+        for key in dict.fromkeys((r["model"], r["route"]) for r in rows if r["step"] == step):
+            pts = sorted((r["batch"], r["speedup"]) for r in rows
+                         if r["step"] == step and (r["model"], r["route"]) == key)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=" ".join(key))
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="as fast as torch")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("batch (samples per call)")
+        ax.set_ylabel("torch time / recengine route time (x)")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}x"))
+        ax.set_title(step)
+        ax.legend(fontsize=7, loc="best")
+    threads = rows[0]["threads"] if rows else "?"
+    save_figure(fig, path, f"whole models, recengine's embeddings against torch's, {threads} "
+                           f"threads")

@@ -273,29 +273,32 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Miss rate and throughput ratio against slots, one line per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_study(rows: Sequence[dict[str, Any]], path: str,
+               config: Optional[MoEStudyConfig] = None) -> None:
+    """Miss rate and throughput ratio (with its 1x parity line) against slots, one line per
+    policy."""
+    from ..studies._output import figure, save_figure
 
     cache = [r for r in rows if r["kind"] == "cache"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(2, columns=2, size=(5.5, 4.0))
     for policy in dict.fromkeys(r["policy"] for r in cache):
         mine = sorted((r for r in cache if r["policy"] == policy), key=lambda r: r["slots"])
         xs = [r["slots"] for r in mine]
         axes[0].plot(xs, [r["miss_rate"] for r in mine], marker="o", label=policy)
         axes[1].plot(xs, [r["throughput_ratio"] for r in mine], marker="o", label=policy)
     axes[0].set_title("miss rate (lower is better)")
-    axes[1].set_title("throughput, buffered / all resident")
+    axes[0].set_ylabel("misses / expert uses")
+    axes[1].axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="all resident")
+    axes[1].set_title("throughput, buffered / all experts resident")
+    axes[1].set_ylabel("throughput ratio (x)")
     for ax in axes:
-        ax.set_xlabel("expert slots")
-        ax.legend()
+        ax.set_xlabel("expert slots (experts resident)")
+        ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    setting = ("" if config is None else
+               f": {config.num_experts} experts of {config.d_model}x{config.d_hidden}, top-"
+               f"{config.top_k}, {config.batches} batches of {config.tokens} tokens")
+    save_figure(fig, path, f"Expert Buffering{setting}")
 
 
 def config_dict(config: MoEStudyConfig) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from ..shapes import resolve_model
 from .dram import DramConfig
 from .emulator import NMPConfig, Trace, emulate
 
-__all__ = ["SWEEPS", "NMPStudyConfig", "iter_study", "plot_study", "run_study"]
+__all__ = ["SWEEPS", "NMPStudyConfig", "iter_study", "plot_study", "run_study", "summarize_study"]
 
 #: What the study can vary (one at a time, the rest at the paper's configuration).
 SWEEPS: tuple[str, ...] = ("ranks", "cache", "locality", "colocation", "scheduling",
@@ -162,29 +162,46 @@ def run_study(config: NMPStudyConfig) -> list[dict[str, Any]]:
     return list(iter_study(config))
 
 
-def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Latency speedup and energy saving per sweep, one panel per sweep."""
-    import matplotlib
+def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The setting of the highest latency speedup, and that speedup."""
+    best = max(rows, key=lambda r: r["latency_speedup"]) if rows else None
+    return {"best": best and best["config"],
+            "best_latency_speedup": best and best["latency_speedup"]}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_study(rows: Sequence[dict[str, Any]], path: str,
+               config: Optional[NMPStudyConfig] = None) -> None:
+    """Latency speedup (left axis) and energy saving (right axis) per setting, one panel per
+    sweep, with a parity line at 1x."""
+    from ..studies._output import figure, save_figure
 
     sweeps = list(dict.fromkeys(r["sweep"] for r in rows))
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.2 * len(sweeps), 3.4), squeeze=False)
-    for ax, sweep in zip(axes[0], sweeps):
+    fig, axes = figure(len(sweeps), columns=len(sweeps), size=(3.4, 3.8))
+    handles: list[Any] = []
+    for ax, sweep in zip(axes, sweeps):
         mine = [r for r in rows if r["sweep"] == sweep]
         labels = [r["config"].split(":", 1)[-1] for r in mine]
         x = np.arange(len(mine))
-        ax.bar(x - 0.2, [r["latency_speedup"] for r in mine], 0.4, label="latency speedup")
+        lat = ax.bar(x - 0.2, [r["latency_speedup"] for r in mine], 0.4,
+                     label="memory latency speedup (x)")
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_ylabel("host latency / RecNMP latency (x)")
         ax2 = ax.twinx()
-        ax2.bar(x + 0.2, [100 * r["energy_saving"] for r in mine], 0.4, color="tab:green",
-                label="energy saving %")
+        saved = [100 * r["energy_saving"] for r in mine]
+        energy = ax2.bar(x + 0.2, saved, 0.4, color="tab:green", label="energy saved (%)")
+        ax2.set_ylabel("energy saved (%)")
+        ax2.set_ylim(min(0.0, min(saved) - 5), 100)
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("setting")
         ax.set_title(sweep)
-    axes[0][0].legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        handles = [lat, energy]
+    if handles:
+        fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=2,
+                   fontsize=8)
+    setting = ("" if config is None else
+               f": {config.trace or config.model}, batch {config.batch}, "
+               f"{config.distribution} rows")
+    save_figure(fig, path, f"RecNMP against the DDR4 host{setting}", bottom=0.08)
 
 
 def config_dict(config: NMPStudyConfig) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from .backend import RealServer
 from .server import Server
 
 __all__ = ["SEARCHES", "SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study", "plot_study",
-           "static_sweep"]
+           "static_sweep", "summarize_study"]
 
 #: How a policy's latency-bounded throughput is found: bracket and bisect the rate over runs
 #: at fixed rates (:func:`~recengine.sched.max_qps`), or DeepRecSys's running-p95 controller on one
@@ -302,32 +302,41 @@ def static_sweep(rows: Sequence[dict[str, Any]]) -> dict[int, Optional[float]]:
     return sweep
 
 
-def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
+def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """DeepRecSched's mean gain over the static baseline and over whole queries, and (per core
+    count) its mean gain over one static batch size for every model (:func:`static_sweep`)."""
+    ratios = [r["improvement"] for r in rows if r["improvement"]]
+    over_whole = [r["gain_over_whole"] for r in rows if r["gain_over_whole"]]
+    cores = list(dict.fromkeys(r["cores"] for r in rows))
+    sweep = {c: static_sweep([r for r in rows if r["cores"] == c]) for c in cores}
+    return {"mean_improvement": sum(ratios) / len(ratios) if ratios else None,
+            "mean_gain_over_whole": sum(over_whole) / len(over_whole) if over_whole else None,
+            "gain_over_one_static_batch": {str(c): {str(b): g for b, g in sw.items()}
+                                           for c, sw in sweep.items()}}
+
+
+def plot_study(rows: Sequence[dict[str, Any]], path: str,
+               config: Optional[ServeConfig] = None) -> None:
     """Latency-bounded QPS against batch size per model and core count (DeepRecSched's
     climb), the static baseline dashed."""
-    import matplotlib
+    from ..studies._output import figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows)
-    cols = min(n, 4)
-    lines = (n + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(4 * cols, 3.2 * lines), squeeze=False)
-    for ax, r in zip(axes.flat, rows):
+    fig, axes = figure(len(rows), columns=min(len(rows), 4), size=(4.0, 3.4))
+    for ax, r in zip(axes, rows):
         climb = [t for t in r["tried"] if t["offload_threshold"] is None]
         ax.plot([t["batch_size"] for t in climb], [t["qps"] for t in climb], "o-",
-                label="DeepRecSched search")
+                label="DeepRecSched's search")
         ax.axhline(r["static_qps"], ls="--", color="grey",
-                   label=f"static (batch {r['static_batch']})")
+                   label=f"static baseline (batch {r['static_batch']})")
         ax.set_xscale("log", base=2)
+        sizes = sorted({t["batch_size"] for t in climb})
+        ax.set_xticks(sizes, [str(b) for b in sizes], fontsize=7, rotation=45)
         ax.set_title(f"{r['model']}, {r['cores']} cores ({r['mode']}), p95 <= "
                      f"{r['target_ms']:g} ms", fontsize=9)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("latency-bounded QPS")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.set_xlabel("batch size (items per sub-request)")
+        ax.set_ylabel("latency-bounded throughput (QPS)")
+        ax.legend(fontsize=7, loc="best")
+    setting = "" if config is None else (
+        f": {'simulated' if config.simulate else 'real server'}, scale {config.scale:g}, "
+        f"{config.sizes.describe()} items")
+    save_figure(fig, path, f"DeepRecSched against a static baseline{setting}")

@@ -283,37 +283,50 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot_study(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Bars of p50 and p99 latency per strategy and backend, and the compute overhead."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_study(rows: Sequence[dict[str, Any]], path: str,
+               config: Optional[StudyConfig] = None) -> None:
+    """Latency per query (p50 bars, p99 markers) and the compute overhead over singular
+    in-process serving (with its 1x line), per strategy and backend."""
+    from ..studies._output import figure, save_figure
 
     backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(2, columns=2, size=(5.8, 4.2))
     width = 0.8 / max(len(backends), 1)
     x = np.arange(len(strategies))
     for k, b in enumerate(backends):
         by = {r["strategy"]: r for r in rows if r["backend"] == b}
         p50 = [by[s]["p50_ms"] if s in by else np.nan for s in strategies]
         p99 = [by[s]["p99_ms"] if s in by else np.nan for s in strategies]
-        axes[0].bar(x + k * width, p99, width, label=f"{b} p99", alpha=0.5)
-        axes[0].bar(x + k * width, p50, width, label=f"{b} p50")
+        bars = axes[0].bar(x + k * width, p50, width, label=f"{b}: p50")
+        axes[0].plot(x + k * width, p99, linestyle="none", marker="_", markersize=14,
+                     markeredgewidth=2, color=bars.patches[0].get_facecolor(),
+                     label=f"{b}: p99")
         axes[1].bar(x + k * width, [by[s]["compute_overhead"] if s in by else np.nan
                                     for s in strategies], width, label=b)
-    model = rows[0]["model"] if rows else ""
-    for ax, title in ((axes[0], f"{model}: latency per query (ms, log scale)"),
-                      (axes[1], "compute overhead (CPU time / singular in process)")):
+    axes[0].set_ylabel("latency per query (ms, log scale)")
+    axes[0].set_yscale("log")
+    axes[1].axhline(1.0, color="black", linewidth=0.8, linestyle="--",
+                    label="singular in process")
+    axes[1].set_ylabel("CPU time / singular in process (x, log scale)")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(_times_formatter())
+    for ax, title in ((axes[0], "latency per query"), (axes[1], "compute overhead")):
         ax.set_xticks(x + width * (len(backends) - 1) / 2, strategies)
+        ax.set_xlabel("planner")
         ax.set_title(title)
-        ax.set_yscale("log")
-        ax.legend()
-    axes[1].axhline(1.0, color="grey", lw=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    model = rows[0]["model"] if rows else ""
+    setting = model if config is None else (f"{config.model}, {config.shards} shards, "
+                                            f"{config.queries} queries of batch "
+                                            f"{config.batch}, {os.cpu_count()} CPUs")
+    save_figure(fig, path, f"sharded serving: {setting}")
+
+
+def _times_formatter() -> Any:
+    """Tick labels of a ratio axis: 1x, 2x, 0.5x."""
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda v, _pos: f"{v:g}x")
 
 
 def config_dict(config: StudyConfig) -> dict[str, Any]:

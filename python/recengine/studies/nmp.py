@@ -1,0 +1,89 @@
+"""``recengine nmp``: SparseLengthsSum on a DDR4 host against RecNMP's near-memory units
+(:mod:`recengine.nmp.study`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+from . import Option, Report, Study, Table
+from . import _args as a
+
+__all__ = ["STUDY", "NMPStudy"]
+
+
+class NMPStudy(Study):
+    name = "nmp"
+    help = "emulate SLS on a DDR4 host vs on RecNMP near-memory units"
+    description = (
+        "Emulate one model's SparseLengthsSum lookups on the DDR4 host and on RecNMP "
+        "(rank-level NMP units, RankCache, hot-entry profiling, table-aware scheduling), "
+        "sweeping ranks, cache size, locality, co-location, scheduling and profiling, and "
+        "report memory-latency speedup, end-to-end throughput speedup and energy saving.")
+    options = (
+        Option("--model", "the model (default: rmc1)", parse=a.model),
+        Option("--batch", "samples per batch (default: 64)", parse=a.positive_int),
+        Option("--table-mb", "scale the model's tables to about this many MiB (default: 256)",
+               parse=a.positive_float),
+        Option("--zipf", "locality: Zipf exponent over each table's rows, or the Pareto shape "
+                         "(default: 1.0)", parse=a.float_in(0, 1e6)),
+        Option("--distribution", "row distribution of the model's traces (default: zipf)",
+               choices=("uniform", "zipf", "pareto", "production")),
+        Option("--trace", "emulate this trace (.npz from Trace.save, or CSV/text with columns "
+                          "table,row[,bag][,model]) instead of the model's batch",
+               metavar="FILE"),
+        Option("--sls-fraction", "share of inference time in SLS on the host, for the "
+                                 "throughput speedup (default: 0.79)", parse=a.float_in(0, 1)),
+        Option("--sweeps", "comma list of ranks, cache, locality, colocation, scheduling, "
+                           "profiling (default: all)",
+               parse=a.comma_list(a.one_of("nmp.study", "SWEEPS"), "sweep")),
+        Option("--preset", "run only the paper's configuration", choices=("recnmp",)),
+        Option("--seed", "seed of the traces", parse=a.seed),
+    )
+    quick: ClassVar[Mapping[str, Any]] = {"model": "ncf", "batch": 8, "table_mb": 4.0}
+    plot_help = "save latency speedup and energy saving per sweep"
+
+    def config_class(self) -> type:
+        from ..nmp.study import NMPStudyConfig
+        return NMPStudyConfig
+
+    def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
+        values = dict(values)
+        values["preset_only"] = values.pop("preset", None) == "recnmp" or None
+        return super().configure(values, note)
+
+    def rows(self, config: Any, status: Callable[[str], None],
+             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
+        from ..nmp.study import iter_study
+        return iter_study(config, status=status)
+
+    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
+        from ..nmp.study import summarize_study
+        return summarize_study(rows)
+
+    def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
+        source = config.trace or f"{config.model}, {config.distribution} rows ({config.zipf})"
+        title = (f"{source}: {rows[0]['lookups'] if rows else 0} lookups a batch, SLS "
+                 f"{config.sls_fraction:.0%} of host time")
+        body = [[r["config"], f"{r['host_latency_us']:.1f}", f"{r['nmp_latency_us']:.1f}",
+                 f"{r['latency_speedup']:.2f}x", f"{r['throughput_speedup']:.2f}x",
+                 f"{r['energy_saving']:.1%}", f"{r['cache_hit_rate']:.1%}"] for r in rows]
+        sections = [i for i in range(1, len(rows)) if rows[i]["sweep"] != rows[i - 1]["sweep"]]
+        table = Table(title, ["config", "host latency us", "RecNMP latency us",
+                              "latency speedup", "throughput speedup", "energy saved",
+                              "RankCache hits"], body, sections=sections)
+        lines = []
+        if summary.get("best"):
+            lines.append(f"best: {summary['best']}, latency {summary['best_latency_speedup']:.2f}x"
+                         " the host's")
+        return Report(tables=[table], lines=lines)
+
+    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
+        from ..nmp.study import plot_study
+        plot_study(rows, path, config)
+
+    def config_dict(self, config: Any) -> dict[str, Any]:
+        from ..nmp.study import config_dict
+        return config_dict(config)
+
+
+STUDY = NMPStudy()

@@ -1,0 +1,115 @@
+"""``recengine shard``: one model's tables served singular and sharded by each planner, in
+process and on Ray (:mod:`recengine.shard.study`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+from . import Option, Report, Study, Table
+from . import _args as a
+
+__all__ = ["STUDY", "ShardStudy"]
+
+
+class ShardStudy(Study):
+    name = "shard"
+    help = "serve a model's tables sharded by each planner, in process and on Ray"
+    description = (
+        "Serve one DeepRecInfra model's embedding tables singular (one shard) and sharded "
+        "by each planning strategy, in this process and on Ray (one actor per shard), "
+        "from the same queries, and report p50/p99 latency per query, the p99 and compute "
+        "overheads over singular in-process serving, the lookups each shard call carries "
+        "and the bytes each shard holds.")
+    options = (
+        Option("--model", "the model (default: rmc1)", parse=a.model),
+        Option("--shards", "shards for the sharded strategies (default: 4)",
+               parse=a.int_in(1, 1024)),
+        Option("--strategies", "comma list of planners (default: all: singular,capacity,load,"
+                               "net,cost; singular is always run, as the baseline)",
+               parse=a.comma_list(a.one_of("shard", "STRATEGIES"), "strategy")),
+        Option("--backends", "comma list of inprocess, ray (default: both, or inprocess alone "
+                             "where Ray is not installed)",
+               parse=a.comma_list(a.one_of("shard.study", "BACKENDS"), "backend")),
+        Option("--queries", "timed queries per strategy and backend (default: 300)",
+               parse=a.positive_int),
+        Option("--batch", "samples per query (default: 16)", parse=a.positive_int),
+        Option("--table-mb", "scale the model's fp32 tables to about this many MiB (default: "
+                             "128)", parse=a.positive_float),
+        Option("--memory-mb", "per-shard memory cap for the planners (default: none)",
+               parse=a.positive_float),
+        Option("--seed", "seed of tables and queries", parse=a.seed),
+        Option("--ray-address", "an existing Ray cluster's address (default: start a local "
+                                "one)"),
+        Option("--ray-cpus", "CPUs of the local Ray instance (default: all)",
+               parse=a.positive_int),
+        Option("--plans", "also print each strategy's plan", switch=True),
+    )
+    quick: ClassVar[Mapping[str, Any]] = {
+        "model": "wnd", "shards": 2, "queries": 5, "table_mb": 4.0, "backends": ["inprocess"]}
+    plot_help = "save a chart of latency and compute overhead per strategy"
+
+    def __init__(self) -> None:
+        self.show_plans = False
+
+    def config_class(self) -> type:
+        from ..shard.study import StudyConfig
+        return StudyConfig
+
+    def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
+        values = dict(values)
+        self.show_plans = bool(values.pop("plans", False))
+        if values.get("backends") is None:
+            values["backends"] = ["inprocess"]
+            if importlib.util.find_spec("ray"):
+                values["backends"].append("ray")
+            else:
+                note('Ray is not installed (pip install "recengine[shard]"): in-process only')
+        return super().configure(values, note)
+
+    def total(self, config: Any) -> int:
+        return len(config.backends) * len({"singular", *config.strategies}) * config.queries
+
+    def ticks(self) -> bool:
+        return True
+
+    def rows(self, config: Any, status: Callable[[str], None],
+             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
+        from ..shard.study import iter_study
+        return iter_study(config, status=status, tick=tick)
+
+    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
+        from ..shard.study import summarize_study
+        return summarize_study(rows)
+
+    def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
+        title = (f"{config.model}: {config.queries} queries of batch {config.batch}, "
+                 f"{config.shards} shards; overheads over singular serving in process")
+        body = [[r["strategy"], r["backend"], str(r["shards"]), f"{r['p50_ms']:.3f}",
+                 f"{r['p99_ms']:.3f}", f"{r['p99_overhead']:.3f}x",
+                 f"{r['compute_overhead']:.2f}x", f"{r['shard_calls_per_query']:.1f}",
+                 f"{r['lookups_per_shard_call']:,.0f}", f"{r['max_shard_mb']:.1f}",
+                 f"{r['predicted_ms']:.3f}", ",".join(r["splits"])] for r in rows]
+        sections = [i for i in range(1, len(rows)) if rows[i]["backend"] != rows[i - 1]["backend"]]
+        table = Table(title, ["strategy", "backend", "shards", "p50 ms", "p99 ms",
+                              "p99 overhead", "compute overhead", "calls/query",
+                              "lookups/call", "max shard MiB", "predicted ms", "splits"],
+                      body, left=2, sections=sections)
+        lines = [f"best {backend}: {best['best']}, p99 {best['p99_overhead']:.3f}x singular "
+                 f"in process, compute {best['compute_overhead']:.2f}x"
+                 for backend, best in summary.items()]
+        if self.show_plans:
+            from ..shard.study import study_plans
+            lines += [p.describe(config.batch) for p in study_plans(config).values()]
+        return Report(tables=[table], lines=lines)
+
+    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
+        from ..shard.study import plot_study
+        plot_study(rows, path, config)
+
+    def config_dict(self, config: Any) -> dict[str, Any]:
+        from ..shard.study import config_dict
+        return config_dict(config)
+
+
+STUDY = ShardStudy()
