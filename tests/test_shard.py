@@ -286,3 +286,23 @@ def test_weights_outside_sum_mode_are_refused_as_unsharded() -> None:
     with pytest.raises(ValueError, match=r"weights must have the indices' shape"):
         emb.lookup([np.array([1, 30])], lengths=[np.array([2])],
                    weights=[np.ones(1, np.float32)])
+
+
+@given(specs=st.lists(st.tuples(st.integers(1, 5000), st.sampled_from([4, 16, 32, 64, 128, 256]),
+                                st.integers(0, 200), st.sampled_from(["fp32", "fp16", "int8"])),
+                      min_size=1, max_size=12),
+       shards=st.integers(1, 6), batch=st.sampled_from([1, 16, 256]))
+@settings(max_examples=60)
+def test_the_cost_planner_optimises_what_the_plan_reports(specs: list[Any], shards: int,
+                                                          batch: int) -> None:
+    """One cost function: the shard times the cost planner chose by are the plan's own
+    predicted_ms (up to the order in which the pieces' times are summed)."""
+    from recengine.shard.plan import CostModel, _cost_plan
+
+    tables = [ShardTable(f"t{i}", rows, dim, lookups=looks, dtype=dtype)
+              for i, (rows, dim, looks, dtype) in enumerate(specs)]
+    cm = CostModel()
+    placed, seconds = _cost_plan(tables, shards, None, cm, batch)
+    p = plan(tables, shards, strategy="cost", batch=batch)
+    assert [1e3 * s for s in seconds] == pytest.approx(p.predicted_ms(batch), rel=1e-12)
+    assert max(seconds) * 1e3 == pytest.approx(p.predicted_latency_ms(batch), rel=1e-12)

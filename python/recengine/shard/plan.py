@@ -140,6 +140,16 @@ class TablePlacement:
             return 1.0 / len(self.pieces)
         return 1.0
 
+    def piece_seconds(self, piece: Piece, cm: CostModel, batch: int) -> float:
+        """The cost model's time for the piece's share of a query of ``batch`` samples: its
+        lookups at the row width it holds, plus the per-piece cost (0 when it gets none).
+        The one per-piece cost: the planner optimises it and the plan's figures report it."""
+        n = self.table.lookups * batch * self.lookup_share(piece)
+        if n <= 0:
+            return 0.0
+        width = _ROW_BYTES[self.table.dtype](piece.num_cols)
+        return n * cm.lookup_s(int(width), piece.num_cols) + cm.per_piece_us * 1e-6
+
     def piece_bytes(self, piece: Piece) -> int:
         width = _ROW_BYTES[self.table.dtype](piece.num_cols) if piece.cols != (
             0, self.table.dim) else self.table.row_bytes
@@ -224,18 +234,14 @@ class ShardPlan:
     def predicted_ms(self, batch: int = 1) -> list[float]:
         """Predicted time of each shard's share of a query of ``batch`` samples (0 for a shard
         the query does not call)."""
-        cm = self.cost_model
-        out = [0.0] * self.num_shards
-        called = [False] * self.num_shards
+        work = [0.0] * self.num_shards
+        calls = [0] * self.num_shards
         for p in self.placements:
             for q in p.pieces:
-                width = _ROW_BYTES[p.table.dtype](q.num_cols)
-                n = p.table.lookups * batch * p.lookup_share(q)
-                if n > 0:
-                    out[q.shard] += n * cm.lookup_s(int(width), q.num_cols)
-                    out[q.shard] += cm.per_piece_us * 1e-6
-                    called[q.shard] = True
-        return [(s + cm.per_call_us * 1e-6) * 1e3 if c else 0.0 for s, c in zip(out, called)]
+                t = p.piece_seconds(q, self.cost_model, batch)
+                work[q.shard] += t
+                calls[q.shard] += t > 0
+        return [1e3 * s for s in _shard_seconds(work, calls, self.cost_model)]
 
     def predicted_latency_ms(self, batch: int = 1) -> float:
         """The slowest shard's predicted time: the query's predicted latency."""
@@ -304,6 +310,12 @@ def _whole(t: ShardTable, shard: int) -> TablePlacement:
     return TablePlacement(t, "table", [Piece(shard, (0, t.num_rows), (0, t.dim))])
 
 
+def _shard_seconds(work: Sequence[float], calls: Sequence[int], cm: CostModel) -> list[float]:
+    """Each shard's predicted time from its pieces' summed time: plus the per-call cost where
+    the query calls it, 0 where it does not."""
+    return [w + cm.per_call_us * 1e-6 if c else 0.0 for w, c in zip(work, calls)]
+
+
 def _table_cost(t: ShardTable, cm: CostModel, batch: int) -> float:
     return t.lookups * batch * cm.lookup_s(t.row_bytes, t.dim)
 
@@ -336,13 +348,14 @@ def _split_ranges(n: int, k: int) -> list[tuple[int, int]]:
 
 
 def _cost_plan(tables: Sequence[ShardTable], num_shards: int, cap: Optional[int],
-               cm: CostModel, batch: int) -> list[TablePlacement]:
+               cm: CostModel, batch: int) -> tuple[list[TablePlacement], list[float]]:
     """Greedy TorchRec-like planning. Tables go costliest first. One that costs no more than
     an even share of the total (and fits) goes whole onto the shard that ends least loaded;
     a costlier one (or one that fits nowhere whole) may also be split by rows or columns
     over the k least loaded shards, k from what an even share needs up to all. Among the
     candidates the one whose slowest shard is fastest wins (then the least total time, then
-    the fewest pieces)."""
+    the fewest pieces). Returns the placements and each shard's time as the planner saw it
+    (what :meth:`ShardPlan.predicted_ms` reports)."""
     load = [0.0] * num_shards
     calls = [0] * num_shards
     used = [0] * num_shards
@@ -369,16 +382,12 @@ def _cost_plan(tables: Sequence[ShardTable], num_shards: int, cap: Optional[int]
             new_used, new_load, new_calls = list(used), list(load), list(calls)
             for q in cand.pieces:
                 new_used[q.shard] += cand.piece_bytes(q)
-                width = _ROW_BYTES[t.dtype](q.num_cols)
-                n = t.lookups * batch * cand.lookup_share(q)
-                if n > 0:
-                    new_load[q.shard] += n * cm.lookup_s(int(width), q.num_cols)
-                    new_load[q.shard] += cm.per_piece_us * 1e-6
-                    new_calls[q.shard] += 1
+                piece_s = cand.piece_seconds(q, cm, batch)
+                new_load[q.shard] += piece_s
+                new_calls[q.shard] += piece_s > 0
             if cap is not None and any(u > cap for u in new_used):
                 continue
-            shard_time = [ld + cm.per_call_us * 1e-6 * (c > 0)
-                          for ld, c in zip(new_load, new_calls)]
+            shard_time = _shard_seconds(new_load, new_calls, cm)
             key = (max(shard_time), sum(shard_time), len(cand.pieces))
             if best is None or key < best[0]:
                 best = (key, cand, new_used, new_load, new_calls)
@@ -390,7 +399,7 @@ def _cost_plan(tables: Sequence[ShardTable], num_shards: int, cap: Optional[int]
                 "shards or raise memory_per_shard")
         _, cand, used, load, calls = best
         out.append(cand)
-    return out
+    return out, _shard_seconds(load, calls, cm)
 
 
 def _net_plan(tables: Sequence[ShardTable], num_shards: int, cap: Optional[int],
@@ -496,7 +505,7 @@ def plan(tables: Sequence[Any], num_shards: int, strategy: str = "cost",
     elif strategy == "net":
         placed = _net_plan(specs, num_shards, cap, cm, batch)
     else:
-        placed = _cost_plan(specs, num_shards, cap, cm, batch)
+        placed, _ = _cost_plan(specs, num_shards, cap, cm, batch)
     order = {id(t): i for i, t in enumerate(specs)}
     placed.sort(key=lambda p: order[id(p.table)])
     return ShardPlan(strategy, num_shards, placed, cap, cm).check()
