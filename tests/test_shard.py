@@ -302,7 +302,7 @@ def test_the_cost_planner_optimises_what_the_plan_reports(specs: list[Any], shar
     tables = [ShardTable(f"t{i}", rows, dim, lookups=looks, dtype=dtype)
               for i, (rows, dim, looks, dtype) in enumerate(specs)]
     cm = CostModel()
-    placed, seconds = _cost_plan(tables, shards, None, cm, batch)
+    _, seconds = _cost_plan(tables, shards, None, cm, batch)
     p = plan(tables, shards, strategy="cost", batch=batch)
     assert [1e3 * s for s in seconds] == pytest.approx(p.predicted_ms(batch), rel=1e-12)
     assert max(seconds) * 1e3 == pytest.approx(p.predicted_latency_ms(batch), rel=1e-12)
