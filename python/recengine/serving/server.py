@@ -20,10 +20,8 @@ import os
 import sys
 import threading
 import time
-import traceback
 import warnings
-from collections import deque
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,10 +32,13 @@ from ..sched.controller import RateController
 from ..sched.latency import PROFILE_BATCHES, CurvesByLoad, LatencyCurve, check_loads
 from ..sched.result import Policy, RunResult
 from . import allocator
+from ._run import RunState, Service, WorkerError, idle_before
 from .accelerator import Accelerator
 from .processes import WorkerProcesses
+from .workers import MIN_DEATHS_PER_RUN, ProcessWorkers, ThreadWorkers
 
-__all__ = ["SWITCH_INTERVAL_S", "Server", "Service", "WorkerError", "idle_before"]
+__all__ = ["MIN_DEATHS_PER_RUN", "SWITCH_INTERVAL_S", "Server", "Service", "WorkerError",
+           "idle_before"]
 
 #: The interpreter's thread switch interval while a server runs (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -45,58 +46,6 @@ SWITCH_INTERVAL_S = 0.0005
 PROFILE_MAX_QUERIES = 20_000
 #: How long the end of a run waits for its worker threads, all together.
 JOIN_GRACE_S = 2.0
-#: Worker process deaths a run survives (each failing the query it held and replaced), at
-#: least this many and four times the workers; past that it raises WorkerError.
-MIN_DEATHS_PER_RUN = 8
-
-
-class WorkerError(RuntimeError):
-    """A worker raised while serving; the original exception is its ``__cause__`` and its
-    traceback text is in ``details``."""
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
-
-
-class Service(NamedTuple):
-    """One CPU sub-request of a run, as it finished."""
-
-    #: the query it belongs to (its index in the run)
-    query: int
-    #: which part of the query it is
-    part: int
-    #: its items
-    items: int
-    #: the forward's time, in seconds
-    seconds: float
-    #: how long its worker could take no other sub-request (s): the forward plus handing it
-    #: over and back (for a worker process, from the parent's send to its reading the result)
-    held: float
-    #: the worker that ran it (0 to ``workers - 1``)
-    worker: int = -1
-    #: when its worker was given it (s after the run's start): ``held`` counts from here
-    start: float = float("nan")
-
-
-def idle_before(services: Sequence[Service]) -> np.ndarray:
-    """``[n]`` seconds each sub-request's worker had been idle when it was given it: since the
-    worker's previous sub-request (``inf`` for a worker's first of the run).
-
-    Example::
-
-        >>> s = [Service(0, 0, 8, 0.001, 0.002, 0, 0.0), Service(1, 0, 8, 0.001, 0.002, 0, 0.005)]
-        >>> idle_before(s).round(6).tolist()
-        [inf, 0.003]
-    """
-    gaps = np.full(len(services), np.inf)
-    last_end: dict[int, float] = {}
-    for j in sorted(range(len(services)), key=lambda j: services[j].start):
-        r = services[j]
-        if r.worker in last_end:
-            gaps[j] = r.start - last_end[r.worker]
-        last_end[r.worker] = r.start + r.held
-    return gaps
 
 
 class Server:
@@ -159,13 +108,14 @@ class Server:
         self.last_service: list[Service] = []
         #: The sub-requests of the last :meth:`profile`'s final run at each batch size.
         self.profile_services: dict[int, list[Service]] = {}
-        self._run_id = 0
         self._procs: Optional[WorkerProcesses] = None
+        self._process_workers: Optional[ProcessWorkers] = None
         self._process_mode = processes
         if processes:
             assert build_args is not None
             self._procs = WorkerProcesses(build_args, self.workers, threads_per_worker,
                                           distribution, seed, pool_size, steady_malloc)
+            self._process_workers = ProcessWorkers(self._procs)
         elif steady_malloc:
             allocator.steady_malloc()
 
@@ -185,7 +135,7 @@ class Server:
         """Stop the worker processes, if any (a threaded server holds nothing to stop)."""
         if self._procs is not None:
             self._procs.close()
-            self._procs = None
+            self._procs = self._process_workers = None
 
     def __enter__(self) -> Server:
         return self
@@ -238,7 +188,7 @@ class Server:
         told = 0
         last = 0.0
 
-        def arrival(i: int, s: _RunState) -> Optional[float]:
+        def arrival(i: int, s: RunState) -> Optional[float]:
             nonlocal told, last
             done = s.completed
             while told < len(done):  # append is atomic; end and shed are set before it
@@ -258,7 +208,7 @@ class Server:
         return self._serve(sizes, policy, arrival, timeout_s, 0.0)
 
     def _serve(self, sizes: np.ndarray, policy: Policy,
-               arrival: Callable[[int, _RunState], Optional[float]],
+               arrival: Callable[[int, RunState], Optional[float]],
                timeout_s: Optional[float], warmup: float) -> RunResult:
         """Serve queries of ``sizes``, query ``i`` arriving ``arrival(i, state)`` seconds
         after the start (non-decreasing in ``i``; ``None``: no more queries)."""
@@ -271,12 +221,10 @@ class Server:
         if self._process_mode and self._procs is None:
             raise RuntimeError("the server is closed")
         n = sizes.size
-        self._run_id += 1
-        state = _RunState(n, self.queue_capacity, timeout_s)
-        if self._procs is not None:
-            self._procs.restart_dead()  # a worker lost in an earlier run, or still starting
-            state.idle.extend(k for k in range(len(self._procs)) if not self._procs.busy[k])
-            state.deaths_allowed = max(MIN_DEATHS_PER_RUN, 4 * len(self._procs))
+        state = RunState(n, self.queue_capacity, timeout_s)
+        workers: Union[ThreadWorkers, ProcessWorkers] = (
+            self._process_workers if self._process_workers is not None
+            else ThreadWorkers(self.workers, self._forward, self.pool))
         saved = (torch.get_num_threads(), get_num_threads(), sys.getswitchinterval())
         torch.set_num_threads(self.threads_per_worker)
         set_num_threads(self.threads_per_worker)
@@ -287,20 +235,14 @@ class Server:
         # none during the run (the forwards make no reference cycles).
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        threads = [threading.Thread(target=self._worker, args=(state, i), daemon=True,
-                                    name=f"recengine-worker-{i}")
-                   for i in range(self.workers if self._procs is None else 0)]
+        threads = workers.begin(state)
         if self.accelerator is not None:
             threads.append(threading.Thread(target=self._accelerator, args=(state,),
                                             daemon=True, name="recengine-accelerator"))
         for t in threads:
             t.start()
         try:
-            if self._procs is None:
-                self._dispatch(state, arrival, sizes, policy)
-                self._wait(state, threads)
-            else:
-                self._loop(state, arrival, sizes, policy, threads, timeout_s)
+            self._dispatch(state, workers, arrival, sizes, policy, threads)
         finally:
             with state.cond:
                 state.stop = True
@@ -317,8 +259,7 @@ class Server:
                 warnings.warn(f"{', '.join(stuck)} still busy {JOIN_GRACE_S:g} s after the run "
                               "ended (a forward that does not return); left running as daemon "
                               "threads", RuntimeWarning, stacklevel=2)
-            if self._procs is not None and state.finished < n:
-                self._procs.stop_busy()  # hung or abandoned: replaced at the next run
+            workers.end(state, n)
             torch.set_num_threads(saved[0])
             set_num_threads(saved[1])
             sys.setswitchinterval(saved[2])
@@ -431,30 +372,53 @@ class Server:
                 self._forward(self.pool.rows(lo, lo + b))
             return max((time.perf_counter() - t0) / repeat, 1e-5)
 
-    def _dispatch(self, s: _RunState, arrival: Callable[[int, _RunState], Optional[float]],
-                  sizes: np.ndarray, policy: Policy) -> None:
-        """Worker threads: admit each query when it is due, sleeping in between."""
+    def _dispatch(self, s: RunState, workers: Union[ThreadWorkers, ProcessWorkers],
+                  arrival: Callable[[int, RunState], Optional[float]], sizes: np.ndarray,
+                  policy: Policy, threads: list[threading.Thread]) -> None:
+        """Admit each query when it is due and, between arrivals, let ``workers`` work; once
+        every query has arrived, wait for them all to finish (by the run's deadline)."""
         start = time.perf_counter()
         s.t0 = start
-        for i in range(sizes.size):
-            at = arrival(i, s)
-            if at is None:  # no more queries: the run is the ones dispatched
+        n = sizes.size
+        i, at = 0, self._arrival(s, arrival, 0, n)
+        deadline = None
+        while s.error is None:
+            now = time.perf_counter()
+            while at is not None and start + at <= now:
+                with s.cond:
+                    self._admit(s, workers, i, at, int(sizes[i]), policy)
+                i += 1
+                at = self._arrival(s, arrival, i, n)
+            if at is not None:
+                workers.wait(s, start + at, arrivals_left=True)
+                continue
+            if s.finished >= s.n:
+                return
+            if deadline is None:
+                deadline = s.deadline(now)
+            elif now > deadline:
+                raise s.timeout_error()
+            if not all(t.is_alive() for t in threads):
+                s.error = RuntimeError(workers.lost_thread)
+                return
+            workers.wait(s, deadline, arrivals_left=False)
+
+    @staticmethod
+    def _arrival(s: RunState, arrival: Callable[[int, RunState], Optional[float]], i: int,
+                 n: int) -> Optional[float]:
+        """When query ``i`` arrives (s after the start), or None: no more queries (the run is
+        the ones dispatched)."""
+        at = arrival(i, s) if i < n else None
+        if at is None:
+            if i < n:
                 with s.cond:
                     s.end_arrivals(i)
-                return
-            s.check_arrival(i, at)
-            due = start + at
-            while True:
-                now = time.perf_counter()
-                if now >= due or s.error is not None:
-                    break
-                time.sleep(min(due - now, 0.05))
-            if s.error is not None:
-                return
-            with s.cond:
-                self._admit(s, i, at, int(sizes[i]), policy)
+            return None
+        s.check_arrival(i, at)
+        return at
 
-    def _admit(self, s: _RunState, i: int, at: float, n: int, policy: Policy) -> None:
+    def _admit(self, s: RunState, workers: Union[ThreadWorkers, ProcessWorkers], i: int,
+               at: float, n: int, policy: Policy) -> None:
         """Query ``i`` of ``n`` items arrives at ``at`` (s): to the accelerator's queue, or
         split into sub-requests on the ready queue, or shed where its queue is full (call
         holding ``s.cond``)."""
@@ -481,257 +445,17 @@ class Server:
         for k in range(parts):
             a = lo + k * b
             s.queue.append((i, k, a, min(b, lo + n - a)))
-        if self._procs is None:
-            s.cond.notify(parts)
-        else:
-            self._feed(s)
+        workers.queued(s, parts)
 
-    def _loop(self, s: _RunState, arrival: Callable[[int, _RunState], Optional[float]],
-              sizes: np.ndarray, policy: Policy, threads: list[threading.Thread],
-              timeout_s: Optional[float]) -> None:
-        """Worker processes: one loop admits each query when it is due and, between
-        arrivals, waits on the workers' connections and hands out sub-requests as workers
-        finish, until every query is done. (A second thread of this process would contend
-        with it for the interpreter lock at every hand-over.)"""
-        procs = self._procs
-        assert procs is not None
-        start = time.perf_counter()
-        s.t0 = start
-        i, n = 0, sizes.size
-        at = arrival(0, s) if n else None
-        if at is not None:
-            s.check_arrival(0, at)
-        deadline = None
-        while s.error is None:
-            now = time.perf_counter()
-            while at is not None and start + at <= now:
-                with s.cond:
-                    self._admit(s, i, at, int(sizes[i]), policy)
-                i += 1
-                at = arrival(i, s) if i < n else None
-                if at is not None:
-                    s.check_arrival(i, at)
-                if at is None and i < n:  # no more queries: the run is the ones dispatched
-                    with s.cond:
-                        s.end_arrivals(i)
-            if at is not None:
-                wait = start + at - now
-                if not procs.exact_timeouts:
-                    # Waits are whole milliseconds, rounded up: wait until about a
-                    # millisecond before the arrival, then in short sleeps.
-                    wait = wait - 1e-3 if wait > 2e-3 else 0.0
-            else:
-                if s.finished >= s.n:
-                    return
-                if deadline is None:
-                    deadline = s.deadline(now)
-                elif now > deadline:
-                    raise s.timeout_error()
-                if not all(t.is_alive() for t in threads):
-                    s.error = RuntimeError("the accelerator's thread exited unexpectedly")
-                    return
-                wait = min(deadline - now, 0.05)
-            try:
-                events = procs.poll(wait)
-                for event in events:
-                    self._handle(s, *event)
-            except BaseException as e:
-                self._fail(s, e)
-                return
-            if not events and at is not None and not procs.exact_timeouts:
-                time.sleep(min(max(start + at - time.perf_counter(), 0.0), 1e-4))
-
-    def _wait(self, s: _RunState, threads: list[threading.Thread]) -> None:
-        deadline = s.deadline(time.perf_counter())
-        with s.done:
-            while s.finished < s.n and s.error is None:
-                if not all(t.is_alive() for t in threads):
-                    s.error = RuntimeError("a worker thread exited unexpectedly")
-                    break
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    raise s.timeout_error()
-                s.done.wait(timeout=min(left, 0.5))
-
-    def _complete(self, s: _RunState, i: int, end: Optional[float] = None) -> None:
-        now = (time.perf_counter() if end is None else end) - s.t0
-        with s.cond:
-            s.end[i] = max(s.end[i], now)
-            s.parts[i] -= 1
-            if s.parts[i] == 0:
-                s.finish(i)
-
-    def _fail(self, s: _RunState, e: BaseException) -> None:
-        with s.cond:
-            if s.error is None:
-                s.error, s.details = e, getattr(e, "details", "") or traceback.format_exc()
-            s.cond.notify_all()
-            s.done.notify_all()
-            s.accel.notify_all()
-
-    def _take(self, s: _RunState, cond: threading.Condition, queue: deque[Any]) -> Any:
-        """The next item of ``queue`` (waiting on ``cond``) and the time it was taken, or None
-        when the run stops."""
-        with cond:
-            while not queue and not s.stop and s.error is None:
-                cond.wait()
-            if s.stop or s.error is not None:
-                return None
-            return (*queue.popleft(), time.perf_counter())
-
-    def _worker(self, s: _RunState, w: int) -> None:
-        try:
-            with torch.inference_mode():
-                while (item := self._take(s, s.cond, s.queue)) is not None:
-                    i, k, lo, n, taken = item
-                    t0 = time.perf_counter()
-                    self._forward(self.pool.rows(lo, lo + n))
-                    t1 = time.perf_counter()
-                    s.service.append(  # append: atomic
-                        Service(i, k, n, t1 - t0, t1 - taken, w, taken - s.t0))
-                    self._complete(s, i, t1)
-        except BaseException as e:  # reported to the caller, never swallowed
-            self._fail(s, e)
-
-    def _feed(self, s: _RunState) -> None:
-        """Hand queued sub-requests to idle worker processes (call holding ``s.cond``)."""
-        assert self._procs is not None
-        while s.idle and s.queue and not s.stop and s.error is None:
-            k = s.idle.popleft()
-            item = s.queue.popleft()
-            try:
-                s.sent[k] = time.perf_counter()
-                self._procs.send(k, (self._run_id, *item))
-            except OSError:
-                # Gone: the sub-request goes back to the head of the queue, and the worker's
-                # death comes as an event (its replacement reports ready in turn).
-                s.queue.appendleft(item)
-                self._procs.busy[k] = False
-                continue
-            s.holding[k] = item[0]
-
-    def _handle(self, s: _RunState, tag: str, k: int, payload: tuple[Any, ...]) -> None:
-        """One event of the worker processes (:meth:`WorkerProcesses.poll`)."""
-        if tag == "done":
-            run, i, part, n, seconds, end = payload
-            if run == self._run_id:  # not a leftover of an abandoned run
-                s.holding.pop(k, None)
-                held = time.perf_counter() - s.sent[k]
-                s.service.append(Service(i, part, n, seconds, held, k, s.sent[k] - s.t0))
-                self._complete(s, i, end)
-            with s.cond:
-                s.idle.append(k)
-                self._feed(s)
-        elif tag == "ready":  # a replacement has built its model
-            with s.cond:
-                s.idle.append(k)
-                self._feed(s)
-        elif tag == "error":
-            message, details = payload
-            raise RemoteWorkerError(f"worker process {k}: {message}", details)
-        else:
-            self._lost(s, k, payload[0])
-
-    def _lost(self, s: _RunState, k: int, exitcode: Optional[int]) -> None:
-        """Worker process ``k`` died: the query of the sub-request it held fails (its other
-        parts still run, so the query is accounted for once they are done), and a
-        replacement starts; past ``s.deaths_allowed`` deaths the run gives up."""
-        assert self._procs is not None
-        s.deaths += 1
-        with s.cond:
-            if k in s.idle:  # it died between sub-requests
-                s.idle.remove(k)
-        i = s.holding.pop(k, None)
-        if i is not None:
-            s.failed[i] = True
-            self._complete(s, i)
-        if s.deaths > s.deaths_allowed:
-            raise RuntimeError(f"worker processes died {s.deaths} times in this run (the last, "
-                               f"process {k}, with exit code {exitcode}); giving up")
-        self._procs.spawn(k)
-
-    def _accelerator(self, s: _RunState) -> None:
+    def _accelerator(self, s: RunState) -> None:
         assert self.accelerator is not None
         try:
-            while (item := self._take(s, s.accel, s.accel_queue)) is not None:
+            while (item := s.take(s.accel, s.accel_queue)) is not None:
                 i, lo, n, _ = item
                 self.accelerator.run(self.pool.rows(lo, lo + n))
-                self._complete(s, i)
+                s.complete(i)
         except BaseException as e:
-            self._fail(s, e)
-
-
-class RemoteWorkerError(RuntimeError):
-    """An exception a worker process reported, with its traceback text."""
-
-    def __init__(self, message: str, details: str) -> None:
-        super().__init__(message)
-        self.details = details
-
-
-class _RunState:
-    """One run's shared state, guarded by ``cond``."""
-
-    def __init__(self, n: int, capacity: int, timeout_s: Optional[float] = None) -> None:
-        self.n, self.capacity = n, capacity
-        self.timeout_s = timeout_s  # from t0; None: the default after the last arrival
-        lock = threading.Lock()
-        self.cond = threading.Condition(lock)  # workers wait here for sub-requests
-        self.done = threading.Condition(lock)  # the caller waits here for finished queries
-        self.accel = threading.Condition(lock)  # the accelerator waits here for queries
-        self.queue: deque[tuple[int, int, int, int]] = deque()  # query, part, first, items
-        self.accel_queue: deque[tuple[int, int, int]] = deque()
-        self.idle: deque[int] = deque()  # worker processes holding no sub-request
-        self.sent: dict[int, float] = {}  # when each worker process was last handed one
-        self.offset = 0  # where the next query's items start in the input pool
-        self.arrival = np.zeros(n)  # seconds after the start (set as queries are dispatched)
-        self.end = np.zeros(n)
-        self.parts = np.zeros(n, dtype=np.int64)
-        self.shed = np.zeros(n, dtype=bool)
-        self.failed = np.zeros(n, dtype=bool)  # a worker process died holding a part of it
-        self.holding: dict[int, int] = {}  # worker process -> the query of its sub-request
-        self.deaths = 0
-        self.deaths_allowed = 0
-        self.finished = 0
-        self.completed: list[int] = []  # queries in the order they finished (or were shed)
-        self.offloaded = 0
-        self.stop = False
-        self.service: list[Service] = []  # CPU sub-requests, in completion order
-        self.error: Optional[BaseException] = None
-        self.details = ""
-        self.t0 = 0.0
-
-    def deadline(self, now: float) -> float:
-        """When the run must be over (``perf_counter`` time), asked once every query has
-        arrived (``now``): ``timeout_s`` after the start, or by default 30 s plus 10 ms a
-        query after the last arrival."""
-        if self.timeout_s is not None:
-            return self.t0 + self.timeout_s
-        return now + 30.0 + 10 * self.n * 1e-3
-
-    def check_arrival(self, i: int, at: float) -> None:
-        """Refuse an arrival at ``at`` s that ``timeout_s`` leaves no time for."""
-        if self.timeout_s is not None and at >= self.timeout_s:
-            raise TimeoutError(f"query {i} would arrive {at:g} s after the start, past the "
-                               f"timeout of {self.timeout_s:g} s")
-
-    def timeout_error(self) -> TimeoutError:
-        after = (f"{self.timeout_s:g} s after the start" if self.timeout_s is not None
-                 else "the default time after the last arrival")
-        return TimeoutError(f"{self.n - self.finished} of {self.n} queries unfinished {after}")
-
-    def end_arrivals(self, n: int) -> None:
-        """No query arrives after the first ``n`` (call holding ``cond``)."""
-        self.n = n
-        if self.finished == n:
-            self.done.notify_all()
-
-    def finish(self, i: int) -> None:
-        """Query ``i`` is done (served or shed); call holding ``cond``."""
-        self.finished += 1
-        self.completed.append(i)
-        if self.finished == self.n:
-            self.done.notify_all()
+            s.fail(e)
 
 
 def _sizes(sizes: Any) -> np.ndarray:
