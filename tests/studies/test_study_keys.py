@@ -3,7 +3,7 @@
 interface, and a refactor of the studies or the command line must leave them as they are.
 After an intended change, regenerate the copies with
 
-    RECENGINE_UPDATE_GOLDEN=1 python -m pytest tests/test_study_keys.py
+    RECENGINE_UPDATE_GOLDEN=1 python -m pytest tests/studies/test_study_keys.py
 
 and review the diff of ``tests/golden/``.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from recengine.cli import main
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 #: Each study at a size that runs in seconds on two cores.
 RUNS = {
