@@ -442,3 +442,29 @@ def test_max_mode_treats_nan_as_torch_does(simd_level: str) -> None:
             np.testing.assert_array_equal(got, want)
             ref = pool_reference(w.astype(dt), idx, offs, mode="max", padding_idx=pad)
             np.testing.assert_array_equal(got, ref)
+
+
+def test_core_errors_are_recengine_errors_and_the_builtin_alike() -> None:
+    """One hierarchy: whatever the core refuses raises a RecengineError subclass that is also
+    the builtin exception a caller expects."""
+    import recengine
+    from recengine import _core
+
+    table = recengine.EmbeddingTable.random(10, 4, seed=0)
+    cases = [
+        (lambda: table.lookup(np.array([10]), offsets=np.array([0])), IndexError,
+         recengine.RecengineIndexError),
+        (lambda: table.lookup(np.array([1]), offsets=np.array([0]), mode="median"), ValueError,
+         recengine.RecengineValueError),
+        (lambda: _core.Table.random(3, 4, "fp64", 0), TypeError, recengine.RecengineTypeError),
+        (lambda: _core.Table.open("/nonexistent/table.bin", 0, 1, 4, "fp32"), OSError,
+         recengine.RecengineOSError),
+    ]
+    for call, builtin, ours in cases:
+        with pytest.raises(builtin) as info:
+            call()
+        assert isinstance(info.value, ours) and isinstance(info.value, recengine.RecengineError)
+    for name in ("RecengineError", "RecengineIndexError", "RecengineValueError",
+                 "RecengineTypeError", "RecengineMemoryError", "RecengineOSError"):
+        assert name in recengine.__all__
+    assert issubclass(recengine.RecengineMemoryError, MemoryError)

@@ -17,6 +17,14 @@ import os
 from typing import Any
 
 from . import _core
+from ._core import (
+    RecengineError,
+    RecengineIndexError,
+    RecengineMemoryError,
+    RecengineOSError,
+    RecengineTypeError,
+    RecengineValueError,
+)
 from ._dtypes import STORAGE_DTYPES
 from .collection import EmbeddingCollection
 from .functional import embedding_bag, embedding_bag_backward, sparse_lengths_sum
@@ -29,6 +37,12 @@ __all__ = [
     "THREAD_POOLS",
     "EmbeddingCollection",
     "EmbeddingTable",
+    "RecengineError",
+    "RecengineIndexError",
+    "RecengineMemoryError",
+    "RecengineOSError",
+    "RecengineTypeError",
+    "RecengineValueError",
     "__version__",
     "build_info",
     "embedding_bag",

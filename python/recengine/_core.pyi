@@ -6,13 +6,62 @@ Every long call releases the GIL. Errors map to Python exceptions in one place
 unsupported dtypes TypeError, file problems OSError.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, final
 
 import numpy as np
 from numpy.typing import NDArray
 
+__all__ = [
+    "BlobCache",
+    "CacheDirectory",
+    "Collection",
+    "KeyedTables",
+    "RecengineError",
+    "RecengineIndexError",
+    "RecengineMemoryError",
+    "RecengineOSError",
+    "RecengineTypeError",
+    "RecengineValueError",
+    "Routed",
+    "Router",
+    "ShardedCollection",
+    "Table",
+    "__version__",
+    "available_simd_levels",
+    "build_info",
+    "dram_defaults",
+    "dram_run",
+    "dram_validate",
+    "gather_probe",
+    "get_num_threads",
+    "get_thread_pool",
+    "nmp_defaults",
+    "nmp_emulate",
+    "pool_array",
+    "pool_backward",
+    "pool_keyed_backward",
+    "prefetch_distance",
+    "row_bytes",
+    "safetensors_names",
+    "set_num_threads",
+    "set_simd_level",
+    "set_thread_pool",
+    "simd_level",
+    "simulate_cache",
+]
+
 __version__: str
 
+class RecengineError(Exception):
+    """Every error recengine's core raises; each is also the builtin a caller expects."""
+
+class RecengineIndexError(RecengineError, IndexError): ...
+class RecengineValueError(RecengineError, ValueError): ...
+class RecengineTypeError(RecengineError, TypeError): ...
+class RecengineMemoryError(RecengineError, MemoryError): ...
+class RecengineOSError(RecengineError, OSError): ...
+
+@final
 class Table:
     """An embedding table whose rows live in Rust memory (owned, or a read-only file mapping)."""
 
@@ -51,12 +100,12 @@ class Table:
     def lookup(
         self,
         indices: NDArray[np.integer],
-        offsets: Optional[NDArray[np.integer]],
-        lengths: Optional[NDArray[np.integer]],
-        weights: Optional[NDArray[np.float32]],
-        mode: str,
-        padding_idx: Optional[int],
-        include_last_offset: bool,
+        offsets: Optional[NDArray[np.integer]] = ...,
+        lengths: Optional[NDArray[np.integer]] = ...,
+        weights: Optional[NDArray[np.float32]] = ...,
+        mode: str = ...,
+        padding_idx: Optional[int] = ...,
+        include_last_offset: bool = ...,
     ) -> NDArray[np.float32]: ...
     def quantize(self, dtype: str) -> Table: ...
     def slice(self, row_start: int, row_end: int, col_start: int, col_end: int) -> Table:
@@ -65,31 +114,32 @@ class Table:
     def raw(self) -> NDArray[np.uint8]:
         """A copy of the stored rows, ``[num_rows, row_bytes]`` uint8."""
 
+@final
 class Collection:
     """Several tables pooled for one batch in one call into ``[B, sum(dims)]``."""
 
-    def __init__(self, tables: Sequence[Table]) -> None: ...
+    def __new__(cls, tables: Sequence[Table]) -> Collection: ...
     @property
     def dims(self) -> list[int]: ...
     def lookup(
         self,
         indices: Sequence[NDArray[np.integer]],
-        offsets: Optional[Sequence[NDArray[np.integer]]],
-        lengths: Optional[Sequence[NDArray[np.integer]]],
-        weights: Optional[Sequence[Optional[NDArray[np.float32]]]],
-        mode: str,
-        include_last_offset: bool,
+        offsets: Optional[Sequence[NDArray[np.integer]]] = ...,
+        lengths: Optional[Sequence[NDArray[np.integer]]] = ...,
+        weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = ...,
+        mode: str = ...,
+        include_last_offset: bool = ...,
     ) -> NDArray[np.float32]: ...
 
 def pool_array(
     array: NDArray[np.generic],
     indices: NDArray[np.integer],
-    offsets: Optional[NDArray[np.integer]],
-    lengths: Optional[NDArray[np.integer]],
-    weights: Optional[NDArray[np.float32]],
-    mode: str,
-    padding_idx: Optional[int],
-    include_last_offset: bool,
+    offsets: Optional[NDArray[np.integer]] = ...,
+    lengths: Optional[NDArray[np.integer]] = ...,
+    weights: Optional[NDArray[np.float32]] = ...,
+    mode: str = ...,
+    padding_idx: Optional[int] = ...,
+    include_last_offset: bool = ...,
     dtype: Optional[str] = None,
     dim: Optional[int] = None,
     huge_pages: bool = False,
@@ -100,20 +150,20 @@ def pool_array(
     hint)."""
 
 #: One table's pieces: ``(shard, row_start, row_end, col_start, col_end)``.
-PlanPieces = list[tuple[int, int, int, int, int]]
+_PlanPieces = list[tuple[int, int, int, int, int]]
 
+@final
 class ShardedCollection:
     """Tables split over shards by a plan (``splits[t]``: "table", "row", "column",
     "table_row" or "replicated"; ``pieces[t]``), pooled in process with the unsharded
     collection's results."""
 
-    def __init__(
-        self, tables: Sequence[Table], num_shards: int, splits: Sequence[str],
-        pieces: Sequence[PlanPieces],
-    ) -> None: ...
+    def __new__(cls, tables: Sequence[Table], num_shards: int, splits: Sequence[str],
+        pieces: Sequence[_PlanPieces],
+    ) -> ShardedCollection: ...
     @property
     def dims(self) -> list[int]: ...
-    def plan(self) -> tuple[int, list[str], list[PlanPieces]]: ...
+    def plan(self) -> tuple[int, list[str], list[_PlanPieces]]: ...
     def piece(self, table: int, piece: int) -> Table: ...
     def lookup(
         self,
@@ -121,28 +171,29 @@ class ShardedCollection:
         offsets: Optional[Sequence[NDArray[np.integer]]] = None,
         lengths: Optional[Sequence[NDArray[np.integer]]] = None,
         weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
-        mode: str = "sum",
+        mode: str = ...,
         include_last_offset: bool = False,
     ) -> NDArray[np.float32]: ...
 
+@final
 class Router:
     """A plan and the tables' ``(rows, dim)``, for routing batches to shards elsewhere."""
 
-    def __init__(
-        self, shapes: Sequence[tuple[int, int]], num_shards: int, splits: Sequence[str],
-        pieces: Sequence[PlanPieces],
-    ) -> None: ...
-    def plan(self) -> tuple[int, list[str], list[PlanPieces]]: ...
+    def __new__(cls, shapes: Sequence[tuple[int, int]], num_shards: int, splits: Sequence[str],
+        pieces: Sequence[_PlanPieces],
+    ) -> Router: ...
+    def plan(self) -> tuple[int, list[str], list[_PlanPieces]]: ...
     def route(
         self,
         indices: Sequence[NDArray[np.integer]],
         offsets: Optional[Sequence[NDArray[np.integer]]] = None,
         lengths: Optional[Sequence[NDArray[np.integer]]] = None,
         weights: Optional[Sequence[Optional[NDArray[np.float32]]]] = None,
-        mode: str = "sum",
+        mode: str = ...,
         include_last_offset: bool = False,
     ) -> Routed: ...
 
+@final
 class Routed:
     """One routed batch: one share per piece with lookups."""
 
@@ -155,19 +206,20 @@ class Routed:
         """The ``[B, sum(dims)]`` output from each share's pooled block."""
     def __len__(self) -> int: ...
 
+@final
 class BlobCache:
     """``slots`` slots of equal-size blobs over a store (bytes, a mapped file or a table's
     rows), evicting by a policy; see ``recengine.cache``."""
 
     @staticmethod
-    def from_array(array: NDArray[np.uint8], slots: int, policy: str = "inactive_lifo",
+    def from_array(array: NDArray[np.uint8], slots: int, policy: str = ...,
                    wait_s: float = 30.0) -> BlobCache: ...
     @staticmethod
     def from_file(path: str, num_blobs: int, blob_bytes: int, slots: int,
-                  policy: str = "inactive_lifo", offset: int = 0,
+                  policy: str = ..., offset: int = 0,
                   wait_s: float = 30.0) -> BlobCache: ...
     @staticmethod
-    def from_table(table: Table, slots: int, policy: str = "inactive_lifo",
+    def from_table(table: Table, slots: int, policy: str = ...,
                    wait_s: float = 30.0) -> BlobCache: ...
     @property
     def num_slots(self) -> int: ...
@@ -187,10 +239,11 @@ class BlobCache:
     def pins(self) -> list[int]: ...
     def set_future(self, trace: Sequence[Sequence[int]]) -> None: ...
 
+@final
 class CacheDirectory:
     """The cache's bookkeeping without data, for callers that move the blobs themselves."""
 
-    def __init__(self, slots: int, num_ids: int, policy: str = "inactive_lifo") -> None: ...
+    def __new__(cls, slots: int, num_ids: int, policy: str = ...) -> CacheDirectory: ...
     def acquire(self, ids: NDArray[np.integer]) -> tuple[list[int], list[tuple[int, int]]]:
         """Each id's slot, and the ``(id, slot)`` misses to copy."""
     def loaded(self, fills: Sequence[tuple[int, int]]) -> None: ...
@@ -219,6 +272,7 @@ def simulate_cache(policy: str, slots: int, num_ids: int,
                    trace: Sequence[Sequence[int]]) -> dict[str, float]:
     """Replay a trace of batches through a cache without data."""
 
+@final
 class KeyedTables:
     """Torch weights pooled by keyed jagged ids straight from their storage. Built once; each
     call checks that the weights are still the same tensors at the same addresses and shapes,
@@ -228,14 +282,13 @@ class KeyedTables:
     and pools key ``slots[j]`` with table ``tables[j]`` into output block ``j``; it returns
     ``[batch, sum of the blocks' dims]``."""
 
-    def __init__(
-        self,
+    def __new__(cls,
         weights: Sequence[object],
         aliases: Sequence[object],
         dtypes: Sequence[str],
         modes: Sequence[str],
         huge_pages: Optional[Sequence[bool]] = None,
-    ) -> None:
+    ) -> KeyedTables:
         """``weights``: C-contiguous 2-D CPU tensors; ``aliases``: ``w.detach()`` of each (they
         keep the storage alive); ``dtypes``: "fp32", "fp16" or "bf16"; ``modes``: per table;
         ``huge_pages``: which weights lie on 2 MiB pages (a prefetch hint)."""
@@ -278,11 +331,11 @@ def pool_backward(
     offsets: Optional[NDArray[np.integer]] = None,
     lengths: Optional[NDArray[np.integer]] = None,
     weights: Optional[NDArray[np.float32]] = None,
-    mode: str = "sum",
+    mode: str = ...,
     padding_idx: Optional[int] = None,
     include_last_offset: bool = False,
     out: Optional[NDArray[np.float32]] = None,
-    accumulate: str = "fp32",
+    accumulate: str = ...,
 ) -> Optional[tuple[NDArray[np.int64], NDArray[np.float32]]]:
     """The table's gradient from the pooled output's ``grad`` ``[B, D]`` (sum or mean mode):
     added into ``out`` ``[num_rows, D]`` when given (returns None), else the sparse gradient
@@ -298,9 +351,18 @@ def prefetch_distance(distance: Optional[int] = None) -> int: ...
 def get_thread_pool() -> tuple[str, str, Optional[str]]: ...
 def simd_level() -> str: ...
 def available_simd_levels() -> list[str]: ...
-def set_simd_level(level: Optional[str]) -> None:
+def set_simd_level(level: Optional[str] = ...) -> None:
     """Force a SIMD level (``"avx512"``, ``"avx2"``, ``"scalar"``) or None for the best one."""
 
 def build_info() -> dict[str, object]: ...
-def gather_probe(table: Table, indices: NDArray[np.int64], repeats: int) -> float:
+def gather_probe(table: Table, indices: NDArray[np.int64], repeats: int = ...) -> float:
     """Best seconds over ``repeats`` passes of a plain gather (read every byte) of the rows."""
+
+def row_bytes(dtype: str, dim: int) -> int:
+    """Bytes one row of ``dim`` values takes in storage format ``dtype``."""
+
+def dram_defaults() -> dict[str, Any]:
+    """Every setting of the DDR4 model and its default."""
+
+def nmp_defaults() -> dict[str, Any]:
+    """The RecNMP emulator's own settings (not the DRAM ones) and their defaults."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
+
+from . import _core
 
 __all__ = ["STORAGE_DTYPES", "normalize_dtype", "row_bytes"]
 
@@ -67,11 +70,4 @@ def row_bytes(dtype: str, dim: int) -> int:
         >>> row_bytes("int8", 32)
         40
     """
-    dtype = normalize_dtype(dtype)
-    if dtype == "fp32":
-        return 4 * dim
-    if dtype in ("fp16", "bf16"):
-        return 2 * dim
-    if dtype == "int8":
-        return dim + 8
-    return (dim + 1) // 2 + 4
+    return int(_core.row_bytes(normalize_dtype(dtype), operator.index(dim)))

@@ -100,3 +100,24 @@ def test_bad_configs() -> None:
         run([-64])
     with pytest.raises(ValueError, match="unknown DRAM setting"):
         recengine._core.dram_run(np.zeros(1, np.int64), {"speed": 1})
+
+
+def test_the_settings_and_defaults_are_the_cores() -> None:
+    """DramConfig's fields and defaults are read from the core, and the core refuses a
+    setting it does not know by name."""
+    import dataclasses
+
+    from recengine import _core
+    from recengine.nmp.emulator import NMP_DEFAULTS, NMPConfig
+
+    defaults = _core.dram_defaults()
+    config = DramConfig()
+    assert [f.name for f in dataclasses.fields(DramConfig)] == list(defaults)
+    assert dataclasses.asdict(config) == defaults
+    nmp = NMPConfig()
+    for name in ("nmp", "vector_bytes", "cache_bytes", "hot_threshold", "table_aware"):
+        assert getattr(nmp, name) == NMP_DEFAULTS[name]
+    with pytest.raises(ValueError, match="unknown DRAM setting"):
+        _core.dram_run(np.arange(0, 640, 64), {"voltage": 1.2})
+    with pytest.raises(ValueError, match="non-negative integer"):
+        _core.dram_run(np.arange(0, 640, 64), {"channels": 1.5})

@@ -16,46 +16,37 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from .. import _core
 
-__all__ = ["DramConfig", "DramResult", "run", "validate"]
+__all__ = ["DRAM_DEFAULTS", "DramConfig", "DramResult", "run", "validate"]
 
 
-@dataclass(frozen=True)
-class DramConfig:
-    """Channels of DIMMs of ranks of bank groups of banks, open-page rows, a controller queue
-    per channel, and DDR4 timing in cycles (defaults: DDR4-2400, 17-17-17; see
-    ``rust/core/src/dram.rs``)."""
+def _as_dict(self: Any) -> dict[str, Any]:
+    return asdict(self)
 
-    channels: int = 4
-    dimms_per_channel: int = 2
-    ranks_per_dimm: int = 2
-    bank_groups: int = 4
-    banks_per_group: int = 4
-    row_bytes: int = 8192
-    line_bytes: int = 64
-    queue_depth: int = 32
-    tck_ns: float = 0.833
-    cl: int = 17
-    trcd: int = 17
-    trp: int = 17
-    tras: int = 39
-    trtp: int = 9
-    tccd_s: int = 4
-    tccd_l: int = 6
-    trrd_s: int = 4
-    trrd_l: int = 6
-    tfaw: int = 26
-    tbl: int = 4
-    trtrs: int = 2
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: Each setting of the DDR4 model and its default, as the core defines them.
+DRAM_DEFAULTS: dict[str, Any] = dict(_core.dram_defaults())
+
+DramConfig = make_dataclass(
+    "DramConfig",
+    [(name, type(value), field(default=value)) for name, value in DRAM_DEFAULTS.items()],
+    namespace={
+        "__doc__": (
+            "Channels of DIMMs of ranks of bank groups of banks, open-page rows, a controller "
+            "queue per channel, and DDR4 timing in cycles of ``tck_ns`` (defaults: DDR4-2400, "
+            "17-17-17). The fields and their defaults are the core's (``dram::Config`` in "
+            "``rust/core/src/dram.rs``), read from it: see :data:`DRAM_DEFAULTS`."),
+        "as_dict": _as_dict,
+        "__module__": __name__,
+    },
+    frozen=True,
+)
 
 
 @dataclass

@@ -32,8 +32,8 @@ from ..rows import draw_rows
 from ..shapes import model_bytes, model_tables
 from .dram import DramConfig
 
-__all__ = ["PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice", "Trace",
-           "emulate", "rank_dram_config"]
+__all__ = ["NMP_DEFAULTS", "PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice",
+           "Trace", "emulate", "rank_dram_config"]
 
 #: Named configurations of :meth:`NMPConfig.preset`.
 PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp")
@@ -50,19 +50,24 @@ TECHNOLOGIES: dict[str, tuple[float, float]] = {
 }
 
 
+#: The emulator's settings and their defaults, as the core defines them (``NmpConfig`` in
+#: ``rust/core/src/nmp.rs``); its energy figures are overridden through ``NMPConfig.energy``.
+NMP_DEFAULTS: dict[str, Any] = dict(_core.nmp_defaults())
+
+
 @dataclass(frozen=True)
 class NMPConfig:
     """The emulated memory system and where SLS runs (see the module's note)."""
 
     dram: DramConfig = field(default_factory=DramConfig)
-    nmp: bool = True
-    vector_bytes: int = 128
-    instr_per_packet: int = 8
-    cache_bytes: int = 128 * 1024
-    cache_ways: int = 4
-    hot_threshold: int = 2
-    table_aware: bool = True
-    cache_hit_cycles: int = 2
+    nmp: bool = NMP_DEFAULTS["nmp"]
+    vector_bytes: int = NMP_DEFAULTS["vector_bytes"]
+    instr_per_packet: int = NMP_DEFAULTS["instr_per_packet"]
+    cache_bytes: int = NMP_DEFAULTS["cache_bytes"]
+    cache_ways: int = NMP_DEFAULTS["cache_ways"]
+    hot_threshold: int = NMP_DEFAULTS["hot_threshold"]
+    table_aware: bool = NMP_DEFAULTS["table_aware"]
+    cache_hit_cycles: int = NMP_DEFAULTS["cache_hit_cycles"]
     cache_technology: str = "sram"
     energy: Optional[dict[str, float]] = None
 

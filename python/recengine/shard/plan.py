@@ -41,6 +41,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .. import _core
+from .._dtypes import STORAGE_DTYPES, row_bytes
 from ..shapes import TableSpec
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
 STRATEGIES: tuple[str, ...] = ("singular", "capacity", "load", "net", "cost")
 #: How a table can be split (see ``recengine._core.ShardedCollection``).
 SPLITS: tuple[str, ...] = ("table", "row", "column", "table_row", "replicated")
-_ROW_BYTES = {"fp32": lambda d: 4 * d, "fp16": lambda d: 2 * d, "bf16": lambda d: 2 * d,
-              "int8": lambda d: d + 8, "int4": lambda d: (d + 1) // 2 + 4}
 
 
 @dataclass(frozen=True)
@@ -85,15 +84,15 @@ class ShardTable:
     def __post_init__(self) -> None:
         if self.num_rows < 1 or self.dim < 1:
             raise ValueError(f"table {self.name!r} needs num_rows >= 1 and dim >= 1")
-        if self.dtype not in _ROW_BYTES:
+        if self.dtype not in STORAGE_DTYPES:
             raise ValueError(f"table {self.name!r}: unknown dtype {self.dtype!r}; expected one "
-                             f"of {', '.join(_ROW_BYTES)}")
+                             f"of {', '.join(STORAGE_DTYPES)}")
         if not self.lookups >= 0:
             raise ValueError(f"table {self.name!r}: lookups must be >= 0, got {self.lookups}")
 
     @property
     def row_bytes(self) -> int:
-        return int(_ROW_BYTES[self.dtype](self.dim))
+        return row_bytes(self.dtype, self.dim)
 
     @property
     def nbytes(self) -> int:
@@ -147,13 +146,13 @@ class TablePlacement:
         n = self.table.lookups * batch * self.lookup_share(piece)
         if n <= 0:
             return 0.0
-        width = _ROW_BYTES[self.table.dtype](piece.num_cols)
-        return n * cm.lookup_s(int(width), piece.num_cols) + cm.per_piece_us * 1e-6
+        width = row_bytes(self.table.dtype, piece.num_cols)
+        return n * cm.lookup_s(width, piece.num_cols) + cm.per_piece_us * 1e-6
 
     def piece_bytes(self, piece: Piece) -> int:
-        width = _ROW_BYTES[self.table.dtype](piece.num_cols) if piece.cols != (
+        width = row_bytes(self.table.dtype, piece.num_cols) if piece.cols != (
             0, self.table.dim) else self.table.row_bytes
-        return piece.num_rows * int(width)
+        return piece.num_rows * width
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,15 @@ pub struct Config {
     pub timing: Timing,
 }
 
+crate::settings::settings!(Config, "DRAM", [
+    channels => channels, dimms_per_channel => dimms_per_channel, ranks_per_dimm => ranks_per_dimm,
+    bank_groups => bank_groups, banks_per_group => banks_per_group, row_bytes => row_bytes,
+    line_bytes => line_bytes, queue_depth => queue_depth, tck_ns => timing.tck_ns, cl => timing.cl,
+    trcd => timing.trcd, trp => timing.trp, tras => timing.tras, trtp => timing.trtp,
+    tccd_s => timing.tccd_s, tccd_l => timing.tccd_l, trrd_s => timing.trrd_s,
+    trrd_l => timing.trrd_l, tfaw => timing.tfaw, tbl => timing.tbl, trtrs => timing.trtrs,
+]);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -156,6 +165,42 @@ pub enum Kind {
     Act,
     Rd,
     Pre,
+}
+
+impl Kind {
+    /// The command's code in a trace array: 0 ACT, 1 RD, 2 PRE.
+    pub fn code(self) -> i64 {
+        match self {
+            Kind::Act => 0,
+            Kind::Rd => 1,
+            Kind::Pre => 2,
+        }
+    }
+
+    /// The command of a trace code.
+    pub fn from_code(code: i64) -> Result<Kind> {
+        match code {
+            0 => Ok(Kind::Act),
+            1 => Ok(Kind::Rd),
+            2 => Ok(Kind::Pre),
+            k => Err(Error::value(format!("unknown command kind {k}"))),
+        }
+    }
+}
+
+impl Command {
+    /// The trace row of the command: cycle, kind code, rank, bank group, bank, row.
+    pub fn to_row(&self) -> [i64; 6] {
+        [self.cycle as i64, self.kind.code(), self.rank as i64, self.bank_group as i64, self.bank as i64, self.row as i64]
+    }
+
+    /// The command of a trace row (as [`Command::to_row`] writes it).
+    pub fn from_row(r: [i64; 6]) -> Result<Command> {
+        let field = |x: i64| usize::try_from(x).map_err(|_| Error::value("negative field in a trace"));
+        let cycle = u64::try_from(r[0]).map_err(|_| Error::value("negative field in a trace"))?;
+        let row = u64::try_from(r[5]).map_err(|_| Error::value("negative field in a trace"))?;
+        Ok(Command { cycle, kind: Kind::from_code(r[1])?, rank: field(r[2])?, bank_group: field(r[3])?, bank: field(r[4])?, row, request: 0 })
+    }
 }
 
 /// One command issued on a channel at `cycle` (for RD, `request` is the request it serves).

@@ -52,6 +52,18 @@ impl DType {
         }
     }
 
+    /// The dim of rows `row_bytes` wide, the inverse of [`DType::row_bytes`] (for int4 the
+    /// even one of the two dims of that width). Where no dim gives that width it is the nearest
+    /// smaller one: a caller checks `row_bytes(dim) == row_bytes`.
+    pub fn dim_from_row_bytes(self, row_bytes: usize) -> usize {
+        match self {
+            DType::Fp32 => row_bytes / 4,
+            DType::Fp16 | DType::Bf16 => row_bytes / 2,
+            DType::Int8 => row_bytes.saturating_sub(8),
+            DType::Int4 => row_bytes.saturating_sub(4) * 2,
+        }
+    }
+
     /// Whether rows carry a scale and bias.
     pub fn is_quantized(self) -> bool {
         matches!(self, DType::Int8 | DType::Int4)

@@ -34,6 +34,14 @@ impl Mode {
             ))),
         }
     }
+    /// The mode's name, as `parse` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sum => "sum",
+            Mode::Mean => "mean",
+            Mode::Max => "max",
+        }
+    }
 }
 
 /// An index type: i32 or i64. Negative values map to huge unsigned ones, so one unsigned

@@ -86,6 +86,15 @@ pub struct NmpConfig {
     pub energy: Energy,
 }
 
+crate::settings::settings!(NmpConfig, "NMP", [
+    nmp => nmp, vector_bytes => vector_bytes, instr_per_packet => instr_per_packet,
+    cache_bytes => cache_bytes, cache_ways => cache_ways, hot_threshold => hot_threshold,
+    table_aware => table_aware, cache_hit_cycles => cache_hit_cycles, act_pj => energy.act_pj,
+    rd_pj => energy.rd_pj, pre_pj => energy.pre_pj, io_pj_per_bit => energy.io_pj_per_bit,
+    background_mw_per_rank => energy.background_mw_per_rank, nmp_add_pj => energy.nmp_add_pj,
+    cache_read_pj => energy.cache_read_pj, cache_write_pj => energy.cache_write_pj,
+], rest: dram);
+
 impl Default for NmpConfig {
     fn default() -> Self {
         NmpConfig {

@@ -328,6 +328,60 @@ pub fn route<'a, I: Index>(
     Ok(subs)
 }
 
+/// Route a whole batch: one request per table, every table with the same batch (checked),
+/// each routed by [`route`]. Returns the batch and every piece's share.
+pub fn route_all<'a, I: Index>(
+    plan: &Plan,
+    shapes: &[(usize, usize)],
+    requests: &[Request<'a, I>],
+    mode: Mode,
+) -> Result<(usize, Vec<Sub<'a, I>>)> {
+    if requests.len() != shapes.len() {
+        return Err(Error::value(format!("{} index arrays for {} tables", requests.len(), shapes.len())));
+    }
+    let batch = requests.first().map_or(0, |r| r.offsets.len() - 1);
+    if let Some(t) = requests.iter().position(|r| r.offsets.len() - 1 != batch) {
+        return Err(Error::value(format!(
+            "table {t} has {} bags but table 0 has {batch}; every table needs the same batch",
+            requests[t].offsets.len() - 1
+        )));
+    }
+    let mut subs = Vec::new();
+    for (t, r) in requests.iter().enumerate() {
+        subs.extend(route(&plan.tables[t], t, shapes[t].0, r.indices, &r.offsets, r.weights, mode)?);
+    }
+    Ok((batch, subs))
+}
+
+/// One piece's pooled share of a batch, as a shard sends it back: `block` holds `bags.len()`
+/// rows of the piece's columns, pooled from the share's own bag `offsets`.
+pub struct Share<'b> {
+    pub table: usize,
+    pub piece: usize,
+    pub bags: Range<usize>,
+    pub offsets: &'b [usize],
+    pub block: &'b [f32],
+}
+
+/// The pooled output `[batch, sum(dims)]` of a routed batch from every share: row-wise
+/// pieces folded by [`merge_rows`] (the whole bags' `offsets` per table), the others placed.
+pub fn merge(plan: &Plan, dims: &[usize], mode: Mode, offsets: &[Vec<usize>], batch: usize, shares: &[Share<'_>]) -> Result<Vec<f32>> {
+    let layout = Layout::new(dims);
+    let mut out = crate::mem::filled(batch.saturating_mul(layout.stride), 0f32, "the pooled output")?;
+    for (t, tp) in plan.tables.iter().enumerate() {
+        let mine = shares.iter().filter(|s| s.table == t);
+        if tp.split.by_rows() {
+            let parts: Vec<(&[usize], &[f32])> = mine.map(|s| (s.offsets, s.block)).collect();
+            merge_rows(&layout, t, dims[t], mode, &offsets[t], &parts, &mut out);
+        } else {
+            for s in mine {
+                place(tp, &layout, t, s.piece, &s.bags, s.block, &mut out);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Output layout of a sharded lookup: table `t`'s columns start at `columns[t]` of rows
 /// `stride` floats wide.
 pub struct Layout {
@@ -438,24 +492,7 @@ impl ShardedCollection {
     /// Pool every table for the same batch, as the unsharded collection lookup does, into a
     /// new `[B, sum(dims)]` array (row-major). All pieces' shares run together on the pool.
     pub fn lookup<I: Index>(&self, requests: &[Request<'_, I>], mode: Mode) -> Result<Vec<f32>> {
-        if requests.len() != self.shapes.len() {
-            return Err(Error::value(format!(
-                "{} index arrays for {} tables",
-                requests.len(),
-                self.shapes.len()
-            )));
-        }
-        let batch = requests.first().map_or(0, |r| r.offsets.len() - 1);
-        if let Some(t) = requests.iter().position(|r| r.offsets.len() - 1 != batch) {
-            return Err(Error::value(format!(
-                "table {t} has {} bags but table 0 has {batch}; every table needs the same batch",
-                requests[t].offsets.len() - 1
-            )));
-        }
-        let mut subs = Vec::new();
-        for (t, r) in requests.iter().enumerate() {
-            subs.extend(route(&self.plan.tables[t], t, self.shapes[t].0, r.indices, &r.offsets, r.weights, mode)?);
-        }
+        let (batch, subs) = route_all(&self.plan, &self.shapes, requests, mode)?;
         let stride = self.layout.stride;
         let mut out = crate::mem::filled(batch.saturating_mul(stride), 0f32, "the pooled output")?;
         // Row-wise shares pool into partial blocks of their own, merged below.

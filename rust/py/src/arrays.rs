@@ -7,9 +7,12 @@ use std::os::raw::c_int;
 use numpy::ndarray::{Dim, Dimension};
 use numpy::npyffi::{npy_intp, PY_ARRAY_API};
 use numpy::{Element, PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+
+use crate::errors::{memory_error, to_py, value_error};
+use pyo3::types::PyString;
+use recengine_core::Named;
 
 /// Borrowed indices (or offsets, or lengths) of either integer width.
 pub enum Ints<'py> {
@@ -81,7 +84,7 @@ pub fn ints<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> {
         return Ok(x);
     }
     let converted = convert_fn(obj.py(), "as_index_array")?.call1((obj, name))?;
-    try_ints(&converted).ok_or_else(|| PyValueError::new_err(format!("could not take {name} as an integer array")))
+    try_ints(&converted).ok_or_else(|| value_error(format!("could not take {name} as an integer array")))
 }
 
 /// Take a float32 array argument.
@@ -102,7 +105,7 @@ pub fn floats<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyAr
 pub fn ints_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ints<'py>> {
     let x = ints(obj, name)?;
     if x.shape().len() != 1 {
-        return Err(PyValueError::new_err(format!("{name} must be 1-D, got shape {:?}", x.shape())));
+        return Err(value_error(format!("{name} must be 1-D, got shape {:?}", x.shape())));
     }
     Ok(x)
 }
@@ -119,7 +122,7 @@ where
 {
     let mut shape = [0 as npy_intp; N];
     for (d, &n) in shape.iter_mut().zip(&dims) {
-        *d = npy_intp::try_from(n).map_err(|_| PyMemoryError::new_err(format!("an array of shape {dims:?} is too large")))?;
+        *d = npy_intp::try_from(n).map_err(|_| memory_error(format!("an array of shape {dims:?} is too large")))?;
     }
     let descr = T::get_dtype(py).into_dtype_ptr();
     // SAFETY: `shape` holds `N` dimensions, `descr` is a new reference that numpy steals, and
@@ -130,4 +133,20 @@ where
     // SAFETY: `ptr` is an owned reference or null (see above).
     let obj = unsafe { Bound::from_owned_ptr_or_err(py, ptr) }?;
     Ok(obj.cast_into::<PyArray<T, Dim<[usize; N]>>>()?)
+}
+
+/// An option named by a string (pooling mode, dtype, split, cache policy, thread pool, SIMD
+/// level), taken as the core's enum: the one way every binding reads such an argument. An
+/// unknown name raises the core's error, which names the choices.
+#[derive(Clone, Copy)]
+pub struct Opt<T>(pub T);
+
+impl<'a, 'py, T: Named> FromPyObject<'a, 'py> for Opt<T> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let text = obj.cast::<PyString>()?;
+        let name = text.to_cow()?;
+        T::from_name(&name).map(Opt).map_err(to_py)
+    }
 }
