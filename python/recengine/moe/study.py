@@ -42,7 +42,7 @@ from . import placement, traces
 from .buffer import ExpertBuffer
 from .layer import MoE, dispatch_dynamic
 
-__all__ = ["MoEStudyConfig", "iter_study", "plot_study", "run_study", "summarize_study"]
+__all__ = ["Config", "MoEStudyConfig", "iter_study", "plot_study", "run_study", "summarize_study"]
 
 
 @dataclass
@@ -98,6 +98,10 @@ class MoEStudyConfig:
             raise ValueError(f"the layer's {self.num_experts} experts of {self.d_model}x"
                              f"{self.d_hidden} take {need / 2**30:.1f} GiB; this machine has "
                              f"{have / 2**30:.1f} GiB available (half of it may be used)")
+
+
+#: The study's config, as ``recengine.studies`` looks it up.
+Config = MoEStudyConfig
 
 
 _REPEATS = 3

@@ -39,7 +39,8 @@ from ..shapes import resolve_model
 from .dram import DramConfig
 from .emulator import NMPConfig, Trace, emulate
 
-__all__ = ["SWEEPS", "NMPStudyConfig", "iter_study", "plot_study", "run_study", "summarize_study"]
+__all__ = ["SWEEPS", "Config", "NMPStudyConfig", "iter_study", "plot_study", "run_study",
+           "summarize_study"]
 
 #: What the study can vary (one at a time, the rest at the paper's configuration).
 SWEEPS: tuple[str, ...] = ("ranks", "cache", "locality", "colocation", "scheduling",
@@ -82,6 +83,10 @@ class NMPStudyConfig:
                              f"{', '.join(DISTRIBUTIONS)}")
         if self.trace is not None:
             self.sweeps = [s for s in self.sweeps if s not in ("locality", "colocation")]
+
+
+#: The study's config, as ``recengine.studies`` looks it up.
+Config = NMPStudyConfig
 
 
 def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:

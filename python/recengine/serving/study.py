@@ -54,8 +54,17 @@ from .accelerator import Accelerator
 from .backend import RealServer
 from .server import Server
 
-__all__ = ["SEARCHES", "SPAN_TARGETS", "ServeConfig", "config_dict", "iter_study", "plot_study",
-           "static_sweep", "summarize_study"]
+__all__ = [
+    "SEARCHES",
+    "SPAN_TARGETS",
+    "Config",
+    "ServeConfig",
+    "config_dict",
+    "iter_study",
+    "plot_study",
+    "static_sweep",
+    "summarize_study",
+]
 
 #: How a policy's latency-bounded throughput is found: bracket and bisect the rate over runs
 #: at fixed rates (:func:`~recengine.sched.max_qps`), or DeepRecSys's running-p95 controller on one
@@ -161,6 +170,10 @@ class ServeConfig:
             raise ValueError(f"patience must be non-negative, got {self.patience}")
         if self.rel_tol <= 0:
             self.rel_tol = 0.02 if self.simulate else 0.05
+
+
+#: The study's config, as ``recengine.studies`` looks it up.
+Config = ServeConfig
 
 
 def config_dict(config: ServeConfig) -> dict[str, Any]:

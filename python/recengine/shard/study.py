@@ -42,8 +42,20 @@ from .distributed import RayShardedEmbedding, save_tables
 from .inprocess import ShardedEmbedding
 from .plan import STRATEGIES, ShardPlan, ShardTable, plan
 
-__all__ = ["BACKENDS", "MAX_SHARDS", "StudyConfig", "config_dict", "iter_study", "model_nets",
-           "plot_study", "run_study", "study_plans", "study_tables", "summarize_study"]
+__all__ = [
+    "BACKENDS",
+    "MAX_SHARDS",
+    "Config",
+    "StudyConfig",
+    "config_dict",
+    "iter_study",
+    "model_nets",
+    "plot_study",
+    "run_study",
+    "study_plans",
+    "study_tables",
+    "summarize_study",
+]
 
 #: Where the shards run: this process's thread pool, or one Ray actor per shard.
 BACKENDS: tuple[str, ...] = ("inprocess", "ray")
@@ -102,6 +114,10 @@ class StudyConfig:
             raise ValueError("queries and batch must be >= 1 and warmup >= 0")
         if not self.table_mb > 0:
             raise ValueError(f"table_mb must be positive, got {self.table_mb}")
+
+
+#: The study's config, as ``recengine.studies`` looks it up.
+Config = StudyConfig
 
 
 def model_nets(model: str, count: int) -> list[str]:

@@ -96,7 +96,10 @@ class Study:
     ``options`` (its :class:`Option` s in the order ``--help`` lists them), ``quick`` (config
     keywords of a run of seconds: what ``--quick`` runs where the study has that flag, and what
     the test suite runs), ``needs`` (modules it cannot run without, with the pip command that
-    installs them) and the help of its ``--json``/``--out``/``--plot`` options.
+    installs them), the help of its ``--json``/``--out``/``--plot`` options, and ``runner``:
+    the module that measures, imported on use, whose ``Config`` dataclass, ``iter_study(config,
+    status[, tick])``, ``summarize_study(rows)``, ``plot_study(rows, path, config)`` and
+    ``config_dict(config)`` the default methods call. A study overrides what differs.
     """
 
     name: str = ""
@@ -110,10 +113,15 @@ class Study:
     plot_help: str = "save a chart of the results"
     #: What ``--json`` prints: "rows" (the list) or "doc" ({rows, summary}).
     json_prints: str = "rows"
+    #: The module that measures (see above).
+    runner: str = ""
+
+    def _runner(self) -> Any:
+        return importlib.import_module(self.runner)
 
     def config_class(self) -> type:
-        """The study's config dataclass (imported on use)."""
-        raise NotImplementedError
+        """The study's config dataclass (imported on use): the runner's ``Config``."""
+        return self._runner().Config
 
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
         """The config of the options' ``values`` (None: the config's default), under the
@@ -148,12 +156,13 @@ class Study:
     def rows(self, config: Any, status: Callable[[str], None],
              tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
         """The result rows, one at a time; ``status`` takes what is running now, ``tick``
-        marks a step done."""
-        raise NotImplementedError
+        marks a step done (for a study whose progress :meth:`ticks`)."""
+        run = self._runner().iter_study
+        return run(config, status=status, tick=tick) if self.ticks() else run(config, status=status)
 
     def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
         """The figures that answer the study's question (JSON values)."""
-        raise NotImplementedError
+        return self._runner().summarize_study(rows)
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         """The tables and lines printed for a person."""
@@ -161,11 +170,11 @@ class Study:
 
     def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
         """Save the study's chart to ``path`` (needs matplotlib)."""
-        raise NotImplementedError
+        self._runner().plot_study(rows, path, config)
 
     def config_dict(self, config: Any) -> dict[str, Any]:
         """The config as JSON values, for ``--out``."""
-        raise NotImplementedError
+        return dict(self._runner().config_dict(config))
 
     def out_extra(self, config: Any) -> dict[str, Any]:
         """More keys for the ``--out`` document (default: none)."""

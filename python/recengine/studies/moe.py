@@ -3,7 +3,7 @@ gating, and expert placement (:mod:`recengine.moe.study`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from . import Option, Report, Study, Table
 from . import _args as a
@@ -12,6 +12,7 @@ __all__ = ["STUDY", "MoEStudy"]
 
 
 class MoEStudy(Study):
+    runner = "recengine.moe.study"
     name = "moe"
     help = "Expert Buffering: cache policies and sizes, dynamic vs static gating, placement"
     description = (
@@ -55,21 +56,8 @@ class MoEStudy(Study):
     needs: ClassVar[Mapping[str, str]] = {"torch": 'pip install "recengine[torch]"'}
     plot_help = "save miss rate and throughput ratio against slots per policy"
 
-    def config_class(self) -> type:
-        from ..moe.study import MoEStudyConfig
-        return MoEStudyConfig
-
     def total(self, config: Any) -> int:
         return len({min(s, config.num_experts) for s in config.slots}) * len(config.policies) + 4
-
-    def rows(self, config: Any, status: Callable[[str], None],
-             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
-        from ..moe.study import iter_study
-        return iter_study(config, status=status)
-
-    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
-        from ..moe.study import summarize_study
-        return summarize_study(rows)
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         title = (f"{config.num_experts} experts of {config.d_model}->{config.d_hidden}, top-"
@@ -90,14 +78,6 @@ class MoEStudy(Study):
         lines.append("max device load per batch: " + ", ".join(
             f"{m} {v:.3f}" for m, v in summary["placement"].items()))
         return Report(tables=[table], lines=lines)
-
-    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
-        from ..moe.study import plot_study
-        plot_study(rows, path, config)
-
-    def config_dict(self, config: Any) -> dict[str, Any]:
-        from ..moe.study import config_dict
-        return config_dict(config)
 
 
 STUDY = MoEStudy()

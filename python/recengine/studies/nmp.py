@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from . import Option, Report, Study, Table
 from . import _args as a
@@ -12,6 +12,7 @@ __all__ = ["STUDY", "NMPStudy"]
 
 
 class NMPStudy(Study):
+    runner = "recengine.nmp.study"
     name = "nmp"
     help = "emulate SLS on a DDR4 host vs on RecNMP near-memory units"
     description = (
@@ -42,23 +43,10 @@ class NMPStudy(Study):
     quick: ClassVar[Mapping[str, Any]] = {"model": "ncf", "batch": 8, "table_mb": 4.0}
     plot_help = "save latency speedup and energy saving per sweep"
 
-    def config_class(self) -> type:
-        from ..nmp.study import NMPStudyConfig
-        return NMPStudyConfig
-
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
         values = dict(values)
         values["preset_only"] = values.pop("preset", None) == "recnmp" or None
         return super().configure(values, note)
-
-    def rows(self, config: Any, status: Callable[[str], None],
-             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
-        from ..nmp.study import iter_study
-        return iter_study(config, status=status)
-
-    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
-        from ..nmp.study import summarize_study
-        return summarize_study(rows)
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         source = config.trace or f"{config.model}, {config.distribution} rows ({config.zipf})"
@@ -76,14 +64,6 @@ class NMPStudy(Study):
             lines.append(f"best: {summary['best']}, latency {summary['best_latency_speedup']:.2f}x"
                          " the host's")
         return Report(tables=[table], lines=lines)
-
-    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
-        from ..nmp.study import plot_study
-        plot_study(rows, path, config)
-
-    def config_dict(self, config: Any) -> dict[str, Any]:
-        from ..nmp.study import config_dict
-        return config_dict(config)
 
 
 STUDY = NMPStudy()

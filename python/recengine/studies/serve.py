@@ -3,7 +3,7 @@ the simulator at any core count (:mod:`recengine.serving.study`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from . import Option, Report, Study, Table
 from . import _args as a
@@ -17,6 +17,7 @@ def _ms(v: Any) -> str:
 
 
 class ServeStudy(Study):
+    runner = "recengine.serving.study"
     name = "serve"
     help = "serve a model under a query stream: DeepRecSched vs a static baseline"
     description = (
@@ -102,10 +103,6 @@ class ServeStudy(Study):
     needs: ClassVar[Mapping[str, str]] = {"torch": 'pip install "recengine[torch]"'}
     plot_help = "save latency-bounded QPS against batch size per model"
 
-    def config_class(self) -> type:
-        from ..serving.study import ServeConfig
-        return ServeConfig
-
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
         from ..shapes import model_names
         from ..workload import QuerySizes
@@ -133,15 +130,6 @@ class ServeStudy(Study):
 
     def ticks(self) -> bool:
         return True
-
-    def rows(self, config: Any, status: Callable[[str], None],
-             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
-        from ..serving.study import iter_study
-        return iter_study(config, status=status, tick=tick)
-
-    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
-        from ..serving.study import summarize_study
-        return summarize_study(rows)
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         workers = "worker processes" if config.processes else "worker threads"
@@ -190,14 +178,6 @@ class ServeStudy(Study):
                          f"run(s) ({', '.join(sorted({r['model'] for r in unserved}))}); "
                          f"DeepRecSched serves them")
         return Report(header=header, tables=[table], lines=lines)
-
-    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
-        from ..serving.study import plot_study
-        plot_study(rows, path, config)
-
-    def config_dict(self, config: Any) -> dict[str, Any]:
-        from ..serving.study import config_dict
-        return config_dict(config)
 
 
 STUDY = ServeStudy()

@@ -4,7 +4,7 @@ process and on Ray (:mod:`recengine.shard.study`)."""
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from . import Option, Report, Study, Table
 from . import _args as a
@@ -13,6 +13,7 @@ __all__ = ["STUDY", "ShardStudy"]
 
 
 class ShardStudy(Study):
+    runner = "recengine.shard.study"
     name = "shard"
     help = "serve a model's tables sharded by each planner, in process and on Ray"
     description = (
@@ -52,10 +53,6 @@ class ShardStudy(Study):
     def __init__(self) -> None:
         self.show_plans = False
 
-    def config_class(self) -> type:
-        from ..shard.study import StudyConfig
-        return StudyConfig
-
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
         values = dict(values)
         self.show_plans = bool(values.pop("plans", False))
@@ -72,15 +69,6 @@ class ShardStudy(Study):
 
     def ticks(self) -> bool:
         return True
-
-    def rows(self, config: Any, status: Callable[[str], None],
-             tick: Callable[[], None]) -> Iterator[dict[str, Any]]:
-        from ..shard.study import iter_study
-        return iter_study(config, status=status, tick=tick)
-
-    def summarize(self, rows: Sequence[dict[str, Any]], config: Any) -> Any:
-        from ..shard.study import summarize_study
-        return summarize_study(rows)
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         title = (f"{config.model}: {config.queries} queries of batch {config.batch}, "
@@ -102,14 +90,6 @@ class ShardStudy(Study):
             from ..shard.study import study_plans
             lines += [p.describe(config.batch) for p in study_plans(config).values()]
         return Report(tables=[table], lines=lines)
-
-    def plot(self, rows: Sequence[dict[str, Any]], path: str, config: Any) -> None:
-        from ..shard.study import plot_study
-        plot_study(rows, path, config)
-
-    def config_dict(self, config: Any) -> dict[str, Any]:
-        from ..shard.study import config_dict
-        return config_dict(config)
 
 
 STUDY = ShardStudy()
