@@ -979,50 +979,13 @@ def bench_case(
     if "torch" in outputs and "numpy" in outputs:
         torch_matches_numpy = outputs_agree(outputs["torch"], outputs["numpy"], n_max)[0]
 
-    probe_s = probe_best / len(sets) if probe_rows is not None else None
-    rec_s, torch_s, numpy_s = seconds["recengine"], seconds["torch"], seconds["numpy"]
-    row: dict[str, Any] = {
-        "model": model,
-        "batch": batch,
-        "dtype": stage.dtype,
-        "op": "pool",
-        "grad": None,
-        "threads": get_num_threads(),
-        "tables": len(specs),
-        "lookups": lookups_per_call,
-        "bytes_per_call": bytes_per_call,
-        "table_mb": stage.nbytes / 2**20,
-        "recengine_s": rec_s,
-        "torch_s": torch_s,
-        "numpy_s": numpy_s,
-        "probe_s": probe_s,
-        "modules_s": None,
-        "recengine_lookups_per_s": _per_second(lookups_per_call, rec_s),
-        "torch_lookups_per_s": _per_second(lookups_per_call, torch_s),
-        "numpy_lookups_per_s": _per_second(lookups_per_call, numpy_s),
-        "probe_lookups_per_s": _per_second(lookups_per_call, probe_s),
-        "modules_lookups_per_s": None,
-        "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
-        "ratio_vs_numpy": numpy_s / rec_s if numpy_s and rec_s else None,
-        "ratio_modules_vs_torch": None,
-        "recengine_gb_per_s": bytes_per_call / rec_s / 1e9 if rec_s else None,
-        "torch_gb_per_s": bytes_per_call / torch_s / 1e9 if torch_s else None,
-        "probe_gb_per_s": bytes_per_call / probe_s / 1e9 if probe_s else None,
-        "probe_fraction": probe_s / rec_s if probe_s and rec_s else None,
-        "correct": correct,
-        "correct_vs_torch": correct_vs_torch,
-        "correct_vs_numpy": correct_vs_numpy,
-        "torch_matches_numpy": torch_matches_numpy,
-        "max_abs_diff_vs_torch": diff_torch,
-        "max_abs_diff_vs_numpy": diff_numpy,
-        "modules_correct_vs_torch": None,
-        "modules_max_abs_diff_vs_torch": None,
-        "recengine_calls": calls["recengine"],
-        "torch_calls": calls["torch"],
-        "numpy_calls": calls["numpy"],
-        "modules_calls": None,
-        "index_sets": n_sets,
-    }
+    seconds["probe"] = probe_best / len(sets) if probe_rows is not None else None
+    row = _row(model, batch, stage.dtype, "pool", None, len(specs), lookups_per_call,
+               bytes_per_call, stage.nbytes / 2**20, seconds, calls, n_sets, checks={
+                   "correct": correct, "correct_vs_torch": correct_vs_torch,
+                   "correct_vs_numpy": correct_vs_numpy,
+                   "torch_matches_numpy": torch_matches_numpy,
+                   "max_abs_diff_vs_torch": diff_torch, "max_abs_diff_vs_numpy": diff_numpy})
     if config.per_table:
         row["tables_detail"] = _per_table_rows(stage, sets, config, evict)
     return row
@@ -1126,51 +1089,59 @@ def bench_module_case(
     calls = {r: len(timers[r].times) if r in timers else 0 for r in MODULE_ROUTES}
     del timers
 
-    rec_s, torch_s, mod_s = seconds["recengine"], seconds["torch"], seconds["modules"]
     forward = op == "forward"
-    correct = checks["recengine"][0] and checks["modules"][0]
+    table_mb = sum(s.num_rows * rb for s, rb in zip(specs, row_bytes)) / 2**20
+    # Row bytes read per second: a forward's whole traffic, not a training step's.
+    return _row(model, batch, "fp32", op, None if forward else mstage.grad, len(specs),
+                lookups_per_call, bytes_per_call, table_mb, seconds, calls, len(sets),
+                traffic=forward, checks={
+                    "correct": checks["recengine"][0] and checks["modules"][0],
+                    "correct_vs_torch": checks["recengine"][0],
+                    "max_abs_diff_vs_torch": checks["recengine"][1],
+                    "modules_correct_vs_torch": checks["modules"][0],
+                    "modules_max_abs_diff_vs_torch": checks["modules"][1]})
+
+
+#: What a row's correctness fields are, all None unless a case sets them.
+_CHECKS = ("correct", "correct_vs_torch", "correct_vs_numpy", "torch_matches_numpy",
+           "max_abs_diff_vs_torch", "max_abs_diff_vs_numpy", "modules_correct_vs_torch",
+           "modules_max_abs_diff_vs_torch")
+#: The timed routes of a row: the pool op's implementations, the probe, the drop-in modules.
+_ROUTES = ("recengine", "torch", "numpy", "probe", "modules")
+
+
+def _row(model: str, batch: int, dtype: str, op: str, grad: Optional[str], tables: int,
+         lookups: int, bytes_per_call: int, table_mb: float,
+         seconds: dict[str, Optional[float]], calls: dict[str, int], index_sets: int,
+         checks: dict[str, Any], traffic: bool = True) -> dict[str, Any]:
+    """One result row (the one schema of every op): each route's median seconds, rates and
+    ratios derived the same way, ``None`` where a route was not timed; GB/s only where
+    ``traffic`` (a call's bytes are its whole traffic)."""
+    t = {r: seconds.get(r) for r in _ROUTES}
+    rec = t["recengine"]
+
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a and b else None
+
+    def gb_per_s(x: Optional[float]) -> Optional[float]:
+        return bytes_per_call / x / 1e9 if traffic and x else None
+
     return {
-        "model": model,
-        "batch": batch,
-        "dtype": "fp32",
-        "op": op,
-        "grad": None if forward else mstage.grad,
-        "threads": get_num_threads(),
-        "tables": len(specs),
-        "lookups": lookups_per_call,
-        "bytes_per_call": bytes_per_call,
-        "table_mb": sum(s.num_rows * rb for s, rb in zip(specs, row_bytes)) / 2**20,
-        "recengine_s": rec_s,
-        "torch_s": torch_s,
-        "numpy_s": None,
-        "probe_s": None,
-        "modules_s": mod_s,
-        "recengine_lookups_per_s": _per_second(lookups_per_call, rec_s),
-        "torch_lookups_per_s": _per_second(lookups_per_call, torch_s),
-        "numpy_lookups_per_s": None,
-        "probe_lookups_per_s": None,
-        "modules_lookups_per_s": _per_second(lookups_per_call, mod_s),
-        "ratio_vs_torch": torch_s / rec_s if torch_s and rec_s else None,
-        "ratio_vs_numpy": None,
-        "ratio_modules_vs_torch": torch_s / mod_s if torch_s and mod_s else None,
-        # Row bytes read per second: a forward's whole traffic, not a training step's.
-        "recengine_gb_per_s": bytes_per_call / rec_s / 1e9 if forward and rec_s else None,
-        "torch_gb_per_s": bytes_per_call / torch_s / 1e9 if forward and torch_s else None,
-        "probe_gb_per_s": None,
-        "probe_fraction": None,
-        "correct": correct,
-        "correct_vs_torch": checks["recengine"][0],
-        "correct_vs_numpy": None,
-        "torch_matches_numpy": None,
-        "max_abs_diff_vs_torch": checks["recengine"][1],
-        "max_abs_diff_vs_numpy": None,
-        "modules_correct_vs_torch": checks["modules"][0],
-        "modules_max_abs_diff_vs_torch": checks["modules"][1],
-        "recengine_calls": calls["recengine"],
-        "torch_calls": calls["torch"],
-        "numpy_calls": None,
-        "modules_calls": calls["modules"],
-        "index_sets": len(sets),
+        "model": model, "batch": batch, "dtype": dtype, "op": op, "grad": grad,
+        "threads": get_num_threads(), "tables": tables, "lookups": lookups,
+        "bytes_per_call": bytes_per_call, "table_mb": table_mb,
+        **{f"{r}_s": t[r] for r in _ROUTES},
+        **{f"{r}_lookups_per_s": _per_second(lookups, t[r]) for r in _ROUTES},
+        "ratio_vs_torch": ratio(t["torch"], rec),
+        "ratio_vs_numpy": ratio(t["numpy"], rec),
+        "ratio_modules_vs_torch": ratio(t["torch"], t["modules"]),
+        "recengine_gb_per_s": gb_per_s(rec),
+        "torch_gb_per_s": gb_per_s(t["torch"]),
+        "probe_gb_per_s": gb_per_s(t["probe"]),
+        "probe_fraction": ratio(t["probe"], rec),
+        **{k: checks.get(k) for k in _CHECKS},
+        **{f"{r}_calls": calls.get(r) for r in ("recengine", "torch", "numpy", "modules")},
+        "index_sets": index_sets,
     }
 
 
