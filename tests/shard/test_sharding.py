@@ -253,7 +253,14 @@ def test_the_study_in_process_and_its_command_line(tmp_path: Any, capsys: Any) -
         assert r["shard_calls_per_query"] == 2.0  # every ncf query reads all four tables
         assert r["lookups_per_shard_call"] * r["shard_calls_per_query"] == \
             base["lookups_per_shard_call"]
-    assert summarize_study(rows)["inprocess"]["best"] in STRATEGIES
+    summary = summarize_study(rows)["inprocess"]
+    assert summary["best"] in STRATEGIES and summary["rounds"] == 3  # the default repeats
+    low, high = summary["p99_overhead_range"]
+    best = next(r for r in rows if r["strategy"] == summary["best"])
+    assert low == min(best["p99_overhead_rounds"]) and high == max(best["p99_overhead_rounds"])
+    assert sum(summary["wins"].values()) == 3 and "singular" not in summary["wins"]
+    assert all(len(r["p99_ms_rounds"]) == 3 and r["queries"] == 30 for r in rows)
+    assert base["p99_overhead_rounds"] == [1.0, 1.0, 1.0]
     assert model_nets("ncf", 4) == ["mf", "mf", "mlp", "mlp"]
     assert model_nets("rmc1", 8) == ["user"] * 4 + ["item"] * 4
 

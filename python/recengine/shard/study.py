@@ -82,6 +82,9 @@ class StudyConfig:
         ray_address: an existing Ray cluster (None: a local one of ``ray_cpus`` CPUs).
         ray_cpus: CPUs of the local Ray instance (None: all).
         timeout_s: deadline of one distributed lookup.
+        repeats: rounds of the in-process queries (each strategy takes every query once a
+            round): the rows pool the rounds, and the summary gives the best strategy's
+            spread over them (Ray runs one round: its actors are the slow part).
     """
 
     model: str = "rmc1"
@@ -97,9 +100,12 @@ class StudyConfig:
     ray_address: Optional[str] = None
     ray_cpus: Optional[int] = None
     timeout_s: float = 30.0
+    repeats: int = 3
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
+        if not 1 <= self.repeats <= 100:
+            raise ValueError(f"repeats must be in [1, 100], got {self.repeats}")
         if not 1 <= self.shards <= MAX_SHARDS:
             raise ValueError(f"shards must be in [1, {MAX_SHARDS}] (each is a thread pool or a "
                              f"Ray actor process), got {self.shards}")
@@ -217,11 +223,14 @@ def iter_study(config: StudyConfig, status: Callable[[str], None] = lambda _m: N
     # Shard calls depend on the plan and the queries only: routed once per strategy.
     calls_of: dict[str, tuple[float, float]] = {}
 
-    def row(strategy: str, backend: str, times: list[float], cpu: float) -> dict[str, Any]:
+    def row(strategy: str, backend: str, rounds: list[tuple[list[float], float]]) -> dict[str, Any]:
         p = plans[strategy]
+        times = [t for ts, _ in rounds for t in ts]
+        cpu = sum(c for _, c in rounds)
         p50, p99 = _percentile(times, 50), _percentile(times, 99)
+        p99_rounds = [_percentile(ts, 99) for ts, _ in rounds]
         if backend == "inprocess" and strategy == "singular":
-            base.update(p99=p99, cpu=cpu)
+            base.update(p99=p99, cpu=cpu, rounds=p99_rounds)  # type: ignore[arg-type]
         if strategy not in calls_of:
             calls_of[strategy] = _shard_calls(p, queries[config.warmup:])
         calls, per_call = calls_of[strategy]
@@ -237,6 +246,10 @@ def iter_study(config: StudyConfig, status: Callable[[str], None] = lambda _m: N
             "p99_ms": p99 * 1e3,
             "mean_ms": statistics.fmean(times) * 1e3,
             "p99_overhead": p99 / base["p99"] if base else math.nan,
+            # Each round's p99, and over singular's p99 of the same round (in process).
+            "p99_ms_rounds": [x * 1e3 for x in p99_rounds],
+            "p99_overhead_rounds": [x / b for x, b in zip(p99_rounds, base["rounds"])]
+            if backend == "inprocess" and base else [],
             "compute_overhead": cpu / base["cpu"] if base and base["cpu"] > 0 else math.nan,
             "cpu_s": cpu,
             "shard_calls_per_query": calls,
@@ -253,9 +266,12 @@ def iter_study(config: StudyConfig, status: Callable[[str], None] = lambda _m: N
                 # Every strategy query by query: the comparison sees the same machine.
                 status(f"inprocess: {', '.join(strategies)}, query by query")
                 embs = [ShardedEmbedding(plans[s], tables) for s in strategies]
-                for strategy, (times, cpu) in zip(strategies,
-                                                  _serve(embs, queries, config.warmup, tick)):
-                    yield row(strategy, backend, times, cpu)
+                # The warm-up queries run before the first round only.
+                rounds = [_serve(embs, queries if r == 0 else queries[config.warmup:],
+                                 config.warmup if r == 0 else 0, tick)
+                          for r in range(config.repeats)]
+                for k, strategy in enumerate(strategies):
+                    yield row(strategy, backend, [r[k] for r in rounds])
                 continue
             if tmp is None:
                 tmp = tempfile.TemporaryDirectory(prefix="recengine-shard-")
@@ -271,7 +287,8 @@ def iter_study(config: StudyConfig, status: Callable[[str], None] = lambda _m: N
                     before = remote.cpu_seconds()
                     ((times, cpu),) = _serve([remote], queries, config.warmup, tick)
                     after = remote.cpu_seconds()
-                yield row(strategy, backend, times, cpu + sum(after[s] - before[s] for s in after))
+                yield row(strategy, backend,
+                          [(times, cpu + sum(after[s] - before[s] for s in after))])
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -288,7 +305,9 @@ def run_study(config: StudyConfig) -> list[dict[str, Any]]:
 
 
 def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The best sharded strategy per backend (lowest p99) and its overheads."""
+    """The best sharded strategy per backend (lowest p99 over all rounds) and its overheads;
+    in process also its p99 overhead's range over the rounds and how many rounds each
+    strategy was the best in (one round is noise on a shared machine)."""
     out: dict[str, Any] = {}
     for backend in BACKENDS:
         mine = [r for r in rows if r["backend"] == backend and r["strategy"] != "singular"]
@@ -296,6 +315,14 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             best = min(mine, key=lambda r: r["p99_ms"])
             out[backend] = {"best": best["strategy"], "p99_overhead": best["p99_overhead"],
                             "compute_overhead": best["compute_overhead"]}
+            spread = best.get("p99_overhead_rounds") or []
+            if spread:
+                n = len(spread)
+                wins = [min(mine, key=lambda r: r["p99_ms_rounds"][k])["strategy"]
+                        for k in range(n)]
+                out[backend].update(p99_overhead_range=[min(spread), max(spread)], rounds=n,
+                                    wins={r["strategy"]: wins.count(r["strategy"])
+                                          for r in mine})
     return out
 
 

@@ -44,6 +44,8 @@ class ShardStudy(Study):
                                 "one)"),
         Option("--ray-cpus", "CPUs of the local Ray instance (default: all)",
                parse=a.positive_int),
+        Option("--repeats", "rounds of the in-process queries; the best strategy comes with its "
+                            "spread over them (default: 3)", parse=a.int_in(1, 100)),
         Option("--plans", "also print each strategy's plan", switch=True),
     )
     quick: ClassVar[Mapping[str, Any]] = {
@@ -65,7 +67,9 @@ class ShardStudy(Study):
         return super().configure(values, note)
 
     def total(self, config: Any) -> int:
-        return len(config.backends) * len({"singular", *config.strategies}) * config.queries
+        runs = len({"singular", *config.strategies})
+        rounds = config.repeats if "inprocess" in config.backends else 0
+        return runs * config.queries * (rounds + ("ray" in config.backends))
 
     def ticks(self) -> bool:
         return True
@@ -83,9 +87,16 @@ class ShardStudy(Study):
                               "p99 overhead", "compute overhead", "calls/query",
                               "lookups/call", "max shard MiB", "predicted ms", "splits"],
                       body, left=2, sections=sections)
-        lines = [f"best {backend}: {best['best']}, p99 {best['p99_overhead']:.3f}x singular "
-                 f"in process, compute {best['compute_overhead']:.2f}x"
-                 for backend, best in summary.items()]
+        lines = []
+        for backend, best in summary.items():
+            spread = ""
+            if "p99_overhead_range" in best:
+                low, high = best["p99_overhead_range"]
+                spread = (f" ({low:.3f}-{high:.3f}x over {best['rounds']} rounds, the best in "
+                          f"{best['wins'][best['best']]} of them)")
+            lines.append(f"best {backend}: {best['best']}, p99 {best['p99_overhead']:.3f}x "
+                         f"singular in process{spread}, compute "
+                         f"{best['compute_overhead']:.2f}x")
         if self.show_plans:
             from ..shard.study import study_plans
             lines += [p.describe(config.batch) for p in study_plans(config).values()]
