@@ -602,3 +602,21 @@ def test_serve_rejects_bad_options(args: list[str], match: str, capsys) -> None:
         code = e.code
     assert code != 0
     assert match in capsys.readouterr().err
+
+
+def test_repeats_report_the_median_repeat_and_every_gain() -> None:
+    """With repeats, a row is the repeat of the median gain and keeps every repeat's gains;
+    the summary gives each repeat's mean gain (their spread is the run-to-run noise)."""
+    from recengine.serving.study import _median_repeat, summarize_study
+
+    def run(gain: float, model: str) -> dict:
+        return {"model": model, "cores": 4, "improvement": gain, "gain_over_whole": 1.0,
+                "static_qps": 100.0, "deeprecsched_qps": 100.0 * gain, "tried": []}
+
+    a = _median_repeat([run(2.0, "ncf"), run(5.0, "ncf"), run(1.5, "ncf")])
+    assert a["improvement"] == 2.0 and a["improvement_repeats"] == [2.0, 5.0, 1.5]
+    assert a["deeprecsched_qps_repeats"] == [200.0, 500.0, 150.0]
+    b = _median_repeat([run(1.0, "wnd"), run(1.2, "wnd"), run(1.1, "wnd")])
+    summary = summarize_study([a, b])
+    assert summary["mean_improvement"] == pytest.approx((2.0 + 1.1) / 2)
+    assert summary["mean_improvement_repeats"] == pytest.approx([1.5, 3.1, 1.3])

@@ -108,6 +108,7 @@ class ServeConfig:
     queries: int = 0
     rel_tol: float = 0.0
     seed: int = 0
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         self.models = [resolve_model(m) for m in self.models]
@@ -168,6 +169,8 @@ class ServeConfig:
             self.queries = 2000 if self.simulate else 300
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be non-negative, got {self.patience}")
+        if not 1 <= self.repeats <= 100:
+            raise ValueError(f"repeats must be in [1, 100], got {self.repeats}")
         if self.rel_tol <= 0:
             self.rel_tol = 0.02 if self.simulate else 0.05
 
@@ -204,21 +207,28 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
         model = build(name, scale=config.scale, seed=config.seed)
         acc_curve = _accelerator_curve(config, name)
         if config.simulate:
-            status(f"{name}: profiling {config.profile_workers} worker(s)")
-            with Server(model, workers=config.profile_workers, seed=config.seed,
-                        distribution=config.distribution, processes=config.processes) as one:
-                items = _typical_items(config)
-                profiled: Cpu = (
-                    one.profile(load=config.profile_loads[0], query_items=items)
-                    if len(config.profile_loads) == 1 else
-                    one.profile_loads(config.profile_loads, query_items=items))
+            # Each repeat profiles again: the profile is where a simulated run's noise is.
+            found: dict[int, list[dict[str, Any]]] = {c: [] for c in config.cores}
+            for r in range(config.repeats):
+                again = f" (repeat {r + 1} of {config.repeats})" if config.repeats > 1 else ""
+                status(f"{name}: profiling {config.profile_workers} worker(s){again}")
+                with Server(model, workers=config.profile_workers, seed=config.seed,
+                            distribution=config.distribution,
+                            processes=config.processes) as one:
+                    items = _typical_items(config)
+                    profiled: Cpu = (
+                        one.profile(load=config.profile_loads[0], query_items=items)
+                        if len(config.profile_loads) == 1 else
+                        one.profile_loads(config.profile_loads, query_items=items))
+                for cores in config.cores:
+                    backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
+                                              config.queries, config.seed, config.process,
+                                              span_s=SPAN_TARGETS * target / 1e3,
+                                              spread=config.service_times == "profiled")
+                    found[cores].append(_search(config, name, cores, "simulated", backend,
+                                                profiled, target, status, tick))
             for cores in config.cores:
-                backend = SimulatedServer(profiled, cores, acc_curve, config.sizes,
-                                          config.queries, config.seed, config.process,
-                                          span_s=SPAN_TARGETS * target / 1e3,
-                                          spread=config.service_times == "profiled")
-                yield _search(config, name, cores, "simulated", backend, profiled, target,
-                              status, tick)
+                yield _median_repeat(found[cores])
             continue
         for cores in config.cores:
             accel = None
@@ -226,17 +236,32 @@ def iter_study(config: ServeConfig, status: Callable[[str], None] = lambda m: No
                 accel = Accelerator.cuda(model)
             elif acc_curve is not None:
                 accel = Accelerator.modeled(acc_curve)
-            if config.processes:
-                status(f"{name}: starting {cores} worker processes")
-            with Server(model, workers=cores, accelerator=accel, seed=config.seed,
-                        distribution=config.distribution, processes=config.processes) as server:
-                status(f"{name}: profiling {cores} workers")
-                curve = server.profile(query_items=_typical_items(config))
-                real = RealServer(server, config.sizes, config.queries, config.seed,
-                                  config.process, span_s=SPAN_TARGETS * target / 1e3,
-                                  curve=curve, confirm=config.confirm)
-                row = _search(config, name, cores, "real", real, curve, target, status, tick)
-            yield row
+            repeats = []
+            for _ in range(config.repeats):
+                if config.processes:
+                    status(f"{name}: starting {cores} worker processes")
+                with Server(model, workers=cores, accelerator=accel, seed=config.seed,
+                            distribution=config.distribution,
+                            processes=config.processes) as server:
+                    status(f"{name}: profiling {cores} workers")
+                    curve = server.profile(query_items=_typical_items(config))
+                    real = RealServer(server, config.sizes, config.queries, config.seed,
+                                      config.process, span_s=SPAN_TARGETS * target / 1e3,
+                                      curve=curve, confirm=config.confirm)
+                    repeats.append(_search(config, name, cores, "real", real, curve, target,
+                                           status, tick))
+            yield _median_repeat(repeats)
+
+
+def _median_repeat(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat of the median gain over the static baseline, with every repeat's gains
+    (``improvement_repeats``, ``gain_over_whole_repeats``) and QPS (``static_qps_repeats``,
+    ``deeprecsched_qps_repeats``), so that one noisy run is seen as such."""
+    order = sorted(range(len(rows)), key=lambda k: rows[k]["improvement"] or 0.0)
+    row = dict(rows[order[(len(rows) - 1) // 2]])
+    for key in ("improvement", "gain_over_whole", "static_qps", "deeprecsched_qps"):
+        row[f"{key}_repeats"] = [r[key] for r in rows]
+    return row
 
 
 def _typical_items(config: ServeConfig) -> int:
@@ -322,7 +347,15 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     over_whole = [r["gain_over_whole"] for r in rows if r["gain_over_whole"]]
     cores = list(dict.fromkeys(r["cores"] for r in rows))
     sweep = {c: static_sweep([r for r in rows if r["cores"] == c]) for c in cores}
+    # The mean gain of each repeat (over the runs that have one): its spread is the noise.
+    repeats = max((len(r.get("improvement_repeats") or ()) for r in rows), default=0)
+    per_repeat = []
+    for k in range(repeats):
+        gains = [r["improvement_repeats"][k] for r in rows
+                 if len(r.get("improvement_repeats") or ()) > k and r["improvement_repeats"][k]]
+        per_repeat.append(sum(gains) / len(gains) if gains else None)
     return {"mean_improvement": sum(ratios) / len(ratios) if ratios else None,
+            "mean_improvement_repeats": per_repeat,
             "mean_gain_over_whole": sum(over_whole) / len(over_whole) if over_whole else None,
             "gain_over_one_static_batch": {str(c): {str(b): g for b, g in sw.items()}
                                            for c, sw in sweep.items()}}

@@ -96,6 +96,10 @@ class ServeStudy(Study):
         Option("--queries", "queries per run at least (default: 2000 simulated, 300 real)",
                parse=a.int_in(0, 10**7)),
         Option("--seed", "seed of weights and workload", parse=a.seed),
+        Option("--repeats", "profile and search this many times per model and core count, "
+                            "report the repeat of the median gain and the spread of the gains "
+                            "(each profile carries the machine's noise; default: 1)",
+               parse=a.int_in(1, 100)),
     )
     quick: ClassVar[Mapping[str, Any]] = {
         "simulate": True, "models": ["ncf"], "cores": [4], "scale": 0.01,
@@ -126,7 +130,7 @@ class ServeStudy(Study):
         from ..sched import THRESHOLDS
         tries = len(config.batch_sizes) + 1 + (
             len(THRESHOLDS) + 1 if config.accelerator != "none" else 0)
-        return len(config.models) * len(config.cores) * tries
+        return len(config.models) * len(config.cores) * tries * config.repeats
 
     def ticks(self) -> bool:
         return True
@@ -161,11 +165,14 @@ class ServeStudy(Study):
         lines = []
         ratios = [r["improvement"] for r in rows if r["improvement"]]
         over_whole = [r for r in rows if r["gain_over_whole"]]
-        if len(ratios) > 1:
+        spread = [g for g in summary.get("mean_improvement_repeats") or () if g]
+        if len(ratios) > 1 or len(spread) > 1:
             whole = (f"; {summary['mean_gain_over_whole']:.2f}x over whole queries "
                      f"({len(over_whole)} runs)" if over_whole else "")
+            noise = (f" (each the median of {len(spread)} repeats; one repeat's mean ranges "
+                     f"{min(spread):.2f}-{max(spread):.2f}x)" if len(spread) > 1 else "")
             lines.append(f"mean gain over static {summary['mean_improvement']:.2f}x over "
-                         f"{len(ratios)} runs{whole}")
+                         f"{len(ratios)} runs{noise}{whole}")
         if len(config.models) > 1:
             lines.append("mean gain over one static batch size for every model (-: that size "
                          "meets no rate for some model):")
