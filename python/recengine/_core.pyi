@@ -6,7 +6,7 @@ Every long call releases the GIL. Errors map to Python exceptions in one place
 unsupported dtypes TypeError, file problems OSError.
 """
 
-from typing import Any, Optional, Sequence, final
+from typing import Any, Optional, Sequence, TypedDict, final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,57 @@ __all__ = [
 ]
 
 __version__: str
+
+class _CacheStats(TypedDict):
+    """A cache's counters (``BlobCache.stats``, ``CacheDirectory.stats``, ``simulate_cache``)."""
+
+    hits: int
+    misses: int
+    evictions: int
+    bytes_copied: int
+    copy_seconds: float
+    batches: int
+    miss_rate: float
+
+class _ChannelStats(TypedDict):
+    """One DDR4 channel's counters (``dram_run``); ``finish`` in cycles."""
+
+    reads: int
+    activates: int
+    precharges: int
+    row_hits: int
+    finish: int
+
+class _NmpReport(TypedDict, total=False):
+    """What ``nmp_emulate`` measured (``commands`` only with ``trace``)."""
+
+    lookups: int
+    cycles: int
+    latency_ns: float
+    dram_reads: int
+    activates: int
+    precharges: int
+    row_hits: int
+    cache_hits: int
+    cache_accesses: int
+    channel_bytes: int
+    energy_pj: float
+    commands: list[NDArray[np.int64]]
+
+class _BuildInfo(TypedDict):
+    """How the extension was built and runs (``build_info``)."""
+
+    version: str
+    profile: str
+    simd: str
+    simd_available: list[str]
+    threads: int
+    pool: str
+    pool_mode: str
+    pool_library: Optional[str]
+    target: str
+    serial_work_bytes: int
+    prefetch_distance: int
 
 class RecengineError(Exception):
     """Every error recengine's core raises; each is also the builtin a caller expects."""
@@ -234,7 +285,7 @@ class BlobCache:
     def release(self, ids: NDArray[np.integer]) -> None: ...
     def arena(self) -> NDArray[np.uint8]:
         """The slots, read-only ``[slots, blob_bytes]`` over the cache's memory."""
-    def stats(self) -> dict[str, float]: ...
+    def stats(self) -> _CacheStats: ...
     def contents(self) -> list[Optional[int]]: ...
     def pins(self) -> list[int]: ...
     def set_future(self, trace: Sequence[Sequence[int]]) -> None: ...
@@ -248,12 +299,12 @@ class CacheDirectory:
         """Each id's slot, and the ``(id, slot)`` misses to copy."""
     def loaded(self, fills: Sequence[tuple[int, int]]) -> None: ...
     def release(self, ids: NDArray[np.integer]) -> None: ...
-    def stats(self) -> dict[str, float]: ...
+    def stats(self) -> _CacheStats: ...
     def contents(self) -> list[Optional[int]]: ...
     def set_future(self, trace: Sequence[Sequence[int]]) -> None: ...
 
 def dram_run(addrs: NDArray[np.integer], config: Optional[dict[str, float]] = None,
-             trace: bool = False) -> tuple[list[dict[str, int]], list[NDArray[np.int64]]]:
+             trace: bool = False) -> tuple[list[_ChannelStats], list[NDArray[np.int64]]]:
     """Emulate the DDR4 host controllers serving 64-byte line reads: per-channel counters and,
     with ``trace``, each channel's ``[n, 6]`` command trace."""
 
@@ -263,13 +314,13 @@ def dram_validate(trace: NDArray[np.int64], config: Optional[dict[str, float]] =
 def nmp_emulate(table_rows: Sequence[int], models: NDArray[np.int64], tables: NDArray[np.int64],
                 rows: NDArray[np.int64], bags: NDArray[np.int64],
                 config: Optional[dict[str, float]] = None,
-                trace: bool = False) -> dict[str, Any]:
+                trace: bool = False) -> _NmpReport:
     """Emulate SLS lookups on the host or on RecNMP: cycles, latency_ns, DRAM commands, cache
     hits and accesses, channel bytes, energy_pj; with ``trace``, ``commands``: the DRAM
     command streams (``[n, 6]`` each), one per channel (host) or per rank (NMP)."""
 
 def simulate_cache(policy: str, slots: int, num_ids: int,
-                   trace: Sequence[Sequence[int]]) -> dict[str, float]:
+                   trace: Sequence[Sequence[int]]) -> _CacheStats:
     """Replay a trace of batches through a cache without data."""
 
 @final
@@ -354,7 +405,7 @@ def available_simd_levels() -> list[str]: ...
 def set_simd_level(level: Optional[str] = ...) -> None:
     """Force a SIMD level (``"avx512"``, ``"avx2"``, ``"scalar"``) or None for the best one."""
 
-def build_info() -> dict[str, object]: ...
+def build_info() -> _BuildInfo: ...
 def gather_probe(table: Table, indices: NDArray[np.int64], repeats: int = ...) -> float:
     """Best seconds over ``repeats`` passes of a plain gather (read every byte) of the rows."""
 
