@@ -419,6 +419,41 @@ pub fn plans(n: usize, lookups: usize, make: impl Fn(usize) -> Result<Plan> + Sy
         .collect())
 }
 
+/// One table of a keyed backward ([`keyed_plans`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedTable {
+    pub rows: usize,
+    pub dim: usize,
+    pub mode: Mode,
+    /// The dtype the gradient is accumulated in (torch's arithmetic for half tables).
+    pub accumulate: DType,
+    /// A dense gradient (a sorted plan, added into a buffer) or a sparse one (lookup order).
+    pub dense: bool,
+}
+
+/// The plans of a keyed backward (TorchRec's layout, see [`crate::keyed`]): block `j` pooled
+/// key `blocks[j].1` through table `blocks[j].0`; built in parallel.
+pub fn keyed_plans<I: Index>(
+    tables: &[KeyedTable],
+    blocks: &[(usize, usize)],
+    layout: &crate::keyed::KeyedLayout,
+    values: &[I],
+    weights: Option<&[f32]>,
+) -> Result<Vec<Plan>> {
+    plans(blocks.len(), values.len(), |j| {
+        let (ti, key) = blocks[j];
+        let t = tables[ti];
+        let ids = layout.ids(key);
+        let w = weights.map(|w| &w[ids.clone()]);
+        let offsets = &layout.offsets[j];
+        if t.dense {
+            Plan::new_as(t.rows, t.dim, &values[ids], offsets, w, t.mode, None, t.accumulate)
+        } else {
+            Plan::unsorted(t.rows, t.dim, &values[ids], offsets, w, t.mode, None)?.accumulate_as(t.accumulate)
+        }
+    })
+}
+
 /// Gather several sparse gradients, in parallel (one block per work item, each free to split
 /// further across idle threads) when there is enough work to wake threads for.
 pub fn gather_all(jobs: Vec<(&Plan, Grad<'_>, &mut [f32])>) -> Result<()> {

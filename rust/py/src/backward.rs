@@ -49,13 +49,12 @@ pub(crate) fn pool_keyed_backward<'py>(
     }
     let g = g.try_readonly()?;
     let gs = g.as_slice().expect("checked contiguous");
-    let modes: Vec<Mode> = modes.iter().map(|m| m.0).collect();
     let values = ints_1d(values, "values")?;
     let lengths = ints_1d(lengths, "lengths")?;
     let n = values.slice().len();
     let weights = keyed_weights(weights, n)?;
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
-    let (starts, offs) = keyed_layout(&slots, n, &lengths, batch)?;
+    let layout = keyed_layout(&slots, n, &lengths, batch)?;
     let mut dense = Vec::with_capacity(t);
     for (i, o) in outs.iter().enumerate() {
         dense.push(match o {
@@ -83,20 +82,14 @@ pub(crate) fn pool_keyed_backward<'py>(
         col += dims[ti];
     }
     let sorted: Vec<bool> = tables.iter().map(|&ti| dense[ti].is_some()).collect();
-    let plans = detach(py, || {
-            backward::plans(tables.len(), n, |j| {
-                let (ti, ids) = (tables[j], starts[slots[j]]..starts[slots[j] + 1]);
-                let w = w_all.map(|w| &w[ids.clone()]);
-                let (rows, dim, mode) = (num_rows[ti], dims[ti], modes[ti]);
-                let acc = accumulate[ti];
-                match (idx, sorted[j]) {
-                    (IntSlice::I32(v), true) => Plan::new_as(rows, dim, &v[ids], &offs[j], w, mode, None, acc),
-                    (IntSlice::I64(v), true) => Plan::new_as(rows, dim, &v[ids], &offs[j], w, mode, None, acc),
-                    (IntSlice::I32(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None)?.accumulate_as(acc),
-                    (IntSlice::I64(v), false) => Plan::unsorted(rows, dim, &v[ids], &offs[j], w, mode, None)?.accumulate_as(acc),
-                }
-            })
-        })?;
+    let specs: Vec<backward::KeyedTable> = (0..t)
+        .map(|i| backward::KeyedTable { rows: num_rows[i], dim: dims[i], mode: modes[i].0, accumulate: accumulate[i], dense: dense[i].is_some() })
+        .collect();
+    let blocks: Vec<(usize, usize)> = tables.iter().copied().zip(slots.iter().copied()).collect();
+    let plans = detach(py, || match idx {
+        IntSlice::I32(v) => backward::keyed_plans(&specs, &blocks, &layout, v, w_all),
+        IntSlice::I64(v) => backward::keyed_plans(&specs, &blocks, &layout, v, w_all),
+    })?;
     let view = |j: usize| Grad { data: gs, stride, col: cols[j] };
     // Dense blocks one after another (blocks of one table add into one buffer).
     for (j, plan) in plans.iter().enumerate() {

@@ -16,13 +16,12 @@ pub(crate) fn keyed_weights<'py>(weights: Option<&Bound<'py, PyAny>>, n: usize) 
 /// Where each key's ids start in the flat `values` (`num_keys + 1` entries) and each slot's
 /// bag boundaries, from TorchRec-style `lengths` `[num_keys * batch]` (checked by the core).
 #[allow(clippy::type_complexity)]
-pub(crate) fn keyed_layout(slots: &[usize], n: usize, lengths: &Ints<'_>, batch: usize) -> PyResult<(Vec<usize>, Vec<Vec<usize>>)> {
-    let layout = match lengths.slice() {
+pub(crate) fn keyed_layout(slots: &[usize], n: usize, lengths: &Ints<'_>, batch: usize) -> PyResult<KeyedLayout> {
+    match lengths.slice() {
         IntSlice::I32(l) => KeyedLayout::new(slots, n, l, batch),
         IntSlice::I64(l) => KeyedLayout::new(slots, n, l, batch),
     }
-    .py_err()?;
-    Ok((layout.starts, layout.offsets))
+    .py_err()
 }
 
 /// Pool keyed jagged ids (TorchRec's layout) for one batch in one call.
@@ -48,7 +47,7 @@ pub(crate) fn pool_keyed_views<'py>(
     let n = values.slice().len();
     let weights = keyed_weights(weights, n)?;
     let w_all = weights.as_ref().map(|w| w.as_slice().expect("checked contiguous"));
-    let (starts, offs) = keyed_layout(slots, n, &lengths, batch)?;
+    let KeyedLayout { starts, offsets: offs } = keyed_layout(slots, n, &lengths, batch)?;
     let block_views: Vec<TableView<'_>> = tables.iter().map(|&i| views[i]).collect();
     let bmodes: Vec<Mode> = tables.iter().map(|&i| modes[i]).collect();
     let ws: Vec<Option<&[f32]>> = slots.iter().map(|&k| w_all.map(|w| &w[starts[k]..starts[k + 1]])).collect();
