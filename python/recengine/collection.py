@@ -1,4 +1,10 @@
-"""``EmbeddingCollection``: many tables pooled for one batch in a single core call."""
+"""``EmbeddingCollection``: many tables pooled for one batch in a single core call.
+
+The numpy layer's collection (positional per-table arrays in, one ``[B, sum(dims)]`` array
+out). Its torch counterpart, with TorchRec's keyed jagged input, is
+:class:`recengine.nn.EmbeddingBagCollection` (``recengine/nn/collection.py``): the two
+modules pair as ``recengine`` and ``recengine.nn`` do.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Function forms of the pooling kernels on plain numpy arrays."""
+"""Function forms of the pooling kernels on plain numpy arrays.
+
+The numpy layer's functions; ``recengine.nn.functional`` holds their torch forms (torch's
+signatures and autograd), as ``torch.nn.functional`` does for torch.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``recengine.nn.functional.embedding_bag``: torch's functional signature on the Rust core."""
+"""``recengine.nn.functional.embedding_bag``: torch's functional signature on the Rust core.
+
+The torch form of :func:`recengine.embedding_bag` (``recengine/functional.py``, the numpy
+layer's functions): tensors in and out, autograd, torch's argument rules.
+"""
 
 from __future__ import annotations
 

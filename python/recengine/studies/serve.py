@@ -184,6 +184,9 @@ class ServeStudy(Study):
             lines.append(f"the static baseline meets the target at no rate in {len(unserved)} "
                          f"run(s) ({', '.join(sorted({r['model'] for r in unserved}))}); "
                          f"DeepRecSched serves them")
+        if config.simulate and config.repeats == 1:
+            lines.append("one profile per model: its noise is in these gains (--repeats 3 "
+                         "gives their spread over profiles)")
         return Report(header=header, tables=[table], lines=lines)
 
 
