@@ -164,7 +164,7 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     rows = [[str(key), str(value)] for key, value in info.items()]
     output.print_report(studies.Report(tables=[studies.Table(
-        f"recengine {recengine.__version__}", ["key", "value"], rows)]))
+        f"recengine {recengine.__version__}", ["key", "value"], rows, left=2)]))
     return 0
 
 
