@@ -121,3 +121,17 @@ def test_the_settings_and_defaults_are_the_cores() -> None:
         _core.dram_run(np.arange(0, 640, 64), {"voltage": 1.2})
     with pytest.raises(ValueError, match="non-negative integer"):
         _core.dram_run(np.arange(0, 640, 64), {"channels": 1.5})
+
+
+@pytest.mark.parametrize("field, value, match", [
+    (0, -1, "negative field"), (5, -3, "negative field"), (2, -1, "negative field"),
+    (1, 7, "unknown command kind 7"),
+])
+def test_a_trace_row_with_a_bad_field_is_refused(field: int, value: int, match: str) -> None:
+    """Every field of a trace row is checked: a negative cycle, row, rank or bank, or an
+    unknown command code, raises instead of wrapping around."""
+    r = run(np.arange(0, 64 * 8, 64), DramConfig(channels=1), trace=True)
+    trace = r.traces[0].copy()
+    trace[0, field] = value
+    with pytest.raises(ValueError, match=match):
+        validate(trace, DramConfig(channels=1))
