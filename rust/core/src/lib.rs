@@ -11,6 +11,7 @@ compile_error!("recengine stores rows little-endian and supports little-endian t
 pub mod backward;
 pub mod cache;
 pub mod dram;
+pub mod dram_fast;
 pub mod dtype;
 pub mod error;
 pub mod kernel;
