@@ -557,6 +557,11 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
 /// (byte addresses of 64-byte lines, in arrival order): one [`ChannelStats`] per channel,
 /// with each channel's command trace when `traces` is set.
 pub fn run(cfg: &Config, addrs: &[u64], traces: bool) -> Result<(Vec<ChannelStats>, Vec<Vec<Command>>)> {
+    run_timed(cfg, addrs, traces, false)
+}
+
+/// [`run`] with the command model, or with `fast` the fast mode ([`crate::dram_fast`]).
+pub fn run_timed(cfg: &Config, addrs: &[u64], traces: bool, fast: bool) -> Result<(Vec<ChannelStats>, Vec<Vec<Command>>)> {
     cfg.check()?;
     let mut per: Vec<Vec<Location>> = vec![Vec::new(); cfg.channels];
     for &a in addrs {
@@ -567,7 +572,11 @@ pub fn run(cfg: &Config, addrs: &[u64], traces: bool) -> Result<(Vec<ChannelStat
     let out: Vec<Slot> = (0..cfg.channels).map(|_| std::sync::Mutex::new(None)).collect();
     parallel::for_each_index(cfg.channels, usize::MAX, &|c| {
         let mut trace = Vec::new();
-        let stats = run_channel(cfg, &per[c], traces.then_some(&mut trace));
+        let stats = if fast {
+            crate::dram_fast::run_channel_fast(cfg, &per[c], traces.then_some(&mut trace))
+        } else {
+            run_channel(cfg, &per[c], traces.then_some(&mut trace))
+        };
         *out[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, trace));
         Ok(())
     })?;

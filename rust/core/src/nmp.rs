@@ -83,13 +83,15 @@ pub struct NmpConfig {
     pub table_aware: bool,
     /// Cycles of a RankCache hit.
     pub cache_hit_cycles: u64,
+    /// Time the DRAM with the fast mode ([`crate::dram_fast`]) instead of the command model.
+    pub fast: bool,
     pub energy: Energy,
 }
 
 crate::settings::settings!(NmpConfig, "NMP", [
     nmp => nmp, vector_bytes => vector_bytes, instr_per_packet => instr_per_packet,
     cache_bytes => cache_bytes, cache_ways => cache_ways, hot_threshold => hot_threshold,
-    table_aware => table_aware, cache_hit_cycles => cache_hit_cycles, act_pj => energy.act_pj,
+    table_aware => table_aware, cache_hit_cycles => cache_hit_cycles, fast => fast, act_pj => energy.act_pj,
     rd_pj => energy.rd_pj, pre_pj => energy.pre_pj, io_pj_per_bit => energy.io_pj_per_bit,
     background_mw_per_rank => energy.background_mw_per_rank, nmp_add_pj => energy.nmp_add_pj,
     cache_read_pj => energy.cache_read_pj, cache_write_pj => energy.cache_write_pj,
@@ -107,6 +109,7 @@ impl Default for NmpConfig {
             hot_threshold: 2,
             table_aware: true,
             cache_hit_cycles: 2,
+            fast: false,
             energy: Energy::default(),
         }
     }
@@ -258,7 +261,7 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
                 (0..lines).map(move |k| a + k * line)
             })
             .collect();
-        let (stats, cmds) = dram::run(&cfg.dram, &addrs, traces)?;
+        let (stats, cmds) = dram::run_timed(&cfg.dram, &addrs, traces, cfg.fast)?;
         commands = cmds;
         for s in &stats {
             report.dram_reads += s.reads;
@@ -327,7 +330,11 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
                 }
             }
             let mut trace = Vec::new();
-            let mut stats = dram::run_channel(&rank_cfg, &reqs, traces.then_some(&mut trace));
+            let mut stats = if cfg.fast {
+                crate::dram_fast::run_channel_fast(&rank_cfg, &reqs, traces.then_some(&mut trace))
+            } else {
+                dram::run_channel(&rank_cfg, &reqs, traces.then_some(&mut trace))
+            };
             stats.finish += hits * cfg.cache_hit_cycles;
             *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, hits, accesses, trace));
             Ok(())
@@ -415,5 +422,37 @@ mod tests {
         assert_eq!(reads, rep.dram_reads);
         assert_eq!(rep.dram_reads, (rep.cache_accesses - rep.cache_hits) * 2);
         assert_eq!(emulate(&cfg, &rows, &tr).unwrap(), rep);
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_mode_tracks_the_command_model_on_rank_streams() {
+        // Zipf-like rows: a few hot, many cold, over 8 tables.
+        let mut x = 99u64;
+        let lookups: Vec<Lookup> = (0..6000u64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let row = if x.is_multiple_of(3) { x % 64 } else { x % 200_000 };
+                Lookup { model: 0, table: (i % 8) as u32, row, bag: i / 40 }
+            })
+            .collect();
+        let tables = vec![200_000u64; 8];
+        for ranks in [1usize, 2, 4] {
+            let dram = Config { dimms_per_channel: ranks.div_ceil(2), ranks_per_dimm: ranks.min(2), ..Config::default() };
+            let exact = NmpConfig { dram, ..NmpConfig::default() };
+            let fast = NmpConfig { fast: true, ..exact };
+            let (a, b) = (emulate(&exact, &tables, &lookups).unwrap(), emulate(&fast, &tables, &lookups).unwrap());
+            assert_eq!((a.cache_hits, a.dram_reads), (b.cache_hits, b.dram_reads), "{ranks} ranks");
+            let r = b.cycles as f64 / a.cycles as f64;
+            assert!((r - 1.0).abs() < 0.03, "{ranks} ranks: fast/command cycles {r:.3}");
+            let e = b.energy_pj / a.energy_pj;
+            assert!((e - 1.0).abs() < 0.03, "{ranks} ranks: fast/command energy {e:.3}");
+        }
     }
 }
