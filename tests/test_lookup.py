@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import recengine
 from conftest import DIMS, assert_pooled_close, pooled_tolerance
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from recengine import EmbeddingTable
 from recengine.reference import (
@@ -473,3 +473,26 @@ def test_int4_matches_torch_quantized_embedding_bag(dim: int) -> None:
         False, 0, False, None, None, False).numpy()
     np.testing.assert_allclose(table.lookup(idx, offsets=offsets), expected, rtol=1e-5,
                                atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(("fp32", "fp16", "bf16", "int8", "int4")),
+       st.lists(st.integers(0, 6), min_size=1, max_size=12), st.integers(0, 2**31 - 1),
+       st.booleans())
+def test_a_bag_pools_to_the_same_bits_in_any_batch(dtype: str, lengths: list[int], seed: int,
+                                                   weighted: bool) -> None:
+    """A bag's result depends on its own rows only: pooled alone, or anywhere in a longer
+    call, it gives the same bits (the kernels' pairing of lookups once depended on where the
+    call ended)."""
+    rng = np.random.default_rng(seed)
+    table = recengine.EmbeddingTable.random(60, 6, dtype=dtype, seed=seed % 1000)
+    lens = np.array(lengths, dtype=np.int64)
+    idx = rng.integers(0, 60, int(lens.sum()))
+    w = rng.random(idx.size, dtype=np.float32) if weighted else None
+    whole = table.lookup(idx, lengths=lens, weights=w)
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    for b in range(lens.size):
+        lo, hi = bounds[b], bounds[b + 1]
+        alone = table.lookup(idx[lo:hi], lengths=lens[b:b + 1],
+                             weights=None if w is None else w[lo:hi])
+        np.testing.assert_array_equal(alone[0], whole[b])

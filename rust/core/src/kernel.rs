@@ -580,9 +580,15 @@ mod x86 {
                     // The sets are summed at the bag's end.
                     let mut odd = [S::zero(); NV];
                     let mut odd_bias = 0f32;
-                    while s + 2 <= e && s + 2 <= prefetch_until {
-                        prefetch.row(base, rb, (*idx_ahead.add(s)).to_u64() as usize);
-                        prefetch.row(base, rb, (*idx_ahead.add(s + 1)).to_u64() as usize);
+                    // The pairing depends on the bag alone (never on where the call ends), so
+                    // a bag pools to the same bits in any batch.
+                    while s + 2 <= e {
+                        if s + 2 <= prefetch_until {
+                            prefetch.row(base, rb, (*idx_ahead.add(s)).to_u64() as usize);
+                            prefetch.row(base, rb, (*idx_ahead.add(s + 1)).to_u64() as usize);
+                        } else if s < prefetch_until {
+                            prefetch.row(base, rb, (*idx_ahead.add(s)).to_u64() as usize);
+                        }
                         let (r0, r1) = ((*idx.add(s)).to_u64(), (*idx.add(s + 1)).to_u64());
                         if r0 >= nrows || r1 >= nrows || r0 == pad || r1 == pad {
                             break; // the loop below handles (and reports) these one at a time
