@@ -732,7 +732,7 @@ pub fn validate(cfg: &Config, trace: &[Command]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -748,7 +748,8 @@ mod tests {
         assert!(conflict.finish > same_row.finish);
     }
 
-    fn random_lines(n: usize, span: u64, seed: u64) -> Vec<u64> {
+    /// `n` random 64-byte-aligned addresses below `span` (xorshift from `seed`).
+    pub(crate) fn random_lines(n: usize, span: u64, seed: u64) -> Vec<u64> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

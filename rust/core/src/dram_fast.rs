@@ -291,19 +291,8 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dram::tests::random_lines;
     use crate::dram::{run_channel, validate};
-
-    fn random_lines(n: usize, span: u64, seed: u64) -> Vec<u64> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % span) & !63
-            })
-            .collect()
-    }
 
     #[test]
     fn fast_traces_meet_the_timing_and_track_the_command_model() {

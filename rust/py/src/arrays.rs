@@ -27,6 +27,27 @@ pub enum IntSlice<'a> {
     I64(&'a [i64]),
 }
 
+impl<'a> IntSlice<'a> {
+    /// An int64 copy of int32 indices; None for int64 ones, which are used as they are.
+    pub fn widened(self) -> Option<Vec<i64>> {
+        match self {
+            IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
+            IntSlice::I64(_) => None,
+        }
+    }
+
+    /// The indices as int64: these, or `widened`, their copy from [`IntSlice::widened`].
+    pub fn as_i64<'b>(self, widened: &'b Option<Vec<i64>>) -> &'b [i64]
+    where
+        'a: 'b,
+    {
+        match self {
+            IntSlice::I64(x) => x,
+            IntSlice::I32(_) => widened.as_deref().expect("int32 indices come with their widened copy"),
+        }
+    }
+}
+
 impl<'py> Ints<'py> {
     pub fn shape(&self) -> Vec<usize> {
         match self {

@@ -192,21 +192,8 @@ pub(crate) fn pool_requests<'py>(
         return pool_into_new(py, views, &s32, offs, &ws, modes, pads);
     }
     // Mixed or all int64: widen the int32 ones (a copy of those indices only).
-    let widened: Vec<Option<Vec<i64>>> = slices
-        .iter()
-        .map(|s| match s {
-            IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
-            IntSlice::I64(_) => None,
-        })
-        .collect();
-    let s64: Vec<&[i64]> = slices
-        .iter()
-        .zip(&widened)
-        .map(|(s, w)| match s {
-            IntSlice::I64(x) => x,
-            IntSlice::I32(_) => w.as_deref().expect("widened above"),
-        })
-        .collect();
+    let widened: Vec<Option<Vec<i64>>> = slices.iter().map(|s| s.widened()).collect();
+    let s64: Vec<&[i64]> = slices.iter().zip(&widened).map(|(s, w)| s.as_i64(w)).collect();
     pool_into_new(py, views, &s64, offs, &ws, modes, pads)
 }
 

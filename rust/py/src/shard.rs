@@ -54,13 +54,7 @@ impl<'py> Requests<'py> {
     ) -> PyResult<Requests<'py>> {
         let reqs = requests(t, indices, offsets, lengths, weights, include_last_offset)?;
         let offsets = reqs.iter().map(Request::offsets).collect::<recengine_core::Result<Vec<_>>>().py_err()?;
-        let widened = reqs
-            .iter()
-            .map(|r| match r.indices.slice() {
-                IntSlice::I32(x) => Some(x.iter().map(|&i| i64::from(i)).collect()),
-                IntSlice::I64(_) => None,
-            })
-            .collect();
+        let widened = reqs.iter().map(|r| r.indices.slice().widened()).collect();
         Ok(Requests { reqs, widened, offsets })
     }
 
@@ -70,10 +64,7 @@ impl<'py> Requests<'py> {
             .zip(&self.widened)
             .zip(&self.offsets)
             .map(|((r, w), o)| shard::Request {
-                indices: match (r.indices.slice(), w) {
-                    (IntSlice::I64(x), _) => x,
-                    (IntSlice::I32(_), w) => w.as_deref().expect("widened above"),
-                },
+                indices: r.indices.slice().as_i64(w),
                 offsets: o.clone(),
                 weights: r.weights(),
             })
