@@ -1,21 +1,94 @@
-"""How fast the RecNMP emulator runs: emulated lookups per second, per core.
+"""How fast the RecNMP emulator runs, and how close its fast DRAM timing is to the command model.
 
     python benches/nmp_speed.py                      # rmc1, batch 256, 1 and all threads
     python benches/nmp_speed.py --model rmc2 --batch 64 --threads 1,16 --repeat 5
+    python benches/nmp_speed.py --agreement          # also every row of `recengine nmp`
 
-Each case emulates one trace of ``--batch`` samples of the model's tables (``--table-mb`` MiB
-of tables, Zipf rows of exponent ``--zipf``) on the DDR4 host and on RecNMP with and without
-its RankCache, and prints the best of ``--repeat`` runs: lookups per second of wall time, and
-per core (divided by the thread count). Trace generation is not timed.
+Speed: each case emulates one trace of ``--batch`` samples of the model's tables (``--table-mb``
+MiB of tables, Zipf rows of exponent ``--zipf``) on the DDR4 host and on RecNMP with and
+without its RankCache (the paper's memory system, 4 DIMMs x 2 ranks a channel), with each DRAM
+timing model, and prints the best of ``--repeat`` runs: lookups per second of wall time and per
+core (divided by the thread count), and the fast mode's speedup over the command model. Trace
+generation is not timed.
+
+Agreement (``--agreement``): every row of the ``recengine nmp`` sweep (its default settings, on
+``--system``), host and RecNMP, emulated with both timings on one thread: fast / command for
+cycles and energy, whether the RankCache hits are identical, and each mode's time for the
+whole sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
+from typing import Any
 
 from recengine import get_num_threads, set_num_threads
 from recengine.nmp import NMPConfig, Trace, emulate
+
+
+def best_of(trace: Trace, cfg: NMPConfig, repeat: int) -> tuple[float, dict[str, Any]]:
+    best, raw = float("inf"), {}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        raw = emulate(trace, cfg).raw
+        best = min(best, time.perf_counter() - t0)
+    return best, raw
+
+
+def speed(args: argparse.Namespace) -> None:
+    trace = Trace.from_model(args.model, args.batch, "zipf", args.zipf, args.table_mb)
+    cases = {
+        "ddr4-baseline": NMPConfig.preset("ddr4-baseline"),
+        "recnmp, no RankCache": NMPConfig.preset("recnmp", cache_bytes=0),
+        "recnmp": NMPConfig.preset("recnmp"),
+    }
+    print(f"{args.model}, batch {args.batch}, {len(trace):,} lookups, zipf {args.zipf}")
+    print("| config | threads | command: M lookups/s per core | fast: M lookups/s per core "
+          "| fast / command speed | fast / command cycles |")
+    print("|---|---|---|---|---|---|")
+    for threads in sorted({int(t) for t in args.threads.split(",")}):
+        set_num_threads(threads)
+        for name, cfg in cases.items():
+            slow, exact = best_of(trace, replace(cfg, timing="command"), args.repeat)
+            quick, fast = best_of(trace, replace(cfg, timing="fast"), args.repeat)
+            rate = [len(trace) / t / 1e6 / threads for t in (slow, quick)]
+            print(f"| {name} | {threads} | {rate[0]:.2f} | {rate[1]:.2f} | {slow / quick:.2f}x "
+                  f"| {fast['cycles'] / exact['cycles']:.3f} |")
+
+
+def agreement(args: argparse.Namespace) -> None:
+    from recengine.nmp import study
+
+    set_num_threads(1)
+    config = study.NMPStudyConfig(system=args.system)
+    spent = {"command": 0.0, "fast": 0.0}
+    worst = {"cycles": 0.0, "energy": 0.0}
+    print(f"\nagreement on the `recengine nmp` sweep ({args.system}, one thread)")
+    print("| row | system | fast / command cycles | fast / command energy | same cache hits |")
+    print("|---|---|---|---|---|")
+    traces: dict[tuple[float, int], Trace] = {}
+    for sweep, params, nmp_cfg, zipf, models in study._cases(config):
+        trace = traces.setdefault((zipf, models), study._trace(config, zipf, models))
+        host = NMPConfig.preset("ddr4-baseline", vector_bytes=nmp_cfg.vector_bytes,
+                                dram=nmp_cfg.dram)
+        for label, cfg in (("host", host), ("RecNMP", nmp_cfg)):
+            raw = {}
+            for timing in ("command", "fast"):
+                t0 = time.perf_counter()
+                raw[timing] = emulate(trace, replace(cfg, timing=timing)).raw
+                spent[timing] += time.perf_counter() - t0
+            c = raw["fast"]["cycles"] / raw["command"]["cycles"]
+            e = raw["fast"]["energy_pj"] / raw["command"]["energy_pj"]
+            worst["cycles"] = max(worst["cycles"], abs(c - 1))
+            worst["energy"] = max(worst["energy"], abs(e - 1))
+            same = raw["fast"]["cache_hits"] == raw["command"]["cache_hits"]
+            row = f"{sweep} " + ",".join(f"{k}={v}" for k, v in params.items())
+            print(f"| {row} | {label} | {c:.3f} | {e:.3f} | {'yes' if same else 'NO'} |")
+    print(f"\nworst: cycles {worst['cycles']:.1%}, energy {worst['energy']:.1%} off the command "
+          f"model; whole sweep (host and RecNMP): command {spent['command']:.2f} s, fast "
+          f"{spent['fast']:.2f} s ({spent['command'] / spent['fast']:.2f}x)")
 
 
 def main() -> None:
@@ -26,29 +99,12 @@ def main() -> None:
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--threads", default=f"1,{get_num_threads()}")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--agreement", action="store_true")
+    p.add_argument("--system", default="recnmp", choices=("recnmp", "recnmp-2x2"))
     args = p.parse_args()
-    trace = Trace.from_model(args.model, args.batch, "zipf", args.zipf, args.table_mb)
-    cases = {
-        "ddr4-baseline": NMPConfig.preset("ddr4-baseline"),
-        "recnmp, no RankCache": NMPConfig.preset("recnmp", cache_bytes=0),
-        "recnmp": NMPConfig.preset("recnmp"),
-    }
-    print(f"{args.model}, batch {args.batch}, {len(trace):,} lookups, zipf {args.zipf}")
-    print("| config | threads | ms | M lookups/s | M lookups/s per core | DRAM commands per "
-          "lookup |")
-    print("|---|---|---|---|---|---|")
-    for threads in sorted({int(t) for t in args.threads.split(",")}):
-        set_num_threads(threads)
-        for name, cfg in cases.items():
-            best = float("inf")
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                r = emulate(trace, cfg).raw
-                best = min(best, time.perf_counter() - t0)
-            rate = len(trace) / best / 1e6
-            cmds = (r["dram_reads"] + r["activates"] + r["precharges"]) / len(trace)
-            print(f"| {name} | {threads} | {best * 1e3:.1f} | {rate:.2f} | {rate / threads:.2f} "
-                  f"| {cmds:.2f} |")
+    speed(args)
+    if args.agreement:
+        agreement(args)
 
 
 if __name__ == "__main__":

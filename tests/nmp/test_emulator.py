@@ -167,7 +167,7 @@ def test_every_rank_and_channel_command_stream_meets_the_timing(nmp: bool, cache
                                                                  ranks: int, seed: int) -> None:
     trace = Trace.synthetic([20_000, 3000], bags=6, pooling=15, zipf=0.8, seed=seed)
     dram = DramConfig(channels=2, ranks_per_dimm=ranks)
-    cfg = NMPConfig(nmp=nmp, dram=dram, cache_bytes=cache)
+    cfg = NMPConfig(nmp=nmp, dram=dram, cache_bytes=cache, timing="command")
     res = emulate(trace, cfg, commands=True)
     assert len(res.commands) == (2 * 2 * ranks if nmp else 2)
     check = rank_dram_config(cfg) if nmp else dram
@@ -181,7 +181,7 @@ def test_every_rank_and_channel_command_stream_meets_the_timing(nmp: bool, cache
 
 def test_a_broken_rank_stream_fails_the_validator() -> None:
     trace = Trace.synthetic([50_000], bags=4, pooling=30, seed=2)
-    cfg = NMPConfig(cache_bytes=0)
+    cfg = NMPConfig(cache_bytes=0, timing="command")
     stream = next(s for s in emulate(trace, cfg, commands=True).commands if len(s) > 4)
     validate(stream, rank_dram_config(cfg))
     early = stream.copy()

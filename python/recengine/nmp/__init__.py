@@ -16,6 +16,7 @@ from .dram import DramConfig, DramResult, run, validate
 from .emulator import (
     PRESETS,
     TECHNOLOGIES,
+    TIMINGS,
     EmulationResult,
     NMPConfig,
     NMPDevice,
@@ -24,6 +25,6 @@ from .emulator import (
     rank_dram_config,
 )
 
-__all__ = ["PRESETS", "TECHNOLOGIES", "DramConfig", "DramResult", "EmulationResult",
+__all__ = ["PRESETS", "TECHNOLOGIES", "TIMINGS", "DramConfig", "DramResult", "EmulationResult",
            "NMPConfig", "NMPDevice", "Trace", "emulate", "rank_dram_config", "run",
            "validate"]

@@ -2,11 +2,13 @@
 
 :class:`NMPConfig` is the emulated system (the DDR4 organisation and timing of
 :class:`~recengine.nmp.dram.DramConfig`, the NMP switches and the energy costs); presets
-``"ddr4-baseline"`` (SLS on the host) and ``"recnmp"`` (the paper's configuration: NMP on,
-128 KiB RankCache per rank, 4-way, hot-entry profiling with threshold 2, table-aware
-scheduling). :class:`Trace` is a list of lookups (model, table, row, bag) over tables of given
-row counts; :func:`emulate` returns latency, throughput, energy and cache figures. See
-``rust/core/src/nmp.rs`` for the model.
+``"ddr4-baseline"`` (SLS on the host) and ``"recnmp"`` (the paper's configuration: 4 channels
+of 4 DIMMs x 2 ranks, NMP on, 128 KiB RankCache per rank, 4-way, hot-entry profiling with
+threshold 2, table-aware scheduling), and both on 2 DIMMs x 2 ranks a channel (``"-2x2"``).
+The DRAM is timed by the fast mode unless ``timing="command"`` (:data:`TIMINGS`).
+:class:`Trace` is a list of lookups (model, table, row, bag) over tables of given row counts;
+:func:`emulate` returns latency, throughput, energy and cache figures. See
+``rust/core/src/nmp.rs`` and ``rust/core/src/dram_fast.rs`` for the model.
 
 Example::
 
@@ -32,11 +34,21 @@ from ..rows import draw_rows
 from ..shapes import model_bytes, model_tables
 from .dram import DramConfig
 
-__all__ = ["NMP_DEFAULTS", "PRESETS", "TECHNOLOGIES", "EmulationResult", "NMPConfig", "NMPDevice",
-           "Trace", "emulate", "rank_dram_config"]
+__all__ = ["NMP_DEFAULTS", "PAPER_DIMMS", "PRESETS", "TECHNOLOGIES", "TIMINGS",
+           "EmulationResult", "NMPConfig", "NMPDevice", "Trace", "emulate", "rank_dram_config"]
 
-#: Named configurations of :meth:`NMPConfig.preset`.
-PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp")
+#: Named configurations of :meth:`NMPConfig.preset`: the paper's memory system (4 channels of
+#: 4 DIMMs x 2 ranks, 8-way rank-level parallelism) with SLS on the host or on RecNMP, and the
+#: same on a smaller system of 2 DIMMs x 2 ranks a channel (``DramConfig``'s default).
+PRESETS: tuple[str, ...] = ("ddr4-baseline", "recnmp", "ddr4-baseline-2x2", "recnmp-2x2")
+
+#: The paper's channel: 4 DIMMs of 2 ranks.
+PAPER_DIMMS = (4, 2)
+
+#: DRAM timing models: ``"fast"`` (a decision per embedding vector, ``dram_fast.rs``; within
+#: 3% of the command model on the ``recengine nmp`` sweep) and ``"command"`` (every ACT, RD and
+#: PRE scheduled FR-FCFS: the reference, and the only one that gives command streams).
+TIMINGS: tuple[str, ...] = ("fast", "command")
 
 #: RankCache memory technologies: read and write energy (pJ) of a 64-bit access of a 2 MB
 #: array at 22 nm (NVMExplorer's table); a 64-byte line costs 8 accesses.
@@ -70,26 +82,36 @@ class NMPConfig:
     cache_hit_cycles: int = NMP_DEFAULTS["cache_hit_cycles"]
     cache_technology: str = "sram"
     energy: Optional[dict[str, float]] = None
+    #: The DRAM timing model (:data:`TIMINGS`).
+    timing: str = "fast" if NMP_DEFAULTS["fast"] else "command"
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMINGS:
+            raise ValueError(f"unknown timing {self.timing!r}; expected one of "
+                             f"{', '.join(TIMINGS)}")
         if self.cache_technology not in TECHNOLOGIES:
             raise ValueError(f"unknown memory technology {self.cache_technology!r}; expected "
                              f"one of {', '.join(TECHNOLOGIES)}")
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> NMPConfig:
-        """``"ddr4-baseline"`` or ``"recnmp"``, with ``changes`` applied."""
-        if name == "ddr4-baseline":
-            base = cls(nmp=False, cache_bytes=0, hot_threshold=0, table_aware=False)
-        elif name == "recnmp":
-            base = cls()
-        else:
+        """One of :data:`PRESETS`, with ``changes`` applied: ``"recnmp"`` is RecNMP on the
+        paper's memory system (4 DIMMs x 2 ranks a channel), ``"ddr4-baseline"`` the host on
+        the same memory; the ``"-2x2"`` ones use 2 DIMMs x 2 ranks a channel."""
+        if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        dimms, ranks = (2, 2) if name.endswith("-2x2") else PAPER_DIMMS
+        dram = DramConfig(dimms_per_channel=dimms, ranks_per_dimm=ranks)
+        if name.startswith("ddr4-baseline"):
+            base = cls(dram=dram, nmp=False, cache_bytes=0, hot_threshold=0, table_aware=False)
+        else:
+            base = cls(dram=dram)
         return replace(base, **changes)
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items()
-             if k not in ("dram", "energy", "cache_technology")}
+             if k not in ("dram", "energy", "cache_technology", "timing")}
+        d["fast"] = self.timing == "fast"
         d.update(self.dram.as_dict())
         read, write = TECHNOLOGIES[self.cache_technology]
         d.update(cache_read_pj=8 * read, cache_write_pj=8 * write)
@@ -275,8 +297,12 @@ class EmulationResult:
 def emulate(trace: Trace, config: Optional[NMPConfig] = None,
             commands: bool = False) -> EmulationResult:
     """Emulate ``trace`` on ``config`` (default: the ``"recnmp"`` preset); with ``commands``,
-    keep the DRAM command streams (:attr:`EmulationResult.commands`)."""
+    keep the DRAM command streams (:attr:`EmulationResult.commands`; they come from the
+    command model, ``config.timing == "command"``)."""
     config = config or NMPConfig.preset("recnmp")
+    if commands and config.timing != "command":
+        raise ValueError("command streams come from the command model: emulate with "
+                         "replace(config, timing='command')")
     raw = dict(_core.nmp_emulate([int(r) for r in trace.table_rows],
                                  *(np.ascontiguousarray(a, dtype=np.int64) for a in
                                    (trace.models, trace.tables, trace.rows, trace.bags)),

@@ -1,9 +1,12 @@
 """The RecNMP study behind ``recengine nmp``: host vs near-memory SLS over one model's tables.
 
 Each row emulates the same kind of trace twice, once on the DDR4 host (``"ddr4-baseline"``)
-and once on RecNMP, with one setting changed from the paper's configuration (the ``"recnmp"``
-preset: 2 DIMMs x 2 ranks per channel, 128 KiB 4-way RankCache per rank, hot-entry profiling
-with threshold 2, table-aware scheduling), and reports:
+and once on RecNMP, with one setting changed from the ``system`` it starts from: by default
+the paper's configuration (the ``"recnmp"`` preset: 4 channels of 4 DIMMs x 2 ranks, 128 KiB
+4-way RankCache per rank, hot-entry profiling with threshold 2, table-aware scheduling), or
+``"recnmp-2x2"`` (2 DIMMs x 2 ranks a channel). The DRAM is timed by ``timing``: the fast
+mode by default (within 3% of the command model on this sweep: ``benches/nmp_speed.py``), or
+``"command"``, the per-command reference. Every row names both. It reports:
 
 * ``latency_speedup``: host memory latency / RecNMP memory latency for the trace;
 * ``throughput_speedup``: the end-to-end speedup of a model whose SLS takes ``sls_fraction``
@@ -37,15 +40,17 @@ import numpy as np
 from ..rows import DISTRIBUTIONS
 from ..shapes import resolve_model
 from .dram import DramConfig
-from .emulator import NMPConfig, Trace, emulate
+from .emulator import TIMINGS, NMPConfig, Trace, emulate
 
-__all__ = ["SWEEPS", "Config", "NMPStudyConfig", "iter_study", "plot_study", "run_study",
+__all__ = ["SWEEPS", "SYSTEMS", "Config", "NMPStudyConfig", "iter_study", "plot_study", "run_study",
            "summarize_study"]
 
 #: What the study can vary (one at a time, the rest at the paper's configuration).
 SWEEPS: tuple[str, ...] = ("ranks", "cache", "locality", "colocation", "scheduling",
                            "profiling")
 _RANKS = {1: (1, 1), 2: (1, 2), 4: (2, 2), 8: (4, 2)}  # ranks per channel: (DIMMs, ranks each)
+#: The memory systems a study can start from (presets of :meth:`NMPConfig.preset`).
+SYSTEMS: tuple[str, ...] = ("recnmp", "recnmp-2x2")
 
 
 @dataclass
@@ -66,6 +71,10 @@ class NMPStudyConfig:
     sweeps: Sequence[str] = SWEEPS
     preset_only: bool = False
     seed: int = 0
+    #: The configuration every row changes one setting of (:data:`SYSTEMS`).
+    system: str = "recnmp"
+    #: The DRAM timing model (:data:`recengine.nmp.TIMINGS`).
+    timing: str = "fast"
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -78,6 +87,10 @@ class NMPStudyConfig:
                              f"(got {self.batch}, {self.table_mb}, {self.zipf})")
         if not 0 <= self.sls_fraction <= 1:
             raise ValueError(f"sls_fraction must be in [0, 1], got {self.sls_fraction}")
+        for name, value, valid in (("system", self.system, SYSTEMS),
+                                   ("timing", self.timing, TIMINGS)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(valid)}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown row distribution {self.distribution!r}; expected one of "
                              f"{', '.join(DISTRIBUTIONS)}")
@@ -97,9 +110,9 @@ def _trace(config: NMPStudyConfig, zipf: float, models: int) -> Trace:
 
 
 def _cases(config: NMPStudyConfig) -> Iterator[tuple[str, dict[str, Any], NMPConfig, float, int]]:
-    base = NMPConfig.preset("recnmp", vector_bytes=128)
+    base = NMPConfig.preset(config.system, vector_bytes=128, timing=config.timing)
     if config.preset_only:
-        yield "recnmp", {}, base, config.zipf, 1
+        yield config.system, {}, base, config.zipf, 1
         return
     for sweep in config.sweeps:
         if sweep == "ranks":
@@ -139,15 +152,17 @@ def iter_study(config: NMPStudyConfig, status: Callable[[str], None] = lambda _m
         host_key = (zipf, models, ranks)
         if host_key not in hosts:
             host_cfg = NMPConfig.preset("ddr4-baseline", vector_bytes=nmp_cfg.vector_bytes,
-                                        dram=nmp_cfg.dram)
+                                        dram=nmp_cfg.dram, timing=nmp_cfg.timing)
             hosts[host_key] = emulate(trace, host_cfg)
         host = hosts[host_key]
         nmp = emulate(trace, nmp_cfg)
         speedup = host.latency_ns / nmp.latency_ns
         yield {
             "config": f"{sweep}:" + ",".join(f"{k}={v}" for k, v in params.items())
-            if params else "recnmp",
+            if params else config.system,
             "sweep": sweep,
+            "system": config.system,
+            "timing": config.timing,
             **params,
             "ranks": ranks,
             "lookups": len(trace),
@@ -205,7 +220,7 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str,
                    fontsize=8)
     setting = ("" if config is None else
                f": {config.trace or config.model}, batch {config.batch}, "
-               f"{config.distribution} rows")
+               f"{config.distribution} rows, {config.system}, {config.timing} timing")
     save_figure(fig, path, f"RecNMP against the DDR4 host{setting}", bottom=0.08)
 
 

@@ -37,7 +37,14 @@ class NMPStudy(Study):
         Option("--sweeps", "comma list of ranks, cache, locality, colocation, scheduling, "
                            "profiling (default: all)",
                parse=a.comma_list(a.one_of("nmp.study", "SWEEPS"), "sweep")),
-        Option("--preset", "run only the paper's configuration", choices=("recnmp",)),
+        Option("--system", "the configuration each row changes one setting of: recnmp (the "
+                           "paper's, 4 DIMMs x 2 ranks a channel; default) or recnmp-2x2",
+               choices=("recnmp", "recnmp-2x2")),
+        Option("--timing", "DRAM timing: fast (default; within 3%% of the command model) or "
+                           "command (every ACT/RD/PRE scheduled, the reference)",
+               choices=("fast", "command")),
+        Option("--preset", "run only the starting configuration (--system)",
+               choices=("recnmp",)),
         Option("--seed", "seed of the traces", parse=a.seed),
     )
     quick: ClassVar[Mapping[str, Any]] = {"model": "ncf", "batch": 8, "table_mb": 4.0}
@@ -51,7 +58,8 @@ class NMPStudy(Study):
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
         source = config.trace or f"{config.model}, {config.distribution} rows ({config.zipf})"
         title = (f"{source}: {rows[0]['lookups'] if rows else 0} lookups a batch, SLS "
-                 f"{config.sls_fraction:.0%} of host time")
+                 f"{config.sls_fraction:.0%} of host time; {config.system}, "
+                 f"{config.timing} DRAM timing")
         body = [[r["config"], f"{r['host_latency_us']:.1f}", f"{r['nmp_latency_us']:.1f}",
                  f"{r['latency_speedup']:.2f}x", f"{r['throughput_speedup']:.2f}x",
                  f"{r['energy_saving']:.1%}", f"{r['cache_hit_rate']:.1%}"] for r in rows]

@@ -228,13 +228,15 @@ pub struct ChannelStats {
     pub done: Vec<u64>,
 }
 
+/// One bank's state: its open row, when it was activated, and the earliest cycle it may next
+/// activate, read or precharge.
 #[derive(Clone, Copy, Default)]
-struct Bank {
-    open: Option<u64>,
-    act_at: u64,
-    next_act: u64,
-    next_rd: u64,
-    next_pre: u64,
+pub(crate) struct Bank {
+    pub(crate) open: Option<u64>,
+    pub(crate) act_at: u64,
+    pub(crate) next_act: u64,
+    pub(crate) next_rd: u64,
+    pub(crate) next_pre: u64,
 }
 
 /// One channel's controller and banks.
@@ -563,6 +565,9 @@ pub fn run(cfg: &Config, addrs: &[u64], traces: bool) -> Result<(Vec<ChannelStat
 /// [`run`] with the command model, or with `fast` the fast mode ([`crate::dram_fast`]).
 pub fn run_timed(cfg: &Config, addrs: &[u64], traces: bool, fast: bool) -> Result<(Vec<ChannelStats>, Vec<Vec<Command>>)> {
     cfg.check()?;
+    if traces && fast {
+        return Err(Error::value("command traces come from the command model, not the fast mode"));
+    }
     let mut per: Vec<Vec<Location>> = vec![Vec::new(); cfg.channels];
     for &a in addrs {
         let l = cfg.locate(a);

@@ -83,7 +83,8 @@ pub struct NmpConfig {
     pub table_aware: bool,
     /// Cycles of a RankCache hit.
     pub cache_hit_cycles: u64,
-    /// Time the DRAM with the fast mode ([`crate::dram_fast`]) instead of the command model.
+    /// Time the DRAM with the fast mode ([`crate::dram_fast`], the default) instead of the
+    /// command model (which alone gives command streams).
     pub fast: bool,
     pub energy: Energy,
 }
@@ -109,7 +110,7 @@ impl Default for NmpConfig {
             hot_threshold: 2,
             table_aware: true,
             cache_hit_cycles: 2,
-            fast: false,
+            fast: true,
             energy: Energy::default(),
         }
     }
@@ -226,6 +227,9 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
 /// with [`dram::validate`].
 pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], traces: bool) -> Result<(Report, Vec<Vec<dram::Command>>)> {
     cfg.check()?;
+    if traces && cfg.fast {
+        return Err(Error::value("command streams come from the command model: set timing='command' (fast=false)"));
+    }
     let row_bytes = cfg.dram.row_bytes as u64;
     let mut table_base = Vec::with_capacity(table_rows.len());
     let mut next = 0u64;
@@ -411,7 +415,8 @@ mod tests {
     fn every_rank_stream_meets_the_timing_and_reads_what_missed_the_cache() {
         let tr = lookups(6000, 5000, 11);
         let rows = [5000u64; 4];
-        let cfg = NmpConfig::default();
+        let cfg = NmpConfig { fast: false, ..NmpConfig::default() };
+        assert!(emulate_traced(&NmpConfig::default(), &rows, &tr, true).is_err());
         let (rep, streams) = emulate_traced(&cfg, &rows, &tr, true).unwrap();
         assert_eq!(streams.len(), cfg.dram.channels * cfg.dram.ranks_per_channel());
         let rank = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
@@ -430,7 +435,7 @@ mod fast_tests {
     use super::*;
 
     #[test]
-    fn the_fast_mode_tracks_the_command_model_on_rank_streams() {
+    fn the_fast_mode_tracks_the_command_model_on_rank_streams_and_host_channels() {
         // Zipf-like rows: a few hot, many cold, over 8 tables.
         let mut x = 99u64;
         let lookups: Vec<Lookup> = (0..6000u64)
@@ -443,9 +448,9 @@ mod fast_tests {
             })
             .collect();
         let tables = vec![200_000u64; 8];
-        for ranks in [1usize, 2, 4] {
+        for (ranks, nmp) in [(1usize, true), (2, true), (4, true), (8, true), (4, false), (8, false)] {
             let dram = Config { dimms_per_channel: ranks.div_ceil(2), ranks_per_dimm: ranks.min(2), ..Config::default() };
-            let exact = NmpConfig { dram, ..NmpConfig::default() };
+            let exact = NmpConfig { dram, nmp, fast: false, ..NmpConfig::default() };
             let fast = NmpConfig { fast: true, ..exact };
             let (a, b) = (emulate(&exact, &tables, &lookups).unwrap(), emulate(&fast, &tables, &lookups).unwrap());
             assert_eq!((a.cache_hits, a.dram_reads), (b.cache_hits, b.dram_reads), "{ranks} ranks");
