@@ -1,8 +1,9 @@
 """recengine.nmp: emulating near-memory processing of SparseLengthsSum (RecNMP).
 
-The DDR4 memory-system model and host baseline (:mod:`recengine.nmp.dram`), and the RecNMP
+The DDR4 memory-system model and host baseline (:mod:`recengine.nmp.dram`), the RecNMP
 emulation of SLS traces with RankCache, hot-entry profiling, table-aware scheduling and an
-energy account (:mod:`recengine.nmp.emulator`).
+energy account (:mod:`recengine.nmp.emulator`), and a model's SLS latency per batch size on
+RecNMP for serving studies (:mod:`recengine.nmp.curve`).
 
 Example::
 
@@ -12,6 +13,7 @@ Example::
     640
 """
 
+from .curve import SLSCurve, profile_sls
 from .dram import DramConfig, DramResult, run, validate
 from .emulator import (
     PRESETS,
@@ -26,5 +28,5 @@ from .emulator import (
 )
 
 __all__ = ["PRESETS", "TECHNOLOGIES", "TIMINGS", "DramConfig", "DramResult", "EmulationResult",
-           "NMPConfig", "NMPDevice", "Trace", "emulate", "rank_dram_config", "run",
-           "validate"]
+           "NMPConfig", "NMPDevice", "SLSCurve", "Trace", "emulate", "profile_sls",
+           "rank_dram_config", "run", "validate"]
