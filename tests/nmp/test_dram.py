@@ -135,3 +135,19 @@ def test_a_trace_row_with_a_bad_field_is_refused(field: int, value: int, match: 
     trace[0, field] = value
     with pytest.raises(ValueError, match=match):
         validate(trace, DramConfig(channels=1))
+
+
+@pytest.mark.parametrize("timing", ["command", "fast"])
+def test_absurd_timing_values_are_refused_before_any_cycle_count_can_wrap(timing: str) -> None:
+    from recengine import _core
+    from recengine.nmp import NMPConfig, Trace, emulate
+
+    with pytest.raises(ValueError, match="tras = 18446744073709551615 cycles is more than"):
+        _core.dram_run(np.arange(0, 640, 64), {"tras": 2**64 - 1})
+    trace = Trace.synthetic([1000], bags=4, pooling=8, seed=0)
+    cfg = NMPConfig(dram=DramConfig(tfaw=2**40), timing=timing)
+    with pytest.raises(ValueError, match="tfaw"):
+        emulate(trace, cfg)
+    # The largest value allowed runs (one lookup: a few such waits).
+    big = NMPConfig(dram=DramConfig(trp=2**32), timing=timing, cache_bytes=0)
+    assert emulate(Trace.synthetic([100], bags=2, pooling=2, seed=0), big).raw["cycles"] > 0
