@@ -148,6 +148,7 @@ def test_absurd_timing_values_are_refused_before_any_cycle_count_can_wrap(timing
     cfg = NMPConfig(dram=DramConfig(tfaw=2**40), timing=timing)
     with pytest.raises(ValueError, match="tfaw"):
         emulate(trace, cfg)
-    # The largest value allowed runs (one lookup: a few such waits).
-    big = NMPConfig(dram=DramConfig(trp=2**32), timing=timing, cache_bytes=0)
-    assert emulate(Trace.synthetic([100], bags=2, pooling=2, seed=0), big).raw["cycles"] > 0
+    # The largest value allowed runs: every row miss waits 2^20 cycles for its precharge.
+    big = NMPConfig(dram=DramConfig(trp=2**20), timing=timing, cache_bytes=0)
+    res = emulate(Trace.synthetic([100_000], bags=8, pooling=20, seed=0), big).raw
+    assert res["precharges"] > 0 and res["cycles"] > 2**20
