@@ -70,10 +70,10 @@ def agreement(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     traces: dict[tuple[float, int], Trace] = {}
     for sweep, params, nmp_cfg, zipf, models in study._cases(config):
-        trace = traces.setdefault((zipf, models), study._trace(config, zipf, models))
-        host = NMPConfig.preset("ddr4-baseline", vector_bytes=nmp_cfg.vector_bytes,
-                                dram=nmp_cfg.dram)
-        for label, cfg in (("host", host), ("RecNMP", nmp_cfg)):
+        if (zipf, models) not in traces:
+            traces[zipf, models] = study._trace(config, zipf, models)
+        trace = traces[zipf, models]
+        for label, cfg in (("host", nmp_cfg.host()), ("RecNMP", nmp_cfg)):
             raw = {}
             for timing in ("command", "fast"):
                 t0 = time.perf_counter()

@@ -21,8 +21,7 @@ def test_fast_timing_is_within_3_percent_on_every_row_of_the_study_sweep() -> No
     rows = 0
     for sweep, params, nmp_cfg, zipf, models in study._cases(config):
         trace = study._trace(config, zipf, models)
-        host = NMPConfig.preset("ddr4-baseline", dram=nmp_cfg.dram)
-        for cfg in (host, nmp_cfg):
+        for cfg in (nmp_cfg.host(), nmp_cfg):
             exact, fast = both(trace, cfg)
             for k in ("cache_hits", "cache_accesses", "dram_reads", "lookups"):
                 assert fast[k] == exact[k], (sweep, params, k)
@@ -71,6 +70,7 @@ def test_the_presets_are_the_papers_memory_system_and_the_smaller_one() -> None:
     assert paper.cache_bytes == 128 * 1024 and paper.nmp and paper.table_aware
     host = NMPConfig.preset("ddr4-baseline")
     assert host.dram == paper.dram and not host.nmp and host.cache_bytes == 0
+    assert paper.host() == host and small.host() == NMPConfig.preset("ddr4-baseline-2x2")
     assert NMPConfig.preset("ddr4-baseline-2x2").dram == small.dram
     assert NMPConfig().timing == "fast"
     # Eight ranks a channel work in parallel: RecNMP's latency drops below the smaller one's.

@@ -100,8 +100,7 @@ def profile_sls(model: str, batches: Sequence[int] = ACCELERATOR_BATCHES,
     if timing not in TIMINGS:
         raise ValueError(f"unknown timing {timing!r}; expected one of {', '.join(TIMINGS)}")
     nmp_cfg = replace(config or NMPConfig.preset(system), timing=timing)
-    host_cfg = NMPConfig.preset("ddr4-baseline", dram=nmp_cfg.dram,
-                                vector_bytes=nmp_cfg.vector_bytes, timing=timing)
+    host_cfg = nmp_cfg.host()
     stream = Trace.from_model(model, sizes[-1], distribution, zipf, table_mb, seed=seed)
     nmp_ms, host_ms = [], []
     for b in sizes:

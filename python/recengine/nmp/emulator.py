@@ -108,6 +108,12 @@ class NMPConfig:
             base = cls(dram=dram)
         return replace(base, **changes)
 
+    def host(self) -> NMPConfig:
+        """The DDR4 host (``"ddr4-baseline"``) on this configuration's memory system, vector
+        size and timing: what RecNMP is compared against."""
+        return NMPConfig.preset("ddr4-baseline", dram=self.dram, vector_bytes=self.vector_bytes,
+                                timing=self.timing)
+
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items()
              if k not in ("dram", "energy", "cache_technology", "timing")}

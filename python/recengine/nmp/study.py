@@ -151,9 +151,7 @@ def iter_study(config: NMPStudyConfig, status: Callable[[str], None] = lambda _m
         ranks = nmp_cfg.dram.dimms_per_channel * nmp_cfg.dram.ranks_per_dimm
         host_key = (zipf, models, ranks)
         if host_key not in hosts:
-            host_cfg = NMPConfig.preset("ddr4-baseline", vector_bytes=nmp_cfg.vector_bytes,
-                                        dram=nmp_cfg.dram, timing=nmp_cfg.timing)
-            hosts[host_key] = emulate(trace, host_cfg)
+            hosts[host_key] = emulate(trace, nmp_cfg.host())
         host = hosts[host_key]
         nmp = emulate(trace, nmp_cfg)
         speedup = host.latency_ns / nmp.latency_ns

@@ -137,6 +137,16 @@ impl Config {
         self.bank_groups * self.banks_per_group
     }
 
+    /// A line's bank group among the channel's (`rank * bank_groups + bank_group`).
+    pub fn group_index(&self, l: &Location) -> usize {
+        l.rank * self.bank_groups + l.bank_group
+    }
+
+    /// A line's bank among the channel's.
+    pub fn bank_index(&self, l: &Location) -> usize {
+        self.group_index(l) * self.banks_per_group + l.bank
+    }
+
     /// Where byte `addr` lives. From the low bits: the line within a row, then channel, bank
     /// group, bank, rank, row, so that a vector of up to a row stays in one row of one bank and
     /// consecutive vectors spread over channels and banks.
@@ -283,7 +293,7 @@ impl<'a> Channel<'a> {
     }
 
     fn bank_index(&self, l: &Location) -> usize {
-        (l.rank * self.cfg.bank_groups + l.bank_group) * self.cfg.banks_per_group + l.bank
+        self.cfg.bank_index(l)
     }
 
     /// The next command request `l` needs, and the earliest cycle it may issue.
@@ -366,7 +376,7 @@ impl<'a> Channel<'a> {
     fn issue(&mut self, l: &Location, kind: Kind, at: u64) {
         let t = self.cfg.timing;
         let k = self.bank_index(l);
-        let bg = l.rank * self.cfg.bank_groups + l.bank_group;
+        let bg = self.cfg.group_index(l);
         self.cmd_free = at + 1;
         let b = &mut self.banks[k];
         match kind {
@@ -564,6 +574,16 @@ pub fn run_channel(cfg: &Config, requests: &[Location], mut trace: Option<&mut V
     stats
 }
 
+/// [`run_channel`], or with `fast` the fast mode's
+/// [`run_channel_fast`](crate::dram_fast::run_channel_fast).
+pub fn run_channel_timed(cfg: &Config, requests: &[Location], trace: Option<&mut Vec<Command>>, fast: bool) -> ChannelStats {
+    if fast {
+        crate::dram_fast::run_channel_fast(cfg, requests, trace)
+    } else {
+        run_channel(cfg, requests, trace)
+    }
+}
+
 /// Emulate every channel (in parallel on the core's threads) serving the lines at `addrs`
 /// (byte addresses of 64-byte lines, in arrival order): one [`ChannelStats`] per channel,
 /// with each channel's command trace when `traces` is set.
@@ -586,11 +606,7 @@ pub fn run_timed(cfg: &Config, addrs: &[u64], traces: bool, fast: bool) -> Resul
     let out: Vec<Slot> = (0..cfg.channels).map(|_| std::sync::Mutex::new(None)).collect();
     parallel::for_each_index(cfg.channels, usize::MAX, &|c| {
         let mut trace = Vec::new();
-        let stats = if fast {
-            crate::dram_fast::run_channel_fast(cfg, &per[c], traces.then_some(&mut trace))
-        } else {
-            run_channel(cfg, &per[c], traces.then_some(&mut trace))
-        };
+        let stats = run_channel_timed(cfg, &per[c], traces.then_some(&mut trace), fast);
         *out[c].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, trace));
         Ok(())
     })?;

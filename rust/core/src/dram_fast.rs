@@ -190,7 +190,6 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
     let ranks = cfg.ranks_per_channel();
     let groups = ranks * cfg.bank_groups;
     let mut banks = vec![Bank::default(); ranks * cfg.banks_per_rank()];
-    let bank_index = |l: &Location| (l.rank * cfg.bank_groups + l.bank_group) * cfg.banks_per_group + l.bank;
     let mut sh = Shared {
         acts: vec![[0; 4]; ranks],
         nacts: vec![0; ranks],
@@ -203,14 +202,16 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
     };
     let mut stats = ChannelStats { done: vec![0; requests.len()], ..Default::default() };
     let units = units(requests);
-    // A queued unit's own bound on its next read: a row hit's read, else tRCD after an
-    // activate that waits for a precharge (if another row is open) or the bank's tRC.
-    let own = |b: &Bank, row: u64, entered: u64| -> (u64, bool) {
-        match b.open {
-            Some(r) if r == row => (b.next_rd.max(entered), false),
-            Some(_) => (((b.next_pre.max(entered) + t.trp).max(b.act_at + t.tras + t.trp) + t.trcd).max(entered), true),
-            None => ((b.next_act.max(entered) + t.trcd).max(entered), true),
-        }
+    // A queued unit's own bound on its next read (a row hit's read, else tRCD after an
+    // activate that waits for a precharge if another row is open, or for the bank's tRC),
+    // and which shared bound applies (below).
+    let own = |b: &Bank, l: &Location, entered: u64| -> (u64, usize) {
+        let (at, miss) = match b.open {
+            Some(r) if r == l.row => (b.next_rd.max(entered), false),
+            Some(_) => ((b.next_pre.max(entered) + t.trp).max(b.act_at + t.tras + t.trp) + t.trcd, true),
+            None => (b.next_act.max(entered) + t.trcd, true),
+        };
+        (at, 2 * cfg.group_index(l) + usize::from(miss))
     };
     // Per bank group, the shared bound on a queued read there at 2g, and on one that needs an
     // activate first (the activate's bound plus tRCD, or the read's) at 2g + 1.
@@ -239,15 +240,15 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
             }
             let entered = line_in[first];
             let l = &units[next_in].loc;
-            let k = bank_index(l);
-            let (o, miss) = own(&banks[k], l.row, entered);
+            let k = cfg.bank_index(l);
+            let (o, bound) = own(&banks[k], l, entered);
             q.unit.push(next_in);
             q.entered.push(entered);
             q.bank.push(k);
             q.own.push(o);
-            q.bound.push(2 * (l.rank * cfg.bank_groups + l.bank_group) + usize::from(miss));
+            q.bound.push(bound);
             per_rank[l.rank] += 1;
-            per_group[l.rank * cfg.bank_groups + l.bank_group] += 1;
+            per_group[cfg.group_index(l)] += 1;
             next_in += 1;
         }
         if q.unit.is_empty() {
@@ -282,7 +283,7 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
         let entered = q.entered[pos];
         let Unit { first: r, lines, loc: l } = units[q.unit[pos]];
         let k = q.bank[pos];
-        let g = l.rank * cfg.bank_groups + l.bank_group;
+        let g = cfg.group_index(&l);
         let mut b = banks[k];
         let mut emit = |sh: &mut Shared, kind: Kind, at: u64, r: usize| {
             sh.cmds.set(at);
@@ -341,10 +342,7 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
         // The bank's state changed: so did its queued units' own bounds.
         for i in 0..q.unit.len() {
             if q.bank[i] == k {
-                let lu = &units[q.unit[i]].loc;
-                let (o, miss) = own(&b, lu.row, q.entered[i]);
-                q.own[i] = o;
-                q.bound[i] = 2 * (lu.rank * cfg.bank_groups + lu.bank_group) + usize::from(miss);
+                (q.own[i], q.bound[i]) = own(&b, &units[q.unit[i]].loc, q.entered[i]);
             }
         }
         served += 1;

@@ -334,11 +334,7 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
                 }
             }
             let mut trace = Vec::new();
-            let mut stats = if cfg.fast {
-                crate::dram_fast::run_channel_fast(&rank_cfg, &reqs, traces.then_some(&mut trace))
-            } else {
-                dram::run_channel(&rank_cfg, &reqs, traces.then_some(&mut trace))
-            };
+            let mut stats = dram::run_channel_timed(&rank_cfg, &reqs, traces.then_some(&mut trace), cfg.fast);
             stats.finish += hits * cfg.cache_hit_cycles;
             *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, hits, accesses, trace));
             Ok(())
