@@ -86,6 +86,12 @@ class _NmpReport(TypedDict, total=False):
     cache_accesses: int
     channel_bytes: int
     energy_pj: float
+    batch_cycles: list[int]
+    batch_latency_ns: list[float]
+    batch_cache_hits: list[int]
+    batch_cache_accesses: list[int]
+    batch_dram_reads: list[int]
+    batch_energy_pj: list[float]
     commands: list[NDArray[np.int64]]
 
 class _BuildInfo(TypedDict):
@@ -314,10 +320,11 @@ def dram_validate(trace: NDArray[np.int64], config: Optional[dict[str, float]] =
 def nmp_emulate(table_rows: Sequence[int], models: NDArray[np.int64], tables: NDArray[np.int64],
                 rows: NDArray[np.int64], bags: NDArray[np.int64],
                 config: Optional[dict[str, float]] = None,
-                trace: bool = False) -> _NmpReport:
+                trace: bool = False, starts: Optional[Sequence[int]] = None) -> _NmpReport:
     """Emulate SLS lookups on the host or on RecNMP: cycles, latency_ns, DRAM commands, cache
     hits and accesses, channel bytes, energy_pj; with ``trace``, ``commands``: the DRAM
-    command streams (``[n, 6]`` each), one per channel (host) or per rank (NMP)."""
+    command streams (``[n, 6]`` each), one per channel (host) or per rank (NMP). ``starts``
+    splits the lookups into a stream of batches (each batch's figures in ``batch_*``)."""
 
 def simulate_cache(policy: str, slots: int, num_ids: int,
                    trace: Sequence[Sequence[int]]) -> _CacheStats:

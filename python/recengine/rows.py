@@ -38,9 +38,18 @@ def zipf_rows(rng: np.random.Generator, n: int, s: float, k: int) -> np.ndarray:
     (With s = 1 over a million rows, the 64 hottest rows take a third of the lookups.)"""
     if s <= 0:
         return rng.integers(0, n, k)
-    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
+    cdf = _zipf_cdf(n, s)
     ranks = np.searchsorted(cdf, rng.random(k) * cdf[-1])
     return rng.permutation(n)[np.minimum(ranks, n - 1)]
+
+
+@lru_cache(maxsize=16)
+def _zipf_cdf(n: int, s: float) -> np.ndarray:
+    """The cumulative weights ``sum(r**-s for r <= i)`` of ranks 1..n (read-only, cached: a
+    stream's tables share them)."""
+    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
+    cdf.flags.writeable = False
+    return cdf
 
 
 def top_share(n: int, alpha: float, fraction: float = 0.1) -> float:

@@ -1,8 +1,9 @@
 """RecNMP as a serving device: a model's SLS latency per batch size on emulated memory.
 
-:func:`profile_sls` emulates the first ``b`` samples of one stream of a DeepRecInfra model's
-lookups, for each batch size ``b``, on the DDR4 host and on RecNMP, and returns an
-:class:`SLSCurve`: the memory time of the batch's SparseLengthsSum on each. A serving
+:func:`profile_sls` emulates, for each batch size ``b``, a stream of batches of ``b`` samples
+of a DeepRecInfra model's lookups on the DDR4 host and on RecNMP (the RankCaches warm across
+the stream, as on a server that keeps serving the model), and returns an :class:`SLSCurve`:
+the memory time of the stream's last batch's SparseLengthsSum on each. A serving
 simulator uses it through :meth:`SLSCurve.on_cpu`, the cost model of a "CPU + NMP" server:
 the model's dense part stays on the CPU cores and its SLS runs on the NMP units, so a batch
 that takes ``cpu(b)`` ms on the CPU alone takes
@@ -35,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..sched.latency import ACCELERATOR_BATCHES, LatencyCurve
-from .emulator import TIMINGS, NMPConfig, Trace, emulate
+from .emulator import TIMINGS, NMPConfig, Trace, emulate, model_vector_bytes
 
 __all__ = ["SLSCurve", "profile_sls"]
 
@@ -88,26 +89,30 @@ class SLSCurve:
 def profile_sls(model: str, batches: Sequence[int] = ACCELERATOR_BATCHES,
                 system: str = "recnmp", table_mb: Optional[float] = 256.0,
                 distribution: str = "zipf", zipf: float = 1.0, seed: int = 0,
-                timing: str = "fast", config: Optional[NMPConfig] = None) -> SLSCurve:
+                timing: str = "fast", config: Optional[NMPConfig] = None,
+                stream: int = 4) -> SLSCurve:
     """Emulate ``model``'s SLS at each of ``batches`` (increasing sizes) on ``system``'s
-    RecNMP and DDR4 host (or on ``config`` and the host of its memory): the first ``b``
-    samples of one stream of the model's lookups (``distribution`` rows, parameter ``zipf``,
-    tables scaled to ``table_mb`` MiB), so a larger batch holds every lookup of a smaller
-    one and the curve only grows."""
+    RecNMP and DDR4 host (or on ``config`` and the host of its memory), with the model's
+    fp32 vector size: for each size ``b``, a stream of ``stream`` batches, batch ``j`` the
+    first ``b`` samples of batch ``j`` of one stream of the model's lookups (``distribution``
+    rows, parameter ``zipf``, tables scaled to ``table_mb`` MiB), timed on its last batch
+    (caches warmed by the ones before). A larger batch holds every lookup of a smaller one."""
     sizes = tuple(int(b) for b in batches)
     if not sizes or sizes[0] < 1 or any(a >= b for a, b in zip(sizes, sizes[1:])):
         raise ValueError(f"batch sizes must be positive and increasing, got {tuple(batches)}")
     if timing not in TIMINGS:
         raise ValueError(f"unknown timing {timing!r}; expected one of {', '.join(TIMINGS)}")
-    nmp_cfg = replace(config or NMPConfig.preset(system), timing=timing)
+    if stream < 1:
+        raise ValueError(f"stream must be >= 1 batch, got {stream}")
+    nmp_cfg = replace(config or NMPConfig.preset(system, vector_bytes=model_vector_bytes(model)),
+                      timing=timing)
     host_cfg = nmp_cfg.host()
-    stream = Trace.from_model(model, sizes[-1], distribution, zipf, table_mb, seed=seed)
+    whole = Trace.from_model(model, sizes[-1], distribution, zipf, table_mb, seed=seed,
+                             batches=stream)
     nmp_ms, host_ms = [], []
     for b in sizes:
-        keep = stream.bags < b
-        trace = Trace(stream.table_rows, stream.models[keep], stream.tables[keep],
-                      stream.rows[keep], stream.bags[keep])
-        nmp_ms.append(emulate(trace, nmp_cfg).latency_ns / 1e6)
-        host_ms.append(emulate(trace, host_cfg).latency_ns / 1e6)
+        trace = whole.take(whole.bags % sizes[-1] < b)
+        nmp_ms.append(emulate(trace, nmp_cfg).batch_latency_ns[-1] / 1e6)
+        host_ms.append(emulate(trace, host_cfg).batch_latency_ns[-1] / 1e6)
     return SLSCurve(model, system if config is None else "custom", sizes, tuple(nmp_ms),
                     tuple(host_ms))

@@ -202,6 +202,7 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
     };
     let mut stats = ChannelStats { done: vec![0; requests.len()], ..Default::default() };
     let units = units(requests);
+    let mut paired = vec![false; units.len()];
     // A queued unit's own bound on its next read (a row hit's read, else tRCD after an
     // activate that waits for a precharge if another row is open, or for the bank's tRC),
     // and which shared bound applies (below).
@@ -311,7 +312,39 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
         // The unit's reads: back to back when the queue holds a unit of the rank in another
         // bank group (whose reads FR-FCFS interleaves with these), else tCCD_L apart.
         let mut at = entered.max(b.next_rd).max(sh.rd_bg[g]);
-        let back_to_back = per_rank[l.rank] > per_group[g];
+        // A unit FR-FCFS interleaves with an earlier one was paired with it then (its reads
+        // fill that one's tCCD_L gaps, and the earlier one's fill its own). Else it pairs with
+        // a queued unit of its rank in another bank group, or with one waiting to enter that
+        // the slots its reads free let in while they issue; the partner's reads will go back
+        // to back in turn.
+        let unit = q.unit[pos];
+        let mut back_to_back = paired[unit];
+        if !back_to_back {
+            let partner = |u: &Unit| u.loc.rank == l.rank && u.loc.bank_group != l.bank_group;
+            let mut found = None;
+            if per_rank[l.rank] > per_group[g] {
+                found = q.unit.iter().copied().find(|&u| u != unit && !paired[u] && partner(&units[u]));
+                back_to_back = true;
+            }
+            if found.is_none() {
+                let mut room = free.len() + lines.min(cfg.queue_depth);
+                for (i, u) in units[next_in..].iter().enumerate() {
+                    let need = u.lines.min(cfg.queue_depth);
+                    if need > room {
+                        break;
+                    }
+                    room -= need;
+                    if partner(u) {
+                        found = Some(next_in + i);
+                        back_to_back = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(u) = found {
+                paired[u] = true;
+            }
+        }
         for j in 0..lines {
             let r = r + j;
             if !back_to_back && j > 0 {

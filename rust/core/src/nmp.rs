@@ -180,10 +180,11 @@ struct Vector {
     table: u32,
 }
 
-/// A set-associative LRU cache of vector addresses.
+/// A set-associative LRU cache of vectors, keyed by vector address.
 struct RankCache {
     sets: Vec<Vec<(u64, u64)>>,
     ways: usize,
+    vector_bytes: u64,
     clock: u64,
 }
 
@@ -191,14 +192,22 @@ impl RankCache {
     fn new(bytes: usize, vector_bytes: usize, ways: usize) -> RankCache {
         let lines = (bytes / vector_bytes).max(ways);
         let sets = (lines / ways).max(1);
-        RankCache { sets: vec![Vec::with_capacity(ways); sets], ways, clock: 0 }
+        RankCache { sets: vec![Vec::with_capacity(ways); sets], ways, vector_bytes: vector_bytes as u64, clock: 0 }
+    }
+
+    /// The set of the vector at `addr`: its vector number, hashed (the address bits that pick
+    /// the channel and rank are the same for every vector a rank holds, and vector addresses
+    /// are multiples of the vector size, so a plain modulus would use a few sets only).
+    fn set_of(&self, addr: u64) -> usize {
+        let h = (addr / self.vector_bytes).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((h as u128 * self.sets.len() as u128) >> 64) as usize
     }
 
     /// Look `addr` up: a hit, or (when `insert`) put it in, evicting the least recent.
     fn access(&mut self, addr: u64, insert: bool) -> bool {
         self.clock += 1;
-        let n = self.sets.len() as u64;
-        let set = &mut self.sets[(addr % n) as usize];
+        let s = self.set_of(addr);
+        let set = &mut self.sets[s];
         if let Some(e) = set.iter_mut().find(|e| e.0 == addr) {
             e.1 = self.clock;
             return true;
@@ -215,8 +224,8 @@ impl RankCache {
 }
 
 /// Emulate the trace of `lookups` over tables of `table_rows` rows (tables laid out in that
-/// order). Deterministic; channels (host) or ranks (NMP) run in parallel on the core's threads
-/// with identical results for any thread count.
+/// order) as one batch. Deterministic; channels (host) or ranks (NMP) run in parallel on the
+/// core's threads with identical results for any thread count.
 pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Result<Report> {
     emulate_traced(cfg, table_rows, lookups, false).map(|(r, _)| r)
 }
@@ -226,10 +235,37 @@ pub fn emulate(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup]) -> Resul
 /// addressed to rank 0 of a one-rank channel: the Rank-NMP unit's own bus), each checkable
 /// with [`dram::validate`].
 pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], traces: bool) -> Result<(Report, Vec<Vec<dram::Command>>)> {
-    cfg.check()?;
-    if traces && cfg.fast {
-        return Err(Error::value("command streams come from the command model: set timing='command' (fast=false)"));
-    }
+    let (run, commands) = emulate_batches(cfg, table_rows, lookups, &[0], traces)?;
+    Ok((run.total, commands))
+}
+
+/// What [`emulate_stream`] measured: the whole stream and each batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamReport {
+    /// The stream: counters summed, cycles the batches' back to back.
+    pub total: Report,
+    pub batches: Vec<Report>,
+}
+
+/// Emulate a stream of batches: batch `i` is `lookups[starts[i]..starts[i + 1]]` (the last up
+/// to the end; `starts` begins at 0 and never decreases). Batches run one after another, each
+/// starting with every bank precharged. Hot-entry profiling counts within each batch (the host
+/// profiles a batch before it sends it), table-aware scheduling reorders within each batch,
+/// and the RankCaches keep their contents from batch to batch.
+pub fn emulate_stream(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], starts: &[usize]) -> Result<StreamReport> {
+    emulate_batches(cfg, table_rows, lookups, starts, false).map(|(r, _)| r)
+}
+
+/// One rank's (or channel's) DRAM counters for one batch.
+#[derive(Clone, Default)]
+struct Counts {
+    stats: dram::ChannelStats,
+    hits: u64,
+    accesses: u64,
+}
+
+/// Byte offsets of each table: back to back, each on a DRAM row boundary.
+fn table_bases(cfg: &NmpConfig, table_rows: &[u64]) -> Result<Vec<u64>> {
     let row_bytes = cfg.dram.row_bytes as u64;
     let mut table_base = Vec::with_capacity(table_rows.len());
     let mut next = 0u64;
@@ -242,6 +278,75 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
             .filter(|&end| end < 1 << 56)
             .ok_or_else(|| Error::value("the tables are larger than the emulated address space (2^56 bytes)"))?;
     }
+    Ok(table_base)
+}
+
+/// The batches' `[start, end)` ranges of `n` lookups, checked.
+fn batch_ranges(starts: &[usize], n: usize) -> Result<Vec<(usize, usize)>> {
+    if starts.first() != Some(&0) {
+        return Err(Error::value("a stream's batch starts must begin with 0"));
+    }
+    if let Some(w) = starts.windows(2).find(|w| w[1] < w[0]) {
+        return Err(Error::value(format!("batch starts must not decrease (got {} after {})", w[1], w[0])));
+    }
+    if let Some(&s) = starts.iter().find(|&&s| s > n) {
+        return Err(Error::value(format!("a batch starts at lookup {s} but the trace has {n}")));
+    }
+    Ok(starts.iter().enumerate().map(|(i, &s)| (s, starts.get(i + 1).copied().unwrap_or(n))).collect())
+}
+
+/// The energy of a batch (or stream) with these counters and cycles.
+fn energy_pj(cfg: &NmpConfig, r: &Report) -> f64 {
+    let e = cfg.energy;
+    let ns = r.cycles as f64 * cfg.dram.timing.tck_ns;
+    let ranks_total = (cfg.dram.channels * cfg.dram.ranks_per_channel()) as f64;
+    let values = (cfg.vector_bytes / 4) as f64;
+    r.activates as f64 * e.act_pj
+        + r.dram_reads as f64 * e.rd_pj
+        + r.precharges as f64 * e.pre_pj
+        + r.channel_bytes as f64 * 8.0 * e.io_pj_per_bit
+        + e.background_mw_per_rank * ranks_total * ns // mW x ns = pJ
+        + if cfg.nmp { r.lookups as f64 * values * e.nmp_add_pj } else { 0.0 }
+        + r.cache_accesses as f64 * e.cache_read_pj
+        + (r.cache_accesses - r.cache_hits) as f64 * if cfg.cache_bytes > 0 { e.cache_write_pj } else { 0.0 }
+}
+
+impl Report {
+    fn add_dram(&mut self, c: &Counts) {
+        self.dram_reads += c.stats.reads;
+        self.activates += c.stats.activates;
+        self.precharges += c.stats.precharges;
+        self.row_hits += c.stats.row_hits;
+        self.cache_hits += c.hits;
+        self.cache_accesses += c.accesses;
+    }
+
+    fn add(&mut self, b: &Report) {
+        self.lookups += b.lookups;
+        self.cycles += b.cycles;
+        self.dram_reads += b.dram_reads;
+        self.activates += b.activates;
+        self.precharges += b.precharges;
+        self.row_hits += b.row_hits;
+        self.cache_hits += b.cache_hits;
+        self.cache_accesses += b.cache_accesses;
+        self.channel_bytes += b.channel_bytes;
+        self.energy_pj += b.energy_pj;
+    }
+}
+
+/// [`emulate_stream`], also returning the DRAM command streams when `traces` is set (as
+/// [`emulate_traced`]; a stream of one batch only).
+pub fn emulate_batches(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], starts: &[usize], traces: bool) -> Result<(StreamReport, Vec<Vec<dram::Command>>)> {
+    cfg.check()?;
+    if traces && cfg.fast {
+        return Err(Error::value("command streams come from the command model: set timing='command' (fast=false)"));
+    }
+    let ranges = batch_ranges(starts, lookups.len())?;
+    if traces && ranges.len() > 1 {
+        return Err(Error::value("command streams are kept for one batch, not a stream of batches"));
+    }
+    let table_base = table_bases(cfg, table_rows)?;
     if let Some((i, l)) = lookups.iter().enumerate().find(|(_, l)| l.table as usize >= table_rows.len() || l.row >= table_rows[l.table as usize]) {
         return Err(Error::IndexOutOfRange(crate::error::IndexError {
             index: l.row as i64,
@@ -253,74 +358,107 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
     }
     let lines = cfg.lines_per_vector();
     let line = cfg.dram.line_bytes as u64;
-    let e = cfg.energy;
-    let mut report = Report { lookups: lookups.len() as u64, ..Default::default() };
+    let mut batches: Vec<Report> = ranges.iter().map(|&(s, e)| Report { lookups: (e - s) as u64, ..Default::default() }).collect();
     let mut commands = Vec::new();
-    let ranks_total = (cfg.dram.channels * cfg.dram.ranks_per_channel()) as f64;
     if !cfg.nmp {
-        let addrs: Vec<u64> = lookups
-            .iter()
-            .flat_map(|l| {
-                let a = cfg.address(&table_base, l);
-                (0..lines).map(move |k| a + k * line)
-            })
-            .collect();
-        let (stats, cmds) = dram::run_timed(&cfg.dram, &addrs, traces, cfg.fast)?;
-        commands = cmds;
-        for s in &stats {
-            report.dram_reads += s.reads;
-            report.activates += s.activates;
-            report.precharges += s.precharges;
-            report.row_hits += s.row_hits;
-            report.cycles = report.cycles.max(s.finish);
+        for (b, &(s, e)) in batches.iter_mut().zip(&ranges) {
+            let addrs: Vec<u64> = lookups[s..e]
+                .iter()
+                .flat_map(|l| {
+                    let a = cfg.address(&table_base, l);
+                    (0..lines).map(move |k| a + k * line)
+                })
+                .collect();
+            let (stats, cmds) = dram::run_timed(&cfg.dram, &addrs, traces, cfg.fast)?;
+            commands = cmds;
+            for s in stats {
+                b.cycles = b.cycles.max(s.finish);
+                b.add_dram(&Counts { stats: s, ..Default::default() });
+            }
+            b.channel_bytes = b.dram_reads * line;
         }
-        report.channel_bytes = report.dram_reads * line;
     } else {
-        // Which rank serves each vector, and the hot rows (LocalityBit).
-        let ranks_per_channel = cfg.dram.ranks_per_channel();
-        let n_ranks = cfg.dram.channels * ranks_per_channel;
-        let mut per_rank: Vec<Vec<Vector>> = vec![Vec::new(); n_ranks];
-        // The bags each DIMM returns a pooled vector for.
-        let per_dimm = cfg.dram.ranks_per_dimm;
-        let mut dimm_bags: Vec<FxHashSet<(u32, u64)>> = vec![FxHashSet::default(); cfg.dram.channels * cfg.dram.dimms_per_channel];
-        for l in lookups {
-            let a = cfg.address(&table_base, l);
+        commands = run_nmp(cfg, &table_base, lookups, &ranges, &mut batches, traces)?;
+    }
+    let mut total = Report::default();
+    for b in &mut batches {
+        b.energy_pj = energy_pj(cfg, b);
+        total.add(b);
+    }
+    Ok((StreamReport { total, batches }, commands))
+}
+/// RecNMP: each rank's Rank-NMP unit reads its batch's vectors (through its RankCache, which
+/// persists across batches) on its own bus; the channel carries the instruction packets in and
+/// the DIMMs' pooled vectors out. Fills `batches`' counters and cycles; returns the ranks'
+/// command streams when `traces` is set (one batch).
+fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(usize, usize)], batches: &mut [Report], traces: bool) -> Result<Vec<Vec<dram::Command>>> {
+    let lines = cfg.lines_per_vector();
+    let line = cfg.dram.line_bytes as u64;
+    let n_batches = ranges.len();
+    let ranks_per_channel = cfg.dram.ranks_per_channel();
+    let n_ranks = cfg.dram.channels * ranks_per_channel;
+    let dimms = cfg.dram.dimms_per_channel;
+    let per_dimm = cfg.dram.ranks_per_dimm;
+    // Which rank serves each vector, where each batch ends in each rank's list, and how many
+    // pooled vectors (distinct bags) each DIMM returns per batch.
+    let mut per_rank: Vec<Vec<Vector>> = vec![Vec::new(); n_ranks];
+    let mut rank_ends = vec![0usize; n_ranks * n_batches];
+    let mut results = vec![0u64; cfg.dram.channels * dimms * n_batches];
+    let mut dimm_bags: Vec<FxHashSet<(u32, u64)>> = vec![FxHashSet::default(); cfg.dram.channels * dimms];
+    for (b, &(s, e)) in ranges.iter().enumerate() {
+        for l in &lookups[s..e] {
+            let a = cfg.address(table_base, l);
             let loc = cfg.dram.locate(a);
             per_rank[loc.channel * ranks_per_channel + loc.rank].push(Vector { addr: a, loc, hot: true, table: l.table });
-            dimm_bags[loc.channel * cfg.dram.dimms_per_channel + loc.rank / per_dimm].insert((l.model, l.bag));
+            dimm_bags[loc.channel * dimms + loc.rank / per_dimm].insert((l.model, l.bag));
         }
-        // A vector's lines share its first line's DRAM row when vectors tile the row.
-        let tiles = cfg.dram.row_bytes.is_multiple_of(cfg.vector_bytes);
-        // Each rank alone: a one-rank channel of its own (its internal bus), cache in front.
-        let rank_cfg = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
-        type RankOut = (dram::ChannelStats, u64, u64, Vec<dram::Command>);
-        let outs: Vec<std::sync::Mutex<Option<RankOut>>> = (0..n_ranks).map(|_| std::sync::Mutex::new(None)).collect();
-        let per_rank: Vec<std::sync::Mutex<Vec<Vector>>> = per_rank.into_iter().map(std::sync::Mutex::new).collect();
-        let instrs_per_rank: Vec<u64> = per_rank.iter().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64).collect();
-        parallel::for_each_index(n_ranks, usize::MAX, &|r| {
-            let mut work = std::mem::take(&mut *per_rank[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (r, v) in per_rank.iter().enumerate() {
+            rank_ends[r * n_batches + b] = v.len();
+        }
+        for (d, bags) in dimm_bags.iter_mut().enumerate() {
+            results[d * n_batches + b] = bags.len() as u64;
+            bags.clear();
+        }
+    }
+    // A vector's lines share its first line's DRAM row when vectors tile the row.
+    let tiles = cfg.dram.row_bytes.is_multiple_of(cfg.vector_bytes);
+    // Each rank alone: a one-rank channel of its own (its internal bus), cache in front.
+    let rank_cfg = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..cfg.dram };
+    type RankOut = (Vec<Counts>, Vec<dram::Command>);
+    let outs: Vec<std::sync::Mutex<Option<RankOut>>> = (0..n_ranks).map(|_| std::sync::Mutex::new(None)).collect();
+    let per_rank: Vec<std::sync::Mutex<Vec<Vector>>> = per_rank.into_iter().map(std::sync::Mutex::new).collect();
+    parallel::for_each_index(n_ranks, usize::MAX, &|r| {
+        let mut work = std::mem::take(&mut *per_rank[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut cache = (cfg.cache_bytes > 0).then(|| RankCache::new(cfg.cache_bytes, cfg.vector_bytes, cfg.cache_ways));
+        let mut counts = Vec::with_capacity(n_batches);
+        let mut trace = Vec::new();
+        let mut start = 0;
+        let mut reqs = Vec::new();
+        for &end in &rank_ends[r * n_batches..(r + 1) * n_batches] {
+            let batch = &mut work[start..end];
+            start = end;
             if cfg.hot_threshold > 0 {
                 // Hot-entry profiling: a vector's LocalityBit is set when its row is looked up
-                // at least `hot_threshold` times (counted per rank: a row lives in one rank).
-                let mut counts: FxHashMap<u64, u64> = FxHashMap::default();
-                for v in &work {
-                    *counts.entry(v.addr).or_default() += 1;
+                // at least `hot_threshold` times in the batch (counted per rank: a row lives in
+                // one rank).
+                let mut seen: FxHashMap<u64, u64> = FxHashMap::default();
+                for v in batch.iter() {
+                    *seen.entry(v.addr).or_default() += 1;
                 }
-                for v in &mut work {
-                    v.hot = counts[&v.addr] >= cfg.hot_threshold;
+                for v in batch.iter_mut() {
+                    v.hot = seen[&v.addr] >= cfg.hot_threshold;
                 }
             }
             if cfg.table_aware {
                 // Within each window of the packet queue, the same table's vectors together
                 // (arrival order kept within a table).
-                for w in work.chunks_mut(SCHEDULE_WINDOW) {
+                for w in batch.chunks_mut(SCHEDULE_WINDOW) {
                     w.sort_by_key(|v| v.table);
                 }
             }
-            let mut cache = (cfg.cache_bytes > 0).then(|| RankCache::new(cfg.cache_bytes, cfg.vector_bytes, cfg.cache_ways));
             let (mut hits, mut accesses) = (0u64, 0u64);
-            let mut reqs = Vec::with_capacity(work.len() * lines as usize);
-            for v in &work {
+            reqs.clear();
+            for v in batch.iter() {
                 if let Some(c) = cache.as_mut() {
                     accesses += 1;
                     if c.access(v.addr, v.hot) {
@@ -333,51 +471,41 @@ pub fn emulate_traced(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], t
                     reqs.push(Location { channel: 0, rank: 0, ..l });
                 }
             }
-            let mut trace = Vec::new();
             let mut stats = dram::run_channel_timed(&rank_cfg, &reqs, traces.then_some(&mut trace), cfg.fast);
             stats.finish += hits * cfg.cache_hit_cycles;
-            *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stats, hits, accesses, trace));
-            Ok(())
-        })?;
-        let mut rank_finish = vec![0u64; n_ranks];
-        for (r, m) in outs.into_iter().enumerate() {
-            let (s, hits, accesses, trace) = m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every rank ran");
-            report.dram_reads += s.reads;
-            report.activates += s.activates;
-            report.precharges += s.precharges;
-            report.row_hits += s.row_hits;
-            report.cache_hits += hits;
-            report.cache_accesses += accesses;
-            rank_finish[r] = s.finish;
-            if traces {
-                commands.push(trace);
-            }
+            stats.done = Vec::new();
+            counts.push(Counts { stats, hits, accesses });
         }
-        // The channel: instruction packets in, pooled vectors (one per bag and DIMM) out.
-        let t = cfg.dram.timing;
-        for c in 0..cfg.dram.channels {
-            let instrs: u64 = instrs_per_rank[c * ranks_per_channel..(c + 1) * ranks_per_channel].iter().sum();
-            let packets = instrs.div_ceil(cfg.instr_per_packet as u64);
-            let dimms = cfg.dram.dimms_per_channel;
-            let results: u64 = dimm_bags[c * dimms..(c + 1) * dimms].iter().map(|b| b.len() as u64).sum();
-            let out_lines = results * lines;
-            let slowest = rank_finish[c * ranks_per_channel..(c + 1) * ranks_per_channel].iter().copied().max().unwrap_or(0);
-            let cycles = packets * t.tbl + slowest + out_lines * t.tbl;
-            report.cycles = report.cycles.max(cycles);
-            report.channel_bytes += (packets + out_lines) * line;
+        *outs[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((counts, trace));
+        Ok(())
+    })?;
+    let mut rank_finish = vec![0u64; n_ranks * n_batches];
+    let mut commands = Vec::new();
+    for (r, m) in outs.into_iter().enumerate() {
+        let (counts, trace) = m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every rank ran");
+        for (b, c) in counts.iter().enumerate() {
+            batches[b].add_dram(c);
+            rank_finish[r * n_batches + b] = c.stats.finish;
+        }
+        if traces {
+            commands.push(trace);
         }
     }
-    let ns = report.cycles as f64 * cfg.dram.timing.tck_ns;
-    let values = (cfg.vector_bytes / 4) as f64;
-    report.energy_pj = report.activates as f64 * e.act_pj
-        + report.dram_reads as f64 * e.rd_pj
-        + report.precharges as f64 * e.pre_pj
-        + report.channel_bytes as f64 * 8.0 * e.io_pj_per_bit
-        + e.background_mw_per_rank * ranks_total * ns // mW x ns = pJ
-        + if cfg.nmp { report.lookups as f64 * values * e.nmp_add_pj } else { 0.0 }
-        + report.cache_accesses as f64 * e.cache_read_pj
-        + (report.cache_accesses - report.cache_hits) as f64 * if cfg.cache_bytes > 0 { e.cache_write_pj } else { 0.0 };
-    Ok((report, commands))
+    // Each batch on each channel: instruction packets in, then the slowest rank, then the
+    // pooled vectors (one per bag and DIMM) out.
+    let t = cfg.dram.timing;
+    for (b, rep) in batches.iter_mut().enumerate() {
+        for c in 0..cfg.dram.channels {
+            let ranks = c * ranks_per_channel..(c + 1) * ranks_per_channel;
+            let instrs: u64 = ranks.clone().map(|r| (rank_ends[r * n_batches + b] - if b > 0 { rank_ends[r * n_batches + b - 1] } else { 0 }) as u64).sum();
+            let packets = instrs.div_ceil(cfg.instr_per_packet as u64);
+            let out_lines: u64 = (c * dimms..(c + 1) * dimms).map(|d| results[d * n_batches + b]).sum::<u64>() * lines;
+            let slowest = ranks.map(|r| rank_finish[r * n_batches + b]).max().unwrap_or(0);
+            rep.cycles = rep.cycles.max(packets * t.tbl + slowest + out_lines * t.tbl);
+            rep.channel_bytes += (packets + out_lines) * line;
+        }
+    }
+    Ok(commands)
 }
 
 #[cfg(test)]
@@ -423,6 +551,78 @@ mod tests {
         assert_eq!(reads, rep.dram_reads);
         assert_eq!(rep.dram_reads, (rep.cache_accesses - rep.cache_hits) * 2);
         assert_eq!(emulate(&cfg, &rows, &tr).unwrap(), rep);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn batch(rows: &[u64], bag0: u64) -> Vec<Lookup> {
+        rows.iter().enumerate().map(|(i, &row)| Lookup { model: 0, table: 0, row, bag: bag0 + i as u64 / 8 }).collect()
+    }
+
+    #[test]
+    fn a_stream_of_one_batch_is_the_batch_and_batches_add_up() {
+        let tr: Vec<Lookup> = (0..3000u64).map(|i| Lookup { model: 0, table: (i % 3) as u32, row: i * 7919 % 5000, bag: i / 30 }).collect();
+        let rows = [5000u64; 3];
+        for fast in [true, false] {
+            let cfg = NmpConfig { fast, ..NmpConfig::default() };
+            let one = emulate_stream(&cfg, &rows, &tr, &[0]).unwrap();
+            assert_eq!(one.total, emulate(&cfg, &rows, &tr).unwrap());
+            let s = emulate_stream(&cfg, &rows, &tr, &[0, 1000, 1000, 2500]).unwrap();
+            assert_eq!(s.batches.len(), 4);
+            assert_eq!((s.batches[1].lookups, s.batches[1].cycles, s.batches[2].lookups), (0, 0, 1500));
+            assert_eq!(s.batches.iter().map(|b| b.cycles).sum::<u64>(), s.total.cycles);
+            assert_eq!(s.batches.iter().map(|b| b.cache_hits).sum::<u64>(), s.total.cache_hits);
+            let e: f64 = s.batches.iter().map(|b| b.energy_pj).sum();
+            assert!((e - s.total.energy_pj).abs() < 1e-6 * e);
+        }
+    }
+
+    #[test]
+    fn the_rank_caches_stay_warm_and_profiling_counts_each_batch() {
+        // One channel of one rank; 64 distinct rows, each once per batch.
+        let dram = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..Config::default() };
+        let rows: Vec<u64> = (0..64).map(|i| i * 97).collect();
+        let mut tr = batch(&rows, 0);
+        tr.extend(batch(&rows, 8));
+        let table = [10_000u64];
+        // Every vector cacheable (no profiling): the second batch hits every time.
+        let all = NmpConfig { dram, hot_threshold: 0, ..NmpConfig::default() };
+        let s = emulate_stream(&all, &table, &tr, &[0, 64]).unwrap();
+        assert_eq!((s.batches[0].cache_hits, s.batches[1].cache_hits), (0, 64));
+        assert!(s.batches[1].cycles < s.batches[0].cycles);
+        // Hot-entry profiling per batch: no row repeats within a batch, so none is cached;
+        // over the two batches as one, every row is hot and the second pass hits.
+        let hot = NmpConfig { dram, hot_threshold: 2, ..NmpConfig::default() };
+        assert_eq!(emulate_stream(&hot, &table, &tr, &[0, 64]).unwrap().total.cache_hits, 0);
+        assert_eq!(emulate(&hot, &table, &tr).unwrap().cache_hits, 64);
+    }
+
+    #[test]
+    fn a_rank_cache_holds_as_many_vectors_as_it_has_lines() {
+        // 8 KiB of 128-byte vectors: 64 lines. 48 distinct rows (one rank, rows spread over
+        // the address bits that pick a set) are all still there on the second pass.
+        let dram = Config { channels: 1, dimms_per_channel: 1, ranks_per_dimm: 1, ..Config::default() };
+        let cfg = NmpConfig { dram, hot_threshold: 0, cache_bytes: 8 << 10, ..NmpConfig::default() };
+        let rows: Vec<u64> = (0..48).map(|i| i * 4096).collect();
+        let mut tr = batch(&rows, 0);
+        tr.extend(batch(&rows, 6));
+        let r = emulate(&cfg, &[1 << 20], &tr).unwrap();
+        assert!(r.cache_hits >= 40, "{} of 48 hit", r.cache_hits);
+    }
+
+    #[test]
+    fn bad_batch_starts_are_refused() {
+        let tr = batch(&[1, 2, 3], 0);
+        let cfg = NmpConfig::default();
+        for starts in [&[][..], &[1], &[0, 2, 1], &[0, 4]] {
+            assert!(matches!(emulate_stream(&cfg, &[10], &tr, starts), Err(Error::Value(_))), "{starts:?}");
+        }
+        let exact = NmpConfig { fast: false, ..cfg };
+        assert!(emulate_batches(&exact, &[10], &tr, &[0, 1], true).is_err());
+        assert!(emulate_batches(&exact, &[10], &tr, &[0], true).is_ok());
     }
 }
 

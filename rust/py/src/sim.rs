@@ -133,9 +133,11 @@ pub(crate) fn dram_validate(trace: PyReadonlyArray2<'_, i64>, config: Option<&Bo
 /// the DRAM fields (as `dram_run`) plus nmp, vector_bytes, instr_per_packet, cache_bytes,
 /// cache_ways, hot_threshold, table_aware, cache_hit_cycles and the energy fields. With
 /// `trace`, the dict also holds `commands`: the DRAM command streams (as `dram_run` gives),
-/// one per channel on the host and one per rank with NMP.
+/// one per channel on the host and one per rank with NMP. `starts` (default `[0]`) splits the
+/// lookups into a stream of batches (`nmp::emulate_stream`); the dict's `batch_*` lists hold
+/// each batch's cycles, latency_ns, cache_hits, cache_accesses, dram_reads and energy_pj.
 #[pyfunction]
-#[pyo3(signature = (table_rows, models, tables, rows, bags, config=None, trace=false))]
+#[pyo3(signature = (table_rows, models, tables, rows, bags, config=None, trace=false, starts=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn nmp_emulate<'py>(
     py: Python<'py>,
@@ -146,6 +148,7 @@ pub(crate) fn nmp_emulate<'py>(
     bags: PyReadonlyArray1<'py, i64>,
     config: Option<&Bound<'py, PyDict>>,
     trace: bool,
+    starts: Option<Vec<usize>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let c: nmp::NmpConfig = configure(config)?;
     c.dram.check().py_err()?;
@@ -165,7 +168,9 @@ pub(crate) fn nmp_emulate<'py>(
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
-    let (rep, commands) = detach(py, || nmp::emulate_traced(&c, &table_rows, &lookups, trace))?;
+    let starts = starts.unwrap_or_else(|| vec![0]);
+    let (run, commands) = detach(py, || nmp::emulate_batches(&c, &table_rows, &lookups, &starts, trace))?;
+    let rep = &run.total;
     let d = PyDict::new(py);
     d.set_item("lookups", rep.lookups)?;
     d.set_item("cycles", rep.cycles)?;
@@ -178,6 +183,13 @@ pub(crate) fn nmp_emulate<'py>(
     d.set_item("cache_accesses", rep.cache_accesses)?;
     d.set_item("channel_bytes", rep.channel_bytes)?;
     d.set_item("energy_pj", rep.energy_pj)?;
+    let per = |f: fn(&nmp::Report) -> u64| run.batches.iter().map(f).collect::<Vec<u64>>();
+    d.set_item("batch_cycles", per(|b| b.cycles))?;
+    d.set_item("batch_latency_ns", run.batches.iter().map(|b| b.cycles as f64 * c.dram.timing.tck_ns).collect::<Vec<f64>>())?;
+    d.set_item("batch_cache_hits", per(|b| b.cache_hits))?;
+    d.set_item("batch_cache_accesses", per(|b| b.cache_accesses))?;
+    d.set_item("batch_dram_reads", per(|b| b.dram_reads))?;
+    d.set_item("batch_energy_pj", run.batches.iter().map(|b| b.energy_pj).collect::<Vec<f64>>())?;
     if trace {
         let arrays = commands.iter().map(|t| trace_array(py, t)).collect::<PyResult<Vec<_>>>()?;
         d.set_item("commands", arrays)?;
