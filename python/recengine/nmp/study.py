@@ -27,7 +27,7 @@ co-located models (1-8, their lookups interleaved); table-aware scheduling and h
 profiling off; the eight DeepRecInfra models (``models``); and three inputs behind the gaps
 to the paper's headline figures: the vector size (``vector``: 64-256 bytes), the energy
 account's DRAM background power (charged for the time taken) and channel I/O energy per bit
-(``energy``: the defaults, then each lowered), and the
+(``energy``: the defaults, each lowered, then neither background power nor RankCache), and the
 share of inference time in SLS that turns the latency speedup into throughput
 (``sls_fraction``: no new emulation, the base row's speedup through Amdahl's law). Traces:
 ``batch`` samples of the model's tables (DeepRecInfra shapes scaled to ``table_mb``) with their
@@ -188,6 +188,10 @@ def _cases(config: NMPStudyConfig) -> Iterator[_Case]:
             for label, k, v in settings:
                 energy = {**(base.energy or {}), k: v}
                 yield _Case(sweep, {label: v}, replace(base, energy=energy), m, z)
+            # Only the DRAM commands and the channel's I/O: no background, no RankCache.
+            energy = {**(base.energy or {}), "background_mw_per_rank": 0.0}
+            yield _Case(sweep, {"background_mw": 0.0, "cache_kb": 0},
+                        replace(base, energy=energy, cache_bytes=0), m, z)
         elif sweep == "sls_fraction":
             for f in (0.5, 0.79, 0.9, 0.95):
                 yield _Case(sweep, {"sls_fraction": f}, base, m, z)

@@ -98,6 +98,11 @@ impl Default for Config {
     }
 }
 
+/// The most of any one count (channels, DIMMs, ranks, bank groups, banks, queue depth).
+pub const MAX_COUNT: usize = 1 << 16;
+/// The most banks in one channel.
+pub const MAX_BANKS: usize = 1 << 20;
+
 impl Config {
     /// Check that every count is positive and the sizes divide as the mapping needs.
     pub fn check(&self) -> Result<()> {
@@ -111,6 +116,15 @@ impl Config {
         ];
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(Error::value(format!("{name} must be at least 1")));
+        }
+        // Both timing models keep per-bank state for a channel's banks, and the emulator's
+        // vectors store a bank group and bank in 32 bits.
+        if let Some((name, v)) = counts.iter().find(|(_, v)| *v > MAX_COUNT) {
+            return Err(Error::value(format!("{name} = {v} is more than this model allows ({MAX_COUNT})")));
+        }
+        let banks = self.ranks_per_channel().saturating_mul(self.banks_per_rank());
+        if banks > MAX_BANKS {
+            return Err(Error::value(format!("a channel of {banks} banks is more than this model allows ({MAX_BANKS})")));
         }
         if self.line_bytes == 0 || self.row_bytes < self.line_bytes || !self.row_bytes.is_multiple_of(self.line_bytes) {
             return Err(Error::value(format!(
@@ -151,19 +165,66 @@ impl Config {
     /// group, bank, rank, row, so that a vector of up to a row stays in one row of one bank and
     /// consecutive vectors spread over channels and banks.
     pub fn locate(&self, addr: u64) -> Location {
-        let lines_per_row = (self.row_bytes / self.line_bytes) as u64;
-        let mut x = addr / self.line_bytes as u64;
-        let column = (x % lines_per_row) as u32;
-        x /= lines_per_row;
-        let channel = (x % self.channels as u64) as usize;
-        x /= self.channels as u64;
-        let bank_group = (x % self.bank_groups as u64) as usize;
-        x /= self.bank_groups as u64;
-        let bank = (x % self.banks_per_group as u64) as usize;
-        x /= self.banks_per_group as u64;
-        let rank = (x % self.ranks_per_channel() as u64) as usize;
-        let row = x / self.ranks_per_channel() as u64;
-        Location { channel, rank, bank_group, bank, row, column }
+        self.locator().locate(addr)
+    }
+
+    /// [`Config::locate`] for many addresses: the sizes it divides by, prepared once.
+    pub fn locator(&self) -> Locator {
+        let d = |n: usize| Divisor::new(n as u64);
+        Locator {
+            line: d(self.line_bytes),
+            column: d(self.row_bytes / self.line_bytes),
+            channel: d(self.channels),
+            bank_group: d(self.bank_groups),
+            bank: d(self.banks_per_group),
+            rank: d(self.ranks_per_channel()),
+        }
+    }
+}
+
+/// Division by a fixed positive number: a shift when it is a power of two.
+#[derive(Debug, Clone, Copy)]
+struct Divisor {
+    n: u64,
+    shift: Option<u32>,
+}
+
+impl Divisor {
+    fn new(n: u64) -> Divisor {
+        Divisor { n, shift: n.is_power_of_two().then(|| n.trailing_zeros()) }
+    }
+
+    /// `(x / n, x % n)`.
+    #[inline]
+    fn split(&self, x: u64) -> (u64, u64) {
+        match self.shift {
+            Some(s) => (x >> s, x & (self.n - 1)),
+            None => (x / self.n, x % self.n),
+        }
+    }
+}
+
+/// [`Config::locate`] with its divisions prepared ([`Config::locator`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Locator {
+    line: Divisor,
+    column: Divisor,
+    channel: Divisor,
+    bank_group: Divisor,
+    bank: Divisor,
+    rank: Divisor,
+}
+
+impl Locator {
+    #[inline]
+    pub fn locate(&self, addr: u64) -> Location {
+        let (x, _) = self.line.split(addr);
+        let (x, column) = self.column.split(x);
+        let (x, channel) = self.channel.split(x);
+        let (x, bank_group) = self.bank_group.split(x);
+        let (x, bank) = self.bank.split(x);
+        let (row, rank) = self.rank.split(x);
+        Location { channel: channel as usize, rank: rank as usize, bank_group: bank_group as usize, bank: bank as usize, row, column: column as u32 }
     }
 }
 
@@ -598,8 +659,9 @@ pub fn run_timed(cfg: &Config, addrs: &[u64], traces: bool, fast: bool) -> Resul
         return Err(Error::value("command traces come from the command model, not the fast mode"));
     }
     let mut per: Vec<Vec<Location>> = vec![Vec::new(); cfg.channels];
+    let locator = cfg.locator();
     for &a in addrs {
-        let l = cfg.locate(a);
+        let l = locator.locate(a);
         per[l.channel].push(l);
     }
     type Slot = std::sync::Mutex<Option<(ChannelStats, Vec<Command>)>>;

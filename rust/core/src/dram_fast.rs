@@ -202,7 +202,9 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
     };
     let mut stats = ChannelStats { done: vec![0; requests.len()], ..Default::default() };
     let units = units(requests);
-    let mut paired = vec![false; units.len()];
+    // Per rank, the bank group of a unit whose reads went back to back counting on the next
+    // unit of the rank from another bank group to interleave with.
+    let mut partner: Vec<Option<usize>> = vec![None; ranks];
     // A queued unit's own bound on its next read (a row hit's read, else tRCD after an
     // activate that waits for a precharge if another row is open, or for the bank's tRC),
     // and which shared bound applies (below).
@@ -312,37 +314,32 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
         // The unit's reads: back to back when the queue holds a unit of the rank in another
         // bank group (whose reads FR-FCFS interleaves with these), else tCCD_L apart.
         let mut at = entered.max(b.next_rd).max(sh.rd_bg[g]);
-        // A unit FR-FCFS interleaves with an earlier one was paired with it then (its reads
-        // fill that one's tCCD_L gaps, and the earlier one's fill its own). Else it pairs with
-        // a queued unit of its rank in another bank group, or with one waiting to enter that
-        // the slots its reads free let in while they issue; the partner's reads will go back
-        // to back in turn.
-        let unit = q.unit[pos];
-        let mut back_to_back = paired[unit];
-        if !back_to_back {
-            let partner = |u: &Unit| u.loc.rank == l.rank && u.loc.bank_group != l.bank_group;
-            let mut found = None;
-            if per_rank[l.rank] > per_group[g] {
-                found = q.unit.iter().copied().find(|&u| u != unit && !paired[u] && partner(&units[u]));
-                back_to_back = true;
-            }
-            if found.is_none() {
+        // FR-FCFS interleaves a unit's reads with those of a unit of its rank in another bank
+        // group, queued or let in by the slots its reads free while they issue: both then go
+        // back to back (each fills the other's tCCD_L gaps). The partner is the next unit of
+        // the rank served from another bank group, which takes up the pairing (`partner`).
+        let mut back_to_back = partner[l.rank].is_some_and(|pg| pg != g);
+        if back_to_back {
+            partner[l.rank] = None;
+        } else {
+            back_to_back = per_rank[l.rank] > per_group[g] || {
                 let mut room = free.len() + lines.min(cfg.queue_depth);
-                for (i, u) in units[next_in..].iter().enumerate() {
+                let mut found = false;
+                for u in &units[next_in..] {
                     let need = u.lines.min(cfg.queue_depth);
                     if need > room {
                         break;
                     }
                     room -= need;
-                    if partner(u) {
-                        found = Some(next_in + i);
-                        back_to_back = true;
+                    if u.loc.rank == l.rank && u.loc.bank_group != l.bank_group {
+                        found = true;
                         break;
                     }
                 }
-            }
-            if let Some(u) = found {
-                paired[u] = true;
+                found
+            };
+            if back_to_back {
+                partner[l.rank] = Some(g);
             }
         }
         for j in 0..lines {

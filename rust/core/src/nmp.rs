@@ -170,14 +170,76 @@ impl NmpConfig {
     }
 }
 
-/// One vector a rank reads: its address and first line's place, whether its LocalityBit is
-/// set, and its table (for table-aware scheduling).
+/// One vector a rank reads: its address and first line's place in the rank (bank group,
+/// bank, row, column), whether its LocalityBit is set, and its table (for table-aware
+/// scheduling). Kept small: a stream holds one per lookup.
 #[derive(Clone, Copy)]
 struct Vector {
     addr: u64,
-    loc: Location,
-    hot: bool,
+    row: u64,
+    column: u32,
     table: u32,
+    bank_group: u32,
+    bank: u32,
+    hot: bool,
+}
+
+impl Vector {
+    fn new(addr: u64, loc: &Location, table: u32) -> Vector {
+        // Bank groups and banks a rank has fit u32 (Config::check bounds them).
+        Vector { addr, row: loc.row, column: loc.column, table, bank_group: loc.bank_group as u32, bank: loc.bank as u32, hot: true }
+    }
+
+    /// The place of its `k`-th line on the rank's own bus, when the vector's lines share a row.
+    fn line(&self, k: u32) -> Location {
+        Location { channel: 0, rank: 0, bank_group: self.bank_group as usize, bank: self.bank as usize, row: self.row, column: self.column + k }
+    }
+}
+
+/// Counts the distinct (model, bag) pairs each DIMM returns a pooled vector for, batch by
+/// batch: a stamp per pair and DIMM when the batch's ids span a small range, else hash sets.
+struct BagCounter {
+    stamps: Vec<u32>,
+    sets: Vec<FxHashSet<(u32, u64)>>,
+}
+
+impl BagCounter {
+    /// Add `(dimm, lookup)` pairs of batch `b` (0-based); returns the count per DIMM.
+    fn count(&mut self, b: usize, dimms: usize, pairs: impl Iterator<Item = (usize, (u32, u64))> + Clone) -> Vec<u64> {
+        let mut out = vec![0u64; dimms];
+        let (mut bmin, mut bmax, mut mmax) = (u64::MAX, 0u64, 0u32);
+        for (_, (m, bag)) in pairs.clone() {
+            bmin = bmin.min(bag);
+            bmax = bmax.max(bag);
+            mmax = mmax.max(m);
+        }
+        let span = (bmax.saturating_sub(bmin) as u128 + 1) * (mmax as u128 + 1) * dimms as u128;
+        if span <= 1 << 22 {
+            let span = span as usize;
+            if self.stamps.len() < span {
+                self.stamps.resize(span, 0);
+            }
+            let models = mmax as u64 + 1;
+            let stamp = b as u32 + 1;
+            for (d, (m, bag)) in pairs {
+                let i = (((bag - bmin) * models + m as u64) * dimms as u64) as usize + d;
+                if self.stamps[i] != stamp {
+                    self.stamps[i] = stamp;
+                    out[d] += 1;
+                }
+            }
+        } else {
+            self.sets.resize_with(dimms, FxHashSet::default);
+            for (d, key) in pairs {
+                self.sets[d].insert(key);
+            }
+            for (d, s) in self.sets.iter_mut().enumerate() {
+                out[d] = s.len() as u64;
+                s.clear();
+            }
+        }
+        out
+    }
 }
 
 /// A set-associative LRU cache of vectors, keyed by vector address.
@@ -401,23 +463,26 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
     let per_dimm = cfg.dram.ranks_per_dimm;
     // Which rank serves each vector, where each batch ends in each rank's list, and how many
     // pooled vectors (distinct bags) each DIMM returns per batch.
-    let mut per_rank: Vec<Vec<Vector>> = vec![Vec::new(); n_ranks];
+    let mut per_rank: Vec<Vec<Vector>> = (0..n_ranks).map(|_| Vec::with_capacity(lookups.len() / n_ranks + lookups.len() / (4 * n_ranks) + 16)).collect();
     let mut rank_ends = vec![0usize; n_ranks * n_batches];
     let mut results = vec![0u64; cfg.dram.channels * dimms * n_batches];
-    let mut dimm_bags: Vec<FxHashSet<(u32, u64)>> = vec![FxHashSet::default(); cfg.dram.channels * dimms];
+    let mut bags = BagCounter { stamps: Vec::new(), sets: Vec::new() };
+    let mut dimm_of = Vec::new();
+    let locator = cfg.dram.locator();
     for (b, &(s, e)) in ranges.iter().enumerate() {
+        dimm_of.clear();
         for l in &lookups[s..e] {
             let a = cfg.address(table_base, l);
-            let loc = cfg.dram.locate(a);
-            per_rank[loc.channel * ranks_per_channel + loc.rank].push(Vector { addr: a, loc, hot: true, table: l.table });
-            dimm_bags[loc.channel * dimms + loc.rank / per_dimm].insert((l.model, l.bag));
+            let loc = locator.locate(a);
+            per_rank[loc.channel * ranks_per_channel + loc.rank].push(Vector::new(a, &loc, l.table));
+            dimm_of.push(loc.channel * dimms + loc.rank / per_dimm);
         }
         for (r, v) in per_rank.iter().enumerate() {
             rank_ends[r * n_batches + b] = v.len();
         }
-        for (d, bags) in dimm_bags.iter_mut().enumerate() {
-            results[d * n_batches + b] = bags.len() as u64;
-            bags.clear();
+        let pairs = dimm_of.iter().zip(&lookups[s..e]).map(|(&d, l)| (d, (l.model, l.bag)));
+        for (d, n) in bags.count(b, cfg.dram.channels * dimms, pairs).into_iter().enumerate() {
+            results[d * n_batches + b] = n;
         }
     }
     // A vector's lines share its first line's DRAM row when vectors tile the row.
@@ -434,6 +499,7 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
         let mut trace = Vec::new();
         let mut start = 0;
         let mut reqs = Vec::new();
+        let mut order: Vec<u64> = Vec::new();
         for &end in &rank_ends[r * n_batches..(r + 1) * n_batches] {
             let batch = &mut work[start..end];
             start = end;
@@ -441,7 +507,7 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
                 // Hot-entry profiling: a vector's LocalityBit is set when its row is looked up
                 // at least `hot_threshold` times in the batch (counted per rank: a row lives in
                 // one rank).
-                let mut seen: FxHashMap<u64, u64> = FxHashMap::default();
+                let mut seen: FxHashMap<u64, u64> = FxHashMap::with_capacity_and_hasher(batch.len(), Default::default());
                 for v in batch.iter() {
                     *seen.entry(v.addr).or_default() += 1;
                 }
@@ -449,16 +515,24 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
                     v.hot = seen[&v.addr] >= cfg.hot_threshold;
                 }
             }
+            // The order the rank serves them: with table-aware scheduling, within each window
+            // of the packet queue the same table's vectors together (arrival order kept within
+            // a table).
+            // Keys (table << 32 | position): sorted, a window keeps arrival order per table.
+            if batch.len() > u32::MAX as usize {
+                return Err(Error::value("a rank's batch holds more than 2^32 vectors"));
+            }
+            order.clear();
+            let table_key = |(i, v): (usize, &Vector)| if cfg.table_aware { u64::from(v.table) << 32 | i as u64 } else { i as u64 };
+            order.extend(batch.iter().enumerate().map(table_key));
             if cfg.table_aware {
-                // Within each window of the packet queue, the same table's vectors together
-                // (arrival order kept within a table).
-                for w in batch.chunks_mut(SCHEDULE_WINDOW) {
-                    w.sort_by_key(|v| v.table);
+                for w in order.chunks_mut(SCHEDULE_WINDOW) {
+                    w.sort_unstable();
                 }
             }
             let (mut hits, mut accesses) = (0u64, 0u64);
             reqs.clear();
-            for v in batch.iter() {
+            for v in order.iter().map(|&k| &batch[(k & u64::from(u32::MAX)) as usize]) {
                 if let Some(c) = cache.as_mut() {
                     accesses += 1;
                     if c.access(v.addr, v.hot) {
@@ -467,8 +541,8 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
                     }
                 }
                 for k in 0..lines {
-                    let l = if tiles { Location { column: v.loc.column + k as u32, ..v.loc } } else { cfg.dram.locate(v.addr + k * line) };
-                    reqs.push(Location { channel: 0, rank: 0, ..l });
+                    let l = if tiles { v.line(k as u32) } else { Location { channel: 0, rank: 0, ..locator.locate(v.addr + k * line) } };
+                    reqs.push(l);
                 }
             }
             let mut stats = dram::run_channel_timed(&rank_cfg, &reqs, traces.then_some(&mut trace), cfg.fast);
