@@ -14,12 +14,14 @@
 //! after the last such command and each decision costs a scan of the queue.
 //!
 //! A unit's reads go back to back on the data bus when the queue holds a unit of the same rank
-//! in another bank group: the command model interleaves that unit's reads between them (tCCD_L
-//! keeps a bank group's reads 6 cycles apart, the bus takes one every 4), at the same pace.
-//! Without such a unit they are tCCD_L apart. So a fast trace is a schedule of the same
+//! in another bank group, or one will enter while its reads free their slots: the command
+//! model interleaves that unit's reads between them (tCCD_L keeps a bank group's reads 6
+//! cycles apart, the bus takes one every 4), at the same pace. The partner's reads, placed
+//! later, then go back to back too (the next unit of the rank from another bank group takes
+//! up the pairing). Without a partner they are tCCD_L apart. So a fast trace is a schedule of the same
 //! length, not a command stream the validator accepts: command streams come from the
-//! command model. On the `recengine nmp` sweep it is within 2% of the command model (cycles and
-//! energy; the cache is the same code, so its hits are identical); `benches/nmp_speed.py`
+//! command model. On the `recengine nmp` sweep it is within 1.3% of the command model (cycles
+//! and energy; the cache is the same code, so its hits are identical); `benches/nmp_speed.py`
 //! prints both modes' speed and agreement.
 
 use std::collections::VecDeque;

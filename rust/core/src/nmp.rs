@@ -11,9 +11,13 @@
 //!   internal bus (all ranks in parallel), pools them, and the DIMM sums the ranks' partial
 //!   sums and returns one pooled vector per bag and DIMM over the channel. A per-rank
 //!   RankCache (LRU, set-associative) keeps vectors whose LocalityBit is set: with hot-entry
-//!   profiling, those whose row appears at least `hot_threshold` times in the trace, else
+//!   profiling, those whose row appears at least `hot_threshold` times in the batch, else
 //!   every vector. Table-aware scheduling hands each rank its vectors grouped by table and row
 //!   instead of in arrival order.
+//!
+//! A trace is one batch, or a stream of batches ([`emulate_stream`]) that run one after
+//! another: each batch is profiled and scheduled on its own and starts with the banks
+//! precharged, and the RankCaches keep their contents from batch to batch.
 //!
 //! Energy counts DRAM commands (ACT, RD, PRE), channel I/O per bit, background power for the
 //! time taken, NMP adds per value and cache accesses; [`Energy`] holds the per-unit costs.
