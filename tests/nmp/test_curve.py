@@ -40,6 +40,8 @@ def test_bad_curves_and_profiles_are_refused() -> None:
         profile_sls("rmc1", batches=(1,), timing="exact")
     with pytest.raises(ValueError, match="unknown preset"):
         profile_sls("rmc1", batches=(1,), system="hbm")
+    with pytest.raises(ValueError, match="stream"):
+        profile_sls("rmc1", batches=(1,), stream=0)
     with pytest.raises(ValueError, match="one NMP and one host time"):
         SLSCurve("m", "recnmp", (1, 2), (1.0,), (1.0, 2.0))
     with pytest.raises(ValueError, match="positive"):
@@ -53,3 +55,12 @@ def test_the_module_example_runs() -> None:
 
     result = doctest.testmod(curve)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_the_curve_is_timed_on_warm_rank_caches() -> None:
+    """The last batch of a stream finds the RankCaches warm: faster than a cold first batch
+    of the same size (the host, without a cache, is not)."""
+    cold = profile_sls("rmc1", batches=(32,), table_mb=8, stream=1)
+    warm = profile_sls("rmc1", batches=(32,), table_mb=8, stream=4)
+    assert warm.nmp_ms[0] < 0.97 * cold.nmp_ms[0]
+    assert warm.host_ms[0] == pytest.approx(cold.host_ms[0], rel=0.05)

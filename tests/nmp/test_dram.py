@@ -152,3 +152,19 @@ def test_absurd_timing_values_are_refused_before_any_cycle_count_can_wrap(timing
     big = NMPConfig(dram=DramConfig(trp=2**20), timing=timing, cache_bytes=0)
     res = emulate(Trace.synthetic([100_000], bags=8, pooling=20, seed=0), big).raw
     assert res["precharges"] > 0 and res["cycles"] > 2**20
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"bank_groups": 2**40}, "bank_groups = 1099511627776 is more than"),
+    ({"channels": 2**17}, "channels = 131072 is more than"),
+    ({"dimms_per_channel": 2**12, "ranks_per_dimm": 2**12}, "banks is more than"),
+])
+def test_absurd_counts_are_refused_before_any_bank_state_is_allocated(
+        changes: dict[str, int], match: str) -> None:
+    from recengine import _core
+    from recengine.nmp import NMPConfig, Trace, emulate
+
+    with pytest.raises(ValueError, match=match):
+        _core.dram_run(np.arange(0, 640, 64), changes)
+    with pytest.raises(ValueError, match=match):
+        emulate(Trace.synthetic([1000], bags=2, pooling=4), NMPConfig(dram=DramConfig(**changes)))

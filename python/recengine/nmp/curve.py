@@ -112,7 +112,7 @@ def profile_sls(model: str, batches: Sequence[int] = ACCELERATOR_BATCHES,
     nmp_ms, host_ms = [], []
     for b in sizes:
         trace = whole.take(whole.bags % sizes[-1] < b)
-        nmp_ms.append(emulate(trace, nmp_cfg).batch_latency_ns[-1] / 1e6)
-        host_ms.append(emulate(trace, host_cfg).batch_latency_ns[-1] / 1e6)
+        nmp_ms.append(float(emulate(trace, nmp_cfg).batch_latency_ns[-1]) / 1e6)
+        host_ms.append(float(emulate(trace, host_cfg).batch_latency_ns[-1]) / 1e6)
     return SLSCurve(model, system if config is None else "custom", sizes, tuple(nmp_ms),
                     tuple(host_ms))
