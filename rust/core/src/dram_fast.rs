@@ -18,8 +18,8 @@
 //! model interleaves that unit's reads between them (tCCD_L keeps a bank group's reads 6
 //! cycles apart, the bus takes one every 4), at the same pace. The partner's reads, placed
 //! later, then go back to back too (the next unit of the rank from another bank group takes
-//! up the pairing). Without a partner they are tCCD_L apart. So a fast trace is a schedule of the same
-//! length, not a command stream the validator accepts: command streams come from the
+//! up the pairing). Without a partner they are tCCD_L apart. So a fast trace is a schedule of
+//! the same length, not a command stream the validator accepts: command streams come from the
 //! command model. On the `recengine nmp` sweep it is within 1.3% of the command model (cycles
 //! and energy; the cache is the same code, so its hits are identical); `benches/nmp_speed.py`
 //! prints both modes' speed and agreement.
@@ -313,8 +313,7 @@ pub fn run_channel_fast(cfg: &Config, requests: &[Location], mut trace: Option<&
             b.next_rd = act + t.trcd;
             b.next_pre = act + t.tras;
         }
-        // The unit's reads: back to back when the queue holds a unit of the rank in another
-        // bank group (whose reads FR-FCFS interleaves with these), else tCCD_L apart.
+        // The unit's reads: back to back when paired (below), else tCCD_L apart.
         let mut at = entered.max(b.next_rd).max(sh.rd_bg[g]);
         // FR-FCFS interleaves a unit's reads with those of a unit of its rank in another bank
         // group, queued or let in by the slots its reads free while they issue: both then go
