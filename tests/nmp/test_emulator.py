@@ -222,3 +222,15 @@ def test_traces_from_models_and_files(tmp_path: Path) -> None:
         Trace.load(tmp_path / "neg.csv")
     with pytest.raises(ValueError, match="unknown row distribution"):
         Trace.from_model("rmc1", 2, distribution="gauss")
+
+
+def test_lookup_ids_out_of_range_are_refused_by_the_core() -> None:
+    from recengine import _core
+
+    z = np.zeros(3, np.int64)
+    for col, value, match in ((0, -1, "must not be negative"), (2, -5, "must not be negative"),
+                              (0, 2**33, "below 2\\^32"), (1, 2**40, "below 2\\^32")):
+        cols = [z.copy() for _ in range(4)]
+        cols[col][1] = value
+        with pytest.raises(IndexError, match=match):
+            _core.nmp_emulate([10], *cols)

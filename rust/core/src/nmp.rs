@@ -183,15 +183,15 @@ struct Vector {
     row: u64,
     column: u32,
     table: u32,
-    bank_group: u32,
-    bank: u32,
+    bank_group: u16,
+    bank: u16,
     hot: bool,
 }
 
 impl Vector {
     fn new(addr: u64, loc: &Location, table: u32) -> Vector {
-        // Bank groups and banks a rank has fit u32 (Config::check bounds them).
-        Vector { addr, row: loc.row, column: loc.column, table, bank_group: loc.bank_group as u32, bank: loc.bank as u32, hot: true }
+        // A bank group or bank number is below its count, at most 2^16 (Config::check).
+        Vector { addr, row: loc.row, column: loc.column, table, bank_group: loc.bank_group as u16, bank: loc.bank as u16, hot: true }
     }
 
     /// The place of its `k`-th line on the rank's own bus, when the vector's lines share a row.
@@ -504,6 +504,7 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
         let mut start = 0;
         let mut reqs = Vec::new();
         let mut order: Vec<u64> = Vec::new();
+        let mut seen: FxHashMap<u64, u64> = FxHashMap::default();
         for &end in &rank_ends[r * n_batches..(r + 1) * n_batches] {
             let batch = &mut work[start..end];
             start = end;
@@ -511,7 +512,8 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
                 // Hot-entry profiling: a vector's LocalityBit is set when its row is looked up
                 // at least `hot_threshold` times in the batch (counted per rank: a row lives in
                 // one rank).
-                let mut seen: FxHashMap<u64, u64> = FxHashMap::with_capacity_and_hasher(batch.len(), Default::default());
+                seen.clear();
+                seen.reserve(batch.len());
                 for v in batch.iter() {
                     *seen.entry(v.addr).or_default() += 1;
                 }

@@ -157,17 +157,15 @@ pub(crate) fn nmp_emulate<'py>(
     if t.len() != n || r.len() != n || b.len() != n {
         return Err(value_error("models, tables, rows and bags need one entry per lookup"));
     }
-    let neg = || index_error("models, tables, rows and bags must not be negative");
-    let lookups = (0..n)
-        .map(|i| {
-            Ok(nmp::Lookup {
-                model: u32::try_from(m[i]).map_err(|_| neg())?,
-                table: u32::try_from(t[i]).map_err(|_| neg())?,
-                row: u64::try_from(r[i]).map_err(|_| neg())?,
-                bag: u64::try_from(b[i]).map_err(|_| neg())?,
-            })
-        })
-        .collect::<PyResult<Vec<_>>>()?;
+    // Checked in one pass per column, then converted without a check per field.
+    let within = |xs: &[i64], max: i64| xs.iter().fold(true, |ok, &x| ok & (0..=max).contains(&x));
+    if !within(r, i64::MAX) || !within(b, i64::MAX) || !within(m, i64::MAX) || !within(t, i64::MAX) {
+        return Err(index_error("models, tables, rows and bags must not be negative"));
+    }
+    if !within(m, i64::from(u32::MAX)) || !within(t, i64::from(u32::MAX)) {
+        return Err(index_error("model and table ids must be below 2^32"));
+    }
+    let lookups: Vec<nmp::Lookup> = (0..n).map(|i| nmp::Lookup { model: m[i] as u32, table: t[i] as u32, row: r[i] as u64, bag: b[i] as u64 }).collect();
     let starts = starts.unwrap_or_else(|| vec![0]);
     let (run, commands) = detach(py, || nmp::emulate_batches(&c, &table_rows, &lookups, &starts, trace))?;
     let rep = &run.total;
