@@ -1,10 +1,12 @@
 """recengine.hercules: heterogeneity-aware scheduling search and cluster provisioning
 (Hercules, HPCA 2022).
 
-This first part is the provisioning stage (:mod:`recengine.hercules.provision`): given what
-one server of each type serves of each model at its latency target, give each model servers
-of each type in every slot of a diurnal day, with the least servers or peak power, against a
-greedy and a heterogeneity-oblivious baseline.
+Built so far: the first stage's search (:mod:`recengine.hercules.search`: steepest ascent with
+step doubling over a discrete configuration lattice, against the exhaustive grid) and the
+provisioning stage (:mod:`recengine.hercules.provision`): given what one server of each type
+serves of each model at its latency target, give each model servers of each type in every slot
+of a diurnal day, with the least servers or peak power, against a greedy and a
+heterogeneity-oblivious baseline.
 
 Example::
 
@@ -16,5 +18,7 @@ Example::
 """
 
 from .provision import OBJECTIVES, Plan, ServerType, diurnal, greedy, oblivious, provision
+from .search import SearchResult, Space, gradient_search, grid_search
 
-__all__ = ["OBJECTIVES", "Plan", "ServerType", "diurnal", "greedy", "oblivious", "provision"]
+__all__ = ["OBJECTIVES", "Plan", "SearchResult", "ServerType", "Space", "diurnal",
+           "gradient_search", "greedy", "grid_search", "oblivious", "provision"]
