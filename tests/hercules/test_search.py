@@ -72,6 +72,8 @@ def test_starts_find_a_second_peak_and_unrunnable_points_are_skipped() -> None:
 
     assert gradient_search(space, f).point == {"x": low}
     assert gradient_search(space, f, starts=[{"x": 25}]).point == {"x": high}
+    # A climb that starts at a point that cannot run steps to a runnable neighbour.
+    assert gradient_search(space, f, starts=[{"x": 22}], tolerance=0.01).value == 20
 
 
 def test_the_tolerance_stops_on_gains_smaller_than_the_noise() -> None:

@@ -147,7 +147,10 @@ def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
         return max_evaluations is None or len(memo.seen) < max_evaluations
 
     def gains(new: float, old: float) -> bool:
-        return new > old + tolerance * abs(old) and new > -math.inf
+        # From a point that cannot run (-inf), any runnable one is a gain.
+        if old == -math.inf:
+            return new > -math.inf
+        return new > old + tolerance * abs(old)
 
     for origin in origins:
         cur = origin if space.ok(origin) else _nearest_allowed(space, origin)
