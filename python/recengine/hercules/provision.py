@@ -200,8 +200,9 @@ def _inputs(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str, s
 
 
 def _plan(name: str, models: list[str], servers: Sequence[ServerType], counts: np.ndarray,
-          load: np.ndarray, cap: np.ndarray) -> Plan:
-    return Plan(name, models, list(servers), counts.astype(np.int64), load, cap)
+          need: np.ndarray, headroom: float, cap: np.ndarray) -> Plan:
+    """A plan of ``counts`` for the loads in ``need``, which include ``headroom``."""
+    return Plan(name, models, list(servers), counts.astype(np.int64), need / (1 + headroom), cap)
 
 
 def greedy(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str, str], float],
@@ -232,7 +233,7 @@ def greedy(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str, st
                 raise ValueError(f"greedy: slot {t}: {models[m]} needs {need[m, t]:.0f} "
                                  f"queries/s; the servers left serve only "
                                  f"{need[m, t] - rest:.0f}")
-    return _plan("greedy", models, servers, counts, need / (1 + headroom), cap)
+    return _plan("greedy", models, servers, counts, need, headroom, cap)
 
 
 def oblivious(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str, str], float],
@@ -252,7 +253,7 @@ def oblivious(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str,
             continue
         counts = np.zeros((need.shape[1], len(models), len(servers)))
         counts[:, :, s] = k.T
-        plan = _plan("oblivious", models, servers, counts, need / (1 + headroom), cap)
+        plan = _plan("oblivious", models, servers, counts, need, headroom, cap)
         if best is None or plan.cost(objective) < best.cost(objective):
             best = plan
     if best is None:
@@ -345,4 +346,4 @@ def provision(loads: Mapping[str, Sequence[float]], capacity: Mapping[tuple[str,
                 why += f" within {max_switches} switches a slot"
         raise ValueError(f"no provisioning plan: {why} ({res.message})")
     counts = np.rint(res.x[:n_x]).reshape(slots, n_m, n_s)
-    return _plan("hercules", models, servers, counts, need / (1 + headroom), cap)
+    return _plan("hercules", models, servers, counts, need, headroom, cap)

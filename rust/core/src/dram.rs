@@ -118,7 +118,7 @@ impl Config {
             return Err(Error::value(format!("{name} must be at least 1")));
         }
         // Both timing models keep per-bank state for a channel's banks, and the emulator's
-        // vectors store a bank group and bank in 32 bits.
+        // vectors store a bank group and bank in 16 bits.
         if let Some((name, v)) = counts.iter().find(|(_, v)| *v > MAX_COUNT) {
             return Err(Error::value(format!("{name} = {v} is more than this model allows ({MAX_COUNT})")));
         }

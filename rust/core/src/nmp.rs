@@ -453,6 +453,7 @@ pub fn emulate_batches(cfg: &NmpConfig, table_rows: &[u64], lookups: &[Lookup], 
     }
     Ok((StreamReport { total, batches }, commands))
 }
+
 /// RecNMP: each rank's Rank-NMP unit reads its batch's vectors (through its RankCache, which
 /// persists across batches) on its own bus; the channel carries the instruction packets in and
 /// the DIMMs' pooled vectors out. Fills `batches`' counters and cycles; returns the ranks'
@@ -521,10 +522,9 @@ fn run_nmp(cfg: &NmpConfig, table_base: &[u64], lookups: &[Lookup], ranges: &[(u
                     v.hot = seen[&v.addr] >= cfg.hot_threshold;
                 }
             }
-            // The order the rank serves them: with table-aware scheduling, within each window
-            // of the packet queue the same table's vectors together (arrival order kept within
-            // a table).
-            // Keys (table << 32 | position): sorted, a window keeps arrival order per table.
+            // The order the rank serves them, as keys (table << 32 | position): with
+            // table-aware scheduling each window of the packet queue is sorted, which puts the
+            // same table's vectors together and keeps arrival order within a table.
             if batch.len() > u32::MAX as usize {
                 return Err(Error::value("a rank's batch holds more than 2^32 vectors"));
             }
