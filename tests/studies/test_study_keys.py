@@ -35,6 +35,7 @@ RUNS = {
     "nmp": ["--model", "ncf", "--batch", "8", "--table-mb", "4"],
     "serve": ["--simulate", "--model", "ncf", "--cores", "4", "--scale", "0.01",
               "--batch-sizes", "1024,64", "--queries", "200"],
+    "hercules": ["--quick", "--threads-only"],
 }
 
 

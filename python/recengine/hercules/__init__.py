@@ -1,12 +1,14 @@
 """recengine.hercules: heterogeneity-aware scheduling search and cluster provisioning
 (Hercules, HPCA 2022).
 
-Built so far: the first stage's search (:mod:`recengine.hercules.search`: steepest ascent with
-step doubling over a discrete configuration lattice, against the exhaustive grid) and the
-provisioning stage (:mod:`recengine.hercules.provision`): given what one server of each type
-serves of each model at its latency target, give each model servers of each type in every slot
-of a diurnal day, with the least servers or peak power, against a greedy and a
-heterogeneity-oblivious baseline.
+Stage 1 searches each (model, server type)'s scheduling space (:mod:`.schedule`: co-located
+instances, threads each, batch size, offload threshold, sparse placement, threads or
+processes) on the serving simulator fed by CPU profiles that carry co-location's contention
+(:mod:`.profile`), with a gradient search over the lattice (:mod:`.search`) checked against
+the exhaustive grid, DeepRecSched and the naive schedule (:mod:`.evaluate`). Stage 2
+(:mod:`.provision`) gives each model servers of each type in every slot of a diurnal day, with
+the least servers or peak power, against a greedy and a heterogeneity-oblivious baseline.
+``recengine hercules`` runs both (:mod:`.study`).
 
 Example::
 
@@ -17,8 +19,14 @@ Example::
     5
 """
 
+from .evaluate import Comparison, Evaluator, Machine, compare
+from .profile import BATCHES, CpuProfile, counts, profile_cpu
 from .provision import OBJECTIVES, Plan, ServerType, diurnal, greedy, oblivious, provision
+from .schedule import SHARING, SPARSE, Footprint, Schedule, footprint, naive
 from .search import SearchResult, Space, gradient_search, grid_search
 
-__all__ = ["OBJECTIVES", "Plan", "SearchResult", "ServerType", "Space", "diurnal",
-           "gradient_search", "greedy", "grid_search", "oblivious", "provision"]
+__all__ = ["BATCHES", "OBJECTIVES", "SHARING", "SPARSE", "Comparison", "CpuProfile",
+           "Evaluator", "Footprint", "Machine", "Plan", "Schedule", "SearchResult",
+           "ServerType", "Space", "compare", "counts", "diurnal", "footprint",
+           "gradient_search", "greedy", "grid_search", "naive", "oblivious", "profile_cpu",
+           "provision"]

@@ -12,8 +12,10 @@ one that gains more than ``tolerance`` (relative: set it to the measured run-to-
 noise does not look like a gradient), and keeps stepping in that direction with the step
 doubled while it keeps gaining. When no such move gains, it tries sliding: one step up in one
 dimension and one down in another (what moves along a boundary such as instances x threads
-<= cores); it stops when neither gains. Evaluations are memoised,
-so a point is never run twice. It starts from the lattice's centre and from every
+<= cores), and, where the boundary blocks a dimension's own step, one step in another
+dimension with the blocked one moved 1, 2, 4, ... steps past it (halving the threads per
+instance while doubling the instances); it stops when no slide gains either. Evaluations are
+memoised, so a point is never run twice. It starts from the lattice's centre and from every
 ``starts`` point given, and returns the best point found. :func:`grid_search` evaluates every
 allowed point: the oracle it is measured against.
 
@@ -170,9 +172,7 @@ def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
                 # (instances up, threads down) by one step up in one dimension and one down
                 # in another.
                 slide = []
-                for a, b in itertools.permutations(range(len(sizes)), 2):
-                    nxt = tuple(i + (1 if k == a else -1 if k == b else 0)
-                                for k, i in enumerate(cur))
+                for nxt in _slides(space, cur, sizes):
                     if space.ok(nxt) and budget_left():
                         v = memo(nxt)
                         if gains(v, value):
@@ -192,6 +192,32 @@ def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
     if not memo.seen:
         raise ValueError("the space has no allowed point")
     return memo.best()
+
+
+def _slides(space: Space, cur: tuple[int, ...], sizes: list[int]) -> list[tuple[int, ...]]:
+    """Moves along the space's boundaries from ``cur``: one step up in a dimension and one
+    down in another; and where a dimension's own step is ruled out by ``allowed`` (a boundary
+    such as instances x threads <= cores), a step in another dimension either way with that
+    dimension moved 1, 2, 4, ... steps on past where it stood (so that halving the threads
+    can double the instances in one move)."""
+    def moved(changes: dict[int, int]) -> tuple[int, ...]:
+        return tuple(i + changes.get(k, 0) for k, i in enumerate(cur))
+
+    out = [moved({a: 1, b: -1}) for a, b in itertools.permutations(range(len(sizes)), 2)]
+    for a in range(len(sizes)):
+        for sa in (-1, 1):
+            blocked = moved({a: sa})
+            if not 0 <= blocked[a] < sizes[a] or space.ok(blocked):
+                continue
+            for b in range(len(sizes)):
+                for sb in (-1, 1):
+                    if b == a or not 0 <= cur[b] + sb < sizes[b]:
+                        continue
+                    step = 1
+                    while 0 <= cur[a] + sa * step < sizes[a]:
+                        out.append(moved({a: sa * step, b: sb}))
+                        step *= 2
+    return list(dict.fromkeys(out))
 
 
 def _nearest_allowed(space: Space, origin: tuple[int, ...]) -> Optional[tuple[int, ...]]:

@@ -14,7 +14,7 @@ Example::
 
     >>> from recengine import studies
     >>> studies.names()
-    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve']
+    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve', 'hercules']
     >>> study = studies.get("nmp")
     >>> config = study.configure(dict(study.quick))
     >>> rows = list(study.rows(config, status=lambda _m: None, tick=lambda: None))
@@ -184,7 +184,7 @@ class Study:
 #: The built-in studies in the order ``recengine --help`` lists them: name -> module of this
 #: package holding its :class:`Study` as ``STUDY``.
 _BUILTIN = {"bench": "bench", "bench-models": "models", "shard": "shard", "moe": "moe",
-            "nmp": "nmp", "serve": "serve"}
+            "nmp": "nmp", "serve": "serve", "hercules": "hercules"}
 _REGISTERED: dict[str, Study] = {}
 
 

@@ -1,0 +1,249 @@
+"""Hercules' first stage on the serving simulator: every schedule's latency-bounded throughput
+on one server type, the search for the best, and the references it is measured against.
+
+A :class:`Machine` is a server type as the simulator sees it: its :class:`ServerType` (cores,
+memory), its CPU profile (:class:`~.profile.CpuProfile`), an accelerator's whole-query
+latency curve (a GPU: queries at or above the offload threshold run on it,
+DeepRecSys's model), and RecNMP's SLS curve (:class:`~recengine.nmp.SLSCurve`: a schedule
+with ``sparse="nmp"`` has the SLS share of every sub-request scaled by RecNMP's time over the
+host's, :meth:`~recengine.nmp.SLSCurve.on_cpu`).
+
+An :class:`Evaluator` gives a schedule's latency-bounded throughput: the highest Poisson
+arrival rate whose p95 meets the model's target with nothing shed, found by bisection
+(:func:`~recengine.sched.max_qps`) over runs of :class:`~recengine.sched.SimulatedServer` with
+one simulated worker per instance, each sub-request taking the profiled curve of that many
+instances of that many threads. Its :meth:`~Evaluator.space` is the lattice Hercules searches:
+instances (1 to the cores), threads per instance (the profiled counts), batch size, offload
+threshold (with an accelerator), sparse placement (with RecNMP) and sharing, with
+``instances x threads <= cores`` and the schedule's memory within the server's.
+
+:func:`compare` runs, on one evaluator: the gradient search
+(:func:`~.search.gradient_search`), the exhaustive grid (the oracle), DeepRecSched (one
+single-thread instance per core, its batch-size then threshold climb) and the naive schedule
+(:func:`~.schedule.naive`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from ..sched import BATCH_SIZES, THRESHOLDS, LatencyCurve, SimulatedServer, deeprecsched, max_qps
+from ..workload import QuerySizes
+from .profile import CpuProfile
+from .provision import ServerType
+from .schedule import SHARING, Footprint, Schedule, naive
+from .search import Point, SearchResult, Space, gradient_search, grid_search
+
+__all__ = ["Comparison", "Evaluator", "Machine", "compare"]
+
+#: The bisection's relative tolerance on a schedule's throughput: finer than the 2% the
+#: search is judged by, so that the grid and the search compare real differences.
+REL_TOL = 0.005
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A server type as the simulator sees it (see the module's docs). ``nmp_sls_fraction``:
+    the SLS share of a CPU sub-request's time that RecNMP takes over."""
+
+    server: ServerType
+    cpu: CpuProfile
+    accelerator: Optional[LatencyCurve] = None
+    nmp: Optional[Any] = None  # recengine.nmp.SLSCurve
+    nmp_sls_fraction: float = 0.79
+
+    def __post_init__(self) -> None:
+        if self.cpu.cores != self.server.cores:
+            raise ValueError(f"server {self.server.name!r} has {self.server.cores} cores but "
+                             f"its CPU profile has {self.cpu.cores}")
+        if not 0 <= self.nmp_sls_fraction <= 1:
+            raise ValueError(f"the SLS fraction must be in [0, 1], got {self.nmp_sls_fraction}")
+
+
+class Evaluator:
+    """Latency-bounded throughput of any schedule of ``machine`` (see the module's docs).
+
+    Args:
+        machine: the server type.
+        target_ms: the p95 latency target.
+        sizes, queries, seed: the query stream (lognormal sizes by default); each run lasts
+            ``span_targets`` targets or ``queries`` queries, whichever is more.
+        batch_sizes, thresholds: the lattice's batch sizes and offload thresholds.
+        memory: the footprint checked against the server's memory (default: the profiled
+            model's; the study passes the model at full scale).
+        rel_tol: the bisection's tolerance on a throughput.
+
+    Results are memoised per distinct schedule (batch sizes of at least the largest query
+    all run queries whole, thresholds above it offload nothing); :attr:`runs` counts the
+    throughput searches run.
+    """
+
+    def __init__(self, machine: Machine, target_ms: float, sizes: Optional[QuerySizes] = None,
+                 queries: int = 1000, seed: int = 0,
+                 batch_sizes: Sequence[int] = BATCH_SIZES,
+                 thresholds: Sequence[int] = THRESHOLDS, memory: Optional[Footprint] = None,
+                 rel_tol: float = REL_TOL, span_targets: float = 10.0) -> None:
+        if not target_ms > 0:
+            raise ValueError(f"the latency target must be positive, got {target_ms}")
+        if not batch_sizes:
+            raise ValueError("the lattice needs at least one batch size")
+        self.machine, self.target_ms = machine, target_ms
+        self.sizes = QuerySizes.lognormal() if sizes is None else sizes
+        self.queries, self.seed, self.rel_tol = queries, seed, rel_tol
+        self.span_s = span_targets * target_ms / 1e3
+        self.batch_sizes = tuple(sorted(set(batch_sizes)))
+        self.thresholds = tuple(sorted(set(thresholds)))
+        self.memory = machine.cpu.footprint if memory is None else memory
+        self.largest = self._stream(machine.cpu.curve(1, 1), 1).largest_query()
+        self.runs = 0
+        self._memo: dict[Schedule, float] = {}
+        self._curves: dict[tuple[int, int, str, str], LatencyCurve] = {}
+
+    def _stream(self, curve: LatencyCurve, workers: int) -> SimulatedServer:
+        accelerator = self.machine.accelerator
+        return SimulatedServer(curve, workers, accelerator, self.sizes, self.queries,
+                               self.seed, span_s=self.span_s, max_queries=50_000)
+
+    def space(self) -> Space:
+        """The lattice Hercules searches on this machine (see the module's docs)."""
+        m = self.machine
+        dims: dict[str, Sequence[Any]] = {
+            "instances": tuple(range(1, m.server.cores + 1)),
+            "threads": m.cpu.threads,
+            "batch_size": self.batch_sizes,
+        }
+        if m.accelerator is not None:
+            dims["offload_threshold"] = (*self.thresholds, None)  # None: never, the largest
+        if m.nmp is not None:
+            dims["sparse"] = ("cpu", "nmp")
+        dims["sharing"] = SHARING
+        return Space(dims, self.allowed)
+
+    def allowed(self, point: Point) -> bool:
+        """Whether a point fits the server: cores and memory."""
+        s = self.schedule(point)
+        return (s.cores <= self.machine.server.cores
+                and self.memory.of(s) <= self.machine.server.memory_gb * 2**30)
+
+    @staticmethod
+    def schedule(point: Point) -> Schedule:
+        return Schedule(**point)
+
+    def curve(self, schedule: Schedule) -> LatencyCurve:
+        """The sub-request latency curve the schedule's instances run at."""
+        key = (schedule.instances, schedule.threads, schedule.sharing, schedule.sparse)
+        if key not in self._curves:
+            curve = self.machine.cpu.curve(schedule.instances, schedule.threads,
+                                           schedule.sharing)
+            if schedule.sparse == "nmp":
+                if self.machine.nmp is None:
+                    raise ValueError(f"server {self.machine.server.name!r} has no RecNMP")
+                curve = self.machine.nmp.on_cpu(curve, self.machine.nmp_sls_fraction)
+            self._curves[key] = curve
+        return self._curves[key]
+
+    def canonical(self, schedule: Schedule) -> Schedule:
+        """The schedule that runs the same: a batch capped at the largest query, a threshold
+        above it dropped."""
+        thr = schedule.offload_threshold
+        return Schedule(schedule.instances, schedule.threads,
+                        min(schedule.batch_size, self.largest),
+                        None if thr is not None and thr > self.largest else thr,
+                        schedule.sparse, schedule.sharing)
+
+    def qps(self, schedule: Schedule) -> float:
+        """The schedule's latency-bounded throughput (queries/s; 0 when no rate meets the
+        target)."""
+        key = self.canonical(schedule)
+        if key not in self._memo:
+            if key.offload_threshold is not None and self.machine.accelerator is None:
+                raise ValueError(f"server {self.machine.server.name!r} has no accelerator to "
+                                 f"offload to")
+            backend = self._stream(self.curve(key), key.instances)
+            policy = key.policy()
+            self._memo[key] = max_qps(lambda q: backend.run(policy, q), self.target_ms,
+                                      backend.capacity_hint(policy), self.rel_tol)[0]
+            self.runs += 1
+        return self._memo[key]
+
+    def __call__(self, point: Point) -> float:
+        return self.qps(self.schedule(point))
+
+
+@dataclass
+class Comparison:
+    """One (model, server type): the search's best schedule and throughput against the
+    grid's, DeepRecSched's and the naive schedule's (see :func:`compare`)."""
+
+    search: SearchResult
+    grid: Optional[SearchResult]
+    deeprecsched: Schedule
+    deeprecsched_qps: float
+    deeprecsched_evaluations: int
+    naive: Schedule
+    naive_qps: float
+    grid_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gap(self) -> Optional[float]:
+        """How far the search's throughput falls below the grid's (a fraction; None without
+        the grid)."""
+        if self.grid is None or self.grid.value <= 0:
+            return None
+        return 1 - self.search.value / self.grid.value
+
+
+def compare(evaluator: Evaluator, tolerance: float = 0.0, grid: bool = True,
+            progress: Callable[[str], None] = lambda m: None) -> Comparison:
+    """The gradient search (within ``tolerance``, relative), the grid (unless ``grid`` is
+    False), DeepRecSched and the naive schedule on one evaluator. Each search counts its own
+    evaluations (distinct points it asked for), though the evaluator's memo spares re-running
+    a schedule another search ran."""
+    space = evaluator.space()
+    machine = evaluator.machine
+    progress(f"{machine.cpu.model} on {machine.server.name}: gradient search")
+    start = naive(machine.server.cores, evaluator.largest)
+    # The climb starts from the lattice's centre and from the two layouts at its corners:
+    # one instance of every core (the naive schedule, whole queries as the lattice's largest
+    # batch) and one single-thread instance per core (DeepRecSched's), each at the middle
+    # batch size, no offload and the CPU sparse kernels.
+    middle = evaluator.batch_sizes[len(evaluator.batch_sizes) // 2]
+    corners = [start.to_dict() | {"batch_size": evaluator.batch_sizes[-1]},
+               Schedule(machine.server.cores, 1, middle).to_dict()]
+    starts = []
+    for corner in corners:
+        point = {k: corner[k] for k in space.names}
+        for sharing in space.dims["sharing"]:
+            if space.ok(space.index(point | {"sharing": sharing})):
+                starts.append(point | {"sharing": sharing})
+                break
+    found = gradient_search(space, evaluator, starts=starts, tolerance=tolerance)
+    size = space.size
+    oracle = None
+    if grid:
+        progress(f"{machine.cpu.model} on {machine.server.name}: grid of {size} schedules")
+        oracle = grid_search(space, evaluator)
+    progress(f"{machine.cpu.model} on {machine.server.name}: DeepRecSched")
+    drs, drs_qps, drs_evals = _deeprecsched(evaluator)
+    return Comparison(found, oracle, drs, drs_qps, drs_evals, start, evaluator.qps(start), size)
+
+
+def _deeprecsched(evaluator: Evaluator) -> tuple[Schedule, float, int]:
+    """DeepRecSched on the machine: one single-thread instance per core (processes when they
+    fit in memory, else threads), its batch-size then threshold climb."""
+    m = evaluator.machine
+    cores = m.server.cores
+    sharing = "processes"
+    if not evaluator.allowed(Schedule(cores, 1, evaluator.batch_sizes[0],
+                                      sharing="processes").to_dict()):
+        sharing = "threads"
+    base = Schedule(cores, 1, evaluator.batch_sizes[-1], sharing=sharing)
+    backend = evaluator._stream(evaluator.curve(base), cores)
+    tuned = deeprecsched(backend, evaluator.target_ms,
+                         sorted(evaluator.batch_sizes, reverse=True),
+                         sorted(evaluator.thresholds, reverse=True), evaluator.rel_tol)
+    p = tuned.policy
+    schedule = Schedule(cores, 1, p.batch_size, p.offload_threshold, "cpu", sharing)
+    return schedule, tuned.qps, len(tuned.tried)

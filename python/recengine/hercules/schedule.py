@@ -1,0 +1,135 @@
+"""A Hercules schedule: how one server runs one model.
+
+A :class:`Schedule` co-locates ``instances`` model instances on a server, each running its
+sub-requests with ``threads`` intra-op threads (``instances x threads`` cores busy at most),
+splits every query into sub-requests of at most ``batch_size`` items (DeepRecSched's knob),
+sends queries of ``offload_threshold`` items or more whole to the accelerator (``None``:
+never), runs the sparse part (the embedding lookups) on the CPU's kernels or on RecNMP's
+near-memory units (``sparse``), and holds the instances either as threads of one process
+sharing one read-only copy of the tables (``sharing="threads"``) or as processes with a copy
+each (``"processes"``). On the real server the instances are :class:`~recengine.serving.Server`'s
+workers: ``Server(model, workers=instances, threads_per_worker=threads, processes=...)``.
+
+Example::
+
+    >>> s = Schedule(instances=4, threads=2, batch_size=64, sharing="processes")
+    >>> s.cores, s.policy().describe(), s.copies
+    (8, 'batch 64, offload never', 4)
+    >>> naive(16, largest_query=300).describe(largest_query=300)
+    '1 x 16 threads, batch 300 (whole queries), cpu sparse, threads'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from ..sched.result import Policy
+
+__all__ = ["SHARING", "SPARSE", "Footprint", "Schedule", "footprint", "naive"]
+
+#: Where the sparse part runs: recengine's CPU kernels, or RecNMP's near-memory units.
+SPARSE: tuple[str, ...] = ("cpu", "nmp")
+#: How co-located instances are held: threads sharing one copy of the tables, or processes.
+SHARING: tuple[str, ...] = ("threads", "processes")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One point of Hercules' scheduling space (see the module's docs)."""
+
+    instances: int
+    threads: int
+    batch_size: int
+    offload_threshold: Optional[int] = None
+    sparse: str = "cpu"
+    sharing: str = "threads"
+
+    def __post_init__(self) -> None:
+        if self.instances < 1 or self.threads < 1:
+            raise ValueError(f"a schedule needs at least one instance of one thread, got "
+                             f"{self.instances} x {self.threads}")
+        if self.sparse not in SPARSE:
+            raise ValueError(f"the sparse part runs on one of {', '.join(SPARSE)}, got "
+                             f"{self.sparse!r}")
+        if self.sharing not in SHARING:
+            raise ValueError(f"instances are held as one of {', '.join(SHARING)}, got "
+                             f"{self.sharing!r}")
+        self.policy()  # checks the batch size and threshold
+
+    @property
+    def cores(self) -> int:
+        """Cores the schedule keeps busy at most: instances x threads."""
+        return self.instances * self.threads
+
+    @property
+    def copies(self) -> int:
+        """Copies of the model's tables in memory: one shared, or one per process."""
+        return self.instances if self.sharing == "processes" else 1
+
+    def policy(self) -> Policy:
+        """The query policy each sub-request follows (batch size, offload threshold)."""
+        return Policy(self.batch_size, self.offload_threshold)
+
+    def describe(self, largest_query: Optional[int] = None) -> str:
+        whole = (" (whole queries)" if largest_query is not None
+                 and self.batch_size >= largest_query else "")
+        off = "" if self.offload_threshold is None else f", offload >= {self.offload_threshold}"
+        return (f"{self.instances} x {self.threads} threads, batch {self.batch_size}{whole}"
+                f"{off}, {self.sparse} sparse, {self.sharing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schedule:
+        return cls(**d)
+
+
+def naive(cores: int, largest_query: int) -> Schedule:
+    """The naive schedule Hercules is measured against: one instance on every core, each query
+    run whole (a batch of the largest query), on the CPU.
+
+    Example::
+
+        >>> naive(8, 256).describe()
+        '1 x 8 threads, batch 256, cpu sparse, threads'
+    """
+    return Schedule(1, cores, largest_query)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The bytes a model holds: its embedding tables and its dense layers' weights."""
+
+    table_bytes: int
+    dense_bytes: int
+
+    def of(self, schedule: Schedule) -> int:
+        """Bytes a schedule holds: one copy of the model per process (threads share one)."""
+        return schedule.copies * (self.table_bytes + self.dense_bytes)
+
+    def scaled(self, factor: float) -> Footprint:
+        """The footprint with tables ``factor`` times as many rows (dense weights unchanged)."""
+        return Footprint(int(self.table_bytes * factor), self.dense_bytes)
+
+
+def footprint(model: Any) -> Footprint:
+    """A built model's (:func:`recengine.models.build`) table and dense bytes, from its
+    parameters: tables are those under ``embeddings`` and ``sequence_tables``.
+
+    Example::
+
+        >>> import recengine.models as rm
+        >>> f = footprint(rm.build("ncf", scale=0.01))
+        >>> f.table_bytes > f.dense_bytes > 0
+        True
+    """
+    tables = dense = 0
+    for name, p in model.named_parameters():
+        size = p.numel() * p.element_size()
+        if name.split(".", 1)[0] in ("embeddings", "sequence_tables"):
+            tables += size
+        else:
+            dense += size
+    return Footprint(tables, dense)
