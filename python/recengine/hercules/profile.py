@@ -126,11 +126,16 @@ class CpuProfile:
                             f"{self.model}: {instances} x {threads} threads ({sharing})",
                             first.interpolation)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, spread: bool = False) -> dict[str, Any]:
+        """JSON values; the curves' spreads only with ``spread`` (the simulator serves every
+        sub-request at its curve's median, and the spreads are most of the bytes)."""
+        def curves(cs: Sequence[LatencyCurve]) -> list[dict[str, Any]]:
+            return [(c if spread else LatencyCurve(c.batches, c.ms, c.label, c.interpolation))
+                    .to_dict() for c in cs]
+
         return {"model": self.model, "cores": self.cores, "threads": list(self.threads),
-                "alone": [c.to_dict() for c in self.alone], "busy": list(self.busy),
-                "processes": [c.to_dict() for c in self.processes],
-                "shared": [c.to_dict() for c in self.shared],
+                "alone": curves(self.alone), "busy": list(self.busy),
+                "processes": curves(self.processes), "shared": curves(self.shared),
                 "table_bytes": self.footprint.table_bytes,
                 "dense_bytes": self.footprint.dense_bytes, "label": self.label}
 

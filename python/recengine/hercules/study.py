@@ -137,9 +137,6 @@ class HerculesConfig:
         self.check = [resolve_model(m) for m in self.check]
         if any(m not in self.models for m in self.check):
             raise ValueError("--check names models the study does not run")
-        if self.check and self.profiles is not None:
-            raise ValueError("--check serves on this machine, so it needs profiles made here "
-                             "(leave out --profiles)")
         for name, v in (("scale", self.scale), ("memory", self.memory_gb),
                         ("target scale", self.target_scale),
                         ("peak servers", self.peak_servers)):
@@ -220,6 +217,8 @@ def iter_study(config: HerculesConfig, status: Callable[[str], None] = lambda m:
         model = None
         if loaded:
             profile = CpuProfile.from_dict(loaded["profiles"][name])
+            if name in config.check:  # served here: the profiles must come from here
+                model = build(name, scale=scale, seed=config.seed)
         else:
             status(f"{name}: building (scale {scale:g})")
             model = build(name, scale=scale, seed=config.seed)
@@ -428,7 +427,7 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str,
 
     stage1 = [r for r in rows if r.get("kind") == "schedule"]
     cluster = [r for r in rows if r.get("kind") == "cluster" and r["objective"] == "capacity"]
-    fig, axes = figure(2, columns=2, size=(max(6.0, 0.45 * len(stage1) + 2), 4.0))
+    fig, axes = figure(2, columns=1, size=(max(7.0, 0.4 * len(stage1) + 2), 3.8))
     ax = axes[0]
     x = np.arange(len(stage1))
     for k, (key, label) in enumerate((("deeprecsched_qps", "DeepRecSched"),
