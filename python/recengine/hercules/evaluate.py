@@ -68,6 +68,28 @@ class Machine:
             raise ValueError(f"the SLS fraction must be in [0, 1], got {self.nmp_sls_fraction}")
 
 
+def _distinct(batch_sizes: Sequence[int], thresholds: Sequence[int], smallest: int,
+              largest: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The lattice's batch sizes and thresholds with the values that run alike made one: of
+    the batch sizes at or above the largest query (each runs every query whole) the smallest;
+    of the thresholds at or below the smallest query (each offloads every query) the largest;
+    thresholds above the largest query are "never" (None, always in the lattice). A plateau
+    of alike values would stop a climb that has to cross it.
+
+    Example::
+
+        >>> _distinct((32, 256, 512, 1024), (1, 16, 64, 128, 256, 512), 40, 300)
+        ((32, 256, 512), (16, 64, 128, 256))
+    """
+    batches = sorted(set(batch_sizes))
+    whole = [b for b in batches if b >= largest]
+    out_b = tuple([b for b in batches if b < largest] + whole[:1])
+    ts = sorted(set(thresholds))
+    every = [t for t in ts if t <= smallest]
+    out_t = tuple(every[-1:] + [t for t in ts if smallest < t <= largest])
+    return out_b, out_t
+
+
 class Evaluator:
     """Latency-bounded throughput of any schedule of ``machine`` (see the module's docs).
 
@@ -81,9 +103,9 @@ class Evaluator:
             model's; the study passes the model at full scale).
         rel_tol: the bisection's tolerance on a throughput.
 
-    Results are memoised per distinct schedule (batch sizes of at least the largest query
-    all run queries whole, thresholds above it offload nothing); :attr:`runs` counts the
-    throughput searches run.
+    The lattice keeps one of the values that run alike (:func:`_distinct`), and results are
+    memoised per distinct schedule (:meth:`canonical`); :attr:`runs` counts the throughput
+    searches run.
     """
 
     def __init__(self, machine: Machine, target_ms: float, sizes: Optional[QuerySizes] = None,
@@ -99,10 +121,12 @@ class Evaluator:
         self.sizes = QuerySizes.lognormal() if sizes is None else sizes
         self.queries, self.seed, self.rel_tol = queries, seed, rel_tol
         self.span_s = span_targets * target_ms / 1e3
-        self.batch_sizes = tuple(sorted(set(batch_sizes)))
-        self.thresholds = tuple(sorted(set(thresholds)))
         self.memory = machine.cpu.footprint if memory is None else memory
-        self.largest = self._stream(machine.cpu.curve(1, 1), 1).largest_query()
+        stream = self._stream(machine.cpu.curve(1, 1), 1)
+        self.largest = stream.largest_query()
+        self.smallest = int(stream.draw_sizes(stream.max_queries).min())
+        self.batch_sizes, self.thresholds = _distinct(batch_sizes, thresholds, self.smallest,
+                                                      self.largest)
         self.runs = 0
         self._memo: dict[Schedule, float] = {}
         self._curves: dict[tuple[int, int, str, str], LatencyCurve] = {}
