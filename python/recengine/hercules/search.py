@@ -135,15 +135,18 @@ def grid_search(space: Space, evaluate: Callable[[Point], Optional[float]]) -> S
 
 def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
                     starts: Sequence[Mapping[str, Any]] = (), tolerance: float = 0.0,
-                    max_evaluations: Optional[int] = None) -> SearchResult:
+                    max_evaluations: Optional[int] = None, centre: bool = True
+                    ) -> SearchResult:
     """Steepest ascent with step doubling over ``space`` (see the module's note), from its
-    centre and from each of ``starts``; ``tolerance`` is the relative gain a move must beat;
-    ``max_evaluations`` caps the points run."""
+    centre (unless ``centre`` is False and ``starts`` are given) and from each of ``starts``;
+    ``tolerance`` is the relative gain a move must beat; ``max_evaluations`` caps the points
+    run."""
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
     memo = _Memo(space, evaluate)
     sizes = [len(v) for v in space.dims.values()]
-    origins = [tuple((n - 1) // 2 for n in sizes)] + [space.index(p) for p in starts]
+    origins = ([tuple((n - 1) // 2 for n in sizes)] if centre or not starts else []) + [
+        space.index(p) for p in starts]
 
     def budget_left() -> bool:
         return max_evaluations is None or len(memo.seen) < max_evaluations

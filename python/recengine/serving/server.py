@@ -331,6 +331,11 @@ class Server:
                 self.run(np.zeros(n), np.full(n, parts * b), Policy(b), warmup=0)
             else:
                 rate = load * capacity
+                if span_s > 0:
+                    # A guess far below the capacity (a slow stretch while the forwards
+                    # were timed) would make the run of ``least`` queries last many spans;
+                    # a rate too high shows in the held times and is run again below.
+                    rate = max(rate, least / (4 * span_s))
                 for _ in range(3):
                     n = max(least, min(int(rate * span_s), PROFILE_MAX_QUERIES))
                     arrivals = np.cumsum(rng.exponential(1 / rate, n))
@@ -364,13 +369,18 @@ class Server:
         return CurvesByLoad(loads, tuple(self.profile(load=x, **options) for x in loads))
 
     def _time_forward(self, b: int, repeat: int = 3) -> float:
-        """Seconds one forward of ``b`` items takes in this process, alone (at least 10 us)."""
+        """Seconds one forward of ``b`` items takes in this process, alone (at least 10 us):
+        the median of ``repeat`` forwards after an untimed one (a batch size's first forward
+        allocates, and a guess from it would pace a profile far below the load it asks
+        for)."""
+        times = []
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            for k in range(repeat):
+            for k in range(repeat + 1):
                 lo = k * b % (len(self.pool) - b + 1)
+                t0 = time.perf_counter()
                 self._forward(self.pool.rows(lo, lo + b))
-            return max((time.perf_counter() - t0) / repeat, 1e-5)
+                times.append(time.perf_counter() - t0)
+        return max(float(np.median(times[1:])), 1e-5)
 
     def _dispatch(self, s: RunState, workers: Union[ThreadWorkers, ProcessWorkers],
                   arrival: Callable[[int, RunState], Optional[float]], sizes: np.ndarray,
