@@ -179,14 +179,14 @@ def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
     busy = counts(cores) if busy is None else tuple(sorted(set(busy)))
     name = str(getattr(model, "name", "") or (getattr(model, "build_args", None) or {})
                .get("name", "model"))
-    options = dict(batches=tuple(batches), load=load, span_s=span_s, query_items=query_items)
 
     def run(workers: int, per_worker: int, in_processes: bool) -> LatencyCurve:
         kind = "processes" if in_processes else "threads"
         status(f"{name}: profiling {workers} worker {kind} of {per_worker} thread(s)")
         with Server(model, workers=workers, threads_per_worker=per_worker, seed=seed,
                     distribution=distribution, processes=in_processes) as server:
-            return server.profile(**options)
+            return server.profile(tuple(batches), load=load, span_s=span_s,
+                                  query_items=query_items)
 
     alone = {t: run(1, t, False) for t in threads}
     shared = tuple(alone[1] if k == 1 and 1 in alone else run(k, 1, False) for k in busy)

@@ -15,7 +15,7 @@ throughput and resident memory are reported next to the prediction.
 
 **Stage 2.** Each model's load over ``slots`` slots of a day follows :func:`~.provision.diurnal`
 with its peak at ``peak_servers`` CPU-only servers' worth of its best Stage-1 throughput,
-the models' peaks ``phase_spread`` hours apart. The cluster is provisioned by the integer
+the models' peaks ``phase_spread`` hours apart from 18:00. The cluster is provisioned by the integer
 program (:func:`~.provision.provision`, Hercules), the greedy and the heterogeneity-oblivious
 baselines, for each objective (servers and peak power), from Stage 1's capacities.
 """
@@ -358,11 +358,11 @@ def _stage2(config: HerculesConfig, rows: Sequence[dict[str, Any]],
     default_available = {"cpu-gpu": 2 * len(models), "cpu-nmp": 4 * len(models)}
     servers = [s if s.name in config.available or s.name not in default_available
                else replace(s, available=default_available[s.name]) for s in servers]
-    loads = {}
+    loads: dict[str, Sequence[float]] = {}
     for k, m in enumerate(models):
         unit = capacity.get((m, "cpu")) or max(q for (mm, _), q in capacity.items() if mm == m)
         loads[m] = diurnal(config.peak_servers * unit, config.slots, config.trough,
-                           (18.0 + k * config.phase_spread) % 24)
+                           (18.0 + k * config.phase_spread) % 24).tolist()
     for objective in OBJECTIVES:
         status(f"provisioning for {objective}: integer program and baselines")
         plans = {"greedy": greedy(loads, capacity, servers, objective, config.headroom)}
