@@ -15,9 +15,10 @@ throughput and resident memory are reported next to the prediction.
 
 **Stage 2.** Each model's load over ``slots`` slots of a day follows :func:`~.provision.diurnal`
 with its peak at ``peak_servers`` CPU-only servers' worth of its best Stage-1 throughput,
-the models' peaks ``phase_spread`` hours apart from 18:00. The cluster is provisioned by the integer
-program (:func:`~.provision.provision`, Hercules), the greedy and the heterogeneity-oblivious
-baselines, for each objective (servers and peak power), from Stage 1's capacities.
+the models' peaks ``phase_spread`` hours apart from 18:00. The cluster is provisioned by the
+integer program (:func:`~.provision.provision`, Hercules), the greedy and the
+heterogeneity-oblivious baselines, for each objective (servers and peak power), from Stage
+1's capacities.
 """
 
 from __future__ import annotations
