@@ -85,3 +85,13 @@ def test_server_types_are_documented_inputs() -> None:
     assert (cpu.idle_w, cpu.peak_w) == (98.0, 242.0)
     assert gpu.peak_w - cpu.peak_w == 700 and nmp.peak_w - cpu.peak_w == 24
     assert gpu.device == "gpu" and nmp.device == "nmp" and cpu.cores == 16
+
+
+def test_the_chosen_schedule_is_served_on_the_real_server() -> None:
+    config = HerculesConfig(models=["ncf"], servers=["cpu"], scale=0.01, cores=1,
+                            profile_batches=(1, 32, 128, 1024), profile_span_s=0.02,
+                            threads_only=True, batch_sizes=(32, 1024), queries=100,
+                            no_grid=True, check=["ncf"], check_confirm=0, target_scale=4.0)
+    row = next(r for r in iter_study(config) if r["kind"] == "schedule")
+    assert row["real_qps"] > 0 and row["real_gap"] > -1
+    assert row["real_resident_gb"] is None or row["real_resident_gb"] > 0

@@ -32,7 +32,7 @@ the real server drives it from the dispatcher's process, which is busy at high r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from ..sched import BATCH_SIZES, THRESHOLDS, LatencyCurve, SimulatedServer, deeprecsched, max_qps
@@ -215,7 +215,6 @@ class Comparison:
     naive: Schedule
     naive_qps: float
     grid_size: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gap(self) -> Optional[float]:
