@@ -106,7 +106,9 @@ class Footprint:
     dense_bytes: int
 
     def of(self, schedule: Schedule) -> int:
-        """Bytes a schedule holds: one copy of the model per process (threads share one)."""
+        """Bytes a schedule holds: one copy of the model per process (threads share one).
+        Model bytes only: each process's interpreter and torch (0.5-0.7 GB measured by
+        ``benches/hercules_memory.py``) are left out."""
         return schedule.copies * (self.table_bytes + self.dense_bytes)
 
     def scaled(self, factor: float) -> Footprint:
