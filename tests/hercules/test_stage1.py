@@ -171,3 +171,15 @@ def test_a_model_is_profiled_through_the_real_server() -> None:
     assert p.shared[0] is p.alone[0] and p.processes == p.shared
     assert p.footprint.table_bytes > 0
     assert all(m > 0 for c in (*p.alone, *p.shared) for m in c.ms)
+
+
+def test_a_worker_process_is_measured_for_the_footprint() -> None:
+    import recengine.models as rm
+
+    p = profile_cpu(rm.build("ncf", scale=0.01), 1, batches=(1, 16), span_s=0.0)
+    # A process of its own: an interpreter and torch, hundreds of MB besides the model.
+    assert p.footprint.process_bytes > 50 * 2**20
+    s = Schedule(1, 1, 16, sharing="processes")
+    assert p.footprint.of(s) == (p.footprint.table_bytes + p.footprint.dense_bytes
+                                 + p.footprint.process_bytes)
+    assert CpuProfile.from_dict(p.to_dict()).footprint == p.footprint

@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..sched.latency import LatencyCurve
-from .schedule import Footprint, footprint
+from .schedule import Footprint, footprint, pss_bytes
 
 __all__ = ["BATCHES", "CpuProfile", "counts", "profile_cpu"]
 
@@ -137,7 +137,8 @@ class CpuProfile:
                 "alone": curves(self.alone), "busy": list(self.busy),
                 "processes": curves(self.processes), "shared": curves(self.shared),
                 "table_bytes": self.footprint.table_bytes,
-                "dense_bytes": self.footprint.dense_bytes, "label": self.label}
+                "dense_bytes": self.footprint.dense_bytes,
+                "process_bytes": self.footprint.process_bytes, "label": self.label}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CpuProfile:
@@ -147,7 +148,8 @@ class CpuProfile:
         return cls(str(d["model"]), int(d["cores"]), tuple(int(t) for t in d["threads"]),
                    curves["alone"], tuple(int(k) for k in d["busy"]), curves["processes"],
                    curves["shared"], Footprint(int(d.get("table_bytes", 0)),
-                                               int(d.get("dense_bytes", 0))),
+                                               int(d.get("dense_bytes", 0)),
+                                               int(d.get("process_bytes", 0))),
                    str(d.get("label", "")))
 
 
@@ -163,7 +165,8 @@ def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
     out: their curves are then the threads', and the two ways of holding instances are not
     told apart). Each curve is :meth:`~recengine.serving.Server.profile` at ``load`` of the
     workers' capacity for about ``span_s`` seconds a batch size, on queries of about
-    ``query_items`` items.
+    ``query_items`` items. The single worker process's proportional set size less the
+    model's bytes is the footprint's ``process_bytes`` (0 without processes).
 
     Example::
 
@@ -180,16 +183,25 @@ def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
     name = str(getattr(model, "name", "") or (getattr(model, "build_args", None) or {})
                .get("name", "model"))
 
+    model_bytes = footprint(model)
+    own: list[int] = []  # a worker process's bytes besides the model's
+
     def run(workers: int, per_worker: int, in_processes: bool) -> LatencyCurve:
         kind = "processes" if in_processes else "threads"
         status(f"{name}: profiling {workers} worker {kind} of {per_worker} thread(s)")
         with Server(model, workers=workers, threads_per_worker=per_worker, seed=seed,
                     distribution=distribution, processes=in_processes) as server:
-            return server.profile(tuple(batches), load=load, span_s=span_s,
-                                  query_items=query_items)
+            curve = server.profile(tuple(batches), load=load, span_s=span_s,
+                                   query_items=query_items)
+            if in_processes and workers == 1 and server.worker_pids[0]:
+                pss = pss_bytes(server.worker_pids[0])
+                if pss is not None:
+                    own.append(max(pss - model_bytes.table_bytes - model_bytes.dense_bytes, 0))
+            return curve
 
     alone = {t: run(1, t, False) for t in threads}
     shared = tuple(alone[1] if k == 1 and 1 in alone else run(k, 1, False) for k in busy)
     procs = tuple(run(k, 1, True) for k in busy) if processes else shared
     return CpuProfile(name, cores, threads, tuple(alone[t] for t in threads), busy, procs,
-                      shared, footprint(model), f"{name} on {cores} cores")
+                      shared, Footprint(model_bytes.table_bytes, model_bytes.dense_bytes,
+                                        own[0] if own else 0), f"{name} on {cores} cores")

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from ..sched.result import Policy
 
-__all__ = ["SHARING", "SPARSE", "Footprint", "Schedule", "footprint", "naive"]
+__all__ = ["SHARING", "SPARSE", "Footprint", "Schedule", "footprint", "naive", "pss_bytes"]
 
 #: Where the sparse part runs: recengine's CPU kernels, or RecNMP's near-memory units.
 SPARSE: tuple[str, ...] = ("cpu", "nmp")
@@ -100,20 +100,30 @@ def naive(cores: int, largest_query: int) -> Schedule:
 
 @dataclass(frozen=True)
 class Footprint:
-    """The bytes a model holds: its embedding tables and its dense layers' weights."""
+    """The bytes a model holds: its embedding tables and its dense layers' weights, and what
+    one serving process holds besides them (``process_bytes``: its interpreter, torch and
+    buffers; :func:`~.profile.profile_cpu` measures it, 0 where unknown)."""
 
     table_bytes: int
     dense_bytes: int
+    process_bytes: int = 0
 
     def of(self, schedule: Schedule) -> int:
-        """Bytes a schedule holds: one copy of the model per process (threads share one).
-        Model bytes only: each process's interpreter and torch (0.5-0.7 GB measured by
-        ``benches/hercules_memory.py``) are left out."""
-        return schedule.copies * (self.table_bytes + self.dense_bytes)
+        """Bytes a schedule holds: one copy of the model and one process's own bytes per
+        process (instances as threads share one of each). A server process that only
+        dispatches (and on recengine's real server, built the model) is not counted.
+
+        Example::
+
+            >>> f = Footprint(table_bytes=100, dense_bytes=10, process_bytes=5)
+            >>> f.of(Schedule(4, 1, 32)), f.of(Schedule(4, 1, 32, sharing="processes"))
+            (115, 460)
+        """
+        return schedule.copies * (self.table_bytes + self.dense_bytes + self.process_bytes)
 
     def scaled(self, factor: float) -> Footprint:
-        """The footprint with tables ``factor`` times as many rows (dense weights unchanged)."""
-        return Footprint(int(self.table_bytes * factor), self.dense_bytes)
+        """The footprint with tables ``factor`` times as many rows (the rest unchanged)."""
+        return Footprint(int(self.table_bytes * factor), self.dense_bytes, self.process_bytes)
 
 
 def footprint(model: Any) -> Footprint:
@@ -135,3 +145,16 @@ def footprint(model: Any) -> Footprint:
         else:
             dense += size
     return Footprint(tables, dense)
+
+
+def pss_bytes(pid: int) -> Optional[int]:
+    """A process's proportional set size (its pages, shared ones split among the processes
+    that map them) from ``/proc/<pid>/smaps_rollup``; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

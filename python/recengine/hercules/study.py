@@ -39,6 +39,7 @@ from ..workload import QuerySizes
 from .evaluate import Comparison, Evaluator, Machine, compare
 from .profile import BATCHES, CpuProfile, profile_cpu
 from .provision import OBJECTIVES, Plan, ServerType, diurnal, greedy, oblivious, provision
+from .schedule import pss_bytes
 
 __all__ = ["SERVER_TYPES", "Config", "HerculesConfig", "config_dict", "iter_study",
            "plot_study", "server_type", "summarize_study"]
@@ -331,22 +332,11 @@ def _check(config: HerculesConfig, model: Any, evaluator: Evaluator, c: Comparis
 
 def _resident_bytes(server: Any) -> Optional[int]:
     """The memory a server's workers hold: the proportional set size of its worker
-    processes (shared pages split among them), or this process's resident set for worker
-    threads; None where /proc cannot tell."""
-    def field_kb(path: str, key: str) -> Optional[int]:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith(key):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
-
-    if server.processes:
-        sizes = [field_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in server.worker_pids if p]
-        return sum(s for s in sizes if s) or None
-    return field_kb("/proc/self/status", "VmRSS:")
+    processes, or this process's for worker threads; None where /proc cannot tell."""
+    pids = [p for p in server.worker_pids if p] if server.processes else [os.getpid()]
+    sizes = [pss_bytes(p) for p in pids]
+    return None if any(s is None for s in sizes) or not sizes else sum(
+        s for s in sizes if s is not None)
 
 
 def _stage2(config: HerculesConfig, rows: Sequence[dict[str, Any]],
