@@ -308,6 +308,10 @@ def _check(config: HerculesConfig, model: Any, evaluator: Evaluator, c: Comparis
     from ..serving import Accelerator, RealServer, Server
 
     s = evaluator.schedule(c.search.point)
+    here = os.cpu_count() or 1
+    if s.cores > here:
+        return {"real_qps": None, "real_note": f"the schedule keeps {s.cores} cores busy and "
+                                               f"this machine has {here}"}
     accel = None
     if s.offload_threshold is not None:
         if not torch.cuda.is_available():
