@@ -21,20 +21,13 @@ import multiprocessing as mp
 from typing import Any
 
 
-def _pss(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no Pss for process {pid}")
-
-
 def _measure(model_name: str, scale: float, instances: int, processes: bool) -> dict[str, Any]:
     import os
 
     import numpy as np
     import recengine.models as rm
     from recengine.hercules import Schedule, footprint
+    from recengine.hercules.schedule import pss_bytes
     from recengine.sched import Policy
     from recengine.serving import Server
 
@@ -43,7 +36,10 @@ def _measure(model_name: str, scale: float, instances: int, processes: bool) -> 
     with Server(model, workers=instances, processes=processes) as server:
         n = 40
         server.run(np.arange(n) * 0.002, np.full(n, 128), Policy(32))
-        total = _pss(os.getpid()) + sum(_pss(p) for p in server.worker_pids if p)
+        sizes = [pss_bytes(p) for p in [os.getpid(), *server.worker_pids] if p]
+        if any(size is None for size in sizes):
+            raise RuntimeError("/proc/<pid>/smaps_rollup cannot be read here")
+        total = sum(size for size in sizes if size is not None)
     schedule = Schedule(instances, 1, 32, sharing="processes" if processes else "threads")
     return {"model": model_name, "sharing": schedule.sharing, "measured": total,
             "model_bytes": bytes_.table_bytes + bytes_.dense_bytes,

@@ -8,8 +8,8 @@ import importlib
 import math
 from typing import Any, Callable
 
-__all__ = ["comma_list", "core_count", "float_in", "int_in", "model", "model_or_all", "one_of",
-           "positive_float", "positive_int", "seed"]
+__all__ = ["comma_list", "core_count", "expand_all", "float_in", "int_in", "model",
+           "model_or_all", "one_of", "positive_float", "positive_int", "seed"]
 
 
 def comma_list(kind: Callable[[str], Any], name: str) -> Callable[[str], list[Any]]:
@@ -36,6 +36,17 @@ def model(text: str) -> str:
 def model_or_all(text: str) -> str:
     """A model name, or ``all``."""
     return "all" if text.strip().lower() == "all" else model(text)
+
+
+def expand_all(models: Any) -> Any:
+    """A parsed ``model_or_all`` list with every ``all`` replaced by the eight models (None
+    for an empty or missing list: the config's default)."""
+    from ..shapes import model_names
+
+    out: list[str] = []
+    for m in models or []:
+        out += model_names() if m == "all" else [m]
+    return out or None
 
 
 def positive_int(text: str) -> int:

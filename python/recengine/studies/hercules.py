@@ -133,14 +133,10 @@ class HerculesStudy(Study):
     plot_help = "save each schedule's gain over the naive one, and servers over the day"
 
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
-        from ..shapes import model_names
         from ..workload import QuerySizes
 
         values = dict(values)
-        models: list[str] = []
-        for m in values.pop("models", None) or []:
-            models += model_names() if m == "all" else [m]
-        values["models"] = models or None
+        values["models"] = a.expand_all(values.pop("models", None))
         if values.get("sizes"):
             values["sizes"] = QuerySizes.parse(values["sizes"])
         return super().configure(values, note)

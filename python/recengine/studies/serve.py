@@ -108,14 +108,10 @@ class ServeStudy(Study):
     plot_help = "save latency-bounded QPS against batch size per model"
 
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
-        from ..shapes import model_names
         from ..workload import QuerySizes
 
         values = dict(values)
-        models: list[str] = []
-        for m in values.pop("models", None) or []:
-            models += model_names() if m == "all" else [m]
-        values["models"] = models or None
+        values["models"] = a.expand_all(values.pop("models", None))
         spec, percentiles = values.pop("sizes", None), values.pop("size_percentiles", None)
         if spec and percentiles:
             raise ValueError("give --sizes or --size-percentiles, not both")
