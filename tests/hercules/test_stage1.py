@@ -4,6 +4,7 @@ serving simulator, and the search against the grid, DeepRecSched and the naive s
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from recengine.hercules import (
@@ -18,6 +19,7 @@ from recengine.hercules import (
     footprint,
     naive,
     profile_cpu,
+    sparse_shares,
 )
 from recengine.sched import LatencyCurve
 
@@ -48,8 +50,11 @@ def test_a_schedule_checks_itself_and_counts_its_cores_and_copies() -> None:
     assert Schedule(4, 2, 64).copies == 1
     assert Schedule.from_dict(s.to_dict()) == s
     assert naive(8, 300) == Schedule(1, 8, 300)
+    assert Schedule(1, 1, 8, dense="gpu").describe() == ("1 x 1 threads, batch 8, cpu sparse, "
+                                                         "gpu dense, threads")
     for bad in (dict(instances=0), dict(threads=0), dict(sparse="gpu"), dict(sharing="fork"),
-                dict(batch_size=0), dict(offload_threshold=0)):
+                dict(batch_size=0), dict(offload_threshold=0), dict(dense="nmp"),
+                dict(sparse="nmp", dense="gpu")):
         with pytest.raises(ValueError):
             Schedule(**{"instances": 1, "threads": 1, "batch_size": 8, **bad})  # type: ignore[arg-type]
 
@@ -83,6 +88,30 @@ def test_a_profile_gives_each_profiled_point_its_own_curve() -> None:
     # Between profiled counts, linear in the busy cores.
     assert p.curve(3, 1, "processes").ms == pytest.approx(ONE.scaled(1.06).ms)
     assert CpuProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_a_profile_splits_its_curves_by_the_measured_sparse_shares() -> None:
+    p = replace(synthetic(4), sparse_share=(0.5, 0.25, 0.1, 0.0))
+    lookups, dense = p.split(p.curve(2, 2))
+    assert lookups.ms == pytest.approx([m * f for m, f in zip(p.curve(2, 2).ms,
+                                                               p.sparse_share)], abs=1e-6)
+    assert [a + b for a, b in zip(lookups.ms, dense.ms)] == pytest.approx(p.curve(2, 2).ms)
+    assert min(lookups.ms) > 0  # a part that takes nothing is still a curve
+    assert CpuProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    with pytest.raises(ValueError, match="no sparse shares"):
+        synthetic(4).split(ONE)
+    for bad in ((0.5,), (0.1, 0.2, 0.3, 1.5)):
+        with pytest.raises(ValueError, match="sparse shares"):
+            replace(synthetic(4), sparse_share=bad)
+
+
+def test_sparse_shares_are_measured_on_the_model() -> None:
+    import recengine.models as rm
+
+    # rmc1's lookups are a large share of its forward; wnd's a small one (its MLP is wide).
+    rmc1 = sparse_shares(rm.build("rmc1", scale=0.01), batches=(64,), repeat=3)[0]
+    wnd = sparse_shares(rm.build("wnd", scale=0.01), batches=(64,), repeat=3)[0]
+    assert 0 < wnd < rmc1 <= 1
 
 
 def test_a_profile_refuses_what_it_cannot_answer() -> None:
@@ -142,6 +171,51 @@ def test_offloading_and_recnmp_enter_the_space_when_the_server_has_them() -> Non
     # RecNMP runs the 79% of a sub-request in SLS five times faster.
     assert ev.qps(Schedule(2, 1, 32, sparse="nmp", sharing="processes")) > 1.5 * cpu
     assert ev.qps(Schedule(2, 1, 32, offload_threshold=64, sharing="processes")) > cpu
+
+
+def test_the_dense_part_on_the_gpu_enters_the_space_and_the_gpu_is_shared() -> None:
+    # Lookups are a fifth of a sub-request; the GPU runs the dense part in 0.05 ms, and the
+    # instance waits for it.
+    p = replace(synthetic(4), sparse_share=(0.2,) * len(BATCHES))
+    dense = LatencyCurve((1, 1024), (0.05, 0.05), interpolation="log")
+    gpu = LatencyCurve((1, 1024), (2.0, 3.0), interpolation="log")
+    m = Machine(ServerType("gpu", 100, 300, cores=4), p, accelerator=gpu,
+                dense_accelerator=dense)
+    ev = Evaluator(m, 20.0, batch_sizes=(32, 1024), thresholds=(1 << 20,), queries=300)
+    assert ev.space().dims["dense"] == ("cpu", "gpu")
+    on_cpu = ev.qps(Schedule(1, 1, 32, sharing="processes"))
+    on_gpu = ev.qps(Schedule(1, 1, 32, sharing="processes", dense="gpu"))
+    assert on_gpu > 2 * on_cpu
+    # One GPU for every instance: four instances gain less than four times.
+    four = ev.qps(Schedule(4, 1, 32, sharing="processes", dense="gpu"))
+    assert on_gpu < four < 3.5 * on_gpu
+    curve, stage = ev.service(Schedule(2, 1, 32, dense="gpu"))
+    assert stage is not None and stage.accelerator and not stage.first
+    assert curve.ms == pytest.approx(p.curve(2, 1).scaled(0.2).ms)
+    # Without measured shares (or a dense curve) the dimension is left out.
+    assert "dense" not in Evaluator(replace(m, cpu=synthetic(4)), 20.0, queries=300).space().dims
+    with pytest.raises(ValueError, match="no GPU"):
+        Evaluator(machine(4), 20.0, queries=300).qps(Schedule(1, 1, 32, dense="gpu"))
+
+
+def test_recnmp_is_one_device_the_instances_queue_for() -> None:
+    from recengine.nmp import SLSCurve
+
+    # RecNMP runs lookups 5x faster than the host; the lookups are 90% of a sub-request.
+    nmp = SLSCurve("m", "recnmp", (1, 1024), (0.2, 20.0), (1.0, 100.0))
+    p = replace(synthetic(4, contention=0.0, interpreter=0.0), sparse_share=(0.9,) * 4)
+    ev = Evaluator(Machine(ServerType("nmp", 100, 300, cores=4), p, nmp=nmp), 20.0,
+                   batch_sizes=(32,), queries=400)
+    curve, stage = ev.service(Schedule(4, 1, 32, sparse="nmp", sharing="processes"))
+    assert stage is not None and stage.first
+    assert curve.ms == pytest.approx(p.curve(4, 1).scaled(0.1).ms)  # the dense part
+    assert stage.curve.ms == pytest.approx(p.curve(1, 1).scaled(0.9 * 0.2).ms)
+    one = ev.qps(Schedule(1, 1, 32, sparse="nmp", sharing="processes"))
+    four = ev.qps(Schedule(4, 1, 32, sparse="nmp", sharing="processes"))
+    cpu4 = ev.qps(Schedule(4, 1, 32, sharing="processes"))
+    # Four instances share one RecNMP: its lookups (0.18 of a sub-request) bound them.
+    assert one < four < 3.5 * one
+    assert four > cpu4
 
 
 @pytest.mark.parametrize("cores,speedup", [(8, 0.6), (16, 0.9)])

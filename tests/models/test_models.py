@@ -30,6 +30,22 @@ def test_every_model_scores_a_batch(name: str) -> None:
     assert ((y >= 0) & (y <= 1)).all()
     if OUT[name] == 2:  # softmax heads
         torch.testing.assert_close(y.sum(dim=1), torch.ones(5))
+    # The dense part on the looked-up vectors is the whole model (a server may run the two
+    # apart), and it does not read the tables.
+    with torch.inference_mode():
+        vectors = model.embed(batch)
+        for bag in (model.embeddings, model.sequence_tables):
+            if bag is not None:
+                bag.to("meta")
+        torch.testing.assert_close(model.dense_part(vectors, batch.dense), y)
+
+
+def test_a_model_without_a_dense_part_says_so() -> None:
+    from recengine.models.base import RecModel
+
+    m = RecModel(model_tables("ncf", SCALE), [], 0)
+    with pytest.raises(NotImplementedError, match="dense part"):
+        m.dense_part({}, torch.zeros(1, 0))
 
 
 def test_seeded_weights_repeat_and_differ_across_seeds() -> None:

@@ -13,6 +13,7 @@ from recengine.sched import (
     STATIC,
     ControllerSettings,
     CurvesByLoad,
+    DeviceStage,
     LatencyCurve,
     Policy,
     RateController,
@@ -90,6 +91,85 @@ def test_offloaded_queries_run_on_the_accelerator() -> None:
     np.testing.assert_allclose(r.latency_ms, [2.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="no accelerator"):
         simulate(np.zeros(1), np.ones(1, dtype=int), Policy(8, 4), FLAT, 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.05), st.integers(1, 300)), min_size=1, max_size=30),
+       st.sampled_from([8, 64, 512]), st.booleans())
+def test_on_one_core_a_device_stage_adds_its_time_to_every_sub_request(
+        qs: list[tuple[float, int]], b: int, first: bool) -> None:
+    # One core never waits for the device: each sub-request holds it for both parts, as if
+    # its curve were their sum.
+    arrivals = np.cumsum([q[0] for q in qs])
+    sizes = np.array([q[1] for q in qs])
+    cpu = LatencyCurve((1, 1024), (0.2, 3.0))
+    dev = LatencyCurve((1, 1024), (0.1, 1.0))
+    both = LatencyCurve((1, 1024), (0.3, 4.0))
+    staged = simulate(arrivals, sizes, Policy(b), cpu, 1, stage=DeviceStage(dev, first))
+    plain = simulate(arrivals, sizes, Policy(b), both, 1)
+    np.testing.assert_allclose(staged.latency_ms, plain.latency_ms)
+    # A device that takes (next to) no time leaves the cores' queueing as it was.
+    free = DeviceStage(LatencyCurve((1, 1024), (1e-9, 1e-9)), first)
+    np.testing.assert_allclose(simulate(arrivals, sizes, Policy(b), cpu, 3, stage=free)
+                               .latency_ms, simulate(arrivals, sizes, Policy(b), cpu, 3)
+                               .latency_ms, atol=1e-6)
+
+
+def test_cores_queue_for_a_shared_device() -> None:
+    cpu = LatencyCurve((1, 1024), (1.0, 1.0))
+    dev = LatencyCurve((1, 1024), (2.0, 2.0))
+    at0 = np.zeros(3)
+    # Lookups on the device first, one at a time: 2, 4, 6 ms, then 1 ms on the core each.
+    r = simulate(at0, np.full(3, 8), Policy(8), cpu, 3, stage=DeviceStage(dev, first=True),
+                 warmup=0)
+    np.testing.assert_allclose(r.latency_ms, [3.0, 5.0, 7.0])
+    # Dense part on the device after 1 ms on the core: the device is the bottleneck.
+    r = simulate(at0, np.full(3, 8), Policy(8), cpu, 3, stage=DeviceStage(dev), warmup=0)
+    np.testing.assert_allclose(r.latency_ms, [3.0, 5.0, 7.0])
+    # Many cores cannot serve faster than the device: 500 QPS of 2 ms device parts.
+    sim = SimulatedServer(cpu, 16, queries=400, stage=DeviceStage(dev),
+                          sizes=QuerySizes.fixed(8))
+    assert sim.capacity_hint(Policy(8)) == pytest.approx(500.0)
+    assert sim.run(Policy(8), 300.0).p95 < 15 < 100 < sim.run(Policy(8), 600.0).p95
+    # A GPU stage shares the accelerator's queue with whole offloaded queries.
+    acc = LatencyCurve((1, 1024), (5.0, 5.0))
+    r = simulate(np.zeros(2), np.array([500, 8]), Policy(8, 400), cpu, 2, accelerator=acc,
+                 stage=DeviceStage(dev, accelerator=True), warmup=0)
+    np.testing.assert_allclose(r.latency_ms, [5.0, 7.0])
+    assert r.offloaded == 1
+
+
+def _earliest_fit(device: object, parts: list[tuple[float, float, float]]) -> None:
+    """Hand ``device`` parts (time since the last handed out, its delay to ready, its time)
+    and check each one took the earliest idle stretch at or after it was ready that fits."""
+    busy: list[tuple[float, float]] = []
+    now = 0.0
+    for gap, delay, took in parts:
+        now += gap
+        ready = now + delay
+        end = device.take(ready, took, now)  # type: ignore[attr-defined]
+        start = end - took
+        assert start >= ready - 1e-9
+        # No stretch it overlaps, and no earlier idle stretch at or after ready that fits.
+        assert all(e <= start + 1e-9 or s >= end - 1e-9 for s, e in busy)
+        for s0 in sorted({ready} | {e for _, e in busy if e >= ready}):
+            if s0 < start - 1e-9:
+                assert any(s < s0 + took - 1e-9 and e > s0 + 1e-9 for s, e in busy)
+        busy.append((start, end))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 3), st.floats(0, 4), st.floats(0.01, 3)), min_size=1,
+                max_size=40))
+def test_a_shared_device_gives_each_part_the_earliest_idle_stretch_that_fits(
+        parts: list[tuple[float, float, float]]) -> None:
+    from recengine.sched.simulate import _Device
+
+    _earliest_fit(_Device(), parts)
+    # A part ready sooner than one handed out before it runs first, in the gap.
+    device = _Device()
+    assert device.take(5.0, 1.0, 0.0) == 6.0
+    assert device.take(0.5, 1.0, 0.0) == 1.5
 
 
 class _Known:

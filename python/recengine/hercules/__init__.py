@@ -20,13 +20,13 @@ Example::
 """
 
 from .evaluate import Comparison, Evaluator, Machine, compare
-from .profile import BATCHES, CpuProfile, counts, profile_cpu
+from .profile import BATCHES, CpuProfile, counts, profile_cpu, sparse_shares
 from .provision import OBJECTIVES, Plan, ServerType, diurnal, greedy, oblivious, provision
-from .schedule import SHARING, SPARSE, Footprint, Schedule, footprint, naive
+from .schedule import DENSE, SHARING, SPARSE, Footprint, Schedule, footprint, naive
 from .search import SearchResult, Space, gradient_search, grid_search
 
-__all__ = ["BATCHES", "OBJECTIVES", "SHARING", "SPARSE", "Comparison", "CpuProfile",
+__all__ = ["BATCHES", "DENSE", "OBJECTIVES", "SHARING", "SPARSE", "Comparison", "CpuProfile",
            "Evaluator", "Footprint", "Machine", "Plan", "Schedule", "SearchResult",
            "ServerType", "Space", "compare", "counts", "diurnal", "footprint",
            "gradient_search", "greedy", "grid_search", "naive", "oblivious", "profile_cpu",
-           "provision"]
+           "provision", "sparse_shares"]

@@ -2,11 +2,24 @@
 on one server type, the search for the best, and the references it is measured against.
 
 A :class:`Machine` is a server type as the simulator sees it: its :class:`ServerType` (cores,
-memory), its CPU profile (:class:`~.profile.CpuProfile`), an accelerator's whole-query
-latency curve (a GPU: queries at or above the offload threshold run on it,
-DeepRecSys's model), and RecNMP's SLS curve (:class:`~recengine.nmp.SLSCurve`: a schedule
-with ``sparse="nmp"`` has the SLS share of every sub-request scaled by RecNMP's time over the
-host's, :meth:`~recengine.nmp.SLSCurve.on_cpu`).
+memory), its CPU profile (:class:`~.profile.CpuProfile`), a GPU's latency curves (whole
+queries: those at or above the offload threshold run on it, DeepRecSys's model; and the
+dense part alone, :meth:`~recengine.models.RecModel.dense_part`, for ``dense="gpu"``), and
+RecNMP's SLS curve (:class:`~recengine.nmp.SLSCurve`).
+
+Where a part of every sub-request runs off the CPU, the instance waits for it, and the device
+is one for the whole server, shared by the co-located instances
+(:class:`~recengine.sched.DeviceStage`):
+
+* ``dense="gpu"``: the instance runs the lookups (the profile's curve times its measured
+  sparse share, :func:`~.profile.sparse_shares`), then the GPU runs the dense part (its
+  dense-part curve: vectors copied over, dense layers, scores back), in the queue it shares
+  with offloaded whole queries;
+* ``sparse="nmp"``: RecNMP's DIMMs run the lookups first, one sub-request at a time, each
+  taking the lookups' single-thread time alone scaled by RecNMP's time over the host's
+  (:class:`~recengine.nmp.SLSCurve`), then the instance runs the dense part (its curve times
+  one less the sparse share). Without measured shares, the SLS share is the machine's
+  ``nmp_sls_fraction``.
 
 An :class:`Evaluator` gives a schedule's latency-bounded throughput: the highest Poisson
 arrival rate whose p95 meets the model's target with nothing shed, found by bisection
@@ -23,23 +36,31 @@ single-thread instance per core, its batch-size then threshold climb, RecNMP for
 part where the server has it) and the naive schedule
 (:func:`~.schedule.naive`).
 
-What the model leaves out: the dense part alone on the GPU for sub-requests whose sparse part
-stays on the CPU (the GPU takes whole queries only, as DeepRecSys offloads them); RecNMP's
-units shared by co-located instances (each sub-request's SLS time is scaled as if it had them
-alone); the GPU's host-side work under load (its curve is profiled in an idle process, and
-the real server drives it from the dispatcher's process, which is busy at high rates).
+What the model leaves out: the GPU's host-side work under load (its curves are profiled in
+an idle process, and the real server drives it from the dispatcher's process, which is busy
+at high rates); the GPU's memory (every schedule's dense layers fit an H200's); the lookups
+on RecNMP and the dense part on the GPU in one schedule (no server type has both); a device
+part overlapping another sub-request's on the same device (each device runs one at a time).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
-from ..sched import BATCH_SIZES, THRESHOLDS, LatencyCurve, SimulatedServer, deeprecsched, max_qps
+from ..sched import (
+    BATCH_SIZES,
+    THRESHOLDS,
+    DeviceStage,
+    LatencyCurve,
+    SimulatedServer,
+    deeprecsched,
+    max_qps,
+)
 from ..workload import QuerySizes
 from .profile import CpuProfile
 from .provision import ServerType
-from .schedule import SHARING, Footprint, Schedule, naive
+from .schedule import DENSE, SHARING, Footprint, Schedule, naive
 from .search import Point, SearchResult, Space, gradient_search, grid_search
 
 __all__ = ["Comparison", "Evaluator", "Machine", "compare"]
@@ -51,14 +72,17 @@ REL_TOL = 0.005
 
 @dataclass(frozen=True)
 class Machine:
-    """A server type as the simulator sees it (see the module's docs). ``nmp_sls_fraction``:
-    the SLS share of a CPU sub-request's time that RecNMP takes over."""
+    """A server type as the simulator sees it (see the module's docs): ``accelerator`` the
+    GPU's whole-query curve, ``dense_accelerator`` its dense-part curve (``dense="gpu"``
+    needs it and the profile's sparse shares), ``nmp_sls_fraction`` the SLS share of a CPU
+    sub-request's time that RecNMP takes over where the profile has no measured shares."""
 
     server: ServerType
     cpu: CpuProfile
     accelerator: Optional[LatencyCurve] = None
     nmp: Optional[Any] = None  # recengine.nmp.SLSCurve
     nmp_sls_fraction: float = 0.79
+    dense_accelerator: Optional[LatencyCurve] = None
 
     def __post_init__(self) -> None:
         if self.cpu.cores != self.server.cores:
@@ -129,12 +153,16 @@ class Evaluator:
                                                       self.largest)
         self.runs = 0
         self._memo: dict[Schedule, float] = {}
-        self._curves: dict[tuple[int, int, str, str], LatencyCurve] = {}
+        self._service: dict[tuple[int, int, str, str, str],
+                            tuple[LatencyCurve, Optional[DeviceStage]]] = {}
 
-    def _stream(self, curve: LatencyCurve, workers: int) -> SimulatedServer:
+    def _stream(self, curve: LatencyCurve, workers: int,
+                stage: Optional[DeviceStage] = None) -> SimulatedServer:
         accelerator = self.machine.accelerator
+        if stage is not None and stage.accelerator and accelerator is None:
+            accelerator = stage.curve  # the GPU's queue; no whole query is offloaded to it
         return SimulatedServer(curve, workers, accelerator, self.sizes, self.queries,
-                               self.seed, span_s=self.span_s, max_queries=50_000)
+                               self.seed, span_s=self.span_s, max_queries=50_000, stage=stage)
 
     def space(self) -> Space:
         """The lattice Hercules searches on this machine (see the module's docs)."""
@@ -148,12 +176,17 @@ class Evaluator:
             dims["offload_threshold"] = (*self.thresholds, None)  # None: never, the largest
         if m.nmp is not None:
             dims["sparse"] = ("cpu", "nmp")
+        if m.dense_accelerator is not None and m.cpu.sparse_share:
+            dims["dense"] = DENSE
         dims["sharing"] = SHARING
         return Space(dims, self.allowed)
 
     def allowed(self, point: Point) -> bool:
-        """Whether a point fits the server: cores and memory."""
-        s = self.schedule(point)
+        """Whether a point is a schedule that fits the server: cores and memory."""
+        try:
+            s = self.schedule(point)
+        except ValueError:  # not a schedule (RecNMP lookups with a GPU dense part)
+            return False
         return (s.cores <= self.machine.server.cores
                 and self.memory.of(s) <= self.machine.server.memory_gb * 2**30)
 
@@ -162,26 +195,47 @@ class Evaluator:
         return Schedule(**point)
 
     def curve(self, schedule: Schedule) -> LatencyCurve:
-        """The sub-request latency curve the schedule's instances run at."""
-        key = (schedule.instances, schedule.threads, schedule.sharing, schedule.sparse)
-        if key not in self._curves:
-            curve = self.machine.cpu.curve(schedule.instances, schedule.threads,
-                                           schedule.sharing)
-            if schedule.sparse == "nmp":
-                if self.machine.nmp is None:
-                    raise ValueError(f"server {self.machine.server.name!r} has no RecNMP")
-                curve = self.machine.nmp.on_cpu(curve, self.machine.nmp_sls_fraction)
-            self._curves[key] = curve
-        return self._curves[key]
+        """The latency curve of the part of a sub-request the schedule's instances run."""
+        return self.service(schedule)[0]
+
+    def service(self, schedule: Schedule) -> tuple[LatencyCurve, Optional[DeviceStage]]:
+        """How the schedule's sub-requests are served: the latency curve of the part its
+        instances run, and the part a shared device runs (None: all on the instance); see
+        the module's docs."""
+        key = (schedule.instances, schedule.threads, schedule.sharing, schedule.sparse,
+               schedule.dense)
+        if key not in self._service:
+            self._service[key] = self._split(schedule)
+        return self._service[key]
+
+    def _split(self, schedule: Schedule) -> tuple[LatencyCurve, Optional[DeviceStage]]:
+        m = self.machine
+        curve = m.cpu.curve(schedule.instances, schedule.threads, schedule.sharing)
+        if schedule.dense == "gpu":
+            if m.dense_accelerator is None:
+                raise ValueError(f"server {m.server.name!r} has no GPU to run the dense part on")
+            return m.cpu.split(curve)[0], DeviceStage(m.dense_accelerator, accelerator=True)
+        if schedule.sparse != "nmp":
+            return curve, None
+        if m.nmp is None:
+            raise ValueError(f"server {m.server.name!r} has no RecNMP")
+        alone = m.cpu.curve(1, 1, schedule.sharing)
+        if m.cpu.sparse_share:
+            dense, alone_lookups = m.cpu.split(curve)[1], m.cpu.split(alone)[0]
+        else:
+            dense = curve.scaled(max(1 - m.nmp_sls_fraction, 1e-9))
+            alone_lookups = alone.scaled(max(m.nmp_sls_fraction, 1e-9))
+        # RecNMP's time for the lookups the host runs in alone_lookups (its own, no
+        # contention from the cores).
+        on_nmp = m.nmp.on_cpu(alone_lookups, 1.0)
+        return dense, DeviceStage(on_nmp, first=True)
 
     def canonical(self, schedule: Schedule) -> Schedule:
         """The schedule that runs the same: a batch capped at the largest query, a threshold
         above it dropped."""
         thr = schedule.offload_threshold
-        return Schedule(schedule.instances, schedule.threads,
-                        min(schedule.batch_size, self.largest),
-                        None if thr is not None and thr > self.largest else thr,
-                        schedule.sparse, schedule.sharing)
+        return replace(schedule, batch_size=min(schedule.batch_size, self.largest),
+                       offload_threshold=None if thr is not None and thr > self.largest else thr)
 
     def qps(self, schedule: Schedule) -> float:
         """The schedule's latency-bounded throughput (queries/s; 0 when no rate meets the
@@ -191,7 +245,8 @@ class Evaluator:
             if key.offload_threshold is not None and self.machine.accelerator is None:
                 raise ValueError(f"server {self.machine.server.name!r} has no accelerator to "
                                  f"offload to")
-            backend = self._stream(self.curve(key), key.instances)
+            curve, stage = self.service(key)
+            backend = self._stream(curve, key.instances, stage)
             policy = key.policy()
             self._memo[key] = max_qps(lambda q: backend.run(policy, q), self.target_ms,
                                       backend.capacity_hint(policy), self.rel_tol)[0]
@@ -274,10 +329,12 @@ def _deeprecsched(evaluator: Evaluator) -> tuple[Schedule, float, int]:
         sharing = "threads"
     sparse = "nmp" if m.nmp is not None else "cpu"
     base = Schedule(cores, 1, evaluator.batch_sizes[-1], sparse=sparse, sharing=sharing)
-    backend = evaluator._stream(evaluator.curve(base), cores)
+    curve, stage = evaluator.service(base)
+    backend = evaluator._stream(curve, cores, stage)
     tuned = deeprecsched(backend, evaluator.target_ms,
                          sorted(evaluator.batch_sizes, reverse=True),
                          sorted(evaluator.thresholds, reverse=True), evaluator.rel_tol)
     p = tuned.policy
-    schedule = Schedule(cores, 1, p.batch_size, p.offload_threshold, sparse, sharing)
+    schedule = Schedule(cores, 1, p.batch_size, p.offload_threshold, sparse=sparse,
+                        sharing=sharing)
     return schedule, tuned.qps, len(tuned.tried)

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -42,7 +43,7 @@ import numpy as np
 from ..sched.latency import LatencyCurve
 from .schedule import Footprint, footprint, pss_bytes
 
-__all__ = ["BATCHES", "CpuProfile", "counts", "profile_cpu"]
+__all__ = ["BATCHES", "CpuProfile", "counts", "profile_cpu", "sparse_shares"]
 
 #: The batch sizes a CPU profile times: DeepRecSched's sizes, and smaller ones for the
 #: remainders of queries split into sub-requests.
@@ -78,6 +79,9 @@ class CpuProfile:
     shared: tuple[LatencyCurve, ...]
     footprint: Footprint = field(default_factory=lambda: Footprint(0, 0))
     label: str = ""
+    #: Per batch size, the share of one single-thread forward spent in the embedding lookups
+    #: (:func:`sparse_shares`); empty when not profiled.
+    sparse_share: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cores < 1:
@@ -96,6 +100,28 @@ class CpuProfile:
         if any(c.batches != first.batches
                for c in (*self.alone, *self.processes, *self.shared)):
             raise ValueError("every curve of a CPU profile must share its batch sizes")
+        if self.sparse_share and (len(self.sparse_share) != len(first.batches)
+                                  or not all(0 <= x <= 1 for x in self.sparse_share)):
+            raise ValueError("the sparse shares must be one fraction in [0, 1] per batch size")
+
+    def split(self, curve: LatencyCurve) -> tuple[LatencyCurve, LatencyCurve]:
+        """``curve`` (one of this profile's, or one derived from it) cut in two by the sparse
+        shares: its embedding lookups and its dense part, per batch size.
+
+        Raises:
+            ValueError: the profile has no sparse shares.
+        """
+        if not self.sparse_share:
+            raise ValueError(f"the CPU profile of {self.model} has no sparse shares "
+                             f"(profile it again)")
+        share = np.asarray(self.sparse_share)
+        ms = np.asarray(curve.ms)
+        # A part that takes nothing takes a nanosecond: a curve's latencies are positive.
+        return (LatencyCurve(curve.batches, tuple(float(x) for x in np.maximum(ms * share, 1e-6)),
+                             f"{curve.label} (lookups)", curve.interpolation),
+                LatencyCurve(curve.batches,
+                             tuple(float(x) for x in np.maximum(ms * (1 - share), 1e-6)),
+                             f"{curve.label} (dense part)", curve.interpolation))
 
     def _slowdown(self, curves: Sequence[LatencyCurve], busy: int) -> np.ndarray:
         """Per batch size, ``curves`` at ``busy`` busy workers over one instance alone, linear
@@ -138,7 +164,8 @@ class CpuProfile:
                 "processes": curves(self.processes), "shared": curves(self.shared),
                 "table_bytes": self.footprint.table_bytes,
                 "dense_bytes": self.footprint.dense_bytes,
-                "process_bytes": self.footprint.process_bytes, "label": self.label}
+                "process_bytes": self.footprint.process_bytes, "label": self.label,
+                "sparse_share": list(self.sparse_share)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CpuProfile:
@@ -150,7 +177,8 @@ class CpuProfile:
                    curves["shared"], Footprint(int(d.get("table_bytes", 0)),
                                                int(d.get("dense_bytes", 0)),
                                                int(d.get("process_bytes", 0))),
-                   str(d.get("label", "")))
+                   str(d.get("label", "")),
+                   tuple(float(x) for x in d.get("sparse_share", ())))
 
 
 def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
@@ -191,7 +219,9 @@ def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
         status(f"{name}: profiling {workers} worker {kind} of {per_worker} thread(s)")
         with Server(model, workers=workers, threads_per_worker=per_worker, seed=seed,
                     distribution=distribution, processes=in_processes) as server:
-            curve = server.profile(tuple(batches), load=load, span_s=span_s,
+            # Two queries at least: the span and eight sub-requests a worker bound the run
+            # (the default twenty queries of one-item sub-requests took most of a profile).
+            curve = server.profile(tuple(batches), load=load, span_s=span_s, queries=2,
                                    query_items=query_items)
             if in_processes and workers == 1 and server.worker_pids[0]:
                 pss = pss_bytes(server.worker_pids[0])
@@ -199,9 +229,55 @@ def profile_cpu(model: Any, cores: int, threads: Optional[Sequence[int]] = None,
                     own.append(max(pss - model_bytes.table_bytes - model_bytes.dense_bytes, 0))
             return curve
 
+    status(f"{name}: timing the lookups against whole forwards")
+    shares = sparse_shares(model, batches, seed=seed, distribution=distribution)
     alone = {t: run(1, t, False) for t in threads}
     shared = tuple(alone[1] if k == 1 and 1 in alone else run(k, 1, False) for k in busy)
     procs = tuple(run(k, 1, True) for k in busy) if processes else shared
     return CpuProfile(name, cores, threads, tuple(alone[t] for t in threads), busy, procs,
                       shared, Footprint(model_bytes.table_bytes, model_bytes.dense_bytes,
-                                        own[0] if own else 0), f"{name} on {cores} cores")
+                                        own[0] if own else 0), f"{name} on {cores} cores",
+                      shares)
+
+
+def sparse_shares(model: Any, batches: Sequence[int] = BATCHES, repeat: int = 5,
+                  seed: int = 0, distribution: str = "uniform") -> tuple[float, ...]:
+    """Per batch size, the share of a single-thread forward of a built model spent in its
+    embedding lookups (:meth:`~recengine.models.RecModel.embed`): the median lookup time over
+    the median forward time, ``repeat`` runs of each after one untimed, alternating (so a
+    slow stretch of the machine falls on both), in this process on one thread: what stays on
+    the CPU when the dense part runs on a GPU, and what RecNMP takes over.
+
+    Example::
+
+        >>> import recengine.models as rm
+        >>> s = sparse_shares(rm.build("rmc1", scale=0.01), batches=(8, 64), repeat=1)
+        >>> len(s), all(0 < x <= 1 for x in s)
+        (2, True)
+    """
+    import torch
+
+    from .. import get_num_threads, set_num_threads
+
+    pool = model.sample_batch(max(batches), distribution=distribution, seed=seed)
+    saved = torch.get_num_threads(), get_num_threads()
+    torch.set_num_threads(1)
+    set_num_threads(1)
+    shares = []
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                batch = pool.rows(0, b)
+                times: tuple[list[float], list[float]] = ([], [])
+                for k in range(repeat + 1):
+                    for run, out in ((model.embed, times[0]), (model, times[1])):
+                        t0 = time.perf_counter()
+                        run(batch)
+                        if k:
+                            out.append(time.perf_counter() - t0)
+                lookups, whole = (float(np.median(t)) for t in times)
+                shares.append(min(lookups / max(whole, 1e-9), 1.0))
+    finally:
+        torch.set_num_threads(saved[0])
+        set_num_threads(saved[1])
+    return tuple(shares)

@@ -5,7 +5,10 @@ sub-requests with ``threads`` intra-op threads (``instances x threads`` cores bu
 splits every query into sub-requests of at most ``batch_size`` items (DeepRecSched's knob),
 sends queries of ``offload_threshold`` items or more whole to the accelerator (``None``:
 never), runs the sparse part (the embedding lookups) on the CPU's kernels or on RecNMP's
-near-memory units (``sparse``), and holds the instances either as threads of one process
+near-memory units (``sparse``) and the dense part (:meth:`~recengine.models.RecModel.dense_part`:
+the MLPs, interactions, attention) on the CPU or on the GPU (``dense``, for every sub-request
+the CPU serves; the GPU then runs the dense part of sub-requests whose lookups ran on the
+CPU), and holds the instances either as threads of one process
 sharing one read-only copy of the tables (``sharing="threads"``) or as processes with a copy
 each (``"processes"``). On the real server the instances are :class:`~recengine.serving.Server`'s
 workers: ``Server(model, workers=instances, threads_per_worker=threads, processes=...)``.
@@ -26,10 +29,12 @@ from typing import Any, Optional
 
 from ..sched.result import Policy
 
-__all__ = ["SHARING", "SPARSE", "Footprint", "Schedule", "footprint", "naive", "pss_bytes"]
+__all__ = ["DENSE", "SHARING", "SPARSE", "Footprint", "Schedule", "footprint", "naive", "pss_bytes"]
 
 #: Where the sparse part runs: recengine's CPU kernels, or RecNMP's near-memory units.
 SPARSE: tuple[str, ...] = ("cpu", "nmp")
+#: Where the dense part of a sub-request runs: on its CPU instance, or on the GPU.
+DENSE: tuple[str, ...] = ("cpu", "gpu")
 #: How co-located instances are held: threads sharing one copy of the tables, or processes.
 SHARING: tuple[str, ...] = ("threads", "processes")
 
@@ -44,6 +49,7 @@ class Schedule:
     offload_threshold: Optional[int] = None
     sparse: str = "cpu"
     sharing: str = "threads"
+    dense: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.instances < 1 or self.threads < 1:
@@ -52,6 +58,12 @@ class Schedule:
         if self.sparse not in SPARSE:
             raise ValueError(f"the sparse part runs on one of {', '.join(SPARSE)}, got "
                              f"{self.sparse!r}")
+        if self.dense not in DENSE:
+            raise ValueError(f"the dense part runs on one of {', '.join(DENSE)}, got "
+                             f"{self.dense!r}")
+        if self.sparse == "nmp" and self.dense == "gpu":
+            raise ValueError("the lookups on RecNMP and the dense part on the GPU together "
+                             "are not modelled")
         if self.sharing not in SHARING:
             raise ValueError(f"instances are held as one of {', '.join(SHARING)}, got "
                              f"{self.sharing!r}")
@@ -75,8 +87,9 @@ class Schedule:
         whole = (" (whole queries)" if largest_query is not None
                  and self.batch_size >= largest_query else "")
         off = "" if self.offload_threshold is None else f", offload >= {self.offload_threshold}"
+        dense = ", gpu dense" if self.dense == "gpu" else ""
         return (f"{self.instances} x {self.threads} threads, batch {self.batch_size}{whole}"
-                f"{off}, {self.sparse} sparse, {self.sharing}")
+                f"{off}, {self.sparse} sparse{dense}, {self.sharing}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

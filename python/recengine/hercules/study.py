@@ -92,6 +92,7 @@ class HerculesConfig:
     profile_span_s: float = 0.25
     threads_only: bool = False
     gpu_curves: Optional[str] = None
+    gpu_dense_curves: Optional[str] = None
     nmp_system: str = "recnmp"
     nmp_table_mb: float = 256.0
     sls_fraction: float = 0.79
@@ -134,8 +135,9 @@ class HerculesConfig:
                                  f"here ({here}); or give --profiles FILE")
         elif not os.path.exists(self.profiles):
             raise ValueError(f"no profiles file {self.profiles!r}")
-        if self.gpu_curves is not None and not os.path.exists(self.gpu_curves):
-            raise ValueError(f"no GPU curves file {self.gpu_curves!r}")
+        for path in (self.gpu_curves, self.gpu_dense_curves):
+            if path is not None and not os.path.exists(path):
+                raise ValueError(f"no GPU curves file {path!r}")
         self.check = [resolve_model(m) for m in self.check]
         if any(m not in self.models for m in self.check):
             raise ValueError("--check names models the study does not run")
@@ -171,12 +173,16 @@ def config_dict(config: HerculesConfig) -> dict[str, Any]:
     return d
 
 
-def gpu_curves(path: Optional[str] = None) -> dict[str, LatencyCurve]:
-    """Each model's whole-query accelerator curve (log-interpolated, DeepRecSys's model) from
-    ``path`` (JSON ``{model: {batches, ms}}``, as ``benches/profile_accelerator.py`` writes),
-    by default the H200 curves shipped with recengine."""
+def gpu_curves(path: Optional[str] = None, part: str = "whole") -> dict[str, LatencyCurve]:
+    """Each model's accelerator curve (log-interpolated, DeepRecSys's model) of whole queries
+    or (``part="dense"``) of the dense part alone, from ``path`` (JSON ``{model: {batches,
+    ms}}``, as ``benches/profile_accelerator.py [--part dense]`` writes), by default the H200
+    curves shipped with recengine."""
+    if part not in ("whole", "dense"):
+        raise ValueError(f"part is 'whole' or 'dense', got {part!r}")
     if path is None:
-        text = resources.files(__package__).joinpath("accelerator_h200.json").read_text()
+        packaged = "accelerator_h200.json" if part == "whole" else "accelerator_h200_dense.json"
+        text = resources.files(__package__).joinpath(packaged).read_text()
     else:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -212,7 +218,10 @@ def iter_study(config: HerculesConfig, status: Callable[[str], None] = lambda m:
     loaded = _profiles(config)
     scale = float(loaded.get("scale", config.scale))
     saved: dict[str, Any] = {"scale": scale, "profiles": {}, "nmp": {}}
-    curves = gpu_curves(config.gpu_curves) if "cpu-gpu" in config.servers else {}
+    curves, dense = {}, {}
+    if "cpu-gpu" in config.servers:
+        curves = gpu_curves(config.gpu_curves)
+        dense = gpu_curves(config.gpu_dense_curves, "dense")
     rows: list[dict[str, Any]] = []
     for name in config.models:
         target = TARGETS_MS[name] * config.target_scale
@@ -232,12 +241,13 @@ def iter_study(config: HerculesConfig, status: Callable[[str], None] = lambda m:
         for sname, server in servers.items():
             accelerator = nmp = None
             if sname == "cpu-gpu":
-                if name not in curves:
+                if name not in curves or name not in dense:
                     raise ValueError(f"the GPU curves have no curve of {name}")
                 accelerator = curves[name]
             if sname == "cpu-nmp":
                 nmp = _nmp_curve(config, name, loaded, saved, status)
-            machine = Machine(server, profile, accelerator, nmp, config.sls_fraction)
+            machine = Machine(server, profile, accelerator, nmp, config.sls_fraction,
+                              dense.get(name) if sname == "cpu-gpu" else None)
             evaluator = Evaluator(machine, target, config.sizes, config.queries, config.seed,
                                   config.batch_sizes, config.thresholds,
                                   memory=profile.footprint.scaled(1 / scale))
@@ -312,6 +322,9 @@ def _check(config: HerculesConfig, model: Any, evaluator: Evaluator, c: Comparis
     if s.cores > here:
         return {"real_qps": None, "real_note": f"the schedule keeps {s.cores} cores busy and "
                                                f"this machine has {here}"}
+    if s.dense == "gpu":
+        return {"real_qps": None, "real_note": "runs the dense part on the GPU, which the "
+                                               "real server does not do"}
     accel = None
     if s.offload_threshold is not None:
         if not torch.cuda.is_available():

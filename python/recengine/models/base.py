@@ -85,8 +85,9 @@ def mlp(sizes: Sequence[int], last_activation: bool = True) -> torch.nn.Sequenti
 class RecModel(torch.nn.Module):
     """Base of the DeepRecInfra models: the tables, the features that read them and a dense input.
 
-    Subclasses set :attr:`name`, build their layers and implement ``forward(batch)``; they call
-    :meth:`embed` for the pooled ``[B, D]`` vectors and sequences ``[B, L, D]`` by feature name.
+    Subclasses set :attr:`name`, build their layers and implement :meth:`dense_part`, which
+    takes :meth:`embed`'s pooled ``[B, D]`` vectors and sequences ``[B, L, D]`` by feature name
+    and the dense input; ``forward(batch)`` runs the two in turn.
 
     Args:
         tables: the embedding tables (rows, dim, lookups per sample).
@@ -169,6 +170,25 @@ class RecModel(torch.nn.Module):
                     rows = _gather(ids, self._weight(f.table))
                 out[f.name] = rows.reshape(n, f.length, -1)
         return out
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Scores ``[B, T]`` of a batch: :meth:`dense_part` of :meth:`embed`."""
+        return self.dense_part(self.embed(batch), batch.dense)
+
+    def dense_part(self, embedded: dict[str, Tensor], dense: Tensor) -> Tensor:
+        """The model past its embedding lookups: scores ``[B, T]`` from :meth:`embed`'s
+        vectors and the dense input ``[B, dense_dim]``. A server may run it apart from the
+        lookups (the lookups on the CPU, this on a GPU).
+
+        Example::
+
+            >>> import recengine.models as rm
+            >>> m = rm.build("ncf", scale=0.01)
+            >>> b = m.example_input(3)
+            >>> bool(torch.equal(m.dense_part(m.embed(b), b.dense), m(b)))
+            True
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define its dense part")
 
     def _lengths(self, n: int, device: torch.device) -> Tensor:
         """The keyed lengths ``[K * n]`` of a batch of ``n`` (every pooled feature has a fixed

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..shapes import TableSpec
-from .base import Batch, Feature, RecModel, mlp
+from .base import Feature, RecModel, mlp
 
 __all__ = ["AUGRU", "DIEN", "DIN", "DLRM", "NCF", "MultiTaskWideAndDeep", "WideAndDeep"]
 
@@ -49,9 +49,8 @@ class DLRM(RecModel):
         self.bottom = mlp(bottom)
         self.top = mlp([bottom[-1] + sum(t.dim for t in tables), *top], last_activation=False)
 
-    def forward(self, batch: Batch) -> Tensor:
-        emb = self.embed(batch)
-        x = torch.cat([self.bottom(batch.dense), *(emb[f.name] for f in self.features)], dim=1)
+    def dense_part(self, emb: dict[str, Tensor], dense: Tensor) -> Tensor:
+        x = torch.cat([self.bottom(dense), *(emb[f.name] for f in self.features)], dim=1)
         return torch.sigmoid(self.top(x))
 
 
@@ -77,9 +76,8 @@ class WideAndDeep(RecModel):
         self.wide = torch.nn.Linear(width, deep[-1])
         self.deep = mlp([width, *deep], last_activation=False)
 
-    def forward(self, batch: Batch) -> Tensor:
-        emb = self.embed(batch)
-        x = torch.cat([batch.dense, *(emb[f.name] for f in self.features)], dim=1)
+    def dense_part(self, emb: dict[str, Tensor], dense: Tensor) -> Tensor:
+        x = torch.cat([dense, *(emb[f.name] for f in self.features)], dim=1)
         return torch.sigmoid(self.wide(x) + self.deep(x))
 
 
@@ -111,9 +109,8 @@ class MultiTaskWideAndDeep(RecModel):
             torch.nn.Sequential(mlp([shared[-1], *task]), torch.nn.Linear(task[-1], 1))
             for _ in range(tasks))
 
-    def forward(self, batch: Batch) -> Tensor:
-        emb = self.embed(batch)
-        x = torch.cat([batch.dense, *(emb[f.name] for f in self.features)], dim=1)
+    def dense_part(self, emb: dict[str, Tensor], dense: Tensor) -> Tensor:
+        x = torch.cat([dense, *(emb[f.name] for f in self.features)], dim=1)
         h = self.shared(x)
         return torch.sigmoid(self.wide(x) + torch.cat([head(h) for head in self.heads], dim=1))
 
@@ -146,8 +143,7 @@ class NCF(RecModel):
         self.final = torch.nn.Sequential(mlp([tables[0].dim + hidden[-1], final]),
                                          torch.nn.Linear(final, 1))
 
-    def forward(self, batch: Batch) -> Tensor:
-        e = self.embed(batch)
+    def dense_part(self, e: dict[str, Tensor], dense: Tensor) -> Tensor:
         mf = e["mf_user"] * e["mf_item"]
         deep = self.mlp(torch.cat([e["mlp_user"], e["mlp_item"]], dim=1))
         return torch.sigmoid(self.final(torch.cat([mf, deep], dim=1)))
@@ -200,8 +196,7 @@ class DIN(RecModel):
         self.attention = _Attention(dim, attention)
         self.top = mlp([sum(t.dim for t in tables), *top], last_activation=False)
 
-    def forward(self, batch: Batch) -> Tensor:
-        e = self.embed(batch)
+    def dense_part(self, e: dict[str, Tensor], dense: Tensor) -> Tensor:
         weights = self.attention(e["ad"], e["behaviour"])
         interest = (weights.unsqueeze(-1) * e["behaviour"]).sum(dim=1)
         x = torch.cat([e["user"], interest, e["ad"], e["context"]], dim=1)
@@ -278,8 +273,7 @@ class DIEN(RecModel):
         self.augru = AUGRU(dim, dim)
         self.top = mlp([5 * dim, *top], last_activation=False)
 
-    def forward(self, batch: Batch) -> Tensor:
-        e = self.embed(batch)
+    def dense_part(self, e: dict[str, Tensor], dense: Tensor) -> Tensor:
         user = torch.stack([e[u] for u in self._users]).sum(dim=0)
         item = e["item"] + e["category"]
         hist = e["item_history"] + e["category_history"]

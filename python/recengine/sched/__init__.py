@@ -31,7 +31,7 @@ from .search import (
     max_qps,
     static_baseline,
 )
-from .simulate import SimulatedServer, simulate, simulate_controlled
+from .simulate import DeviceStage, SimulatedServer, simulate, simulate_controlled
 from .stream import QueryStream
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "ControllerSettings",
     "Cpu",
     "CurvesByLoad",
+    "DeviceStage",
     "LatencyCurve",
     "Policy",
     "QueryStream",

@@ -9,14 +9,23 @@ that median (:meth:`LatencyCurve.sample`, seeded). With curves profiled at sever
 (:meth:`CurvesByLoad.settle`). A query's latency is the end of its last
 sub-request minus its arrival. Queues are bounded: a query whose sub-requests do not fit is
 shed (its latency is ``inf``). The simulation is exact for this model and deterministic for a seed.
+
+With a :class:`DeviceStage`, part of every sub-request runs on one device the cores share: a
+GPU running the dense part after the CPU's lookups, or RecNMP's DIMMs running the lookups
+before the CPU's dense part. The core waits for the device (a forward calls it and blocks),
+so it is held from the sub-request's start to its end; the device serves one part at a time,
+first come (ready) first served without preemption. A GPU stage shares the accelerator with
+whole queries offloaded to it.
 :func:`simulate_controlled` serves the same model with arrivals at the rate a DeepRecSys controller
 sets as queries complete (:mod:`.controller`).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -27,7 +36,33 @@ from .latency import Cpu, CurvesByLoad, LatencyCurve
 from .result import Policy, RunResult
 from .stream import QueryStream
 
-__all__ = ["SimulatedServer", "simulate", "simulate_controlled"]
+__all__ = ["DeviceStage", "SimulatedServer", "simulate", "simulate_controlled"]
+
+
+@dataclass(frozen=True)
+class DeviceStage:
+    """Part of every sub-request run on one device the cores share (see the module's docs).
+
+    Attributes:
+        curve: the device's time (ms) for a sub-request of each size.
+        first: the device part runs before the CPU part (RecNMP's lookups, then the dense
+            part on the core) rather than after it (the lookups on the core, then the dense
+            part on a GPU).
+        accelerator: the device is the accelerator whole offloaded queries run on, and the
+            two share its queue.
+
+    Example::
+
+        >>> gpu = DeviceStage(LatencyCurve((1, 1024), (0.5, 0.5)), accelerator=True)
+        >>> cpu = LatencyCurve((1, 1024), (1.0, 1.0))
+        >>> simulate(np.array([0.0, 0.0]), np.array([8, 8]), Policy(8), cpu, 2,
+        ...          stage=gpu).latency_ms.tolist()  # the second waits for the GPU
+        [1.5, 2.0]
+    """
+
+    curve: LatencyCurve
+    first: bool = False
+    accelerator: bool = False
 
 
 def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu,
@@ -35,7 +70,7 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
              queue_capacity: int = 4096, warmup: float = 0.1,
              part_ms: Optional[dict[tuple[int, int], float]] = None,
              rng: Optional[np.random.Generator] = None,
-             dispatch_ms: float = 0.0) -> RunResult:
+             dispatch_ms: float = 0.0, stage: Optional[DeviceStage] = None) -> RunResult:
     """Serve queries arriving at ``arrivals_s`` (non-decreasing) of ``sizes`` items.
 
     Args:
@@ -54,6 +89,8 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
         dispatch_ms: how long after its arrival a query's sub-requests can first start (a
             server's admission and wake-up time). A core that is still busy then starts
             them when it frees, as before; latency still counts from the arrival.
+        stage: part of every sub-request on a device the cores share (``cpu`` is then the
+            time of the part left on the core).
 
     Example::
 
@@ -76,15 +113,16 @@ def simulate(arrivals_s: np.ndarray, sizes: np.ndarray, policy: Policy, cpu: Cpu
     if isinstance(cpu, CurvesByLoad):
         cpu = cpu.settle(lambda c: _ServiceTimes(sizes, policy, c, None, None)
                          .utilization(cores, span) if span > 0 else 0.0)[1]
-    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
-    fifo = _Fifo(cores, queue_capacity)
+    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng, stage)
+    fifo = _Fifo(cores, queue_capacity, stage)
     latency = np.empty(sizes.size)
     for i in range(sizes.size):
         t = arrivals_ms[i]
         parts = times.parts(i)
         if part_ms is not None:
             parts = [part_ms.get((i, k), took) for k, took in enumerate(parts)]
-        latency[i] = fifo.serve(t + dispatch_ms, parts, times.offload_ms(i)) - t
+        latency[i] = fifo.serve(t + dispatch_ms, parts, times.offload_ms(i),
+                                times.device_parts(i)) - t
     return RunResult(latency, fifo.shed, fifo.offloaded, span, int(sizes.size * warmup),
                      times.utilization(cores, span))
 
@@ -93,7 +131,8 @@ def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: P
                         cpu: Cpu, cores: int,
                         accelerator: Optional[LatencyCurve] = None,
                         queue_capacity: int = 4096,
-                        rng: Optional[np.random.Generator] = None) -> RunResult:
+                        rng: Optional[np.random.Generator] = None,
+                        stage: Optional[DeviceStage] = None) -> RunResult:
     """Serve queries of ``sizes`` (in turn) arriving at the rate ``controller`` sets, telling
     it of each query as it completes, until it has taken every step or the sizes run out.
     The arguments are :func:`simulate`'s; returns the whole run (its rate moved). The rate
@@ -115,8 +154,8 @@ def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: P
         raise ValueError("sizes must be a 1-D array")
     if isinstance(cpu, CurvesByLoad):
         cpu = cpu.curves[-1]
-    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng)
-    fifo = _Fifo(cores, queue_capacity)
+    times = _ServiceTimes(sizes, policy, cpu, accelerator, rng, stage)
+    fifo = _Fifo(cores, queue_capacity, stage)
     latency = np.full(sizes.size, np.nan)
     pending: list[tuple[float, float]] = []  # (completion, latency) of queries in flight
     t = 0.0
@@ -127,7 +166,7 @@ def simulate_controlled(controller: RateController, sizes: np.ndarray, policy: P
         t += controller.gap_s() * 1e3
         while pending and pending[0][0] <= t:
             controller.observe(heapq.heappop(pending)[1])
-        end = fifo.serve(t, times.parts(i), times.offload_ms(i))
+        end = fifo.serve(t, times.parts(i), times.offload_ms(i), times.device_parts(i))
         latency[i] = end - t
         heapq.heappush(pending, (t if end == np.inf else end, latency[i]))
         served = i + 1
@@ -153,7 +192,8 @@ class _ServiceTimes:
 
     def __init__(self, sizes: np.ndarray, policy: Policy, cpu: LatencyCurve,
                  accelerator: Optional[LatencyCurve],
-                 rng: Optional[np.random.Generator]) -> None:
+                 rng: Optional[np.random.Generator],
+                 stage: Optional[DeviceStage] = None) -> None:
         b = policy.batch_size
         self.sizes, self.thr = sizes, policy.offload_threshold
         # Full sub-requests (query i's are full[first[i]:first[i + 1]]), and each query's last.
@@ -167,6 +207,11 @@ class _ServiceTimes:
             self.full_ms = np.full(int(first[-1]), cpu(b))
             self.last_ms = cpu.many(sizes - (n_parts - 1) * b)
         self.acc_ms = accelerator.many(sizes) if accelerator is not None else None
+        # The device parts of a stage: every full sub-request takes the same, the last its own.
+        self.dev_full = stage.curve(b) if stage is not None else 0.0
+        self.dev_last = (stage.curve.many(sizes - (n_parts - 1) * b) if stage is not None
+                         else None)
+        self._dev_last = self.dev_last.tolist() if self.dev_last is not None else None
         # Python lists: the event loops index them once per sub-request.
         self._full, self._first, self._last = (self.full_ms.tolist(), first.tolist(),
                                                self.last_ms.tolist())
@@ -186,6 +231,14 @@ class _ServiceTimes:
         out.append(self._last[i])
         return out
 
+    def device_parts(self, i: int) -> Optional[list[float]]:
+        """Query ``i``'s sub-requests' device times, in order (None without a stage)."""
+        if self._dev_last is None:
+            return None
+        out = [self.dev_full] * (self._first[i + 1] - self._first[i])
+        out.append(self._dev_last[i])
+        return out
+
     def utilization(self, cores: int, span_s: float, served: Optional[int] = None) -> float:
         """The offered work of the first ``served`` queries (all by default) over the cores'
         (or the accelerator's, if busier) capacity in ``span_s``."""
@@ -197,7 +250,11 @@ class _ServiceTimes:
         full = self.full_ms[:int(self.full_count[:n].sum())]
         work = float(full[np.repeat(on_cpu, self.full_count[:n])].sum()
                      + self.last_ms[:n][on_cpu].sum())
-        util = work / (cores * span_s * 1e3)
+        device = 0.0
+        if self.dev_last is not None:  # the cores wait for the device: held all the while
+            device = float(self.dev_full * self.full_count[:n][on_cpu].sum()
+                           + self.dev_last[:n][on_cpu].sum())
+        util = max((work + device) / (cores * span_s * 1e3), device / (span_s * 1e3))
         if self.acc_ms is not None and self.thr is not None:
             util = max(util, float(self.acc_ms[:n][~on_cpu].sum()) / (span_s * 1e3))
         return util
@@ -208,18 +265,23 @@ class _Fifo:
     accelerator, each queue holding at most ``capacity``; queries are served in arrival order
     and each query's completion is known when it arrives (exact for this model)."""
 
-    def __init__(self, cores: int, capacity: int) -> None:
+    def __init__(self, cores: int, capacity: int, stage: Optional[DeviceStage] = None) -> None:
+        self.stage_first = stage is not None and stage.first
+        self.acc = _Device()
+        # A stage's device: the accelerator itself, or one of its own.
+        self.device = self.acc if stage is not None and stage.accelerator else _Device()
         self.free = [0.0] * cores  # when each core is next free (a heap)
         self.waiting: deque[float] = deque()  # start times of queued sub-requests, ascending
-        self.acc_free = 0.0
         self.acc_waiting: deque[float] = deque()
         self.capacity = capacity
         self.shed = self.offloaded = 0
 
-    def serve(self, t: float, parts: list[float], offload_ms: Optional[float]) -> float:
+    def serve(self, t: float, parts: list[float], offload_ms: Optional[float],
+              device: Optional[list[float]] = None) -> float:
         """Serve a query arriving at ``t`` (ms): whole on the accelerator taking
-        ``offload_ms``, or else as sub-requests taking ``parts``; returns when it completes
-        (``inf`` when shed: its sub-requests do not fit in the queue)."""
+        ``offload_ms``, or else as sub-requests taking ``parts`` on a core (and ``device`` on
+        the stage's device); returns when it completes (``inf`` when shed: its sub-requests
+        do not fit in the queue)."""
         if offload_ms is not None:
             waiting = self.acc_waiting
             while waiting and waiting[0] <= t:
@@ -227,11 +289,10 @@ class _Fifo:
             if len(waiting) >= self.capacity:
                 self.shed += 1
                 return np.inf
-            start = max(t, self.acc_free)
-            self.acc_free = start + offload_ms
-            waiting.append(start)
+            end = self.acc.take(t, offload_ms, t)
+            waiting.append(end - offload_ms)
             self.offloaded += 1
-            return self.acc_free
+            return end
         waiting, free = self.waiting, self.free
         while waiting and waiting[0] <= t:
             waiting.popleft()
@@ -239,14 +300,66 @@ class _Fifo:
             self.shed += 1
             return np.inf
         end = t
-        for took in parts:
+        for k, took in enumerate(parts):
             start = max(t, free[0])
-            finish = start + took
+            if device is None:
+                finish = start + took
+            else:
+                if self.stage_first:
+                    finish = self.device.take(start, device[k], t) + took
+                else:
+                    finish = self.device.take(start + took, device[k], t)
             heapq.heapreplace(free, finish)
             if start > t:
                 waiting.append(start)
             if finish > end:
                 end = finish
+        return end
+
+
+class _Device:
+    """One device serving one part at a time: each part takes the earliest idle stretch at or
+    after it is ready that fits it (so a part handed out later but ready sooner does not wait
+    behind the earlier one: first come, first served by readiness, without preemption).
+    Busy stretches that touch are one (an overloaded device is one long stretch), and those
+    over by ``now`` are forgotten, so the list stays short."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []  # busy stretches, ascending and disjoint
+        self.ends: list[float] = []
+
+    def take(self, ready: float, took: float, now: float) -> float:
+        """Run a part ready at ``ready`` for ``took`` ms; returns its end. ``now``: no later
+        part is ready before it."""
+        starts, ends = self.starts, self.ends
+        if ends and ends[0] <= now:
+            gone = bisect.bisect_right(ends, now)
+            del starts[:gone], ends[:gone]
+        if not ends or ready >= ends[-1]:  # after every busy stretch: the usual case
+            if ends and ready == ends[-1]:
+                ends[-1] = ready + took
+            else:
+                starts.append(ready)
+                ends.append(ready + took)
+            return ready + took
+        j = bisect.bisect_right(starts, ready)
+        start = max(ready, ends[j - 1]) if j else ready
+        while j < len(starts) and starts[j] < start + took:
+            start = max(start, ends[j])
+            j += 1
+        end = start + took
+        # Insert [start, end) before stretch j, joining the neighbours it touches.
+        if j and ends[j - 1] == start:
+            if j < len(starts) and starts[j] == end:
+                ends[j - 1] = ends[j]
+                del starts[j], ends[j]
+            else:
+                ends[j - 1] = end
+        elif j < len(starts) and starts[j] == end:
+            starts[j] = start
+        else:
+            starts.insert(j, start)
+            ends.insert(j, end)
         return end
 
 
@@ -270,8 +383,10 @@ class SimulatedServer(QueryStream):
     def __init__(self, cpu: Cpu, cores: int, accelerator: Optional[LatencyCurve] = None,
                  sizes: Optional[QuerySizes] = None, queries: int = 2000, seed: int = 0,
                  process: str = "poisson", queue_capacity: int = 4096, span_s: float = 0.0,
-                 max_queries: int = 200_000, spread: bool = False) -> None:
+                 max_queries: int = 200_000, spread: bool = False,
+                 stage: Optional[DeviceStage] = None) -> None:
         super().__init__(cpu, cores, sizes, queries, seed, process, span_s, max_queries)
+        self.stage = stage
         self.spread = spread and bool(cpu.spread)
         self.accelerator = accelerator
         self.queue_capacity = queue_capacity
@@ -281,7 +396,15 @@ class SimulatedServer(QueryStream):
     def run(self, policy: Policy, rate_qps: float) -> RunResult:
         arrivals, sizes = self.draw(rate_qps)
         return simulate(arrivals, sizes, policy, self.curve, self.cores, self.accelerator,
-                        self.queue_capacity, rng=self._rng())
+                        self.queue_capacity, rng=self._rng(), stage=self.stage)
+
+    def capacity_hint(self, policy: Policy) -> float:
+        """About the rate at which the cores (held for both parts), or a stage's device,
+        saturate."""
+        if self.stage is None:
+            return super().capacity_hint(policy)
+        cpu, device = self.query_ms(self.curve, policy), self.query_ms(self.stage.curve, policy)
+        return 1e3 * min(self.cores / max(cpu + device, 1e-6), 1 / max(device, 1e-6))
 
     def run_controlled(self, policy: Policy, controller: RateController) -> RunResult:
         """One run whose rate ``controller`` sets (DeepRecSys's search,
@@ -289,7 +412,7 @@ class SimulatedServer(QueryStream):
         return simulate_controlled(controller,
                                    self.controlled_sizes(controller, self.queue_capacity),
                                    policy, self.curve, self.cores, self.accelerator,
-                                   self.queue_capacity, self._rng())
+                                   self.queue_capacity, self._rng(), self.stage)
 
     def _rng(self) -> Optional[np.random.Generator]:
         return np.random.default_rng([self.seed, 1]) if self.spread else None

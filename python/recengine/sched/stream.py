@@ -63,7 +63,11 @@ class QueryStream:
 
     def capacity_hint(self, policy: Policy) -> float:
         """About the rate (queries/s) at which the cores saturate under ``policy``."""
+        return 1e3 * self.cores / max(self.query_ms(self.curve, policy), 1e-6)
+
+    def query_ms(self, curve: Cpu, policy: Policy) -> float:
+        """About the time (ms) ``curve`` gives the sub-requests of a query of the mean size
+        under ``policy``."""
         b = policy.batch_size
         parts = max(self._mean_size / b, 1.0)
-        per_query_ms = (parts - 1) * self.curve(b) + self.curve(self._mean_size - (parts - 1) * b)
-        return 1e3 * self.cores / max(per_query_ms, 1e-6)
+        return (parts - 1) * curve(b) + curve(self._mean_size - (parts - 1) * b)

@@ -61,6 +61,21 @@ class Accelerator:
             self.model(Batch(dense, sparse))
             torch.cuda.synchronize(self.device)
 
+    def run_dense(self, embedded: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+        """Run the model's dense part (:meth:`~recengine.models.RecModel.dense_part`) on the
+        device on vectors looked up elsewhere (``embedded`` by feature name, on the CPU):
+        copy them over, run, and return the scores ``[B, T]`` on the CPU.
+
+        Raises:
+            RuntimeError: a modeled accelerator (it has a whole-query curve only).
+        """
+        if self.model is None or self.device is None:
+            raise RuntimeError("a modeled accelerator runs whole queries only")
+        with torch.inference_mode():
+            moved = {k: v.to(self.device, non_blocking=True) for k, v in embedded.items()}
+            out = self.model.dense_part(moved, dense.to(self.device, non_blocking=True))
+            return out.cpu()  # waits for the device
+
     def describe(self) -> str:
         return f"CUDA {torch.cuda.get_device_name(self.device)}" if self.device is not None \
             else "modeled accelerator"

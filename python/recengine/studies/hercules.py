@@ -82,12 +82,17 @@ class HerculesStudy(Study):
                switch=True),
         Option("--gpu-curves", "JSON {model: {batches, ms}} of the GPU's whole-query latency "
                                "(default: the H200's, shipped with recengine)", metavar="FILE"),
+        Option("--gpu-dense-curves", "JSON {model: {batches, ms}} of the GPU's time for the "
+                                     "dense part alone, for schedules with the lookups on the "
+                                     "CPU and the dense part on the GPU (default: the H200's, "
+                                     "shipped with recengine)", metavar="FILE"),
         Option("--nmp-system", "RecNMP configuration of the cpu-nmp servers (default: recnmp)",
                choices=("recnmp", "recnmp-2x2")),
         Option("--nmp-table-mb", "tables' size in the RecNMP emulation (default: 256)",
                parse=a.positive_float),
         Option("--sls-fraction", "share of a CPU sub-request's time in SLS, which RecNMP "
-                                 "speeds up (default: 0.79)", parse=a.float_in(0, 1)),
+                                 "speeds up, where a profile has no measured share (default: "
+                                 "0.79)", parse=a.float_in(0, 1)),
         Option("--batch-sizes", "batch sizes of the search's lattice (default: 32 to 1024)",
                parse=a.comma_list(a.positive_int, "batch size")),
         Option("--thresholds", "GPU offload thresholds of the lattice (default: 1 to 1024)",
