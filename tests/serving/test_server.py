@@ -116,6 +116,43 @@ def test_queries_split_and_offload_as_the_policy_says() -> None:
         server.run(np.array([1.0, 0.5]), np.array([1, 1]), Policy(8))
 
 
+def test_an_accelerator_process_serves_offloaded_queries_and_its_death_loses_one() -> None:
+    import signal
+    import threading
+
+    acc = Accelerator.process_on("cpu")
+    assert acc.process and acc.describe() == "cpu (own process)"
+    with pytest.raises(RuntimeError, match="inside a Server"):
+        acc.run(SMALL.example_input(2))
+    b = SMALL.example_input(2)
+    for other in (acc, Accelerator.modeled(FLAT_CURVE)):
+        with pytest.raises(RuntimeError, match="dense part alone"):
+            other.run_dense(SMALL.embed(b), b.dense)
+    with Server(SMALL, workers=1, accelerator=acc) as server:
+        pid = server.accelerator_pid
+        assert pid is not None and pid != os.getpid()
+        r = server.run(np.array([0.0, 0.01, 0.02]), np.array([10, 300, 50]), Policy(16, 200))
+        assert r.offloaded == 1 and r.shed == 0 and np.isfinite(r.latency_ms).all()
+        # Killed while it serves a stream of offloaded queries: the query it held fails,
+        # every other is served, and a fresh process takes over.
+        n = 60
+        timer = threading.Timer(0.2, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        r = server.run(np.linspace(0.0, 0.6, n), np.full(n, 512), Policy(64, 256), warmup=0)
+        timer.join()
+        assert r.failed == 1 and r.shed == 0
+        assert np.isfinite(r.latency_ms).sum() == n - 1
+        assert server.accelerator_pid not in (None, pid)
+    assert server.accelerator_pid is None  # closed with the server
+    with pytest.raises(ValueError, match="rebuild the model"):
+        Server(rm.NCF(SMALL.tables), workers=1, accelerator=acc)
+    with pytest.raises(ValueError, match="needs a device"):
+        Accelerator(process=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            Accelerator.process_on("cuda")
+
+
 def _check_worker_timelines(services: list[Service], workers: int) -> None:
     """Each sub-request names its worker, and one worker's sub-requests do not overlap."""
     assert {r.worker for r in services} <= set(range(workers))

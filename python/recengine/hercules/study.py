@@ -329,7 +329,9 @@ def _check(config: HerculesConfig, model: Any, evaluator: Evaluator, c: Comparis
     if s.offload_threshold is not None:
         if not torch.cuda.is_available():
             return {"real_qps": None, "real_note": "offloads, and no CUDA device here"}
-        accel = Accelerator.cuda(model)  # a copy of the model on the device
+        # In a process of its own, as its curve was profiled: driven from the server's
+        # process, its kernel launches would share the interpreter lock with the dispatcher.
+        accel = Accelerator.process_on("cuda")
     status(f"{evaluator.machine.cpu.model} on {evaluator.machine.server.name}: serving "
            f"{s.describe()} on the real server")
     with Server(model, workers=s.instances, threads_per_worker=s.threads, accelerator=accel,

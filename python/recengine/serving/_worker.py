@@ -21,7 +21,7 @@ def _serve(conn: Connection) -> None:
     then run sub-requests (:data:`SUB_REQUEST`) until an empty message or EOF, answering
     each with :data:`DONE`."""
     try:
-        build_args, threads, distribution, seed, pool_size, fix_malloc = conn.recv()
+        build_args, threads, distribution, seed, pool_size, fix_malloc, device = conn.recv()
         if fix_malloc:
             steady_malloc()
         import torch
@@ -31,14 +31,27 @@ def _serve(conn: Connection) -> None:
 
         torch.set_num_threads(threads)
         set_num_threads(threads)
+        from ..models import Batch
+
         model = build(**build_args)
         pool = model.sample_batch(pool_size, distribution=distribution, seed=seed)
+        dev = torch.device(device)
+        on_device = dev.type != "cpu"
+        if on_device:  # an accelerator: the model there, each batch copied over
+            model = model.to(dev)
         conn.send_bytes(TAG_READY)
         with torch.inference_mode():
             while data := conn.recv_bytes():
                 run, i, k, lo, n = SUB_REQUEST.unpack(data)
                 t0 = time.perf_counter()
-                model(pool.rows(lo, lo + n))
+                batch = pool.rows(lo, lo + n)
+                if on_device:
+                    batch = Batch(batch.dense.to(dev, non_blocking=True),
+                                  [ids.to(dev, non_blocking=True) for ids in batch.sparse])
+                    model(batch)
+                    torch.cuda.synchronize(dev)
+                else:
+                    model(batch)
                 t1 = time.perf_counter()
                 conn.send_bytes(TAG_DONE + DONE.pack(run, i, k, n, t1 - t0, t1))
     except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):

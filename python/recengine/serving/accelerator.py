@@ -16,8 +16,9 @@ __all__ = ["Accelerator"]
 
 
 class Accelerator:
-    """Runs whole queries off the CPU: on a CUDA copy of the model (:meth:`cuda`) or by
-    waiting the latency a :class:`LatencyCurve` gives for the query's size (:meth:`modeled`).
+    """Runs whole queries off the CPU: on a CUDA copy of the model (:meth:`cuda`), on one in
+    a process of its own (:meth:`process`), or by waiting the latency a
+    :class:`LatencyCurve` gives for the query's size (:meth:`modeled`).
 
     Example::
 
@@ -27,10 +28,32 @@ class Accelerator:
     """
 
     def __init__(self, model: Optional[torch.nn.Module] = None,
-                 curve: Optional[LatencyCurve] = None, device: Optional[torch.device] = None):
-        if (model is None) == (curve is None):
-            raise ValueError("an accelerator is either a CUDA model or a latency curve")
+                 curve: Optional[LatencyCurve] = None, device: Optional[torch.device] = None,
+                 process: bool = False):
+        if (model is not None) + (curve is not None) + process != 1:
+            raise ValueError("an accelerator is a CUDA model, a latency curve or a process")
+        if process and device is None:
+            raise ValueError("an accelerator process needs a device")
         self.model, self.curve, self.device = model, curve, device
+        #: Whether the server runs the accelerator's forwards in a process of its own.
+        self.process = process
+
+    @classmethod
+    def process_on(cls, device: str = "cuda") -> Accelerator:
+        """An accelerator the server runs in a worker process of its own, on ``device``: the
+        process rebuilds the model from its :func:`~recengine.models.build` arguments and
+        the server's input pool, and the server's accelerator thread only hands it each
+        query and waits (so the accelerator's kernel launches do not share the server's
+        interpreter lock with the dispatcher and worker threads). ``device="cpu"`` runs it
+        on the CPU (for tests).
+
+        Raises:
+            RuntimeError: ``device`` is a CUDA device and there is none.
+        """
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device: use Accelerator.modeled(curve) instead")
+        return cls(device=dev, process=True)
 
     @classmethod
     def modeled(cls, curve: LatencyCurve) -> Accelerator:
@@ -50,7 +73,13 @@ class Accelerator:
         return cls(model=copy.deepcopy(model).to(dev).eval(), device=dev)
 
     def run(self, batch: Batch) -> None:
-        """Run ``batch`` (a whole query) and return when it is done."""
+        """Run ``batch`` (a whole query) and return when it is done.
+
+        Raises:
+            RuntimeError: an accelerator process (its server runs it).
+        """
+        if self.process:
+            raise RuntimeError("an accelerator process runs inside a Server")
         if self.curve is not None:
             time.sleep(self.curve(len(batch)) / 1e3)
             return
@@ -67,15 +96,20 @@ class Accelerator:
         copy them over, run, and return the scores ``[B, T]`` on the CPU.
 
         Raises:
-            RuntimeError: a modeled accelerator (it has a whole-query curve only).
+            RuntimeError: not a CUDA copy of a model (a modeled accelerator has a whole-query
+                curve only; an accelerator process runs inside a server).
         """
-        if self.model is None or self.device is None:
-            raise RuntimeError("a modeled accelerator runs whole queries only")
+        if not isinstance(self.model, RecModel) or self.device is None:
+            raise RuntimeError("only a CUDA copy of a model (Accelerator.cuda) runs the dense "
+                               "part alone")
         with torch.inference_mode():
             moved = {k: v.to(self.device, non_blocking=True) for k, v in embedded.items()}
             out = self.model.dense_part(moved, dense.to(self.device, non_blocking=True))
             return out.cpu()  # waits for the device
 
     def describe(self) -> str:
-        return f"CUDA {torch.cuda.get_device_name(self.device)}" if self.device is not None \
-            else "modeled accelerator"
+        if self.device is None:
+            return "modeled accelerator"
+        name = (f"CUDA {torch.cuda.get_device_name(self.device)}"
+                if self.device.type == "cuda" else str(self.device))
+        return f"{name} (own process)" if self.process else name

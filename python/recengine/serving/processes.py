@@ -72,6 +72,8 @@ class WorkerProcesses:
         steady_malloc: fix each process's malloc thresholds before it builds the model
             (:func:`~recengine.serving.allocator.steady_malloc`).
         startup_timeout_s: the longest wait for every process to be ready.
+        device: where each process runs its forwards (``"cuda"``: the model on the device,
+            each batch copied over and the device synchronised before it answers).
 
     Raises:
         RuntimeError: a process failed to build its model (the message says why) or was not
@@ -90,8 +92,10 @@ class WorkerProcesses:
 
     def __init__(self, build_args: dict[str, Any], workers: int, threads: int = 1,
                  distribution: str = "uniform", seed: int = 0, pool_size: int = 2048,
-                 steady_malloc: bool = True, startup_timeout_s: float = 600.0) -> None:
-        self._setup = (build_args, threads, distribution, seed, pool_size, steady_malloc)
+                 steady_malloc: bool = True, startup_timeout_s: float = 600.0,
+                 device: str = "cpu") -> None:
+        self._setup = (build_args, threads, distribution, seed, pool_size, steady_malloc,
+                       device)
         self.timeout_s = startup_timeout_s
         self.procs: list[Optional[subprocess.Popen[bytes]]] = [None] * workers
         self.conns: list[Optional[Connection]] = [None] * workers

@@ -95,9 +95,10 @@ class Server:
         if queue_capacity < 1:
             raise ValueError(f"the queue must hold at least one request, got {queue_capacity}")
         build_args = getattr(model, "build_args", None)
-        if processes and build_args is None:
-            raise ValueError("process workers rebuild the model, so it must come from "
-                             "recengine.models.build")
+        in_process = accelerator is not None and accelerator.process
+        if (processes or in_process) and build_args is None:
+            raise ValueError("process workers (and an accelerator process) rebuild the model, "
+                             "so it must come from recengine.models.build")
         self.model = model.eval()
         self.threads_per_worker = threads_per_worker
         self.queue_capacity = queue_capacity
@@ -111,6 +112,11 @@ class Server:
         self._procs: Optional[WorkerProcesses] = None
         self._process_workers: Optional[ProcessWorkers] = None
         self._process_mode = processes
+        self._acc_procs: Optional[WorkerProcesses] = None
+        if in_process:
+            assert build_args is not None and accelerator is not None
+            self._acc_procs = WorkerProcesses(build_args, 1, 1, distribution, seed, pool_size,
+                                              steady_malloc, device=str(accelerator.device))
         if processes:
             assert build_args is not None
             self._procs = WorkerProcesses(build_args, self.workers, threads_per_worker,
@@ -127,6 +133,11 @@ class Server:
         return self._procs.pids
 
     @property
+    def accelerator_pid(self) -> Optional[int]:
+        """The accelerator process's id (None without one, or while it is replaced)."""
+        return None if self._acc_procs is None else self._acc_procs.pids[0]
+
+    @property
     def processes(self) -> bool:
         """Whether the workers are processes (else threads of this process)."""
         return self._process_mode
@@ -136,6 +147,9 @@ class Server:
         if self._procs is not None:
             self._procs.close()
             self._procs = self._process_workers = None
+        if self._acc_procs is not None:
+            self._acc_procs.close()
+            self._acc_procs = None
 
     def __enter__(self) -> Server:
         return self
@@ -236,6 +250,9 @@ class Server:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         threads = workers.begin(state)
+        if self._acc_procs is not None:
+            self._acc_procs.restart_dead()  # lost in an earlier run
+            state.deaths_allowed = max(state.deaths_allowed, MIN_DEATHS_PER_RUN)
         if self.accelerator is not None:
             threads.append(threading.Thread(target=self._accelerator, args=(state,),
                                             daemon=True, name="recengine-accelerator"))
@@ -462,10 +479,53 @@ class Server:
         try:
             while (item := s.take(s.accel, s.accel_queue)) is not None:
                 i, lo, n, _ = item
-                self.accelerator.run(self.pool.rows(lo, lo + n))
+                if self._acc_procs is not None:
+                    if not self._run_in_process(self._acc_procs, s, i, lo, n):
+                        return  # the run ended while the process was busy
+                    if s.failed[i]:
+                        s.complete(i)
+                        continue
+                else:
+                    self.accelerator.run(self.pool.rows(lo, lo + n))
                 s.complete(i)
         except BaseException as e:
             s.fail(e)
+
+    @staticmethod
+    def _run_in_process(procs: WorkerProcesses, s: RunState, i: int, lo: int, n: int) -> bool:
+        """Hand query ``i`` (pool rows ``lo`` to ``lo + n``) to the accelerator process and
+        wait for it; False when the run stops first (the busy process is then stopped, and
+        the next run starts another). A process that dies fails the query (``s.failed``) and
+        is replaced, as a CPU worker process is, up to the run's allowed deaths.
+
+        Raises:
+            WorkerError: the process raised.
+            RuntimeError: it died more often than the run allows.
+        """
+        try:
+            procs.send(0, (0, i, 0, lo, n))
+        except (BrokenPipeError, ConnectionResetError):  # it died between queries
+            procs.restart_dead()
+            procs.send(0, (0, i, 0, lo, n))
+        while True:
+            for tag, _, payload in procs.poll(0.05):
+                if tag == "done":
+                    return True
+                if tag == "error":
+                    raise WorkerError(f"the accelerator process raised: {payload[0]}",
+                                      payload[1])
+                with s.cond:
+                    s.deaths += 1
+                if s.deaths > s.deaths_allowed:
+                    raise RuntimeError(f"worker processes died {s.deaths} times in this run "
+                                       f"(the last, the accelerator's, with exit code "
+                                       f"{payload[0]}); giving up")
+                s.failed[i] = True
+                procs.start([0])
+                return True
+            if s.stop:
+                procs.stop_busy()
+                return False
 
 
 def _sizes(sizes: Any) -> np.ndarray:
