@@ -36,9 +36,9 @@ single-thread instance per core, its batch-size then threshold climb, RecNMP for
 part where the server has it) and the naive schedule
 (:func:`~.schedule.naive`).
 
-What the model leaves out: the GPU's host-side work under load (its curves are profiled in
-an idle process, and the real server drives it from the dispatcher's process, which is busy
-at high rates); the GPU's memory (every schedule's dense layers fit an H200's); the lookups
+What the model leaves out: the GPU's host-side work under load (its curves are profiled on
+an idle machine; on the real server its process shares the cores with the busy workers); the
+GPU's memory (every schedule's dense layers fit an H200's); the lookups
 on RecNMP and the dense part on the GPU in one schedule (no server type has both); a device
 part overlapping another sub-request's on the same device (each device runs one at a time).
 """

@@ -10,9 +10,11 @@ form (the paper's is not public): steepest ascent over the lattice. From the cur
 evaluates the neighbours one step away in each dimension (both directions), moves to the best
 one that gains more than ``tolerance`` (relative: set it to the measured run-to-run spread, so
 noise does not look like a gradient), and keeps stepping in that direction with the step
-doubled while it keeps gaining. When no such move gains, it tries sliding: one step up in one
-dimension and one down in another (what moves along a boundary such as instances x threads
-<= cores), and, where the boundary blocks a dimension's own step, one step in another
+doubled while it keeps gaining. When no such move gains, it tries two dimensions at once: a
+step in each, either way (up in one and down in the other moves along a boundary such as
+instances x threads <= cores; the same way in both crosses a ridge two coupled dimensions
+draw, such as a GPU that runs either offloaded queries or every sub-request's dense part),
+and, where the boundary blocks a dimension's own step, one step in another
 dimension with the blocked one moved 1, 2, 4, ... steps past it (halving the threads per
 instance while doubling the instances); it stops when no slide gains either. Evaluations are
 memoised, so a point is never run twice. It starts from the lattice's centre and from every
@@ -171,9 +173,9 @@ def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
                         moves.append((memo(nxt), d, sign, nxt))
             better = [m for m in moves if gains(m[0], value)]
             if not better:
-                # Stuck on a single-dimension peak: slide along a boundary the space draws
-                # (instances up, threads down) by one step up in one dimension and one down
-                # in another.
+                # Stuck on a single-dimension peak: a step in two dimensions at once (along
+                # a boundary the space draws, instances up and threads down, or across a
+                # ridge two coupled dimensions draw).
                 slide = []
                 for nxt in _slides(space, cur, sizes):
                     if space.ok(nxt) and budget_left():
@@ -198,15 +200,16 @@ def gradient_search(space: Space, evaluate: Callable[[Point], Optional[float]],
 
 
 def _slides(space: Space, cur: tuple[int, ...], sizes: list[int]) -> list[tuple[int, ...]]:
-    """Moves along the space's boundaries from ``cur``: one step up in a dimension and one
-    down in another; and where a dimension's own step is ruled out by ``allowed`` (a boundary
+    """Moves in two dimensions at once from ``cur``: one step in each, either way; and where
+    a dimension's own step is ruled out by ``allowed`` (a boundary
     such as instances x threads <= cores), a step in another dimension either way with that
     dimension moved 1, 2, 4, ... steps on past where it stood (so that halving the threads
     can double the instances in one move)."""
     def moved(changes: dict[int, int]) -> tuple[int, ...]:
         return tuple(i + changes.get(k, 0) for k, i in enumerate(cur))
 
-    out = [moved({a: 1, b: -1}) for a, b in itertools.permutations(range(len(sizes)), 2)]
+    out = [moved({a: sa, b: sb}) for a, b in itertools.combinations(range(len(sizes)), 2)
+           for sa in (-1, 1) for sb in (-1, 1)]
     for a in range(len(sizes)):
         for sa in (-1, 1):
             blocked = moved({a: sa})
