@@ -272,7 +272,7 @@ class _Fifo:
         self.device = self.acc if stage is not None and stage.accelerator else _Device()
         self.free = [0.0] * cores  # when each core is next free (a heap)
         self.waiting: deque[float] = deque()  # start times of queued sub-requests, ascending
-        self.acc_waiting: deque[float] = deque()
+        self.acc_waiting: list[float] = []  # start times of queued offloads (a heap)
         self.capacity = capacity
         self.shed = self.offloaded = 0
 
@@ -283,14 +283,16 @@ class _Fifo:
         the stage's device); returns when it completes (``inf`` when shed: its sub-requests
         do not fit in the queue)."""
         if offload_ms is not None:
-            waiting = self.acc_waiting
-            while waiting and waiting[0] <= t:
-                waiting.popleft()
-            if len(waiting) >= self.capacity:
+            acc_waiting = self.acc_waiting
+            while acc_waiting and acc_waiting[0] <= t:
+                heapq.heappop(acc_waiting)
+            if len(acc_waiting) >= self.capacity:
                 self.shed += 1
                 return np.inf
             end = self.acc.take(t, offload_ms, t)
-            waiting.append(end - offload_ms)
+            # In a gap the device's other parts left, an offload may start before one queued
+            # earlier: a heap, not a queue.
+            heapq.heappush(acc_waiting, end - offload_ms)
             self.offloaded += 1
             return end
         waiting, free = self.waiting, self.free
