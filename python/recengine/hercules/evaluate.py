@@ -15,11 +15,15 @@ is one for the whole server, shared by the co-located instances
   sparse share, :func:`~.profile.sparse_shares`), then the GPU runs the dense part (its
   dense-part curve: vectors copied over, dense layers, scores back), in the queue it shares
   with offloaded whole queries;
-* ``sparse="nmp"``: RecNMP's DIMMs run the lookups first, one sub-request at a time, each
-  taking the lookups' single-thread time alone scaled by RecNMP's time over the host's
-  (:class:`~recengine.nmp.SLSCurve`), then the instance runs the dense part (its curve times
-  one less the sparse share). Without measured shares, the SLS share is the machine's
-  ``nmp_sls_fraction``.
+* ``sparse="nmp"``: RecNMP's DIMMs run the lookups first, one sub-request at a time (its
+  ranks work on one batch together), then the instance runs the dense part (its curve times
+  one less the sparse share). RecNMP multiplies the throughput of the host's memory system:
+  a sub-request's lookups take the host's time for them with every core busy looking up,
+  over the cores (the machine's lookup throughput at its busiest), scaled by RecNMP's time
+  over the host's (:class:`~recengine.nmp.SLSCurve`). Without measured shares, the SLS
+  share is the machine's ``nmp_sls_fraction``. (The device is a bound for large batches,
+  which keep every rank busy; a small batch alone may leave ranks idle that a second one
+  could use, so for small batches the model is pessimistic.)
 
 An :class:`Evaluator` gives a schedule's latency-bounded throughput: the highest Poisson
 arrival rate whose p95 meets the model's target with nothing shed, found by bisection
@@ -219,15 +223,16 @@ class Evaluator:
             return curve, None
         if m.nmp is None:
             raise ValueError(f"server {m.server.name!r} has no RecNMP")
-        alone = m.cpu.curve(1, 1, schedule.sharing)
+        # The host's memory system at its busiest: every core running lookups at once, a
+        # sub-request's lookups every lookups_ms / cores on the whole machine.
+        busy = m.cpu.curve(m.cpu.cores, 1, "processes")
         if m.cpu.sparse_share:
-            dense, alone_lookups = m.cpu.split(curve)[1], m.cpu.split(alone)[0]
+            dense, lookups = m.cpu.split(curve)[1], m.cpu.split(busy)[0]
         else:
             dense = curve.scaled(max(1 - m.nmp_sls_fraction, 1e-9))
-            alone_lookups = alone.scaled(max(m.nmp_sls_fraction, 1e-9))
-        # RecNMP's time for the lookups the host runs in alone_lookups (its own, no
-        # contention from the cores).
-        on_nmp = m.nmp.on_cpu(alone_lookups, 1.0)
+            lookups = busy.scaled(max(m.nmp_sls_fraction, 1e-9))
+        # RecNMP serves them that much faster than the host's memory system does.
+        on_nmp = m.nmp.on_cpu(lookups.scaled(1 / m.cpu.cores), 1.0)
         return dense, DeviceStage(on_nmp, first=True)
 
     def canonical(self, schedule: Schedule) -> Schedule:
