@@ -17,7 +17,7 @@ __all__ = ["Accelerator"]
 
 class Accelerator:
     """Runs whole queries off the CPU: on a CUDA copy of the model (:meth:`cuda`), on one in
-    a process of its own (:meth:`process`), or by waiting the latency a
+    a process of its own (:meth:`process_on`), or by waiting the latency a
     :class:`LatencyCurve` gives for the query's size (:meth:`modeled`).
 
     Example::
