@@ -162,10 +162,7 @@ class Evaluator:
 
     def _stream(self, curve: LatencyCurve, workers: int,
                 stage: Optional[DeviceStage] = None) -> SimulatedServer:
-        accelerator = self.machine.accelerator
-        if stage is not None and stage.accelerator and accelerator is None:
-            accelerator = stage.curve  # the GPU's queue; no whole query is offloaded to it
-        return SimulatedServer(curve, workers, accelerator, self.sizes, self.queries,
+        return SimulatedServer(curve, workers, self.machine.accelerator, self.sizes, self.queries,
                                self.seed, span_s=self.span_s, max_queries=50_000, stage=stage)
 
     def space(self) -> Space:

@@ -257,14 +257,11 @@ def sparse_shares(model: Any, batches: Sequence[int] = BATCHES, repeat: int = 5,
     """
     import torch
 
-    from .. import get_num_threads, set_num_threads
+    from ..bench import _Threads
 
     pool = model.sample_batch(max(batches), distribution=distribution, seed=seed)
-    saved = torch.get_num_threads(), get_num_threads()
-    torch.set_num_threads(1)
-    set_num_threads(1)
     shares = []
-    try:
+    with _Threads(1, torch):
         with torch.inference_mode():
             for b in batches:
                 batch = pool.rows(0, b)
@@ -277,7 +274,4 @@ def sparse_shares(model: Any, batches: Sequence[int] = BATCHES, repeat: int = 5,
                             out.append(time.perf_counter() - t0)
                 lookups, whole = (float(np.median(t)) for t in times)
                 shares.append(min(lookups / max(whole, 1e-9), 1.0))
-    finally:
-        torch.set_num_threads(saved[0])
-        set_num_threads(saved[1])
     return tuple(shares)

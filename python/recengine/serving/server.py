@@ -482,9 +482,6 @@ class Server:
                 if self._acc_procs is not None:
                     if not self._run_in_process(self._acc_procs, s, i, lo, n):
                         return  # the run ended while the process was busy
-                    if s.failed[i]:
-                        s.complete(i)
-                        continue
                 else:
                     self.accelerator.run(self.pool.rows(lo, lo + n))
                 s.complete(i)
