@@ -110,6 +110,9 @@ def test_queries_split_and_offload_as_the_policy_says() -> None:
     r = server.run(np.array([0.0, 0.01, 0.02]), np.array([10, 300, 50]), Policy(16, 200))
     assert r.offloaded == 1 and r.shed == 0
     assert r.latency_ms[1] >= 3.0  # the modeled device's time at least
+    (a,) = server.last_accelerator_service  # the offloaded query, timed
+    assert (a.query, a.items, a.worker) == (1, 300, -1) and a.held >= a.seconds >= 3e-3
+    assert {x.query for x in server.last_service} == {0, 2}
     with pytest.raises(ValueError, match="no accelerator"):
         Server(SMALL, workers=1).run(np.zeros(1), np.ones(1, dtype=int), Policy(8, 4))
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -133,6 +136,8 @@ def test_an_accelerator_process_serves_offloaded_queries_and_its_death_loses_one
         assert pid is not None and pid != os.getpid()
         r = server.run(np.array([0.0, 0.01, 0.02]), np.array([10, 300, 50]), Policy(16, 200))
         assert r.offloaded == 1 and r.shed == 0 and np.isfinite(r.latency_ms).all()
+        (a,) = server.last_accelerator_service  # its forward, timed in the process
+        assert a.query == 1 and a.items == 300 and a.held >= a.seconds > 0
         # Killed while it serves a stream of offloaded queries: the query it held fails,
         # every other is served, and a fresh process takes over.
         n = 60
@@ -142,6 +147,8 @@ def test_an_accelerator_process_serves_offloaded_queries_and_its_death_loses_one
         timer.join()
         assert r.failed == 1 and r.shed == 0
         assert np.isfinite(r.latency_ms).sum() == n - 1
+        served = [a.query for a in server.last_accelerator_service]  # not the failed one
+        assert len(set(served)) == n - 1 and np.isfinite(r.latency_ms[served]).all()
         assert server.accelerator_pid not in (None, pid)
     assert server.accelerator_pid is None  # closed with the server
     with pytest.raises(ValueError, match="rebuild the model"):

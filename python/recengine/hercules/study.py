@@ -343,9 +343,17 @@ def _check(config: HerculesConfig, model: Any, evaluator: Evaluator, c: Comparis
                          evaluator.qps(s) or real.capacity_hint(s.policy()), 0.05,
                          confirm=config.check_confirm)
         resident = _resident_bytes(server)
+        offloaded = server.last_accelerator_service
     predicted = c.search.value
-    return {"real_qps": qps, "real_gap": qps / predicted - 1 if predicted > 0 else None,
-            "real_resident_gb": resident / 2**30 if resident else None}
+    out = {"real_qps": qps, "real_gap": qps / predicted - 1 if predicted > 0 else None,
+           "real_resident_gb": resident / 2**30 if resident else None}
+    if offloaded and evaluator.machine.accelerator is not None:
+        # The accelerator's time per offloaded query on the real server (handing over
+        # included) against what its curve, profiled on an idle machine, says for them.
+        out["real_accel_ms"] = float(np.median([r.held for r in offloaded])) * 1e3
+        out["curve_accel_ms"] = float(np.median(
+            [evaluator.machine.accelerator(r.items) for r in offloaded]))
+    return out
 
 
 def _resident_bytes(server: Any) -> Optional[int]:

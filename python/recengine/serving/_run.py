@@ -24,7 +24,8 @@ class WorkerError(RuntimeError):
 
 
 class Service(NamedTuple):
-    """One CPU sub-request of a run, as it finished."""
+    """One CPU sub-request of a run (or one query offloaded whole to the accelerator), as it
+    finished."""
 
     #: the query it belongs to (its index in the run)
     query: int
@@ -91,6 +92,7 @@ class RunState:
         self.offloaded = 0
         self.stop = False
         self.service: list[Service] = []  # CPU sub-requests, in completion order
+        self.accel_service: list[Service] = []  # offloaded queries, in completion order
         self.error: Optional[BaseException] = None
         self.details = ""
         self.t0 = 0.0

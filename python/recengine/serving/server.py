@@ -107,6 +107,10 @@ class Server:
         self._forward: Callable[[Batch], object] = self.model
         #: The last run's CPU sub-requests, as they finished.
         self.last_service: list[Service] = []
+        #: The last run's queries offloaded to the accelerator, as they finished (``part``
+        #: 0, ``worker`` -1; ``seconds``: the forward, ``held``: the accelerator's time with
+        #: the query, handing it over and back included).
+        self.last_accelerator_service: list[Service] = []
         #: The sub-requests of the last :meth:`profile`'s final run at each batch size.
         self.profile_services: dict[int, list[Service]] = {}
         self._procs: Optional[WorkerProcesses] = None
@@ -290,6 +294,7 @@ class Server:
         latency[state.shed[:n] | state.failed[:n]] = np.inf
         span = float(state.arrival[n - 1]) if n else 0.0
         self.last_service = state.service
+        self.last_accelerator_service = state.accel_service
         return RunResult(latency * 1e3, int(state.shed.sum()), state.offloaded, span,
                          int(n * warmup), failed=int(state.failed[:n].sum()))
 
@@ -479,21 +484,29 @@ class Server:
         try:
             while (item := s.take(s.accel, s.accel_queue)) is not None:
                 i, lo, n, _ = item
+                t0 = time.perf_counter()
                 if self._acc_procs is not None:
-                    if not self._run_in_process(self._acc_procs, s, i, lo, n):
+                    seconds = self._run_in_process(self._acc_procs, s, i, lo, n)
+                    if seconds is None:
                         return  # the run ended while the process was busy
                 else:
                     self.accelerator.run(self.pool.rows(lo, lo + n))
+                    seconds = time.perf_counter() - t0
+                if not s.failed[i]:
+                    s.accel_service.append(Service(i, 0, n, seconds, time.perf_counter() - t0,
+                                                   -1, t0 - s.t0))
                 s.complete(i)
         except BaseException as e:
             s.fail(e)
 
     @staticmethod
-    def _run_in_process(procs: WorkerProcesses, s: RunState, i: int, lo: int, n: int) -> bool:
+    def _run_in_process(procs: WorkerProcesses, s: RunState, i: int, lo: int,
+                        n: int) -> Optional[float]:
         """Hand query ``i`` (pool rows ``lo`` to ``lo + n``) to the accelerator process and
-        wait for it; False when the run stops first (the busy process is then stopped, and
-        the next run starts another). A process that dies fails the query (``s.failed``) and
-        is replaced, as a CPU worker process is, up to the run's allowed deaths.
+        wait for it: the seconds its forward took (NaN where the process died: the query
+        fails, ``s.failed``, and the process is replaced, as a CPU worker process is, up to
+        the run's allowed deaths), or None when the run stops first (the busy process is
+        then stopped, and the next run starts another).
 
         Raises:
             WorkerError: the process raised.
@@ -507,7 +520,7 @@ class Server:
         while True:
             for tag, _, payload in procs.poll(0.05):
                 if tag == "done":
-                    return True
+                    return float(payload[4])
                 if tag == "error":
                     raise WorkerError(f"the accelerator process raised: {payload[0]}",
                                       payload[1])
@@ -519,10 +532,10 @@ class Server:
                                        f"{payload[0]}); giving up")
                 s.failed[i] = True
                 procs.start([0])
-                return True
+                return float("nan")
             if s.stop:
                 procs.stop_busy()
-                return False
+                return None
 
 
 def _sizes(sizes: Any) -> np.ndarray:

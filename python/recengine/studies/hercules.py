@@ -209,6 +209,14 @@ class HerculesStudy(Study):
             lines.append(f"Hercules over greedy: {summary['capacity_saving_capacity']:.1%} "
                          f"fewer servers, {summary['power_saving_power']:.1%} less "
                          f"provisioned power (Hercules reports 47.7% and 23.7%)")
+        for r in stage1:
+            if r.get("real_accel_ms") is not None:
+                lines.append(f"{r['model']} on {r['server']}, real server: the accelerator "
+                             f"took {r['real_accel_ms']:.2f} ms per offloaded query (its "
+                             f"curve: {r['curve_accel_ms']:.2f} ms)")
+            if r.get("real_note"):
+                lines.append(f"{r['model']} on {r['server']}, real server: not served "
+                             f"({r['real_note']})")
         return Report(header=header, tables=tables, lines=lines)
 
 
