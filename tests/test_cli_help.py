@@ -19,7 +19,8 @@ import pytest
 from recengine.cli import _parser, main
 
 GOLDEN = Path(__file__).parent / "golden"
-COMMANDS = ["", "bench", "bench-models", "shard", "moe", "nmp", "serve", "hercules", "info"]
+COMMANDS = ["", "bench", "bench-models", "shard", "moe", "nmp", "serve", "hercules", "disagg",
+            "info"]
 
 
 def _help(command: str, monkeypatch: pytest.MonkeyPatch) -> str:

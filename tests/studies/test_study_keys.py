@@ -36,6 +36,8 @@ RUNS = {
     "serve": ["--simulate", "--model", "ncf", "--cores", "4", "--scale", "0.01",
               "--batch-sizes", "1024,64", "--queries", "200"],
     "hercules": ["--quick", "--threads-only"],
+    "disagg": ["--model", "ncf", "--architectures", "disaggregated", "--queries", "20",
+               "--failure-span", "3", "--target-scale", "20"],
 }
 
 

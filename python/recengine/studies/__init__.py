@@ -184,7 +184,7 @@ class Study:
 #: The built-in studies in the order ``recengine --help`` lists them: name -> module of this
 #: package holding its :class:`Study` as ``STUDY``.
 _BUILTIN = {"bench": "bench", "bench-models": "models", "shard": "shard", "moe": "moe",
-            "nmp": "nmp", "serve": "serve", "hercules": "hercules"}
+            "nmp": "nmp", "serve": "serve", "hercules": "hercules", "disagg": "disagg"}
 _REGISTERED: dict[str, Study] = {}
 
 

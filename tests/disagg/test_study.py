@@ -1,0 +1,38 @@
+"""The disagg study's configuration errors and its summary arithmetic (the runs themselves are
+in tests/studies/test_study_keys.py and test_deploy.py)."""
+
+from __future__ import annotations
+
+import pytest
+from recengine.disagg.study import Config, summarize_study
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 cores"):
+        Config(cores=1)
+    with pytest.raises(ValueError, match="leave a core"):
+        Config(cores=4, compute_nodes=4)
+    with pytest.raises(ValueError, match="architecture"):
+        Config(architectures=("monolithic", "hybrid"))
+    with pytest.raises(ValueError, match="failure_load"):
+        Config(failure_load=0)
+    with pytest.raises(ValueError, match="10 queries"):
+        Config(queries=5)
+    assert Config(cores=1, architectures=("monolithic",)).cores == 1
+    c = Config(cores=6)
+    assert (c.compute_nodes, c.target_ms) == (3, 100.0)
+
+
+def test_the_summary_counts_lost_queries_and_checks_the_accounts() -> None:
+    rows = [
+        {"architecture": "monolithic", "failure": None, "qps": 100.0},
+        {"architecture": "disaggregated", "failure": None, "qps": 80.0},
+        {"architecture": "disaggregated", "failure": "memory node 0", "qps": 48.0,
+         "queries": 10, "served": 7, "shed": 1, "failed": 2, "lost_queries": 3},
+        {"architecture": "monolithic", "failure": "compute node 0", "qps": 60.0,
+         "queries": 10, "served": 10, "shed": 0, "failed": 0, "lost_queries": 0},
+    ]
+    s = summarize_study(rows)
+    assert s["qps_ratio"] == pytest.approx(0.8) and s["lost_queries"] == 3 and s["accounted"]
+    rows[2]["served"] = 6  # one query unaccounted for
+    assert not summarize_study(rows)["accounted"]
