@@ -78,6 +78,8 @@ def test_killed_nodes_lose_no_query_and_come_back_correct(local_ray: None) -> No
         _accounted(r, n)
         assert r.failed == 0 and r.retried_served == int(r.retried.sum())
         assert r.outages[0][3] is not None
+        _, qps = r.throughput(0.5)  # served queries a window, every one counted once
+        assert round(qps.sum() * 0.5) == r.served
         for k in range(2):
             np.testing.assert_array_equal(d.scores(0, 32, node=k), want)
 
