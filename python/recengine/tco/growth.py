@@ -47,8 +47,9 @@ class Growth:
 
 
 def grown(demand: Demand, growth: Growth, year: int) -> Demand:
-    """``demand`` after ``year`` years of ``growth`` (bytes a query moves grow with the dense
-    work's inputs, that is not at all: they follow the lookups, which the model fixes)."""
+    """``demand`` after ``year`` years of ``growth``. The lookups a query makes, and so the
+    bytes it moves between compute and memory nodes, stay as they were: the model's pooling
+    factors fix them."""
     return replace(demand, table_gb=demand.table_gb * (1 + growth.table_rate) ** year,
                    compute_scale=demand.compute_scale * (1 + growth.compute_rate) ** year,
                    qps=demand.qps * (1 + growth.load_rate) ** year)

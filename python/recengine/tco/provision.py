@@ -223,6 +223,7 @@ def disaggregated(demand: Demand, capacity: Capacity, costs: Optional[CostInputs
     nm = max(math.ceil(demand.table_gb / (memory.dram_gb * memory.usable_dram)),
              math.ceil(lookups / rate), math.ceil(wire / memory.nic_gbps), 1)
     name = "disaggregated_nmp" if memory.nmp else "disaggregated"
+    # A compute node's little DRAM holds the dense part and its runtime: counted as used.
     return _finish(Cluster(name, {"compute": compute, "memory": memory},
                            {"compute": nc, "memory": nm}, {"compute": 0, "memory": 0}), costs,
                    {"compute": 1 - demand.qps / per_core / (nc * compute.cores),
