@@ -14,7 +14,7 @@ Example::
 
     >>> from recengine import studies
     >>> studies.names()
-    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve', 'hercules']
+    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve', 'hercules', 'disagg']
     >>> study = studies.get("nmp")
     >>> config = study.configure(dict(study.quick))
     >>> rows = list(study.rows(config, status=lambda _m: None, tick=lambda: None))
