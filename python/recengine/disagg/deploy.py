@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..sched.result import RunResult
+from ..shard.distributed import _ray as shard_ray
 from .nodes import ARCHITECTURES, ComputeNode, MemoryNode
 from .placement import MemoryPlan
 
@@ -111,12 +112,7 @@ class DeployResult:
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('disaggregated serving needs Ray: pip install "recengine[shard]"'
-                          ) from e
-    return ray
+    return shard_ray("disaggregated serving")
 
 
 class Deployment:

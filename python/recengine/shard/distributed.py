@@ -101,12 +101,12 @@ def _load_checked(path: str, shape: tuple[int, int]) -> EmbeddingTable:
     return table
 
 
-def _ray() -> Any:
+def _ray(purpose: str = "the distributed backend") -> Any:
+    """Ray, or an ImportError saying ``purpose`` needs it and how to install it."""
     try:
         import ray
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('the distributed backend needs Ray: pip install "recengine[shard]"'
-                          ) from e
+        raise ImportError(f'{purpose} needs Ray: pip install "recengine[shard]"') from e
     return ray
 
 
