@@ -37,7 +37,8 @@ RUNS = {
               "--batch-sizes", "1024,64", "--queries", "200"],
     "hercules": ["--quick", "--threads-only"],
     "disagg": ["--model", "ncf", "--architectures", "disaggregated", "--queries", "20",
-               "--failure-span", "3", "--target-scale", "20"],
+               "--failure-span", "3", "--target-scale", "20", "--rpc-ms", "2",
+               "--tco-models", "ncf,rmc1", "--kernel-mb", "4", "--years", "2"],
 }
 
 

@@ -16,6 +16,18 @@ sent again, shed, failed: ``lost_queries`` = shed + failed), how long the node t
 answer again, and the capacity lost while it was down: one less the served rate over the
 offered rate in that time (``failure: "memory node 0"`` ...).
 
+Then, with ``tco``, DisaggRec's cost study at datacenter scale (:mod:`recengine.tco`), fed by
+what was measured: each of ``tco_models``' rates per core on this machine
+(:func:`recengine.tco.measure_model`: the dense part, the core's lookup kernel out of cache,
+RecNMP's speedup from the NMP emulator's fast mode, the bytes a query moves) and the RPC cost
+per query from the deployments above (the core time a disaggregated query took over a
+monolithic one at equal cores, ``cores / qps`` each; ``rpc_ms`` overrides it), one row each
+(``kind: "capacity"``); the fleet (every model at ``fleet_qps``, tables ``table_multiplier``
+times full scale, grown for ``years``) provisioned monolithic, disaggregated and disaggregated
+with NMP memory nodes each year (``kind: "tco"``, per model and ``model: "fleet"``); each input
+halved and doubled (``kind: "sensitivity"``); and the RPC cost at which each disaggregated
+cluster breaks even (``kind: "break_even"``).
+
 Example::
 
     >>> rows = list(iter_study(Config(model="ncf", queries=60, failures=False)))  # doctest: +SKIP
@@ -34,8 +46,18 @@ import numpy as np
 
 from ..models import TARGETS_MS
 from ..sched import max_qps
-from ..shapes import resolve_model
+from ..shapes import model_names, resolve_model
 from ..shard.plan import STRATEGIES
+from ..tco import (
+    Fleet,
+    Growth,
+    Measured,
+    break_even_rpc_s,
+    fleet_rows,
+    headlines,
+    measure_model,
+    sensitivity,
+)
 from ..workload import QuerySizes, Workload
 from .deploy import Deployment, DeployResult
 from .nodes import ARCHITECTURES
@@ -64,6 +86,16 @@ class Config:
         failure_span_s: seconds of queries in a failure run.
         timeout_s: a query's deadline.
         seed: of weights and workload.
+        tco: also run the TCO sweep.
+        tco_models: the models of the TCO sweep's fleet.
+        fleet_qps: each model's peak load in the fleet's first year, queries/s.
+        table_multiplier: the fleet's tables over DeepRecInfra's full scale.
+        years: years of growth.
+        table_growth, compute_growth, load_growth: yearly growth of the tables, the dense
+            work per query and the load (1.0: doubling).
+        rpc_ms: the RPC cost per query in ms of a compute-node core (default: measured from
+            the deployments).
+        kernel_mb: the table the lookup rate is measured on, MiB.
     """
 
     model: str = "rmc1"
@@ -81,6 +113,16 @@ class Config:
     failure_span_s: float = 15.0
     timeout_s: float = 5.0
     seed: int = 0
+    tco: bool = True
+    tco_models: Sequence[str] = field(default_factory=model_names)
+    fleet_qps: float = 20_000.0
+    table_multiplier: float = 100.0
+    years: int = 3
+    table_growth: float = 1.0
+    compute_growth: float = 0.5
+    load_growth: float = 0.0
+    rpc_ms: Optional[float] = None
+    kernel_mb: float = 256.0
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -102,10 +144,25 @@ class Config:
             raise ValueError(f"failure_load must be in (0, 1], got {self.failure_load}")
         if self.queries < 10:
             raise ValueError(f"a run needs at least 10 queries, got {self.queries}")
+        self.tco_models = [resolve_model(m) for m in self.tco_models]
+        if self.tco:
+            if not self.tco_models:
+                raise ValueError("the TCO sweep needs at least one model")
+            if self.rpc_ms is None and set(self.architectures) != set(ARCHITECTURES):
+                raise ValueError("the TCO sweep measures the RPC cost on the monolithic and "
+                                 "the disaggregated deployment: deploy both, or give rpc_ms")
+            if self.rpc_ms is not None and not self.rpc_ms >= 0:
+                raise ValueError(f"rpc_ms must be >= 0, got {self.rpc_ms}")
+            self.fleet()  # checks the fleet's inputs
 
     @property
     def target_ms(self) -> float:
         return TARGETS_MS[self.model] * self.target_scale
+
+    def fleet(self) -> Fleet:
+        """The TCO sweep's fleet."""
+        return Fleet(self.fleet_qps, self.table_multiplier, self.years,
+                     Growth(self.table_growth, self.compute_growth, self.load_growth))
 
 
 def config_dict(config: Config) -> dict[str, Any]:
@@ -158,7 +215,9 @@ def _max_qps(d: Deployment, config: Config) -> tuple[float, Optional[DeployResul
 
 def iter_study(config: Config, status: Callable[[str], None] = lambda m: None,
                tick: Optional[Callable[[], None]] = None) -> Iterator[dict[str, Any]]:
-    """The deployment rows, then (with ``failures``) the failure rows (see the module)."""
+    """The deployment rows, then (with ``failures``) the failure rows, then (with ``tco``) the
+    TCO sweep's rows (see the module)."""
+    deployed: dict[str, float] = {}
     for arch in config.architectures:
         status(f"{arch}: deploying {config.model} on {config.cores} cores")
         with _deployment(config, arch) as d:
@@ -167,6 +226,7 @@ def iter_study(config: Config, status: Callable[[str], None] = lambda m: None,
             status(f"{arch} ({layout}): searching the max QPS at p95 <= "
                    f"{config.target_ms:g} ms")
             qps, best = _max_qps(d, config)
+            deployed[arch] = qps
             yield _deploy_row(config, arch, layout, qps, best)
             if tick:
                 tick()
@@ -182,6 +242,50 @@ def iter_study(config: Config, status: Callable[[str], None] = lambda m: None,
                 yield _failure_row(config, arch, layout, kind, rate, r)
                 if tick:
                     tick()
+    if config.tco:
+        yield from _tco(config, deployed, status, tick)
+
+
+def _rpc_s(config: Config, deployed: dict[str, float]) -> Optional[float]:
+    if config.rpc_ms is not None:
+        return config.rpc_ms / 1e3
+    mono, dis = deployed.get("monolithic", 0.0), deployed.get("disaggregated", 0.0)
+    if mono <= 0 or dis <= 0:
+        return None
+    return max(config.cores / dis - config.cores / mono, 0.0)
+
+
+def _tco(config: Config, deployed: dict[str, float], status: Callable[[str], None],
+         tick: Optional[Callable[[], None]]) -> Iterator[dict[str, Any]]:
+    rpc_s = _rpc_s(config, deployed)
+    if rpc_s is None:
+        status("TCO sweep skipped: a deployment met its target at no rate, so the RPC cost "
+               "was not measured (give --rpc-ms)")
+        return
+    source = "given" if config.rpc_ms is not None else "deployment"
+    items = float(_stream(config, 1.0, 4000)[1].mean())
+    rates: dict[int, float] = {}
+    measured: list[Measured] = []
+    for model in config.tco_models:
+        m = measure_model(model, items, config.scale, config.kernel_mb, seed=config.seed,
+                          rates=rates, status=status)
+        measured.append(m)
+        cap = m.capacity(rpc_s)
+        yield {"kind": "capacity", **m.as_dict(), "rpc_s": rpc_s, "rpc_source": source,
+               **{k: getattr(cap, k) for k in ("monolithic_qps_per_core",
+                                               "compute_qps_per_core", "sparse_share")}}
+        if tick:
+            tick()
+    fleet = config.fleet()
+    status(f"TCO: {len(measured)} models over {config.years} years, each input halved and "
+           f"doubled")
+    yield from fleet_rows(measured, rpc_s, fleet)
+    yield from sensitivity(measured, rpc_s, fleet)
+    for arch in ("disaggregated", "disaggregated_nmp"):
+        yield {"kind": "break_even", "architecture": arch,
+               "rpc_s": break_even_rpc_s(measured, fleet, arch), "measured_rpc_s": rpc_s}
+    if tick:
+        tick()
 
 
 def _deploy_row(config: Config, arch: str, layout: str, qps: float,
@@ -217,8 +321,11 @@ def _failure_row(config: Config, arch: str, layout: str, kind: str, rate: float,
 
 def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``qps`` by architecture, ``qps_ratio`` (disaggregated over monolithic, None without
-    both), and over the failure runs ``lost_queries`` and whether every query is
-    ``accounted`` for."""
+    both), over the failure runs ``lost_queries`` and whether every query is ``accounted``
+    for; and from the TCO sweep ``tco`` (:func:`recengine.tco.headlines`, empty without it)
+    and ``break_even_rpc_s`` by architecture."""
+    tco = [r for r in rows if r["kind"] != "deployment"]
+    rows = [r for r in rows if r["kind"] == "deployment"]
     healthy = {r["architecture"]: r for r in rows if r["failure"] is None}
     out: dict[str, Any] = {"qps": {a: r["qps"] for a, r in healthy.items()}, "qps_ratio": None}
     if "monolithic" in healthy and "disaggregated" in healthy and healthy["monolithic"]["qps"]:
@@ -227,28 +334,83 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["lost_queries"] = sum(r["lost_queries"] for r in failures)
     out["accounted"] = all(r["served"] + r["shed"] + r["failed"] == r["queries"]
                            for r in failures)
+    out["tco"] = headlines(tco)
+    out["break_even_rpc_s"] = {r["architecture"]: r["rpc_s"] for r in tco
+                               if r["kind"] == "break_even"}
     return out
 
 
 def plot_study(rows: Sequence[dict[str, Any]], path: str, config: Config) -> None:
-    """Max QPS per architecture, and the capacity each failure took while its node was
-    down."""
+    """Max QPS per architecture and the capacity each failure took while its node was down;
+    with the TCO sweep, the fleet's TCO over the years (over the first year's monolithic
+    cluster), the monolithic cluster's stranded share, and the sensitivity of each
+    disaggregated cluster's three-year saving to every input (a tornado)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    healthy = [r for r in rows if r["failure"] is None]
-    failures = [r for r in rows if r["failure"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].bar([r["architecture"] for r in healthy], [r["qps"] for r in healthy],
-                color=["#4c72b0", "#dd8452"][:len(healthy)])
-    axes[0].set_ylabel(f"QPS at p95 <= {config.target_ms:g} ms")
-    axes[0].set_title(f"{config.model} on {config.cores} cores")
-    labels = [f"{r['architecture'][:5]}.\n{r['failure']}" for r in failures]
-    axes[1].bar(labels, [100 * (r["capacity_lost"] or 0) for r in failures], color="#c44e52")
-    axes[1].set_ylabel("capacity lost while down (%)")
-    axes[1].set_title("a node killed mid-stream")
+    deploy = [r for r in rows if r["kind"] == "deployment"]
+    healthy = [r for r in deploy if r["failure"] is None]
+    failures = [r for r in deploy if r["failure"] is not None]
+    fleet = [r for r in rows if r["kind"] == "tco" and r["model"] == "fleet"]
+    tornado = [r for r in rows if r["kind"] == "sensitivity"]
+    fig, axes = plt.subplots(2 if fleet else 1, 3, figsize=(15, 8.5 if fleet else 4),
+                             squeeze=False)
+    colors = {"monolithic": "#4c72b0", "disaggregated": "#dd8452",
+              "disaggregated_nmp": "#55a868"}
+    ax = axes[0][0]
+    ax.bar([r["architecture"] for r in healthy], [r["qps"] for r in healthy],
+           color=[colors[r["architecture"]] for r in healthy])
+    ax.set_ylabel(f"QPS at p95 <= {config.target_ms:g} ms")
+    ax.set_title(f"{config.model} on {config.cores} cores (Ray)")
+    ax = axes[0][1]
+    if failures:
+        labels = [f"{r['architecture'][:5]}.\n{r['failure']}" for r in failures]
+        ax.bar(labels, [100 * (r["capacity_lost"] or 0) for r in failures], color="#c44e52")
+        ax.set_ylabel("capacity lost while down (%)")
+        ax.set_title("a node killed mid-stream")
+    else:
+        ax.axis("off")
+    if not fleet:
+        axes[0][2].axis("off")
+    else:
+        years = sorted({r["year"] for r in fleet})
+        ax = axes[0][2]
+        mono = [r for r in fleet if r["architecture"] == "monolithic"]
+        ax.bar(years, [100 * r["stranded_fraction"] for r in mono], color=colors["monolithic"])
+        ax.set_xlabel("year")
+        ax.set_ylabel("monolithic purchase stranded (%)")
+        ax.set_title("idle cores and DRAM of the monolithic fleet")
+        ax = axes[1][0]
+        for arch, color in colors.items():
+            pts = [r for r in fleet if r["architecture"] == arch]
+            ax.plot([r["year"] for r in pts], [r["tco_vs_first_monolithic"] for r in pts],
+                    "o-", color=color, label=arch)
+        ax.set_xticks(years)
+        ax.set_xlabel("year")
+        ax.set_ylabel("annual TCO / first year's monolithic")
+        ax.set_title(f"fleet of {len(config.tco_models)} models, {config.fleet_qps:,.0f} QPS "
+                     f"each")
+        ax.legend()
+        for ax, arch in zip(axes[1][1:], ("disaggregated", "disaggregated_nmp")):
+            bars = sorted((r for r in tornado if r["architecture"] == arch),
+                          key=lambda r: r["swing"])
+            if not bars:
+                ax.axis("off")
+                continue
+            base = 100 * bars[0]["baseline"]
+            y = np.arange(len(bars))
+            lo = np.array([100 * r["saving_low"] for r in bars])
+            hi = np.array([100 * r["saving_high"] for r in bars])
+            ax.barh(y, lo - base, left=base, color="#8172b2", label="input x0.5")
+            ax.barh(y, hi - base, left=base, color="#ccb974", label="input x2")
+            ax.axvline(base, color="k", lw=1)
+            ax.axvline(0, color="grey", lw=1, ls="--")
+            ax.set_yticks(y, [r["input"] for r in bars], fontsize=8)
+            ax.set_xlabel(f"3-year TCO saving over monolithic (%), baseline {base:.0f}%")
+            ax.set_title(f"{arch}: what moves the saving")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

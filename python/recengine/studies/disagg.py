@@ -27,7 +27,12 @@ class DisaggStudy(Study):
         "with p50/p99 and the bytes each query moves between compute and memory nodes; then "
         "kill a memory node's and a compute node's actor mid-stream and account for every "
         "query (served, sent again, shed, failed), the time the node took to come back and "
-        "the capacity lost meanwhile.")
+        "the capacity lost meanwhile. Then DisaggRec's TCO study: the eight models' per-core "
+        "rates measured here (dense part, the core's lookup kernel, RecNMP's speedup from "
+        "the NMP emulator, bytes per query) with the RPC cost per query from the deployments, "
+        "a fleet provisioned monolithic, disaggregated and disaggregated with NMP memory "
+        "nodes over years of model growth (recengine.tco's documented cost inputs), the "
+        "stranded share, a tornado of each input's effect and the break-even RPC cost.")
     options = (
         Option("--model", "the model (default: rmc1)", parse=a.model),
         Option("--scale", "table row factor (default: 0.01)", parse=a.positive_float),
@@ -56,6 +61,24 @@ class DisaggStudy(Study):
         Option("--timeout", "a query's deadline in seconds (default: 5)", dest="timeout_s",
                parse=a.positive_float),
         Option("--seed", "seed of weights and workload", parse=a.seed),
+        Option("--no-tco", "skip the TCO sweep", dest="tco", switch=True),
+        Option("--tco-models", "comma list of the TCO fleet's models, or all (default: all)",
+               parse=a.comma_list(a.model_or_all, "model")),
+        Option("--fleet-qps", "each model's peak load in the fleet's first year (default: "
+                              "20000)", parse=a.positive_float),
+        Option("--table-multiplier", "the fleet's tables over DeepRecInfra's full scale "
+                                     "(default: 100)", parse=a.positive_float),
+        Option("--years", "years of model growth (default: 3)", parse=a.int_in(1, 20)),
+        Option("--table-growth", "yearly growth of the tables, 1.0 doubles (default: 1.0)",
+               parse=a.float_in(0, 100)),
+        Option("--compute-growth", "yearly growth of the dense work per query (default: 0.5)",
+               parse=a.float_in(0, 100)),
+        Option("--load-growth", "yearly growth of the peak load (default: 0)",
+               parse=a.float_in(0, 100)),
+        Option("--rpc-ms", "RPC cost per query in ms of a compute-node core (default: "
+                           "measured from the deployments)", parse=a.float_in(0, 1e4)),
+        Option("--kernel-mb", "MiB of the table the lookup rate is measured on (default: "
+                              "256)", parse=a.float_in(1, 1e5)),
         Option("--quick", "a run of about two minutes: rmc1 at scale 0.01, 60 queries a run, "
                           "8 s failure runs (options given still apply)", switch=True),
     )
@@ -63,7 +86,8 @@ class DisaggStudy(Study):
                                           "failure_span_s": 8.0}
     needs: ClassVar[Mapping[str, str]] = {"ray": 'pip install "recengine[shard]"',
                                           "torch": 'pip install "recengine[torch]"'}
-    plot_help = "save max QPS per architecture and the capacity each failure took"
+    plot_help = ("save max QPS per architecture, the capacity each failure took, the fleet's "
+                 "TCO and stranded share by year and the tornado of the TCO inputs")
 
     def configure(self, values: dict[str, Any], note: Callable[[str], None] = print) -> Any:
         from ..workload import QuerySizes
@@ -73,18 +97,24 @@ class DisaggStudy(Study):
             values["sizes"] = QuerySizes.parse(values["sizes"])
         if values.pop("failures", False):
             values["failures"] = False
+        if values.pop("tco", False):
+            values["tco"] = False
+        if values.get("tco_models"):
+            values["tco_models"] = a.expand_all(values["tco_models"])
         return super().configure(values, note)
 
     def total(self, config: Any) -> int:
         per = {"monolithic": 2, "disaggregated": 3} if config.failures else {}
-        return sum(per.get(arch, 1) for arch in config.architectures)
+        tco = len(config.tco_models) + 1 if config.tco else 0
+        return sum(per.get(arch, 1) for arch in config.architectures) + tco
 
     def ticks(self) -> bool:
         return True
 
     def report(self, rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> Report:
-        healthy = [r for r in rows if r["failure"] is None]
-        failures = [r for r in rows if r["failure"] is not None]
+        deploy = [r for r in rows if r["kind"] == "deployment"]
+        healthy = [r for r in deploy if r["failure"] is None]
+        failures = [r for r in deploy if r["failure"] is not None]
         tables = [Table(
             f"{config.model} on {config.cores} cores: max QPS at p95 <= {config.target_ms:g} "
             f"ms ({config.sizes.describe()} items)",
@@ -109,7 +139,71 @@ class DisaggStudy(Study):
         if failures:
             lines.append(f"every query accounted for: {summary['accounted']}; lost (shed or "
                          f"failed): {summary['lost_queries']}")
+        if summary.get("tco"):
+            tables += _tco_tables(rows, summary, config)
+            lines += _tco_lines(rows, summary)
         return Report(tables=tables, lines=lines)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.1f}%"
+
+
+def _tco_tables(rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> list[Table]:
+    caps = [r for r in rows if r["kind"] == "capacity"]
+    fleet = [r for r in rows if r["kind"] == "tco" and r["model"] == "fleet"]
+    tornado = sorted((r for r in rows if r["kind"] == "sensitivity"),
+                     key=lambda r: -r["swing"])
+    h = summary["tco"]
+    lo, hi = h["disaggregated_nmp_saving_range"]
+    return [
+        Table("per-core rates measured here (RPC: "
+              f"{1e3 * caps[0]['rpc_s']:.2f} ms a query, {caps[0]['rpc_source']})",
+              ["model", "dense ms", "lookups M/s", "RecNMP x", "KB/query moved",
+               "monolithic QPS/core", "compute QPS/core"],
+              [[r["model"], f"{1e3 * r['dense_s']:.2f}", f"{r['lookup_rate'] / 1e6:.0f}",
+                f"{r['nmp_speedup']:.1f}", f"{r['bytes_per_query'] / 1e3:,.0f}",
+                f"{r['monolithic_qps_per_core']:,.0f}", f"{r['compute_qps_per_core']:,.0f}"]
+               for r in caps], left=1),
+        Table(f"the fleet: {len(caps)} models at {config.fleet_qps:,.0f} QPS each, tables "
+              f"{config.table_multiplier:g}x full scale, tables x{1 + config.table_growth:g} "
+              f"and dense work x{1 + config.compute_growth:g} a year",
+              ["year", "architecture", "TCO $/year", "vs monolithic", "vs year-0 monolithic",
+               "stranded", "nodes"],
+              [[str(r["year"]), r["architecture"], f"{r['tco']:,.0f}",
+                f"{r['tco_ratio_vs_monolithic']:.2f}x", f"{r['tco_vs_first_monolithic']:.2f}x",
+                f"{r['stranded_fraction']:.0%}", str(r["nodes"])] for r in fleet], left=2),
+        Table("against DisaggRec's figures",
+              ["figure", "here", "DisaggRec"],
+              [["monolithic TCO, last year over first (fleet; largest model)",
+                f"{h['monolithic_growth_x']:.1f}x; {h['monolithic_growth_x_max']:.1f}x",
+                "up to 12.4x"],
+               ["monolithic purchase stranded (fleet; any model)",
+                f"{h['monolithic_stranded_max']:.0%}; {h['monolithic_stranded_model_max']:.0%}",
+                "up to 30%"],
+               ["disaggregated saving over monolithic (3 years; best year or model)",
+                f"{_pct(h['disaggregated_saving'])}; {_pct(h['disaggregated_saving_max'])}",
+                "up to 49.3%"],
+               ["with NMP memory nodes, saving by year (least to most)",
+                f"{_pct(lo)} to {_pct(hi)}", "21% to 43.6%"]], left=1),
+        Table("what moves the 3-year saving most (each input halved, doubled)",
+              ["input", "architecture", "baseline", "x0.5", "x2"],
+              [[r["input"], r["architecture"], _pct(r["baseline"]), _pct(r["saving_low"]),
+                _pct(r["saving_high"])] for r in tornado[:8]], left=2),
+    ]
+
+
+def _tco_lines(rows: Sequence[dict[str, Any]], summary: Any) -> list[str]:
+    out = []
+    measured = next(r["measured_rpc_s"] for r in rows if r["kind"] == "break_even")
+    for arch, rpc_s in summary["break_even_rpc_s"].items():
+        if rpc_s is None:
+            out.append(f"{arch} costs more than monolithic over the years even with free "
+                       f"RPCs (here: {1e3 * measured:.2f} ms a query)")
+        else:
+            out.append(f"{arch} breaks even at an RPC cost of {1e3 * rpc_s:.2f} ms of a "
+                       f"core a query (here: {1e3 * measured:.2f} ms)")
+    return out
 
 
 STUDY = DisaggStudy()

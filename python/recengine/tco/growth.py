@@ -65,7 +65,8 @@ def project(demand: Demand, capacity: Capacity, growth: Optional[Growth] = None,
             years: int = 3, costs: Optional[CostInputs] = None) -> list[dict[str, Any]]:
     """One row per year (0 to ``years``) and architecture: ``tco`` ($ a year),
     ``tco_ratio_vs_monolithic`` (that year), ``tco_vs_first_monolithic``,
-    ``stranded_fraction``, the node counts and the cost items."""
+    ``stranded_fraction`` (of ``capex_usd``, the needed nodes' purchase, ``stranded_usd``
+    pays for idle cores or DRAM), the node counts and the cost items."""
     growth, costs = growth or Growth(), costs or CostInputs()
     if years < 0:
         raise ValueError(f"years must be >= 0, got {years}")
@@ -81,6 +82,7 @@ def project(demand: Demand, capacity: Capacity, growth: Optional[Growth] = None,
                          "tco": c.annual_usd, "tco_ratio_vs_monolithic": c.annual_usd / mono,
                          "tco_vs_first_monolithic": c.annual_usd / first,
                          "stranded_fraction": c.stranded_fraction,
+                         "capex_usd": c.capex_usd, "stranded_usd": c.stranded_usd,
                          "nodes": c.count, "spares": dict(c.spare),
                          "cost": dict(c.cost), "table_gb": d.table_gb,
                          "compute_scale": d.compute_scale, "qps": d.qps})

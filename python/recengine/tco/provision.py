@@ -3,7 +3,8 @@ and stranded resources.
 
 **Monolithic.** A server holds a copy of the model; where the tables do not fit its usable
 DRAM, a group of ``ceil(tables / usable DRAM)`` servers holds one copy between them (sharded,
-as the scale-out inference study serves them). A server serves ``cores x`` the measured
+as the scale-out inference study serves them), and as many servers as the NIC bandwidth the
+queries' own bytes take. A server serves ``cores x`` the measured
 whole-model rate per core, slowed where the dense part grew (``Capacity.sparse_share`` of a
 query's time is lookups, the rest dense work scaled by ``Demand.compute_scale``); there are
 as many groups as the peak load needs. A failure takes a whole server.
@@ -12,7 +13,7 @@ as many groups as the peak load needs. A failure takes a whole server.
 ``compute_scale``); memory nodes hold the tables in their usable DRAM and serve the lookups
 (the core's measured rate per core, times RecNMP's speedup on NMP nodes): as many as the
 larger of the two needs, and each side has NIC bandwidth for the bytes a query moves between
-them. A failure takes one node of one kind.
+them (a compute node also receives the query itself). A failure takes one node of one kind.
 
 **Spares** (:func:`spares`): each node kind of ``n`` gets the fewest ``s`` such that, with each
 node down ``afr x repair_days / 365`` of the time independently, at most ``s`` of the
@@ -61,6 +62,8 @@ class Demand:
         lookups_per_query: rows pooled per query (items x rows per item).
         compute_scale: dense work per query over the measured model's.
         bytes_per_query: bytes a query moves between compute and memory nodes.
+        query_bytes: bytes of the query itself (its ids), which the node serving it (a
+            monolithic server, a compute node) receives over its NIC in any architecture.
     """
 
     model: str
@@ -69,14 +72,15 @@ class Demand:
     lookups_per_query: float
     compute_scale: float = 1.0
     bytes_per_query: float = 0.0
+    query_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("qps", "table_gb", "lookups_per_query", "compute_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{self.model}: {name} must be positive, got "
                                  f"{getattr(self, name)}")
-        if not self.bytes_per_query >= 0:
-            raise ValueError(f"{self.model}: bytes_per_query must be >= 0")
+        if not (self.bytes_per_query >= 0 and self.query_bytes >= 0):
+            raise ValueError(f"{self.model}: bytes_per_query and query_bytes must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,9 @@ def monolithic(demand: Demand, capacity: Capacity, costs: Optional[CostInputs] =
     node = (node or NODE_TYPES["monolithic"]).priced(costs)
     group = max(math.ceil(demand.table_gb / (node.dram_gb * node.usable_dram)), 1)
     per_core = capacity.monolithic_rate(demand.compute_scale)
-    groups = max(math.ceil(demand.qps / (group * node.cores * per_core)), 1)
+    wire = demand.qps * demand.query_bytes * 8 / 1e9  # Gbit/s in
+    groups = max(math.ceil(demand.qps / (group * node.cores * per_core)),
+                 math.ceil(wire / (group * node.nic_gbps)), 1)
     n = groups * group
     busy_cores = demand.qps / per_core / (n * node.cores)
     used_dram = groups * demand.table_gb / (n * node.dram_gb)
@@ -216,8 +222,10 @@ def disaggregated(demand: Demand, capacity: Capacity, costs: Optional[CostInputs
     speedup = capacity.nmp_speedup if memory.nmp else 1.0
     per_core = capacity.compute_qps_per_core / demand.compute_scale
     wire = demand.qps * demand.bytes_per_query * 8 / 1e9  # Gbit/s each way
+    # the query in, then its bytes to and from memory nodes, all counted one way (a bound)
+    wire_in = wire + demand.qps * demand.query_bytes * 8 / 1e9
     nc = max(math.ceil(demand.qps / (compute.cores * per_core)),
-             math.ceil(wire / compute.nic_gbps), 1)
+             math.ceil(wire_in / compute.nic_gbps), 1)
     lookups = demand.qps * demand.lookups_per_query
     rate = memory.cores * capacity.lookups_per_core_s * speedup
     nm = max(math.ceil(demand.table_gb / (memory.dram_gb * memory.usable_dram)),
