@@ -48,3 +48,6 @@ def test_the_summary_counts_lost_queries_and_checks_the_accounts() -> None:
     rows[2]["served"] = 6  # one query unaccounted for
     assert not summarize_study(rows)["accounted"]
     assert summarize_study(rows)["tco"] == {} and summarize_study(rows)["break_even_rpc_s"] == {}
+    grid = [{"kind": "regime", "architecture": "disaggregated", "saving": s}
+            for s in (0.3, -0.1, 0.2, -0.5)]
+    assert summarize_study(rows + grid)["regime_pays"] == {"disaggregated": 0.5}

@@ -17,6 +17,7 @@ from recengine.tco import (
     headlines,
     lookup_rate,
     measure_model,
+    regimes,
     sensitivity,
 )
 from recengine.tco.sweep import three_year_saving
@@ -161,3 +162,44 @@ def test_bytes_per_query_are_what_the_deployment_sends(model: str) -> None:
     assert measured.bytes_per_query == pytest.approx(sent + back, rel=0.02)
     assert measured.query_bytes == pytest.approx(
         sum(int(np.prod(x.shape)) for x in batch.sparse) * 4)
+
+
+def test_settings_change_cost_inputs_and_node_types() -> None:
+    f = Fleet().with_settings(["memory.nic_gbps=100", "costs.pue=1.2", "compute.cores=32"])
+    assert f.nodes["memory"].nic_gbps == 100.0 and f.costs.pue == 1.2
+    assert f.nodes["compute"].cores == 32 and isinstance(f.nodes["compute"].cores, int)
+    assert f.nodes["memory-nmp"].nic_gbps == Fleet().nodes["memory-nmp"].nic_gbps
+    for bad in ("memory.nic_gbps", "gpu.cores=2", "costs.nope=1", "memory.name=x",
+                "memory.nmp=1", "costs.pue=fast"):
+        with pytest.raises(ValueError, match="bad setting"):
+            Fleet().with_settings([bad])
+    with pytest.raises(ValueError, match="pue"):
+        Fleet().with_settings(["costs.pue=0.5"])
+
+
+def test_faster_nics_never_cost_more_and_node_types_reach_the_clusters() -> None:
+    fleet = Fleet(qps=2e4, table_multiplier=50)
+    slow = fleet_rows([RMC1], 1e-3, fleet)
+    fast = fleet_rows([RMC1], 1e-3, fleet.with_settings(
+        [f"{n}.nic_gbps=400" for n in ("monolithic", "compute", "memory", "memory-nmp")]))
+    for a, b in zip(slow, fast):
+        assert (a["year"], a["architecture"]) == (b["year"], b["architecture"])
+        assert b["tco"] <= a["tco"]
+    by = {(r["input"], r["architecture"]): r for r in sensitivity([RMC1], 1e-3, fleet)}
+    premium = by[("NMP DIMM premium", "disaggregated")]  # plain memory nodes: untouched
+    assert premium["saving_low"] == premium["saving_high"] == premium["baseline"]
+
+
+def test_regimes_favour_memory_nodes_for_big_tables_at_light_load() -> None:
+    fleet = Fleet()
+    rows = regimes([RMC1, NCF], 1e-3, fleet, multipliers=(1, 3000), loads=(1e3, 1e5))
+    assert len(rows) == 2 * 2 * 2 and {r["kind"] for r in rows} == {"regime"}
+    saving = {(r["table_multiplier"], r["fleet_qps"]): r["saving"] for r in rows
+              if r["architecture"] == "disaggregated"}
+    # the same load: bigger tables favour disaggregation; the same tables: more load does not
+    assert saving[(3000, 1e3)] > saving[(1, 1e3)]
+    assert saving[(3000, 1e3)] > saving[(3000, 1e5)]
+    one = fleet_rows([RMC1, NCF], 1e-3, replace(fleet, table_multiplier=3000, qps=1e3))
+    assert saving[(3000, 1e3)] == pytest.approx(three_year_saving(one, "disaggregated"))
+    with pytest.raises(ValueError, match="grid"):
+        regimes([RMC1], 1e-3, fleet, loads=())

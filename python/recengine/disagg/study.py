@@ -25,8 +25,9 @@ monolithic one at equal cores, ``cores / qps`` each; ``rpc_ms`` overrides it), o
 (``kind: "capacity"``); the fleet (every model at ``fleet_qps``, tables ``table_multiplier``
 times full scale, grown for ``years``) provisioned monolithic, disaggregated and disaggregated
 with NMP memory nodes each year (``kind: "tco"``, per model and ``model: "fleet"``); each input
-halved and doubled (``kind: "sensitivity"``); and the RPC cost at which each disaggregated
-cluster breaks even (``kind: "break_even"``).
+halved and doubled (``kind: "sensitivity"``); the saving over a grid of table sizes and loads
+(``kind: "regime"``); and the RPC cost at which each disaggregated cluster breaks even
+(``kind: "break_even"``).
 
 Example::
 
@@ -56,6 +57,7 @@ from ..tco import (
     fleet_rows,
     headlines,
     measure_model,
+    regimes,
     sensitivity,
 )
 from ..workload import QuerySizes, Workload
@@ -96,6 +98,9 @@ class Config:
         rpc_ms: the RPC cost per query in ms of a compute-node core (default: measured from
             the deployments).
         kernel_mb: the table the lookup rate is measured on, MiB.
+        settings: cost inputs and node types changed from their defaults
+            (:meth:`recengine.tco.Fleet.with_settings`: ``"costs.pue=1.2"``,
+            ``"memory.nic_gbps=100"`` ...).
     """
 
     model: str = "rmc1"
@@ -123,6 +128,7 @@ class Config:
     load_growth: float = 0.0
     rpc_ms: Optional[float] = None
     kernel_mb: float = 256.0
+    settings: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -162,7 +168,8 @@ class Config:
     def fleet(self) -> Fleet:
         """The TCO sweep's fleet."""
         return Fleet(self.fleet_qps, self.table_multiplier, self.years,
-                     Growth(self.table_growth, self.compute_growth, self.load_growth))
+                     Growth(self.table_growth, self.compute_growth, self.load_growth)
+                     ).with_settings(self.settings)
 
 
 def config_dict(config: Config) -> dict[str, Any]:
@@ -281,6 +288,7 @@ def _tco(config: Config, deployed: dict[str, float], status: Callable[[str], Non
            f"doubled")
     yield from fleet_rows(measured, rpc_s, fleet)
     yield from sensitivity(measured, rpc_s, fleet)
+    yield from regimes(measured, rpc_s, fleet)
     for arch in ("disaggregated", "disaggregated_nmp"):
         yield {"kind": "break_even", "architecture": arch,
                "rpc_s": break_even_rpc_s(measured, fleet, arch), "measured_rpc_s": rpc_s}
@@ -322,8 +330,9 @@ def _failure_row(config: Config, arch: str, layout: str, kind: str, rate: float,
 def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``qps`` by architecture, ``qps_ratio`` (disaggregated over monolithic, None without
     both), over the failure runs ``lost_queries`` and whether every query is ``accounted``
-    for; and from the TCO sweep ``tco`` (:func:`recengine.tco.headlines`, empty without it)
-    and ``break_even_rpc_s`` by architecture."""
+    for; and from the TCO sweep ``tco`` (:func:`recengine.tco.headlines`, empty without it),
+    ``break_even_rpc_s`` by architecture and ``regime_pays``, the share of the regime grid
+    where each architecture costs less than monolithic."""
     tco = [r for r in rows if r["kind"] != "deployment"]
     rows = [r for r in rows if r["kind"] == "deployment"]
     healthy = {r["architecture"]: r for r in rows if r["failure"] is None}
@@ -337,14 +346,19 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["tco"] = headlines(tco)
     out["break_even_rpc_s"] = {r["architecture"]: r["rpc_s"] for r in tco
                                if r["kind"] == "break_even"}
+    grid = [r for r in tco if r["kind"] == "regime"]
+    out["regime_pays"] = {a: sum(r["saving"] > 0 for r in grid if r["architecture"] == a)
+                          / max(sum(r["architecture"] == a for r in grid), 1)
+                          for a in sorted({r["architecture"] for r in grid})}
     return out
 
 
 def plot_study(rows: Sequence[dict[str, Any]], path: str, config: Config) -> None:
     """Max QPS per architecture and the capacity each failure took while its node was down;
-    with the TCO sweep, the fleet's TCO over the years (over the first year's monolithic
-    cluster), the monolithic cluster's stranded share, and the sensitivity of each
-    disaggregated cluster's three-year saving to every input (a tornado)."""
+    with the TCO sweep, the disaggregated cluster's saving over table size and load, the
+    fleet's TCO over the years (over the first year's monolithic cluster), and the
+    sensitivity of each disaggregated cluster's three-year saving to every input (a
+    tornado)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,12 +390,28 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str, config: Config) -> Non
         axes[0][2].axis("off")
     else:
         years = sorted({r["year"] for r in fleet})
+        grid = [r for r in rows if r["kind"] == "regime" and r["architecture"] == "disaggregated"]
         ax = axes[0][2]
-        mono = [r for r in fleet if r["architecture"] == "monolithic"]
-        ax.bar(years, [100 * r["stranded_fraction"] for r in mono], color=colors["monolithic"])
-        ax.set_xlabel("year")
-        ax.set_ylabel("monolithic purchase stranded (%)")
-        ax.set_title("idle cores and DRAM of the monolithic fleet")
+        if grid:
+            mults = sorted({r["table_multiplier"] for r in grid})
+            loads = sorted({r["fleet_qps"] for r in grid})
+            z = np.full((len(mults), len(loads)), np.nan)
+            for r in grid:
+                z[mults.index(r["table_multiplier"]), loads.index(r["fleet_qps"])] = r["saving"]
+            im = ax.imshow(100 * np.clip(z, -1, 1), cmap="RdBu", vmin=-100, vmax=100,
+                           origin="lower", aspect="auto")
+            for i in range(len(mults)):
+                for j in range(len(loads)):
+                    ax.text(j, i, f"{100 * z[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(z[i, j]) > 0.6 else "black")
+            ax.set_xticks(range(len(loads)), [f"{q:,.0f}" for q in loads], fontsize=8)
+            ax.set_yticks(range(len(mults)), [f"{m:g}x" for m in mults], fontsize=8)
+            ax.set_xlabel("peak QPS per model")
+            ax.set_ylabel("tables over full scale")
+            ax.set_title("disaggregated: 3-year saving (%)")
+            fig.colorbar(im, ax=ax)
+        else:
+            ax.axis("off")
         ax = axes[1][0]
         for arch, color in colors.items():
             pts = [r for r in fleet if r["architecture"] == arch]

@@ -79,6 +79,11 @@ class DisaggStudy(Study):
                            "measured from the deployments)", parse=a.float_in(0, 1e4)),
         Option("--kernel-mb", "MiB of the table the lookup rate is measured on (default: "
                               "256)", parse=a.float_in(1, 1e5)),
+        Option("--set", "comma list of TCO inputs changed: costs.FIELD=VALUE (years, "
+                        "electricity_usd_per_kwh, pue, dram_usd_per_gb, availability ...) or "
+                        "NODE.FIELD=VALUE (NODE: monolithic, compute, memory, memory-nmp; "
+                        "FIELD: cores, dram_gb, base_usd, idle_w, peak_w, nic_gbps, afr ...)",
+               dest="settings", metavar="KEY=VALUE,...", parse=a.comma_list(str, "setting")),
         Option("--quick", "a run of about two minutes: rmc1 at scale 0.01, 60 queries a run, "
                           "8 s failure runs (options given still apply)", switch=True),
     )
@@ -203,6 +208,14 @@ def _tco_lines(rows: Sequence[dict[str, Any]], summary: Any) -> list[str]:
         else:
             out.append(f"{arch} breaks even at an RPC cost of {1e3 * rpc_s:.2f} ms of a "
                        f"core a query (here: {1e3 * measured:.2f} ms)")
+    grid = [r for r in rows if r["kind"] == "regime" and r["architecture"] == "disaggregated"]
+    if grid:
+        where = []
+        for qps in sorted({r["fleet_qps"] for r in grid}):
+            pays = sorted(r["table_multiplier"] for r in grid
+                          if r["fleet_qps"] == qps and r["saving"] > 0)
+            where.append(f"{qps:,.0f} QPS: " + (f"tables >= {pays[0]:g}x" if pays else "never"))
+        out.append("disaggregated pays (3-year TCO below monolithic) at " + "; ".join(where))
     return out
 
 

@@ -7,8 +7,8 @@ cluster for a demand from measured per-core rates, with binomial spares and stra
 resources. Growth (:mod:`.growth`): the three clusters provisioned year by year. Measurement
 (:mod:`.measure`): the per-core rates from this machine's kernel, models and NMP emulator.
 The sweep (:mod:`.sweep`): a fleet of models over the years, the headline figures, the
-sensitivity to each input and the break-even RPC cost. Needs scipy
-(``pip install "recengine[hercules]"``) for the spares.
+sensitivity to each input, the break-even RPC cost and the regimes where disaggregation
+pays. Needs scipy (``pip install "recengine[hercules]"``) for the spares.
 
 Example::
 
@@ -22,9 +22,10 @@ from .growth import ARCHITECTURES, Growth, grown, project
 from .inputs import NODE_TYPES, CostInputs, NodeType
 from .measure import Measured, lookup_rate, measure_model
 from .provision import Capacity, Cluster, Demand, annual_cost, disaggregated, monolithic, spares
-from .sweep import FACTORS, Fleet, break_even_rpc_s, fleet_rows, headlines, sensitivity
+from .sweep import FACTORS, Fleet, break_even_rpc_s, fleet_rows, headlines, regimes, sensitivity
 
 __all__ = ["ARCHITECTURES", "FACTORS", "NODE_TYPES", "Capacity", "Cluster", "CostInputs",
            "Demand", "Fleet", "Growth", "Measured", "NodeType", "annual_cost",
            "break_even_rpc_s", "disaggregated", "fleet_rows", "grown", "headlines",
-           "lookup_rate", "measure_model", "monolithic", "project", "sensitivity", "spares"]
+           "lookup_rate", "measure_model", "monolithic", "project", "regimes", "sensitivity",
+           "spares"]

@@ -20,9 +20,9 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-from .inputs import CostInputs
+from .inputs import NODE_TYPES, CostInputs, NodeType
 from .provision import Capacity, Cluster, Demand, disaggregated, monolithic
 
 __all__ = ["ARCHITECTURES", "Growth", "grown", "project"]
@@ -55,26 +55,34 @@ def grown(demand: Demand, growth: Growth, year: int) -> Demand:
                    qps=demand.qps * (1 + growth.load_rate) ** year)
 
 
-def _clusters(d: Demand, capacity: Capacity, costs: CostInputs) -> dict[str, Cluster]:
-    return {"monolithic": monolithic(d, capacity, costs),
-            "disaggregated": disaggregated(d, capacity, costs),
-            "disaggregated_nmp": disaggregated(d, capacity, costs, nmp=True)}
+def _clusters(d: Demand, capacity: Capacity, costs: CostInputs,
+              nodes: Mapping[str, NodeType]) -> dict[str, Cluster]:
+    return {"monolithic": monolithic(d, capacity, costs, nodes["monolithic"]),
+            "disaggregated": disaggregated(d, capacity, costs, nodes["compute"],
+                                           nodes["memory"]),
+            "disaggregated_nmp": disaggregated(d, capacity, costs, nodes["compute"],
+                                               nodes["memory-nmp"], nmp=True)}
 
 
 def project(demand: Demand, capacity: Capacity, growth: Optional[Growth] = None,
-            years: int = 3, costs: Optional[CostInputs] = None) -> list[dict[str, Any]]:
-    """One row per year (0 to ``years``) and architecture: ``tco`` ($ a year),
+            years: int = 3, costs: Optional[CostInputs] = None,
+            nodes: Optional[Mapping[str, NodeType]] = None) -> list[dict[str, Any]]:
+    """One row per year (0 to ``years``) and architecture (its node types from ``nodes``,
+    keyed as :data:`~.inputs.NODE_TYPES`, which fills in any left out): ``tco`` ($ a year),
     ``tco_ratio_vs_monolithic`` (that year), ``tco_vs_first_monolithic``,
     ``stranded_fraction`` (of ``capex_usd``, the needed nodes' purchase, ``stranded_usd``
     pays for idle cores or DRAM), the node counts and the cost items."""
     growth, costs = growth or Growth(), costs or CostInputs()
+    nodes = {**NODE_TYPES, **(nodes or {})}
+    if nodes["memory-nmp"].nmp is False:
+        raise ValueError("nodes['memory-nmp'] must be an NMP node (nmp=True)")
     if years < 0:
         raise ValueError(f"years must be >= 0, got {years}")
     rows: list[dict[str, Any]] = []
     first: Optional[float] = None
     for year in range(years + 1):
         d = grown(demand, growth, year)
-        clusters = _clusters(d, capacity, costs)
+        clusters = _clusters(d, capacity, costs, nodes)
         mono = clusters["monolithic"].annual_usd
         first = mono if first is None else first
         for arch, c in clusters.items():

@@ -9,7 +9,8 @@ tables at 2.5 TB together; it is our choice, an input, and one of the tornado's 
 and adds the fleet's totals (``model: "fleet"``). :func:`headlines` reads off the figures
 DisaggRec reports; :func:`sensitivity` halves and doubles one input at a time and records the
 fleet's three-year saving of each disaggregated architecture over the monolithic one;
-:func:`break_even_rpc_s` finds the RPC cost per query below which disaggregation pays.
+:func:`break_even_rpc_s` finds the RPC cost per query below which disaggregation pays, and
+:func:`regimes` maps the saving over table size and load.
 
 Example::
 
@@ -26,14 +27,14 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .growth import ARCHITECTURES, Growth, project
-from .inputs import CostInputs
+from .inputs import NODE_TYPES, CostInputs, NodeType
 from .measure import Measured
 
-__all__ = ["FACTORS", "Fleet", "break_even_rpc_s", "fleet_rows", "headlines", "sensitivity",
-           "three_year_saving"]
+__all__ = ["FACTORS", "REGIME_LOADS", "REGIME_MULTIPLIERS", "Fleet", "break_even_rpc_s",
+           "fleet_rows", "headlines", "regimes", "sensitivity", "three_year_saving"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Fleet:
         years: years of growth after the first.
         growth: the yearly growth rates.
         costs: the cost frame.
+        nodes: the node types, keyed as :data:`~.inputs.NODE_TYPES`.
     """
 
     qps: float = 20_000.0
@@ -53,12 +55,44 @@ class Fleet:
     years: int = 3
     growth: Growth = field(default_factory=Growth)
     costs: CostInputs = field(default_factory=CostInputs)
+    nodes: Mapping[str, NodeType] = field(default_factory=lambda: dict(NODE_TYPES))
 
     def __post_init__(self) -> None:
         if not self.qps > 0 or not self.table_multiplier > 0:
             raise ValueError("a fleet needs qps > 0 and table_multiplier > 0")
         if self.years < 1:
             raise ValueError(f"a TCO sweep needs at least one year of growth, got {self.years}")
+
+    def with_settings(self, settings: Sequence[str]) -> Fleet:
+        """This fleet with ``settings`` applied, each ``"costs.FIELD=VALUE"`` (a
+        :class:`~.inputs.CostInputs` field) or ``"NODE.FIELD=VALUE"`` (a numeric field of the
+        node type ``NODE`` of :data:`~.inputs.NODE_TYPES`).
+
+        Example::
+
+            >>> f = Fleet().with_settings(["memory.nic_gbps=100", "costs.pue=1.2"])
+            >>> f.nodes["memory"].nic_gbps, f.costs.pue
+            (100.0, 1.2)
+        """
+        costs, nodes = self.costs, dict(self.nodes)
+        for item in settings:
+            key, sep, text = item.partition("=")
+            owner, dot, name = key.strip().partition(".")
+            target: Any = costs if owner == "costs" else nodes.get(owner)
+            value = getattr(target, name, None) if dot and sep else None
+            if target is None or isinstance(value, (bool, str)) or value is None:
+                raise ValueError(
+                    f"bad setting {item!r}: expected costs.FIELD=VALUE or NODE.FIELD=VALUE "
+                    f"with NODE one of {', '.join(nodes)} and a numeric field")
+            try:
+                new = type(value)(float(text))
+            except ValueError:
+                raise ValueError(f"bad setting {item!r}: {text!r} is not a number") from None
+            if owner == "costs":
+                costs = replace(costs, **{name: new})
+            else:
+                nodes[owner] = replace(nodes[owner], **{name: new})
+        return replace(self, costs=costs, nodes=nodes)
 
 
 def fleet_rows(measured: Sequence[Measured], rpc_s: float, fleet: Fleet) -> list[dict[str, Any]]:
@@ -71,7 +105,7 @@ def fleet_rows(measured: Sequence[Measured], rpc_s: float, fleet: Fleet) -> list
     for m in measured:
         rows += [dict(r, rpc_s=rpc_s) for r in
                  project(m.demand(fleet.qps, fleet.table_multiplier), m.capacity(rpc_s),
-                         fleet.growth, fleet.years, fleet.costs)]
+                         fleet.growth, fleet.years, fleet.costs, fleet.nodes)]
     total: dict[tuple[int, str], dict[str, float]] = {}
     for r in rows:
         t = total.setdefault((r["year"], r["architecture"]),
@@ -179,6 +213,15 @@ def _costs(field_: str) -> Change:
     return change
 
 
+def _nodes(field_: str, kinds: Sequence[str]) -> Change:
+    def change(ms: Sequence[Measured], rpc_s: float, fleet: Fleet,
+               k: float) -> tuple[Sequence[Measured], float, Fleet]:
+        nodes = {name: replace(n, **{field_: getattr(n, field_) * k}) if name in kinds else n
+                 for name, n in fleet.nodes.items()}
+        return ms, rpc_s, replace(fleet, nodes=nodes)
+    return change
+
+
 def _rpc(ms: Sequence[Measured], rpc_s: float, fleet: Fleet,
          k: float) -> tuple[Sequence[Measured], float, Fleet]:
     return ms, rpc_s * k, fleet
@@ -199,6 +242,10 @@ FACTORS: dict[str, Change] = {
     "electricity $/kWh": _costs("electricity_usd_per_kwh"),
     "facility $/W": _costs("infrastructure_usd_per_w"),
     "network $/node": _costs("network_usd_per_node"),
+    "NIC Gbit/s": _nodes("nic_gbps", tuple(NODE_TYPES)),
+    "server price": _nodes("base_usd", ("monolithic", "compute")),
+    "memory-node price": _nodes("base_usd", ("memory", "memory-nmp")),
+    "NMP DIMM premium": _nodes("nmp_usd_per_gb", ("memory-nmp",)),
 }
 
 
@@ -245,3 +292,27 @@ def break_even_rpc_s(measured: Sequence[Measured], fleet: Fleet, architecture: s
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if saving(mid) >= 0 else (lo, mid)
     return lo
+
+
+#: :func:`regimes`' default grid: table multipliers and per-model loads (QPS).
+REGIME_MULTIPLIERS: tuple[float, ...] = (10, 30, 100, 300, 1000, 3000)
+REGIME_LOADS: tuple[float, ...] = (1e3, 3e3, 1e4, 3e4, 1e5)
+
+
+def regimes(measured: Sequence[Measured], rpc_s: float, fleet: Fleet,
+            multipliers: Sequence[float] = REGIME_MULTIPLIERS,
+            loads: Sequence[float] = REGIME_LOADS) -> list[dict[str, Any]]:
+    """Where disaggregation pays: one ``kind: "regime"`` row per table multiplier, load and
+    disaggregated architecture, with the fleet's three-year ``saving`` over monolithic (the
+    fleet's other inputs as given). Large tables at a light load favour memory nodes sized to
+    the tables; a heavy load of small tables favours whole-model servers."""
+    if not multipliers or not loads:
+        raise ValueError("a regime grid needs at least one multiplier and one load")
+    out: list[dict[str, Any]] = []
+    for mult in multipliers:
+        for qps in loads:
+            rows = fleet_rows(measured, rpc_s, replace(fleet, table_multiplier=mult, qps=qps))
+            out += [{"kind": "regime", "architecture": a, "table_multiplier": float(mult),
+                     "fleet_qps": float(qps), "saving": three_year_saving(rows, a)}
+                    for a in ARCHITECTURES[1:]]
+    return out
