@@ -10,12 +10,15 @@ actors (or a test runs in this process).
 
 A compute node waits for its memory nodes under one deadline; a memory node that died or does
 not answer is asked again on its next replica, and where none answers the query fails with
-:class:`MemoryNodeUnavailableError` (never a hang, never a partial answer).
+:class:`MemoryNodeUnavailableError` (never a hang, never a partial answer). A replica that died
+is left out of the rotation until it answers a probe (Ray queues calls to an actor it is
+restarting, so a query sent there would wait out the restart).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -100,6 +103,9 @@ class ComputeNode:
         self.memory = [list(r) for r in memory or []]
         self.plan: Optional[MemoryPlan] = None
         self._turn = 0
+        # replicas seen dead: (memory node, replica) -> the probe sent to it (None: not yet)
+        self._down: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
         if architecture == "disaggregated":
             if shard_plan is None or len(self.memory) != shard_plan.num_shards:
                 raise ValueError("a disaggregated compute node needs the plan and one list of "
@@ -139,22 +145,51 @@ class ComputeNode:
         got = sum(b.nbytes for bs in blocks.values() for b in bs)
         return out, (MemoryPlan.request_bytes(work), got, failovers)
 
+    def _up(self, s: int, i: int) -> bool:
+        """Whether replica ``i`` of memory node ``s`` is in the rotation: not seen dead, or
+        since answered the probe sent to it (one probe at a time)."""
+        import ray
+
+        key = (s, i)
+        with self._lock:
+            if key not in self._down:
+                return True
+            probe = self._down[key]
+            if probe is None:
+                self._down[key] = self.memory[s][i].pid.remote()
+                return False
+        ready, _ = ray.wait([probe], timeout=0)
+        if not ready:
+            return False
+        try:
+            ray.get(ready[0])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            with self._lock:
+                self._down[key] = None  # probe again on a later query
+            return False
+        with self._lock:
+            self._down.pop(key, None)
+        return True
+
     def _lookup(self, work: dict[int, list[WorkItem]]
                 ) -> tuple[dict[int, list[np.ndarray]], int]:
         """Each memory node's blocks, asking its replicas in turn (starting with this
-        query's) until one answers, all under one deadline."""
+        query's, skipping those seen dead while another is up) until one answers, all under
+        one deadline."""
         import ray
 
         deadline = time.monotonic() + self.timeout_s
         self._turn += 1
         turn = self._turn  # this query's (other threads of the actor move self._turn on)
-        tries = {s: 0 for s in work}
-        pending: dict[Any, int] = {}
+        tried: dict[int, set[int]] = {s: set() for s in work}
+        pending: dict[Any, tuple[int, int]] = {}
 
         def ask(s: int) -> None:
-            replicas = self.memory[s]
-            node = replicas[(turn + s + tries[s]) % len(replicas)]
-            pending[node.lookup_list.remote(work[s])] = s
+            n = len(self.memory[s])
+            order = [(turn + s + k) % n for k in range(n) if (turn + s + k) % n not in tried[s]]
+            i = next((j for j in order if self._up(s, j)), order[0])
+            tried[s].add(i)
+            pending[self.memory[s][i].lookup_list.remote(work[s])] = (s, i)
 
         for s in work:
             ask(s)
@@ -166,15 +201,16 @@ class ComputeNode:
             if not ready:
                 for r in pending:
                     ray.cancel(r)
-                late = sorted(set(pending.values()))
+                late = sorted({s for s, _ in pending.values()})
                 raise MemoryNodeUnavailableError(late[0], f"no answer within "
                                                  f"{self.timeout_s:g} s (waiting on {late})")
-            s = pending.pop(ready[0])
+            s, i = pending.pop(ready[0])
             try:
                 blocks[s] = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                tries[s] += 1
-                if tries[s] >= len(self.memory[s]):
+                with self._lock:
+                    self._down.setdefault((s, i), None)
+                if len(tried[s]) >= len(self.memory[s]):
                     raise MemoryNodeUnavailableError(
                         s, f"its {'replicas' if len(self.memory[s]) > 1 else 'actor'} died "
                            f"({type(e).__name__})") from e
