@@ -96,6 +96,37 @@ def test_a_lone_memory_node_down_fails_queries_clearly(local_ray: None) -> None:
                    for e in r.errors.values()), set(r.errors.values())
 
 
+def test_a_cancelled_probe_does_not_keep_a_replica_out(local_ray: None) -> None:
+    """A compute node probes a replica it saw die; the probe is a child of the query that sent
+    it, so Ray cancels it when the front end cancels that query at its deadline. The cancelled
+    probe means "probe again", never an error for every later query."""
+    import time
+
+    from recengine.disagg.nodes import ComputeNode
+
+    @ray.remote
+    class Replica:
+        def pid(self) -> int:
+            return 1
+
+    @ray.remote
+    def hang() -> None:
+        time.sleep(60)
+
+    node = ComputeNode({"name": "ncf", "scale": SCALE, "seed": 0}, "monolithic",
+                       pool_size=16)
+    node.memory = [[Replica.remote()]]
+    probe = hang.remote()
+    ray.cancel(probe)
+    node._down[(0, 0)] = probe
+    assert node._up(0, 0) is False and node._down[(0, 0)] is None  # no error: probe again
+    for _ in range(200):  # the new probe answers: the replica is back in the rotation
+        if node._up(0, 0):
+            break
+        time.sleep(0.05)
+    assert (0, 0) not in node._down
+
+
 def test_bad_deployments_are_refused() -> None:
     with pytest.raises(ValueError, match="architecture"):
         Deployment("ncf", architecture="both")

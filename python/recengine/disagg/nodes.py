@@ -163,9 +163,11 @@ class ComputeNode:
             return False
         try:
             ray.get(ready[0])
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+        except Exception:  # died, restarting, or cancelled: the probe is a child of the
+            # query that sent it, and the front end's cancel of that query at its deadline
+            # cancels its children too. Still out; probe again on a later query.
             with self._lock:
-                self._down[key] = None  # probe again on a later query
+                self._down[key] = None
             return False
         with self._lock:
             self._down.pop(key, None)
