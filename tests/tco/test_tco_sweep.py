@@ -203,3 +203,27 @@ def test_regimes_favour_memory_nodes_for_big_tables_at_light_load() -> None:
     assert saving[(3000, 1e3)] == pytest.approx(three_year_saving(one, "disaggregated"))
     with pytest.raises(ValueError, match="grid"):
         regimes([RMC1], 1e-3, fleet, loads=())
+
+
+def test_a_node_type_cap_makes_provisioning_infeasible_clearly() -> None:
+    from recengine.tco import InfeasibleError
+
+    capped = Fleet(qps=2e4, table_multiplier=50).with_settings(["memory.available=1"])
+    assert capped.nodes["memory"].available == 1
+    with pytest.raises(InfeasibleError, match=r"memory nodes and \d+ spares, more than the 1"):
+        fleet_rows([RMC1], 1e-3, capped)
+    # the monolithic and NMP clusters do not use plain memory nodes: a cap on NMP nodes
+    # instead leaves the baseline buildable where it fits, and the sweeps mark what is not
+    roomy = Fleet(qps=1e3, table_multiplier=1).with_settings(["memory-nmp.available=3"])
+    base = fleet_rows([NCF], 1e-3, roomy)
+    assert base
+    grid = regimes([NCF], 1e-3, roomy, multipliers=(1, 3000), loads=(1e3,))
+    nmp = {r["table_multiplier"]: r["saving"] for r in grid
+           if r["architecture"] == "disaggregated_nmp"}
+    assert nmp[1.0] is not None and nmp[3000.0] is None  # 300 GB of tables: 1 node too few
+    rows = sensitivity([NCF], 1e-3, roomy, factors=["table size"], low=0.5, high=5000.0)
+    side = next(r for r in rows if r["architecture"] == "disaggregated_nmp")
+    assert side["saving_low"] is not None and side["saving_high"] is None
+    assert side["swing"] is None
+    with pytest.raises(ValueError, match="available"):
+        Fleet().with_settings(["memory.available=0"])

@@ -347,7 +347,7 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["break_even_rpc_s"] = {r["architecture"]: r["rpc_s"] for r in tco
                                if r["kind"] == "break_even"}
     grid = [r for r in tco if r["kind"] == "regime"]
-    out["regime_pays"] = {a: sum(r["saving"] > 0 for r in grid if r["architecture"] == a)
+    out["regime_pays"] = {a: sum((r["saving"] or 0) > 0 for r in grid if r["architecture"] == a)
                           / max(sum(r["architecture"] == a for r in grid), 1)
                           for a in sorted({r["architecture"] for r in grid})}
     return out
@@ -397,12 +397,14 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str, config: Config) -> Non
             loads = sorted({r["fleet_qps"] for r in grid})
             z = np.full((len(mults), len(loads)), np.nan)
             for r in grid:
-                z[mults.index(r["table_multiplier"]), loads.index(r["fleet_qps"])] = r["saving"]
+                z[mults.index(r["table_multiplier"]), loads.index(r["fleet_qps"])] = (
+                    np.nan if r["saving"] is None else r["saving"])
             im = ax.imshow(100 * np.clip(z, -1, 1), cmap="RdBu", vmin=-100, vmax=100,
                            origin="lower", aspect="auto")
             for i in range(len(mults)):
                 for j in range(len(loads)):
-                    ax.text(j, i, f"{100 * z[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, "n/a" if np.isnan(z[i, j]) else f"{100 * z[i, j]:.0f}",
+                            ha="center", va="center", fontsize=7,
                             color="white" if abs(z[i, j]) > 0.6 else "black")
             ax.set_xticks(range(len(loads)), [f"{q:,.0f}" for q in loads], fontsize=8)
             ax.set_yticks(range(len(mults)), [f"{m:g}x" for m in mults], fontsize=8)
@@ -425,14 +427,16 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str, config: Config) -> Non
         ax.legend()
         for ax, arch in zip(axes[1][1:], ("disaggregated", "disaggregated_nmp")):
             bars = sorted((r for r in tornado if r["architecture"] == arch),
-                          key=lambda r: r["swing"])
+                          key=lambda r: r["swing"] or 0.0)
             if not bars:
                 ax.axis("off")
                 continue
             base = 100 * bars[0]["baseline"]
             y = np.arange(len(bars))
-            lo = np.array([100 * r["saving_low"] for r in bars])
-            hi = np.array([100 * r["saving_high"] for r in bars])
+            lo = np.array([base if r["saving_low"] is None else 100 * r["saving_low"]
+                           for r in bars])
+            hi = np.array([base if r["saving_high"] is None else 100 * r["saving_high"]
+                           for r in bars])
             ax.barh(y, lo - base, left=base, color="#8172b2", label="input x0.5")
             ax.barh(y, hi - base, left=base, color="#ccb974", label="input x2")
             ax.axvline(base, color="k", lw=1)

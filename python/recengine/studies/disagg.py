@@ -150,15 +150,15 @@ class DisaggStudy(Study):
         return Report(tables=tables, lines=lines)
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:+.1f}%"
+def _pct(v: Any) -> str:
+    return "infeasible" if v is None else f"{100 * v:+.1f}%"
 
 
 def _tco_tables(rows: Sequence[dict[str, Any]], summary: Any, config: Any) -> list[Table]:
     caps = [r for r in rows if r["kind"] == "capacity"]
     fleet = [r for r in rows if r["kind"] == "tco" and r["model"] == "fleet"]
     tornado = sorted((r for r in rows if r["kind"] == "sensitivity"),
-                     key=lambda r: -r["swing"])
+                     key=lambda r: -(r["swing"] or 0.0))
     h = summary["tco"]
     lo, hi = h["disaggregated_nmp_saving_range"]
     return [
@@ -213,7 +213,7 @@ def _tco_lines(rows: Sequence[dict[str, Any]], summary: Any) -> list[str]:
         where = []
         for qps in sorted({r["fleet_qps"] for r in grid}):
             pays = sorted(r["table_multiplier"] for r in grid
-                          if r["fleet_qps"] == qps and r["saving"] > 0)
+                          if r["fleet_qps"] == qps and (r["saving"] or 0) > 0)
             where.append(f"{qps:,.0f} QPS: " + (f"tables >= {pays[0]:g}x" if pays else "never"))
         out.append("disaggregated pays (3-year TCO below monolithic) at " + "; ".join(where))
     return out

@@ -21,11 +21,20 @@ Example::
 from .growth import ARCHITECTURES, Growth, grown, project
 from .inputs import NODE_TYPES, CostInputs, NodeType
 from .measure import Measured, lookup_rate, measure_model
-from .provision import Capacity, Cluster, Demand, annual_cost, disaggregated, monolithic, spares
+from .provision import (
+    Capacity,
+    Cluster,
+    Demand,
+    InfeasibleError,
+    annual_cost,
+    disaggregated,
+    monolithic,
+    spares,
+)
 from .sweep import FACTORS, Fleet, break_even_rpc_s, fleet_rows, headlines, regimes, sensitivity
 
 __all__ = ["ARCHITECTURES", "FACTORS", "NODE_TYPES", "Capacity", "Cluster", "CostInputs",
-           "Demand", "Fleet", "Growth", "Measured", "NodeType", "annual_cost",
+           "Demand", "Fleet", "Growth", "InfeasibleError", "Measured", "NodeType", "annual_cost",
            "break_even_rpc_s", "disaggregated", "fleet_rows", "grown", "headlines",
            "lookup_rate", "measure_model", "monolithic", "project", "regimes", "sensitivity",
            "spares"]

@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["NODE_TYPES", "CostInputs", "NodeType"]
 
@@ -90,6 +90,9 @@ class NodeType:
         afr: annual failure rate (failures per node-year).
         repair_days: days a failed node is down.
         usable_dram: the share of DRAM the tables (or a model copy) may take.
+        available: the most nodes of this type a cluster may hold, spares included (rack
+            space, a purchase limit; None: no limit). A cluster that needs more is
+            infeasible (:class:`~.provision.InfeasibleError`).
         dram_usd_per_gb: DRAM's price, $/GB, for :attr:`price_usd`.
     """
 
@@ -105,6 +108,7 @@ class NodeType:
     afr: float = 0.05
     repair_days: float = 3.0
     usable_dram: float = 0.8
+    available: Optional[int] = None
     dram_usd_per_gb: float = field(default=CostInputs.dram_usd_per_gb, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +121,8 @@ class NodeType:
                              f"some of the time")
         if not 0 < self.usable_dram <= 1 or not self.nic_gbps > 0:
             raise ValueError(f"node {self.name!r}: usable_dram in (0, 1], nic_gbps > 0")
+        if self.available is not None and self.available < 1:
+            raise ValueError(f"node {self.name!r}: available must be >= 1 or None")
 
     @property
     def price_usd(self) -> float:

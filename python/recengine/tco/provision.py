@@ -44,11 +44,16 @@ from typing import Optional
 
 from .inputs import NODE_TYPES, CostInputs, NodeType
 
-__all__ = ["Capacity", "Cluster", "Demand", "annual_cost", "disaggregated", "monolithic",
-           "spares"]
+__all__ = ["Capacity", "Cluster", "Demand", "InfeasibleError", "annual_cost", "disaggregated",
+           "monolithic", "spares"]
 
 #: The most spares :func:`spares` tries, over the nodes they back.
 MAX_SPARE_SHARE = 10.0
+
+
+class InfeasibleError(ValueError):
+    """No cluster of the given node types meets the demand: more nodes of a type are needed
+    than it has ``available``, or no number of spares reaches the availability target."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def spares(n: int, unavailability: float, availability: float) -> int:
     availability``.
 
     Raises:
-        ValueError: no spares up to :data:`MAX_SPARE_SHARE` x ``n`` (and 100) reach it.
+        InfeasibleError: no spares up to :data:`MAX_SPARE_SHARE` x ``n`` (and 100) reach it.
 
     Example::
 
@@ -163,8 +168,8 @@ def spares(n: int, unavailability: float, availability: float) -> int:
     for s in range(int(MAX_SPARE_SHARE * n) + 101):
         if binom.cdf(s, n + s, unavailability) >= availability:
             return s
-    raise ValueError(f"no number of spares reaches availability {availability} for {n} nodes "
-                     f"each down {unavailability:.1%} of the time")
+    raise InfeasibleError(f"no number of spares reaches availability {availability} for {n} "
+                          f"nodes each down {unavailability:.1%} of the time")
 
 
 def annual_cost(node: NodeType, count: int, costs: CostInputs) -> dict[str, float]:
@@ -185,6 +190,10 @@ def _finish(cluster: Cluster, costs: CostInputs, idle_cores: dict[str, float],
     for kind, node in cluster.nodes.items():
         n = cluster.needed[kind]
         cluster.spare[kind] = spares(n, node.unavailability, costs.availability)
+        if node.available is not None and n + cluster.spare[kind] > node.available:
+            raise InfeasibleError(
+                f"the {cluster.architecture} cluster needs {n} {node.name} nodes and "
+                f"{cluster.spare[kind]} spares, more than the {node.available} available")
         for item, usd in annual_cost(node, n + cluster.spare[kind], costs).items():
             cluster.cost[item] = cluster.cost.get(item, 0.0) + usd
         cluster.capex_usd += n * node.price_usd

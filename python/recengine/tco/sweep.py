@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .growth import ARCHITECTURES, Growth, project
 from .inputs import NODE_TYPES, CostInputs, NodeType
 from .measure import Measured
+from .provision import InfeasibleError
 
 __all__ = ["FACTORS", "REGIME_LOADS", "REGIME_MULTIPLIERS", "Fleet", "break_even_rpc_s",
            "fleet_rows", "headlines", "regimes", "sensitivity", "three_year_saving"]
@@ -80,6 +81,8 @@ class Fleet:
             owner, dot, name = key.strip().partition(".")
             target: Any = costs if owner == "costs" else nodes.get(owner)
             value = getattr(target, name, None) if dot and sep else None
+            if owner != "costs" and target is not None and name == "available" and sep:
+                value = 0  # an optional count
             if target is None or isinstance(value, (bool, str)) or value is None:
                 raise ValueError(
                     f"bad setting {item!r}: expected costs.FIELD=VALUE or NODE.FIELD=VALUE "
@@ -254,7 +257,8 @@ def sensitivity(measured: Sequence[Measured], rpc_s: float, fleet: Fleet,
                 high: float = 2.0) -> list[dict[str, Any]]:
     """One ``kind: "sensitivity"`` row per input and disaggregated architecture: the fleet's
     three-year saving over monolithic (:func:`three_year_saving`) with the input at ``low``
-    and ``high`` times its value, next to the ``baseline``; ``swing`` is the difference."""
+    and ``high`` times its value, next to the ``baseline``; ``swing`` is the difference (None
+    where a side cannot be provisioned: :class:`~.provision.InfeasibleError`)."""
     unknown = [f for f in factors if f not in FACTORS]
     if unknown:
         raise ValueError(f"unknown inputs {unknown}; expected some of {', '.join(FACTORS)}")
@@ -265,13 +269,25 @@ def sensitivity(measured: Sequence[Measured], rpc_s: float, fleet: Fleet,
     base = {a: three_year_saving(base_rows, a) for a in archs}
     out: list[dict[str, Any]] = []
     for name in factors:
-        at = {k: fleet_rows(*FACTORS[name](measured, rpc_s, fleet, k)) for k in (low, high)}
+        at = {k: _rows_or_none(*FACTORS[name](measured, rpc_s, fleet, k)) for k in (low, high)}
         for a in archs:
-            lo, hi = (three_year_saving(at[k], a) for k in (low, high))
+            lo, hi = (None if at[k] is None else three_year_saving(at[k], a)
+                      for k in (low, high))
+            swing = abs(hi - lo) if lo is not None and hi is not None else None
             out.append({"kind": "sensitivity", "input": name, "architecture": a,
                         "low": low, "high": high, "baseline": base[a],
-                        "saving_low": lo, "saving_high": hi, "swing": abs(hi - lo)})
+                        "saving_low": lo, "saving_high": hi, "swing": swing})
     return out
+
+
+def _rows_or_none(measured: Sequence[Measured], rpc_s: float,
+                  fleet: Fleet) -> Optional[list[dict[str, Any]]]:
+    """:func:`fleet_rows`, or None where a cluster cannot be built (a node type's
+    ``available`` count, the availability target)."""
+    try:
+        return fleet_rows(measured, rpc_s, fleet)
+    except InfeasibleError:
+        return None
 
 
 def break_even_rpc_s(measured: Sequence[Measured], fleet: Fleet, architecture: str,
@@ -279,9 +295,10 @@ def break_even_rpc_s(measured: Sequence[Measured], fleet: Fleet, architecture: s
     """The largest RPC cost per query (seconds of a compute-node core) at which
     ``architecture`` costs no more than the monolithic cluster over the years (the fleet's
     :func:`three_year_saving` >= 0), by bisection up to ``most``; None where it costs more even
-    with free RPCs."""
+    with free RPCs. A cost no cluster can be built at counts as a loss."""
     def saving(rpc_s: float) -> float:
-        return three_year_saving(fleet_rows(measured, rpc_s, fleet), architecture)
+        rows = _rows_or_none(measured, rpc_s, fleet)
+        return -1.0 if rows is None else three_year_saving(rows, architecture)
 
     if saving(0.0) < 0:
         return None
@@ -304,15 +321,18 @@ def regimes(measured: Sequence[Measured], rpc_s: float, fleet: Fleet,
             loads: Sequence[float] = REGIME_LOADS) -> list[dict[str, Any]]:
     """Where disaggregation pays: one ``kind: "regime"`` row per table multiplier, load and
     disaggregated architecture, with the fleet's three-year ``saving`` over monolithic (the
-    fleet's other inputs as given). Large tables at a light load favour memory nodes sized to
-    the tables; a heavy load of small tables favours whole-model servers."""
+    fleet's other inputs as given; None where a cluster cannot be built). Large tables at a
+    light load favour memory nodes sized to the tables; a heavy load of small tables favours
+    whole-model servers."""
     if not multipliers or not loads:
         raise ValueError("a regime grid needs at least one multiplier and one load")
     out: list[dict[str, Any]] = []
     for mult in multipliers:
         for qps in loads:
-            rows = fleet_rows(measured, rpc_s, replace(fleet, table_multiplier=mult, qps=qps))
+            rows = _rows_or_none(measured, rpc_s,
+                                 replace(fleet, table_multiplier=mult, qps=qps))
             out += [{"kind": "regime", "architecture": a, "table_multiplier": float(mult),
-                     "fleet_qps": float(qps), "saving": three_year_saving(rows, a)}
+                     "fleet_qps": float(qps),
+                     "saving": None if rows is None else three_year_saving(rows, a)}
                     for a in ARCHITECTURES[1:]]
     return out
