@@ -271,7 +271,7 @@ def sensitivity(measured: Sequence[Measured], rpc_s: float, fleet: Fleet,
     for name in factors:
         at = {k: _rows_or_none(*FACTORS[name](measured, rpc_s, fleet, k)) for k in (low, high)}
         for a in archs:
-            lo, hi = (None if at[k] is None else three_year_saving(at[k], a)
+            lo, hi = (None if (rows := at[k]) is None else three_year_saving(rows, a)
                       for k in (low, high))
             swing = abs(hi - lo) if lo is not None and hi is not None else None
             out.append({"kind": "sensitivity", "input": name, "architecture": a,
