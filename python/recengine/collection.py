@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import _core
+from . import _access, _core
 from .table import EmbeddingTable
 
 __all__ = ["EmbeddingCollection"]
@@ -83,10 +83,15 @@ class EmbeddingCollection:
                 if weights is not None and isinstance(weights, np.ndarray):
                     weights = _split(weights, lengths)
             lengths = list(lengths)
-        return self._c.lookup(list(indices), None if offsets is None else list(offsets),
-                              None if lengths is None else list(lengths),
-                              None if weights is None else list(weights), mode,
-                              include_last_offset)
+        out = self._c.lookup(list(indices), None if offsets is None else list(offsets),
+                             None if lengths is None else list(lengths),
+                             None if weights is None else list(weights), mode,
+                             include_last_offset)
+        if _access.RECORDERS:
+            for i, (t, idx) in enumerate(zip(self._tables, indices)):
+                _access.note(t, idx, None if offsets is None else offsets[i],
+                             None if lengths is None else lengths[i], include_last_offset)
+        return out
 
     @property
     def tables(self) -> list[EmbeddingTable]:

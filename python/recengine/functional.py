@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _core
+from . import _access, _core
 from ._convert import I64, as_int, as_padding_idx
 
 __all__ = ["embedding_bag", "embedding_bag_backward", "sparse_lengths_sum"]
@@ -48,8 +48,11 @@ def sparse_lengths_sum(
         array([[4., 6.],
                [2., 3.]], dtype=float32)
     """
-    return _core.pool_array(_as_table_array(table), indices, None, lengths, weights, mode,
-                            as_padding_idx(padding_idx), False)
+    out = _core.pool_array(_as_table_array(table), indices, None, lengths, weights, mode,
+                           as_padding_idx(padding_idx), False)
+    if _access.RECORDERS:
+        _access.note(table, indices, None, lengths)
+    return out
 
 
 def embedding_bag(
@@ -72,8 +75,11 @@ def embedding_bag(
         array([[1., 0., 0.],
                [0., 1., 1.]], dtype=float32)
     """
-    return _core.pool_array(_as_table_array(table), indices, offsets, None, weights, mode,
-                            as_padding_idx(padding_idx), include_last_offset)
+    out = _core.pool_array(_as_table_array(table), indices, offsets, None, weights, mode,
+                           as_padding_idx(padding_idx), include_last_offset)
+    if _access.RECORDERS:
+        _access.note(table, indices, offsets, None, include_last_offset)
+    return out
 
 
 def embedding_bag_backward(

@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import _core
+from . import _access, _core
 from ._convert import I64, as_int, as_padding_idx
 from ._dtypes import normalize_dtype
 from ._files import npy_header, regular_file
@@ -201,8 +201,11 @@ class EmbeddingTable:
             ValueError: inconsistent offsets/lengths/weights, or an unknown mode.
             TypeError: non-integer indices.
         """
-        return self._t.lookup(indices, offsets, lengths, weights, mode,
-                              as_padding_idx(padding_idx), include_last_offset)
+        out = self._t.lookup(indices, offsets, lengths, weights, mode,
+                             as_padding_idx(padding_idx), include_last_offset)
+        if _access.RECORDERS:
+            _access.note(self, indices, offsets, lengths, include_last_offset)
+        return out
 
     def slice(self, rows: tuple[int, int], cols: Optional[tuple[int, int]] = None
               ) -> EmbeddingTable:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _core
+from .. import _access, _core
 from .hugepages import on_huge_pages
 
 __all__ = [
@@ -118,6 +118,8 @@ def pool(weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
                            None, None if psw is None else psw.reshape(-1), MODES[mode],
                            None if padding_idx < 0 else padding_idx, include_last_offset,
                            dtype=dtype, huge_pages=huge)
+    if _access.RECORDERS:
+        _access.note(weight, indices, offsets, None, include_last_offset)
     result = torch.from_numpy(out)
     return result if weight.dtype == torch.float32 else result.to(weight.dtype)
 

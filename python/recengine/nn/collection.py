@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import _core
+from .. import _access, _core
 from . import _op, hugepages
 from .configs import EmbeddingBagConfig, PoolingType
 from .functional import embedding_bag
@@ -233,6 +233,9 @@ class EmbeddingBagCollection(torch.nn.Module):
                 return None
             out = held.pool(*args)
             assert out is not None, "a hold made from these weights a moment ago"
+        if _access.RECORDERS:
+            _access.note_keyed(weights, self._block_tables, slots, args[3], args[4], args[5],
+                               self._names)
         # float32 for every table, as TorchRec's, which pools in the table's dtype first.
         return self._round_to_tables(torch.from_numpy(out), weights, in_place=True)
 

@@ -1,0 +1,45 @@
+"""Which table rows lookups read: the hook behind :func:`recengine.privacy.record`.
+
+Every lookup path of the package (``EmbeddingTable.lookup``, ``EmbeddingCollection.lookup``,
+the functional ops, ``recengine.nn``'s modules on the core) calls :func:`note` (or
+:func:`note_keyed`) only while :data:`RECORDERS` is non-empty, so with no recorder active a
+lookup pays one truthiness test of a module-level list. The recorders themselves
+(:class:`recengine.privacy.Recorder`) turn the arguments into row lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+__all__ = ["RECORDERS", "note", "note_keyed"]
+
+#: The active recorders, innermost last (``recengine.privacy.record`` adds and removes them).
+RECORDERS: list[Any] = []
+
+
+def note(table: Any, indices: Any, offsets: Any = None, lengths: Any = None,
+         include_last_offset: bool = False, label: Optional[str] = None) -> None:
+    """One lookup of ``table`` (any object: a table, an array, a weight tensor) with the
+    package's index arguments; ``label`` names the table where the recorder has no name for
+    it."""
+    for r in list(RECORDERS):
+        r.note(table, indices, offsets, lengths, include_last_offset, label)
+
+
+def note_keyed(tables: Sequence[Any], block_tables: Sequence[int], slots: Sequence[int],
+               values: Any, lengths: Any, batch: int,
+               labels: Optional[Sequence[str]] = None) -> None:
+    """One keyed-jagged lookup: feature ``slots[j]``'s ids (a block of ``values``, bag sizes
+    ``lengths[slot * batch:(slot + 1) * batch]``) read ``tables[block_tables[j]]``."""
+    import numpy as np
+
+    lens = np.asarray(lengths, dtype=np.int64).reshape(-1, batch) if batch else None
+    if lens is None:
+        return
+    ends = np.cumsum(lens.sum(axis=1))
+    starts = ends - lens.sum(axis=1)
+    vals = np.asarray(values)
+    for j, s in enumerate(slots):
+        t = block_tables[j]
+        note(tables[t], vals[starts[s]:ends[s]], None, lens[s], False,
+             None if labels is None else labels[t])
