@@ -13,7 +13,8 @@ from typing import Any, Optional, Sequence
 
 __all__ = ["RECORDERS", "note", "note_keyed"]
 
-#: The active recorders, innermost last (``recengine.privacy.record`` adds and removes them).
+#: The active recorders, innermost last (``recengine.privacy.record`` adds and removes them;
+#: the lookup paths import this very list, so it is changed in place, never rebound).
 RECORDERS: list[Any] = []
 
 

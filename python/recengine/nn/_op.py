@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _access, _core
+from .._access import RECORDERS as _RECORDING
 from .hugepages import on_huge_pages
 
 __all__ = [
@@ -118,7 +119,7 @@ def pool(weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
                            None, None if psw is None else psw.reshape(-1), MODES[mode],
                            None if padding_idx < 0 else padding_idx, include_last_offset,
                            dtype=dtype, huge_pages=huge)
-    if _access.RECORDERS:
+    if _RECORDING:  # the hook: one test while nobody records
         _access.note(weight, indices, offsets, None, include_last_offset)
     result = torch.from_numpy(out)
     return result if weight.dtype == torch.float32 else result.to(weight.dtype)

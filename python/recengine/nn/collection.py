@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _access, _core
+from .._access import RECORDERS as _RECORDING
 from . import _op, hugepages
 from .configs import EmbeddingBagConfig, PoolingType
 from .functional import embedding_bag
@@ -233,7 +234,7 @@ class EmbeddingBagCollection(torch.nn.Module):
                 return None
             out = held.pool(*args)
             assert out is not None, "a hold made from these weights a moment ago"
-        if _access.RECORDERS:
+        if _RECORDING:  # the hook: one test while nobody records
             _access.note_keyed(weights, self._block_tables, slots, args[3], args[4], args[5],
                                self._names)
         # float32 for every table, as TorchRec's, which pools in the table's dtype first.

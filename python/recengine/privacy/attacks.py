@@ -3,6 +3,10 @@ reads (:meth:`~.trace.Recorder.rows_by_request`), never the raw data.
 
 * :func:`identify`: users bucketed by the rows their static features read (k-anonymity of the
   feature combination): how many buckets, their sizes, how many users are alone in theirs.
+* :func:`infer_attribute`: a sensitive attribute (gender, an age group) guessed from the item
+  rows a user's requests read, by a naive Bayes classifier trained on the other users'
+  traces (k-fold), against the majority class; and :func:`single_bucket_items`, the share of
+  items whose readers all share one static-feature bucket.
 
 Example::
 
@@ -23,7 +27,7 @@ from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Identification", "identify"]
+__all__ = ["Identification", "Inference", "identify", "infer_attribute", "single_bucket_items"]
 
 #: What the attacks read: per request, per table, the rows read in order.
 Seen = Mapping[Optional[Hashable], Mapping[str, np.ndarray]]
@@ -64,3 +68,74 @@ def identify(seen: Seen, tables: Sequence[str]) -> Identification:
     sizes = Counter(keys.values())
     return Identification(tuple(tables), users, len(keys), sizes.get(1, 0),
                           dict(sorted(sizes.items())))
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A sensitive attribute guessed from the rows each user's requests read.
+
+    Attributes:
+        users: users guessed (each by a classifier that never saw them).
+        accuracy: the share guessed right.
+        baseline: the share the majority class (of each fold's training users) gets right.
+        classes: the attribute's values.
+    """
+
+    users: int
+    accuracy: float
+    baseline: float
+    classes: tuple[str, ...]
+
+
+def _user_rows(seen: Seen, table: str) -> dict[Hashable, np.ndarray]:
+    return {u: np.unique(np.asarray(rows[table])) for u, rows in seen.items()
+            if u is not None and table in rows and len(rows[table])}
+
+
+def infer_attribute(seen: Seen, table: str, labels: Mapping[Hashable, str], folds: int = 5,
+                    smoothing: float = 1.0, seed: int = 0) -> Inference:
+    """Guess ``labels[user]`` from the set of ``table`` rows the user's requests read in
+    ``seen`` (users in both), with a Bernoulli naive Bayes classifier (Laplace ``smoothing``)
+    trained on the other folds' users, over ``folds`` random folds."""
+    rows = _user_rows(seen, table)
+    users = [u for u in rows if u in labels]
+    if folds < 2 or len(users) < folds:
+        raise ValueError(f"need folds >= 2 and at least that many labelled users, got "
+                         f"{folds} folds and {len(users)} users")
+    classes = tuple(sorted({labels[u] for u in users}))
+    width = int(max(int(rows[u].max()) for u in users)) + 1
+    x = np.zeros((len(users), width), dtype=bool)
+    for i, u in enumerate(users):
+        x[i, rows[u]] = True
+    y = np.array([classes.index(labels[u]) for u in users])
+    fold = np.random.default_rng(seed).permutation(len(users)) % folds
+    right = majority = 0
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        prior = np.bincount(y[train], minlength=len(classes)) + smoothing
+        # per class, the probability a user of it read each row
+        seen_by = np.stack([x[train & (y == c)].sum(axis=0) for c in range(len(classes))])
+        p = (seen_by + smoothing) / (prior[:, None] - smoothing + 2 * smoothing)
+        log_p, log_q = np.log(p), np.log1p(-p)
+        score = (np.log(prior / prior.sum())[None, :]
+                 + x[test].astype(np.float64) @ (log_p - log_q).T + log_q.sum(axis=1)[None, :])
+        right += int((score.argmax(axis=1) == y[test]).sum())
+        majority += int((y[test] == int(np.argmax(prior))).sum())
+    n = len(users)
+    return Inference(n, right / n, majority / n, classes)
+
+
+def single_bucket_items(seen: Seen, table: str, bucket_tables: Sequence[str]) -> float:
+    """The share of ``table``'s rows read by some user whose readers all fall in one bucket
+    of ``bucket_tables``' rows (:func:`identify`'s key): an item that gives its readers'
+    bucket away."""
+    buckets: dict[int, set[tuple[tuple[int, ...], ...]]] = {}
+    for rows in seen.values():
+        if table not in rows:
+            continue
+        key = tuple(tuple(np.asarray(rows.get(t, ())).tolist()) for t in bucket_tables)
+        for r in np.unique(np.asarray(rows[table])).tolist():
+            buckets.setdefault(r, set()).add(key)
+    if not buckets:
+        raise ValueError(f"no request read table {table!r}")
+    return sum(len(b) == 1 for b in buckets.values()) / len(buckets)
