@@ -4,8 +4,8 @@ reads (:meth:`~.trace.Recorder.rows_by_request`), never the raw data.
 * :func:`identify`: users bucketed by the rows their static features read (k-anonymity of the
   feature combination): how many buckets, their sizes, how many users are alone in theirs.
 * :func:`infer_attribute`: a sensitive attribute (gender, an age group) guessed from the item
-  rows a user's requests read, by a naive Bayes classifier trained on the other users'
-  traces (k-fold), against the majority class; and :func:`single_bucket_items`, the share of
+  rows a user's requests read, by a logistic regression trained on the other users' traces
+  (k-fold), against the majority class; and :func:`single_bucket_items`, the share of
   items whose readers all share one static-feature bucket.
 
 Example::
@@ -27,7 +27,8 @@ from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Identification", "Inference", "identify", "infer_attribute", "single_bucket_items"]
+__all__ = ["PENALTIES", "Identification", "Inference", "identify", "infer_attribute",
+           "single_bucket_items"]
 
 #: What the attacks read: per request, per table, the rows read in order.
 Seen = Mapping[Optional[Hashable], Mapping[str, np.ndarray]]
@@ -92,35 +93,68 @@ def _user_rows(seen: Seen, table: str) -> dict[Hashable, np.ndarray]:
             if u is not None and table in rows and len(rows[table])}
 
 
+def _fit(x: np.ndarray, y: np.ndarray, classes: int, l2: float) -> np.ndarray:
+    """Multinomial logistic regression with an L2 penalty ``l2`` (per user): weights
+    ``[features + 1, classes]`` (the last row the bias), by L-BFGS."""
+    from scipy.optimize import minimize  # type: ignore[import-untyped]
+    from scipy.special import logsumexp  # type: ignore[import-untyped]
+
+    n, d = x.shape
+    onehot = np.eye(classes)[y]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        wm, b = w[:d * classes].reshape(d, classes), w[d * classes:]
+        z = x @ wm + b
+        lse = logsumexp(z, axis=1)
+        g = (np.exp(z - lse[:, None]) - onehot) / n
+        value = float((lse - (z * onehot).sum(axis=1)).sum() / n + l2 / 2 * (wm ** 2).sum() / n)
+        return value, np.concatenate([(x.T @ g + l2 * wm / n).ravel(), g.sum(axis=0)])
+
+    got = minimize(loss, np.zeros(d * classes + classes), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 300})
+    return np.vstack([got.x[:d * classes].reshape(d, classes), got.x[d * classes:]])
+
+
+def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.asarray((x @ w[:-1] + w[-1]).argmax(axis=1))
+
+
+#: The L2 penalties :func:`infer_attribute` chooses from, on held-out training users.
+PENALTIES: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+
+
 def infer_attribute(seen: Seen, table: str, labels: Mapping[Hashable, str], folds: int = 5,
-                    smoothing: float = 1.0, seed: int = 0) -> Inference:
+                    penalties: Sequence[float] = PENALTIES, seed: int = 0) -> Inference:
     """Guess ``labels[user]`` from the set of ``table`` rows the user's requests read in
-    ``seen`` (users in both), with a Bernoulli naive Bayes classifier (Laplace ``smoothing``)
-    trained on the other folds' users, over ``folds`` random folds."""
+    ``seen`` (users in both): for each of ``folds`` random folds, a multinomial logistic
+    regression trained on the other folds' users (its L2 penalty chosen from ``penalties`` on
+    a quarter of them held out), scored on the fold's users."""
     rows = _user_rows(seen, table)
     users = [u for u in rows if u in labels]
-    if folds < 2 or len(users) < folds:
-        raise ValueError(f"need folds >= 2 and at least that many labelled users, got "
+    if folds < 2 or len(users) < 2 * folds:
+        raise ValueError(f"need folds >= 2 and at least twice that many labelled users, got "
                          f"{folds} folds and {len(users)} users")
+    if not penalties or min(penalties) <= 0:
+        raise ValueError("penalties must be positive")
     classes = tuple(sorted({labels[u] for u in users}))
     width = int(max(int(rows[u].max()) for u in users)) + 1
-    x = np.zeros((len(users), width), dtype=bool)
+    x = np.zeros((len(users), width))
     for i, u in enumerate(users):
-        x[i, rows[u]] = True
+        x[i, rows[u]] = 1.0
     y = np.array([classes.index(labels[u]) for u in users])
-    fold = np.random.default_rng(seed).permutation(len(users)) % folds
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(users)) % folds
     right = majority = 0
     for f in range(folds):
-        train, test = fold != f, fold == f
-        prior = np.bincount(y[train], minlength=len(classes)) + smoothing
-        # per class, the probability a user of it read each row
-        seen_by = np.stack([x[train & (y == c)].sum(axis=0) for c in range(len(classes))])
-        p = (seen_by + smoothing) / (prior[:, None] - smoothing + 2 * smoothing)
-        log_p, log_q = np.log(p), np.log1p(-p)
-        score = (np.log(prior / prior.sum())[None, :]
-                 + x[test].astype(np.float64) @ (log_p - log_q).T + log_q.sum(axis=1)[None, :])
-        right += int((score.argmax(axis=1) == y[test]).sum())
-        majority += int((y[test] == int(np.argmax(prior))).sum())
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        inner = rng.permutation(train)
+        hold, fit = inner[:len(inner) // 4], inner[len(inner) // 4:]
+        best = max(penalties, key=lambda p: (
+            _predict(_fit(x[fit], y[fit], len(classes), p), x[hold]) == y[hold]).mean())
+        w = _fit(x[train], y[train], len(classes), best)
+        right += int((_predict(w, x[test]) == y[test]).sum())
+        majority += int((y[test] == np.bincount(y[train], minlength=len(classes)).argmax()
+                         ).sum())
     n = len(users)
     return Inference(n, right / n, majority / n, classes)
 

@@ -21,10 +21,15 @@ from typing import Union
 
 import numpy as np
 
-__all__ = ["STATIC_FEATURES", "MovieLens", "load_movielens"]
+__all__ = ["AGE_GROUPS", "STATIC_FEATURES", "MovieLens", "load_movielens"]
 
 #: The users' static features, in the file's order.
 STATIC_FEATURES: tuple[str, ...] = ("age", "gender", "occupation", "zip_code")
+
+
+#: Age groups for attribute inference: (label, lowest age), youngest first.
+AGE_GROUPS: tuple[tuple[str, int], ...] = (("<25", 0), ("25-34", 25), ("35-44", 35),
+                                           ("45+", 45))
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,21 @@ class MovieLens:
         return int(self.user_ids.size)
 
     def attribute(self, name: str) -> np.ndarray:
-        """``[U]`` each user's value of static feature ``name`` (strings)."""
+        """``[U]`` each user's value of static feature ``name`` (strings), or ``"age_group"``
+        (:data:`AGE_GROUPS`)."""
+        if name == "age_group":
+            ages = self.attribute("age").astype(np.int64)
+            lows = np.array([low for _, low in AGE_GROUPS])
+            names = np.array([g for g, _ in AGE_GROUPS], dtype=object)
+            return np.asarray(names[np.searchsorted(lows, ages, side="right") - 1])
+        if name not in self.vocab:
+            raise ValueError(f"unknown attribute {name!r}; expected one of "
+                             f"{', '.join(self.vocab)}, age_group")
         return np.asarray(self.vocab[name], dtype=object)[self.static[name]]
+
+    def labels(self, name: str) -> dict[int, str]:
+        """Each user id's value of :meth:`attribute` ``name``."""
+        return {int(u): str(v) for u, v in zip(self.user_ids, self.attribute(name))}
 
 
 def _directory() -> str:

@@ -4,6 +4,9 @@ that the access hook sees them: the traces the attacks read.
 :func:`static_tables` builds one embedding table per static user feature (rows: the
 feature's vocabulary) as an :class:`~recengine.EmbeddingCollection`; :func:`serve_static`
 serves each user's request (one bag of one row per feature) and returns what a host saw.
+:func:`serve_ratings` serves every rating, in time order, as a request reading the rated
+item's row of an item table (tagged ``(user id, timestamp)``); :func:`per_user` merges a
+user's requests.
 
 Example::
 
@@ -26,7 +29,7 @@ from ..table import EmbeddingTable
 from .movielens import STATIC_FEATURES, MovieLens
 from .trace import record
 
-__all__ = ["serve_static", "static_tables"]
+__all__ = ["per_user", "serve_ratings", "serve_static", "static_tables"]
 
 
 def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STATIC_FEATURES,
@@ -60,3 +63,35 @@ def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, .
                 collection.lookup([data.static[f][u:u + 1] for f in features],
                                   lengths=[one] * len(features))
     return rec.rows_by_request()
+
+
+def serve_ratings(data: MovieLens, dim: int = 16, seed: int = 0
+                  ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+    """Serve every rating of ``data`` in time order as one request (tagged ``(user id,
+    timestamp)``) that reads its item's row of a random ``[num_items, dim]`` table named
+    ``"items"``; what a host saw, by request."""
+    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
+        (max(data.num_items, 1), dim), dtype=np.float32))
+    order = np.argsort(data.ratings_time, kind="stable")
+    one = np.ones(1, dtype=np.int64)
+    with record() as rec:
+        rec.name(table, "items")
+        for k in order:
+            tag = (int(data.user_ids[data.ratings_user[k]]), float(data.ratings_time[k]))
+            with rec.request(tag):
+                table.lookup(data.ratings_item[k:k + 1], lengths=one)
+    return rec.rows_by_request()
+
+
+def per_user(seen: dict[Optional[Hashable], dict[str, np.ndarray]]
+             ) -> dict[Hashable, dict[str, np.ndarray]]:
+    """``(user, timestamp)``-tagged requests merged per user, in time order (untagged ones
+    dropped)."""
+    merged: dict[Hashable, dict[str, list[tuple[float, np.ndarray]]]] = {}
+    for tag, tables in seen.items():
+        if not isinstance(tag, tuple) or len(tag) != 2:
+            continue
+        for t, rows in tables.items():
+            merged.setdefault(tag[0], {}).setdefault(t, []).append((tag[1], rows))
+    return {u: {t: np.concatenate([r for _, r in sorted(v, key=lambda p: p[0])])
+                for t, v in tables.items()} for u, tables in merged.items()}
