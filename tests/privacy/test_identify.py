@@ -125,3 +125,35 @@ def test_age_groups_and_labels(tmp_path: Path) -> None:
     assert ml.labels("gender") == {1: "M", 2: "M", 3: "F", 4: "F"}
     with pytest.raises(ValueError, match="unknown attribute"):
         ml.attribute("income")
+
+
+def test_reidentification_by_hand() -> None:
+    from recengine.privacy import reidentify
+
+    # three users, disjoint histories: every later request finds its user
+    seen = {(u, float(t)): {"h": np.array([10 * u + t, 10 * u + t + 1])}
+            for u in range(3) for t in range(4)}
+    r = reidentify(seen, "h")
+    assert (r.users, r.accuracy, r.unique) == (3, 1.0, 1.0)
+    # the same history for everyone: a three-way tie, 1/3 each
+    same = {(u, float(t)): {"h": np.array([t, t + 1])} for u in range(3) for t in range(4)}
+    r = reidentify(same, "h")
+    assert r.accuracy == pytest.approx(1 / 3) and r.unique == 0.0
+    with pytest.raises(ValueError, match="split"):
+        reidentify(seen, "h", split=1.0)
+    with pytest.raises(ValueError, match="no user has"):
+        reidentify(seen, "h", gap=10)
+
+
+def test_histories_served_are_the_k_items_before(tmp_path: Path) -> None:
+    from recengine.privacy import serve_histories
+
+    inter = INTER + "1\t2\t3\t200\n1\t1\t3\t300\n1\t3\t3\t300\n"  # user 1: 3@100, 2@200, {1,3}@300
+    ml = load_movielens(_write(tmp_path, inter=inter))
+    seen = serve_histories(ml, k=2)
+    # items are rows item_id - 1; most recent first
+    assert seen[(1, 200.0)]["history"].tolist() == [2]
+    assert seen[(1, 300.0)]["history"].tolist() == [1, 2]
+    assert (1, 100.0) not in seen and (2, 50.0) not in seen  # first requests: no history
+    with pytest.raises(ValueError, match="k >= 1"):
+        serve_histories(ml, k=0)

@@ -18,11 +18,20 @@ Example::
     [2, 3]
 """
 
-from .attacks import Identification, Inference, identify, infer_attribute, single_bucket_items
+from .attacks import (
+    Identification,
+    Inference,
+    Reidentification,
+    identify,
+    infer_attribute,
+    reidentify,
+    single_bucket_items,
+)
 from .movielens import STATIC_FEATURES, MovieLens, load_movielens
-from .serving import per_user, serve_ratings, serve_static, static_tables
+from .serving import per_user, serve_histories, serve_ratings, serve_static, static_tables
 from .trace import Access, Recorder, record
 
 __all__ = ["STATIC_FEATURES", "Access", "Identification", "Inference", "MovieLens", "Recorder",
-           "identify", "infer_attribute", "load_movielens", "per_user", "record",
-           "serve_ratings", "serve_static", "single_bucket_items", "static_tables"]
+           "Reidentification", "identify", "infer_attribute", "load_movielens", "per_user",
+           "record", "reidentify", "serve_histories", "serve_ratings", "serve_static",
+           "single_bucket_items", "static_tables"]

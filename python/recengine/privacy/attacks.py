@@ -7,6 +7,9 @@ reads (:meth:`~.trace.Recorder.rows_by_request`), never the raw data.
   rows a user's requests read, by a logistic regression trained on the other users' traces
   (k-fold), against the majority class; and :func:`single_bucket_items`, the share of
   items whose readers all share one static-feature bucket.
+* :func:`reidentify`: each user fingerprinted by the rows one request's history read in a
+  first time window (the user known then), a later anonymous request matched to the
+  fingerprint it overlaps most: top-1 accuracy.
 
 Example::
 
@@ -27,8 +30,8 @@ from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PENALTIES", "Identification", "Inference", "identify", "infer_attribute",
-           "single_bucket_items"]
+__all__ = ["PENALTIES", "Identification", "Inference", "Reidentification", "identify",
+           "infer_attribute", "reidentify", "single_bucket_items"]
 
 #: What the attacks read: per request, per table, the rows read in order.
 Seen = Mapping[Optional[Hashable], Mapping[str, np.ndarray]]
@@ -173,3 +176,54 @@ def single_bucket_items(seen: Seen, table: str, bucket_tables: Sequence[str]) ->
     if not buckets:
         raise ValueError(f"no request read table {table!r}")
     return sum(len(b) == 1 for b in buckets.values()) / len(buckets)
+
+
+@dataclass(frozen=True)
+class Reidentification:
+    """Later requests matched to fingerprints.
+
+    Attributes:
+        users: users fingerprinted and matched.
+        accuracy: top-1 accuracy (a tie among ``t`` fingerprints that holds the right one
+            counts ``1 / t``).
+        unique: the share of users whose fingerprint no other user shares.
+    """
+
+    users: int
+    accuracy: float
+    unique: float
+
+
+def reidentify(seen: Seen, table: str, split: float = 0.5, gap: int = 1) -> Reidentification:
+    """Match users across time from ``seen``'s ``(user, time)``-tagged requests: a user's
+    fingerprint is the set of ``table`` rows read by their request at ``split`` of their
+    requests (the end of the first window, the user known then); later traffic is their
+    request ``gap`` requests after it, its user unknown; it is matched to the fingerprint
+    that shares the most rows with it. Users with too few requests are left out."""
+    if not 0 < split < 1 or gap < 1:
+        raise ValueError(f"need 0 < split < 1 and gap >= 1, got {split}, {gap}")
+    by_user: dict[Hashable, list[tuple[float, np.ndarray]]] = {}
+    for tag, rows in seen.items():
+        if isinstance(tag, tuple) and len(tag) == 2 and table in rows and len(rows[table]):
+            by_user.setdefault(tag[0], []).append((tag[1], np.unique(rows[table])))
+    prints, later = [], []
+    for reqs in by_user.values():
+        reqs.sort(key=lambda p: p[0])
+        at = int(split * (len(reqs) - 1))
+        if at + gap < len(reqs):
+            prints.append(reqs[at][1])
+            later.append(reqs[at + gap][1])
+    if not prints:
+        raise ValueError(f"no user has {gap + 1} requests reading {table!r}")
+    width = int(max(max(int(p.max()) for p in prints), max(int(q.max()) for q in later))) + 1
+    fp = np.zeros((len(prints), width), dtype=np.float32)
+    lq = np.zeros((len(later), width), dtype=np.float32)
+    for i, (p, q) in enumerate(zip(prints, later)):
+        fp[i, p], lq[i, q] = 1.0, 1.0
+    overlap = lq @ fp.T  # [later request, fingerprint]
+    best = overlap.max(axis=1, keepdims=True)
+    ties = (overlap == best).sum(axis=1)
+    right = np.diag(overlap) == best[:, 0]
+    keys = Counter(tuple(p.tolist()) for p in prints)
+    unique = sum(keys[tuple(p.tolist())] == 1 for p in prints) / len(prints)
+    return Reidentification(len(prints), float((right / ties).mean()), unique)

@@ -6,7 +6,9 @@ feature's vocabulary) as an :class:`~recengine.EmbeddingCollection`; :func:`serv
 serves each user's request (one bag of one row per feature) and returns what a host saw.
 :func:`serve_ratings` serves every rating, in time order, as a request reading the rated
 item's row of an item table (tagged ``(user id, timestamp)``); :func:`per_user` merges a
-user's requests.
+user's requests. :func:`serve_histories` serves the requests of a model with a history
+feature (DIN's and DIEN's behaviour sequences): each rating's request reads the rows of the
+user's ``k`` most recent items before it.
 
 Example::
 
@@ -29,7 +31,7 @@ from ..table import EmbeddingTable
 from .movielens import STATIC_FEATURES, MovieLens
 from .trace import record
 
-__all__ = ["per_user", "serve_ratings", "serve_static", "static_tables"]
+__all__ = ["per_user", "serve_histories", "serve_ratings", "serve_static", "static_tables"]
 
 
 def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STATIC_FEATURES,
@@ -95,3 +97,32 @@ def per_user(seen: dict[Optional[Hashable], dict[str, np.ndarray]]
             merged.setdefault(tag[0], {}).setdefault(t, []).append((tag[1], rows))
     return {u: {t: np.concatenate([r for _, r in sorted(v, key=lambda p: p[0])])
                 for t, v in tables.items()} for u, tables in merged.items()}
+
+
+def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0
+                    ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+    """Serve, for every rating in time order after a user's first, a request tagged ``(user
+    id, timestamp)`` whose history feature reads the rows of the user's ``k`` most recent
+    items before it (fewer at first), most recent first, from a table named ``"history"``:
+    what a host saw, by request. Ratings of one user at the same second count as one
+    request, made before any of them."""
+    if k < 1:
+        raise ValueError(f"a history needs k >= 1 items, got {k}")
+    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
+        (max(data.num_items, 1), dim), dtype=np.float32))
+    order = np.lexsort((data.ratings_item, data.ratings_time, data.ratings_user))
+    with record() as rec:
+        rec.name(table, "history")
+        start = 0
+        while start < order.size:
+            u = data.ratings_user[order[start]]
+            end = start
+            while end < order.size and data.ratings_user[order[end]] == u:
+                end += 1
+            items, times = data.ratings_item[order[start:end]], data.ratings_time[order[start:end]]
+            for t in np.unique(times)[1:]:
+                before = items[times < t][::-1][:k]
+                with rec.request((int(data.user_ids[u]), float(t))):
+                    table.lookup(before, lengths=np.array([before.size]))
+            start = end
+    return rec.rows_by_request()
