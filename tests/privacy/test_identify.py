@@ -157,3 +157,36 @@ def test_histories_served_are_the_k_items_before(tmp_path: Path) -> None:
     assert (1, 100.0) not in seen and (2, 50.0) not in seen  # first requests: no history
     with pytest.raises(ValueError, match="k >= 1"):
         serve_histories(ml, k=0)
+
+
+def test_hash_inversion_recovers_the_mask_from_frequencies() -> None:
+    from recengine.privacy import invert_hash
+
+    rng = np.random.default_rng(3)
+    n, modulus, mask = 50, 53, 17
+    prior = 1.0 / np.arange(1, n + 1) ** 1.2  # Zipf popularity of ids 0..49
+    ids = rng.choice(n, 2000, p=prior / prior.sum())
+    seen = {i: {"h": np.array([(x + mask) % modulus])} for i, x in enumerate(ids)}
+    r = invert_hash(seen, "h", prior, modulus, true_mask=mask)
+    assert r.mask == mask and r.lookups == 2000 and r.margin > 1.0
+    assert r.ranked is not None and 0 <= r.ranked <= 1
+    # every row read equally, every id equally popular: no shift stands out
+    flat = {x: {"h": np.array([(x + mask) % modulus])} for x in range(modulus)}
+    assert invert_hash(flat, "h", np.ones(modulus), modulus).margin == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="prior"):
+        invert_hash(seen, "h", np.ones(60), modulus)
+    with pytest.raises(ValueError, match="outside"):
+        invert_hash({0: {"h": np.array([99])}}, "h", prior, modulus)
+    with pytest.raises(ValueError, match="no request read"):
+        invert_hash(seen, "x", prior, modulus)
+
+
+def test_hashed_serving_reads_shifted_rows(tmp_path: Path) -> None:
+    from recengine.privacy import serve_hashed
+
+    ml = load_movielens(_write(tmp_path))
+    seen = serve_hashed(ml, mask=2, modulus=5)
+    # ratings in time order: item 1 (row 0) at 50, item 2 (row 1) at 70, item 3 (row 2) at 100
+    assert [seen[k]["hashed"].tolist() for k in sorted(seen, key=lambda k: k)] == [[4], [2], [3]]
+    with pytest.raises(ValueError, match="modulus"):
+        serve_hashed(ml, mask=0, modulus=2)

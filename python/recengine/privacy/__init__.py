@@ -19,19 +19,29 @@ Example::
 """
 
 from .attacks import (
+    HashInversion,
     Identification,
     Inference,
     Reidentification,
     identify,
     infer_attribute,
+    invert_hash,
     reidentify,
     single_bucket_items,
 )
 from .movielens import STATIC_FEATURES, MovieLens, load_movielens
-from .serving import per_user, serve_histories, serve_ratings, serve_static, static_tables
+from .serving import (
+    per_user,
+    serve_hashed,
+    serve_histories,
+    serve_ratings,
+    serve_static,
+    static_tables,
+)
 from .trace import Access, Recorder, record
 
-__all__ = ["STATIC_FEATURES", "Access", "Identification", "Inference", "MovieLens", "Recorder",
-           "Reidentification", "identify", "infer_attribute", "load_movielens", "per_user",
-           "record", "reidentify", "serve_histories", "serve_ratings", "serve_static",
-           "single_bucket_items", "static_tables"]
+__all__ = ["STATIC_FEATURES", "Access", "HashInversion", "Identification", "Inference",
+           "MovieLens", "Recorder", "Reidentification", "identify", "infer_attribute",
+           "invert_hash", "load_movielens", "per_user", "record", "reidentify", "serve_hashed",
+           "serve_histories", "serve_ratings", "serve_static", "single_bucket_items",
+           "static_tables"]

@@ -10,6 +10,9 @@ reads (:meth:`~.trace.Recorder.rows_by_request`), never the raw data.
 * :func:`reidentify`: each user fingerprinted by the rows one request's history read in a
   first time window (the user known then), a later anonymous request matched to the
   fingerprint it overlaps most: top-1 accuracy.
+* :func:`invert_hash`: ids hashed to rows as ``(x + mask) mod P`` do not hide them: the mask
+  whose shifted public popularity best matches the observed row frequencies is recovered,
+  and with it every id.
 
 Example::
 
@@ -30,8 +33,8 @@ from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PENALTIES", "Identification", "Inference", "Reidentification", "identify",
-           "infer_attribute", "reidentify", "single_bucket_items"]
+__all__ = ["PENALTIES", "HashInversion", "Identification", "Inference", "Reidentification",
+           "identify", "infer_attribute", "invert_hash", "reidentify", "single_bucket_items"]
 
 #: What the attacks read: per request, per table, the rows read in order.
 Seen = Mapping[Optional[Hashable], Mapping[str, np.ndarray]]
@@ -227,3 +230,55 @@ def reidentify(seen: Seen, table: str, split: float = 0.5, gap: int = 1) -> Reid
     keys = Counter(tuple(p.tolist()) for p in prints)
     unique = sum(keys[tuple(p.tolist())] == 1 for p in prints) / len(prints)
     return Reidentification(len(prints), float((right / ties).mean()), unique)
+
+
+@dataclass(frozen=True)
+class HashInversion:
+    """What frequency matching recovers of ids hashed as ``(x + mask) mod P``.
+
+    Attributes:
+        mask: the mask whose shifted popularity best matches the rows' frequencies.
+        lookups: lookups observed.
+        margin: the best match's score over the second best's (1: a tie).
+        ranked: the share of observed rows that plain frequency-rank matching (the r-th most
+            read row is the r-th most popular id) maps to the right id, for the true ``mask``
+            given; None without it.
+    """
+
+    mask: int
+    lookups: int
+    margin: float
+    ranked: Optional[float]
+
+
+def invert_hash(seen: Seen, table: str, prior: np.ndarray, modulus: int,
+                true_mask: Optional[int] = None) -> HashInversion:
+    """Recover the mask of ``(x + mask) mod modulus`` from the ``table`` rows ``seen`` read
+    and the public popularity ``prior`` ``[N]`` of ids ``0..N-1`` (``N <= modulus``): the
+    mask maximising the correlation of observed row counts with the shifted prior."""
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.ndim != 1 or not 0 < prior.size <= modulus:
+        raise ValueError(f"prior must be 1-D with 1 to modulus ({modulus}) ids")
+    rows = [np.asarray(r[table]) for r in seen.values() if table in r]
+    flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    if not flat.size:
+        raise ValueError(f"no request read table {table!r}")
+    if flat.min() < 0 or flat.max() >= modulus:
+        raise ValueError(f"rows outside [0, {modulus})")
+    counts = np.bincount(flat, minlength=modulus).astype(np.float64)
+    padded = np.zeros(modulus)
+    padded[:prior.size] = prior / prior.sum()
+    # score[m] = sum_x prior[x] * counts[(x + m) % modulus], all m at once by FFT
+    score = np.fft.irfft(np.conj(np.fft.rfft(padded)) * np.fft.rfft(counts), modulus)
+    order = np.argsort(score)[::-1]
+    mask = int(order[0])
+    margin = float(score[order[0]] / score[order[1]]) if modulus > 1 and score[order[1]] > 0 \
+        else float("inf")
+    ranked = None
+    if true_mask is not None:
+        seen_rows = np.flatnonzero(counts)
+        by_count = seen_rows[np.argsort(-counts[seen_rows], kind="stable")]
+        by_prior = np.argsort(-prior, kind="stable")[:by_count.size]
+        truth = (by_count - true_mask) % modulus
+        ranked = float((truth == by_prior).mean())
+    return HashInversion(mask, int(flat.size), margin, ranked)

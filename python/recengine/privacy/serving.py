@@ -8,7 +8,8 @@ serves each user's request (one bag of one row per feature) and returns what a h
 item's row of an item table (tagged ``(user id, timestamp)``); :func:`per_user` merges a
 user's requests. :func:`serve_histories` serves the requests of a model with a history
 feature (DIN's and DIEN's behaviour sequences): each rating's request reads the rows of the
-user's ``k`` most recent items before it.
+user's ``k`` most recent items before it. :func:`serve_hashed` serves ratings through a
+table whose rows are the item ids hashed as ``(x + mask) mod P``.
 
 Example::
 
@@ -31,7 +32,8 @@ from ..table import EmbeddingTable
 from .movielens import STATIC_FEATURES, MovieLens
 from .trace import record
 
-__all__ = ["per_user", "serve_histories", "serve_ratings", "serve_static", "static_tables"]
+__all__ = ["per_user", "serve_hashed", "serve_histories", "serve_ratings", "serve_static",
+           "static_tables"]
 
 
 def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STATIC_FEATURES,
@@ -125,4 +127,24 @@ def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0
                 with rec.request((int(data.user_ids[u]), float(t))):
                     table.lookup(before, lengths=np.array([before.size]))
             start = end
+    return rec.rows_by_request()
+
+
+def serve_hashed(data: MovieLens, mask: int, modulus: int, ratings: Optional[np.ndarray] = None,
+                 dim: int = 8, seed: int = 0) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+    """Serve ``ratings`` (indices into ``data``'s ratings, in the order given; default all in
+    time order) as requests tagged by their index, each reading row ``(item + mask) mod
+    modulus`` of a ``[modulus, dim]`` table named ``"hashed"``."""
+    if modulus < max(data.num_items, 1) or not 0 <= mask < modulus:
+        raise ValueError(f"need modulus >= the {data.num_items} items and 0 <= mask < modulus")
+    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
+        (modulus, dim), dtype=np.float32))
+    order = np.argsort(data.ratings_time, kind="stable") if ratings is None else ratings
+    rows = (data.ratings_item + mask) % modulus
+    one = np.ones(1, dtype=np.int64)
+    with record() as rec:
+        rec.name(table, "hashed")
+        for k in order:
+            with rec.request(int(k)):
+                table.lookup(rows[k:k + 1], lengths=one)
     return rec.rows_by_request()
