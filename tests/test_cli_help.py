@@ -20,7 +20,7 @@ from recengine.cli import _parser, main
 
 GOLDEN = Path(__file__).parent / "golden"
 COMMANDS = ["", "bench", "bench-models", "shard", "moe", "nmp", "serve", "hercules", "disagg",
-            "info"]
+            "privacy", "info"]
 
 
 def _help(command: str, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -60,7 +60,7 @@ def test_every_option_sets_a_config_field(name: str) -> None:
 
 def test_the_registry_names_every_command() -> None:
     assert studies.names() == ["bench", "bench-models", "shard", "moe", "nmp", "serve",
-                               "hercules", "disagg"]
+                               "hercules", "disagg", "privacy"]
     with pytest.raises(ValueError, match=r"unknown study 'nope'.*bench"):
         studies.get("nope")
 

@@ -14,7 +14,7 @@ Example::
 
     >>> from recengine import studies
     >>> studies.names()
-    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve', 'hercules', 'disagg']
+    ['bench', 'bench-models', 'shard', 'moe', 'nmp', 'serve', 'hercules', 'disagg', 'privacy']
     >>> study = studies.get("nmp")
     >>> config = study.configure(dict(study.quick))
     >>> rows = list(study.rows(config, status=lambda _m: None, tick=lambda: None))
@@ -184,7 +184,8 @@ class Study:
 #: The built-in studies in the order ``recengine --help`` lists them: name -> module of this
 #: package holding its :class:`Study` as ``STUDY``.
 _BUILTIN = {"bench": "bench", "bench-models": "models", "shard": "shard", "moe": "moe",
-            "nmp": "nmp", "serve": "serve", "hercules": "hercules", "disagg": "disagg"}
+            "nmp": "nmp", "serve": "serve", "hercules": "hercules", "disagg": "disagg",
+            "privacy": "privacy"}
 _REGISTERED: dict[str, Study] = {}
 
 
