@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Optional, Sequence
+from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 PENALTIES: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 
 
-def infer_attribute(seen: Seen, table: str, labels: Mapping[Hashable, str], folds: int = 5,
+def infer_attribute(seen: Seen, table: str, labels: Mapping[Any, str], folds: int = 5,
                     penalties: Sequence[float] = PENALTIES, seed: int = 0) -> Inference:
     """Guess ``labels[user]`` from the set of ``table`` rows the user's requests read in
     ``seen`` (users in both): for each of ``folds`` random folds, a multinomial logistic

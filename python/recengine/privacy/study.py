@@ -157,14 +157,14 @@ def _hash_inversion(ml: MovieLens, config: Config) -> Iterator[dict[str, Any]]:
     for n in sorted(config.lookups):
         n = min(n, order.size - half)
         for drift, prior in (("none", late), ("first_half", early)):
-            got, ranked = 0, []
+            got, ranked = 0, []  # ranked: rank matching's share right, per mask
             for _ in range(config.trials):
                 mask = int(rng.integers(0, modulus))
                 start = int(rng.integers(half, order.size - n + 1))
                 r = invert_hash(serve_hashed(ml, mask, modulus, order[start:start + n]),
                                 "hashed", prior, modulus, true_mask=mask)
                 got += r.mask == mask
-                ranked.append(r.ranked)
+                ranked.append(float("nan") if r.ranked is None else r.ranked)
             yield _row("hash_inversion", "mask_recovered", got / config.trials,
                        1 / modulus, lookups=n, drift=drift,
                        popularity_tv=0.0 if drift == "none" else tv,
