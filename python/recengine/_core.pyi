@@ -164,6 +164,17 @@ class Table:
         padding_idx: Optional[int] = ...,
         include_last_offset: bool = ...,
     ) -> NDArray[np.float32]: ...
+    def lookup_scan(
+        self,
+        indices: NDArray[np.integer],
+        offsets: Optional[NDArray[np.integer]] = ...,
+        lengths: Optional[NDArray[np.integer]] = ...,
+        weights: Optional[NDArray[np.float32]] = ...,
+        mode: str = ...,
+        include_last_offset: bool = ...,
+    ) -> NDArray[np.float32]:
+        """The lookup with the table read obliviously: every row once, in order, whatever the ids
+        (bit for bit the plain lookup's output; no padding_idx)."""
     def quantize(self, dtype: str) -> Table: ...
     def slice(self, row_start: int, row_end: int, col_start: int, col_end: int) -> Table:
         """A new owned table of those rows and columns, in the same format."""

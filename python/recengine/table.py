@@ -13,7 +13,11 @@ from ._convert import I64, as_int, as_padding_idx
 from ._dtypes import normalize_dtype
 from ._files import npy_header, regular_file
 
-__all__ = ["EmbeddingTable"]
+__all__ = ["OBLIVIOUS", "EmbeddingTable"]
+
+#: The oblivious lookup modes of :meth:`EmbeddingTable.lookup`: ``"scan"`` reads every row of
+#: the table once per call, in order.
+OBLIVIOUS: tuple[str, ...] = ("scan",)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -179,6 +183,7 @@ class EmbeddingTable:
         mode: str = "sum",
         padding_idx: Optional[int] = None,
         include_last_offset: bool = False,
+        oblivious: Optional[str] = None,
     ) -> np.ndarray:
         """Pool rows into bags: ``out[b] = reduce_{j in bag b} w_j * T[indices[j]]``.
 
@@ -193,6 +198,11 @@ class EmbeddingTable:
             padding_idx: a row id skipped wherever it appears (not counted by mean);
                 negative values count from the end, as in torch.
             include_last_offset: whether ``offsets`` ends with ``L``.
+            oblivious: None, or ``"scan"``: read the whole table once, in order, whatever the
+                ids (a branch-free select of each looked-up row; the output is bit for bit the
+                plain lookup's; no ``padding_idx``), so that the rows read give the ids away
+                to no one watching memory; costs a read of the table and ``rows x L`` row
+                selects a call (``recengine.privacy``).
 
         Returns:
             ``[B, dim]`` float32. Empty bags give zeros.
@@ -202,10 +212,29 @@ class EmbeddingTable:
             ValueError: inconsistent offsets/lengths/weights, or an unknown mode.
             TypeError: non-integer indices.
         """
+        if oblivious is not None:
+            return self._lookup_oblivious(oblivious, indices, offsets, lengths, weights, mode,
+                                          padding_idx, include_last_offset)
         out = self._t.lookup(indices, offsets, lengths, weights, mode,
                              as_padding_idx(padding_idx), include_last_offset)
         if _RECORDING:  # the hook: one test while nobody records
             _access.note(self, indices, offsets, lengths, include_last_offset)
+        return out
+
+    def _lookup_oblivious(self, how: str, indices: Any, offsets: Any, lengths: Any,
+                          weights: Any, mode: str, padding_idx: Optional[int],
+                          include_last_offset: bool) -> np.ndarray:
+        if how not in OBLIVIOUS:
+            raise ValueError(f"oblivious must be None or one of {', '.join(OBLIVIOUS)}, "
+                             f"got {how!r}")
+        if padding_idx is not None:
+            raise ValueError("an oblivious lookup takes no padding_idx (skipping a row would "
+                             "depend on the ids)")
+        out = self._t.lookup_scan(indices, offsets, lengths, weights, mode,
+                                  include_last_offset)
+        if _RECORDING:  # what a host sees: every row, in order
+            rows = self.num_rows
+            _access.note(self, np.arange(rows), None, np.array([rows]), False)
         return out
 
     def slice(self, rows: tuple[int, int], cols: Optional[tuple[int, int]] = None

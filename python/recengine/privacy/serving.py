@@ -51,10 +51,11 @@ def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STAT
 
 
 def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, ...]],
-                 users: Optional[Sequence[int]] = None
+                 users: Optional[Sequence[int]] = None, oblivious: Optional[str] = None
                  ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
     """Serve one request per user (index into ``data.user_ids``; default all): a lookup of
-    its static features in ``model``; the rows each request read, by feature, as a host saw
+    its static features in ``model`` (each table looked up ``oblivious``-ly where given:
+    :data:`recengine.table.OBLIVIOUS`); the rows each request read, by feature, as a host saw
     them."""
     collection, features = model
     order = range(data.num_users) if users is None else users
@@ -64,8 +65,12 @@ def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, .
             rec.name(t, f)
         for u in order:
             with rec.request(int(data.user_ids[u])):
-                collection.lookup([data.static[f][u:u + 1] for f in features],
-                                  lengths=[one] * len(features))
+                ids = [data.static[f][u:u + 1] for f in features]
+                if oblivious is None:
+                    collection.lookup(ids, lengths=[one] * len(features))
+                else:
+                    for t, i in zip(collection.tables, ids):
+                        t.lookup(i, lengths=one, oblivious=oblivious)
     return rec.rows_by_request()
 
 

@@ -3,7 +3,8 @@ of requests served through recengine (the access hook), never on the raw data.
 
 1. **Identification** (``attack: "identification"``): users bucketed by the rows their static
    features read; per feature set, buckets and users alone in theirs (``metric:
-   "one_anonymous"``, against the users ``baseline``) and the bucket-size histogram.
+   "one_anonymous"``, against the users ``baseline``) and the bucket-size histogram; again
+   with the tables looked up obliviously (``defence: "scan"``: every row read each request).
 2. **Attribute inference** (``"attribute_inference"``): gender and age group guessed from
    the item rows each user's requests read, by a classifier trained on the other users
    (k-fold): ``metric: "accuracy_gender"`` ... against the majority class; and the share of
@@ -17,8 +18,8 @@ of requests served through recengine (the access hook), never on the raw data.
    of the timeline against traffic from the second (``drift: "first_half"``, with the total
    variation distance between the two).
 
-Every row has ``attack``, ``defence`` (``"none"`` here), ``metric``, ``value`` and
-``baseline``.
+Every row has ``attack``, ``defence`` (``"none"``, or ``"scan"`` for identification),
+``metric``, ``value`` and ``baseline``.
 
 Example::
 
@@ -109,19 +110,21 @@ def _prime_at_least(n: int) -> int:
 
 
 def _row(attack: str, metric: str, value: float, baseline: Optional[float],
-         **extra: Any) -> dict[str, Any]:
-    return {"attack": attack, "defence": "none", "metric": metric, "value": value,
+         defence: str = "none", **extra: Any) -> dict[str, Any]:
+    return {"attack": attack, "defence": defence, "metric": metric, "value": value,
             "baseline": baseline, **extra}
 
 
 def _identification(ml: MovieLens) -> Iterator[dict[str, Any]]:
-    seen = serve_static(ml, static_tables(ml))
-    for features in _FEATURE_SETS:
-        r = identify(seen, features)
-        label = "+".join(features)
-        yield _row("identification", "one_anonymous", r.one_anonymous, r.users,
-                   features=label, buckets=r.buckets,
-                   bucket_sizes={str(k): v for k, v in r.sizes.items()})
+    for defence in ("none", "scan"):
+        seen = serve_static(ml, static_tables(ml),
+                            oblivious=None if defence == "none" else defence)
+        for features in _FEATURE_SETS:
+            r = identify(seen, features)
+            label = "+".join(features)
+            yield _row("identification", "one_anonymous", r.one_anonymous, r.users, defence,
+                       features=label, buckets=r.buckets,
+                       bucket_sizes={str(k): v for k, v in r.sizes.items()})
 
 
 def _inference(ml: MovieLens, config: Config) -> Iterator[dict[str, Any]]:
@@ -205,7 +208,8 @@ def summarize_study(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in rows:
         if r["attack"] == "identification":
-            out.setdefault("one_anonymous", {})[r["features"]] = r["value"]
+            key = r["features"] if r["defence"] == "none" else f"{r['features']} ({r['defence']})"
+            out.setdefault("one_anonymous", {})[key] = r["value"]
         elif r["metric"].startswith("accuracy_"):
             out.setdefault("accuracy", {})[r["metric"][9:]] = (r["value"], r["baseline"])
         elif r["metric"] == "single_bucket_items":

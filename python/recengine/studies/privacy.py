@@ -64,9 +64,9 @@ class PrivacyStudy(Study):
         if ident:
             tables.append(Table(
                 "identification: users bucketed by the rows their static features read",
-                ["features", "buckets", "users alone", "of users"],
-                [[r["features"], str(r["buckets"]), str(r["value"]), str(r["baseline"])]
-                 for r in ident], left=1))
+                ["features", "defence", "buckets", "users alone", "of users"],
+                [[r["features"], r["defence"], str(r["buckets"]), str(r["value"]),
+                  str(r["baseline"])] for r in ident], left=2))
         infer = [r for r in rows if r["attack"] == "attribute_inference"]
         if infer:
             tables.append(Table(

@@ -20,6 +20,7 @@ pub mod lookup;
 pub mod mem;
 pub mod named;
 pub mod nmp;
+pub mod oblivious;
 pub mod openmp;
 pub mod parallel;
 pub mod probe;

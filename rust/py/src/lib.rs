@@ -12,6 +12,7 @@ mod collection;
 mod errors;
 mod keyed;
 mod lookup;
+mod oblivious;
 mod prelude;
 mod runtime;
 mod shard;

@@ -122,6 +122,24 @@ impl PyTable {
         lookup_one(py, self.inner.view().py_err()?, &req, mode.0, padding_idx)
     }
 
+    /// The lookup with the table read obliviously: every row once, in order, whatever the ids
+    /// (bit for bit the plain lookup's output; no padding_idx).
+    #[pyo3(signature = (indices, offsets=None, lengths=None, weights=None, mode=Opt(Mode::Sum), include_last_offset=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_scan<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        offsets: Option<&Bound<'py, PyAny>>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        weights: Option<&Bound<'py, PyAny>>,
+        mode: Opt<Mode>,
+        include_last_offset: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let req = request(indices, offsets, lengths, weights, include_last_offset)?;
+        crate::oblivious::scan_one(py, self.inner.view().py_err()?, &req, mode.0)
+    }
+
     fn quantize(&self, py: Python<'_>, dtype: Opt<DType>) -> PyResult<PyTable> {
         let dt = dtype.0;
         let t = detach(py, || self.inner.convert(dt))?;
