@@ -63,14 +63,18 @@ class Identification:
         return self.one_anonymous / self.users if self.users else 0.0
 
 
+def _bucket(rows: Mapping[str, np.ndarray], tables: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """A request's key: the rows it read from each of ``tables``, in order (empty where it
+    read none)."""
+    return tuple(tuple(np.asarray(rows.get(t, ())).tolist()) for t in tables)
+
+
 def identify(seen: Seen, tables: Sequence[str]) -> Identification:
     """Bucket every request of ``seen`` by the rows it read from ``tables`` (in order; a
     request that did not read a table has an empty key part there)."""
     if not tables:
         raise ValueError("identification needs at least one table")
-    keys = Counter(
-        tuple(tuple(np.asarray(rows.get(t, ())).tolist()) for t in tables)
-        for rows in seen.values())
+    keys = Counter(_bucket(rows, tables) for rows in seen.values())
     users = sum(keys.values())
     sizes = Counter(keys.values())
     return Identification(tuple(tables), users, len(keys), sizes.get(1, 0),
@@ -173,7 +177,7 @@ def single_bucket_items(seen: Seen, table: str, bucket_tables: Sequence[str]) ->
     for rows in seen.values():
         if table not in rows:
             continue
-        key = tuple(tuple(np.asarray(rows.get(t, ())).tolist()) for t in bucket_tables)
+        key = _bucket(rows, bucket_tables)
         for r in np.unique(np.asarray(rows[table])).tolist():
             buckets.setdefault(r, set()).add(key)
     if not buckets:

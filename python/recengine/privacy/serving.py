@@ -36,6 +36,11 @@ __all__ = ["per_user", "serve_hashed", "serve_histories", "serve_ratings", "serv
            "static_tables"]
 
 
+def _random_table(rows: int, dim: int, rng: np.random.Generator) -> EmbeddingTable:
+    """A ``[rows, dim]`` table of N(0, 1) rows (the attacks read which rows, not their values)."""
+    return EmbeddingTable(rng.standard_normal((rows, dim), dtype=np.float32))
+
+
 def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STATIC_FEATURES,
                   seed: int = 0) -> tuple[EmbeddingCollection, tuple[str, ...]]:
     """A collection with one random ``[vocabulary, dim]`` table per static feature, and the
@@ -45,8 +50,7 @@ def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STAT
     if unknown:
         raise ValueError(f"unknown static features {unknown}; expected some of "
                          f"{', '.join(data.static)}")
-    tables = [EmbeddingTable(rng.standard_normal((len(data.vocab[f]), dim), dtype=np.float32))
-              for f in features]
+    tables = [_random_table(len(data.vocab[f]), dim, rng) for f in features]
     return EmbeddingCollection(tables), tuple(features)
 
 
@@ -79,8 +83,7 @@ def serve_ratings(data: MovieLens, dim: int = 16, seed: int = 0
     """Serve every rating of ``data`` in time order as one request (tagged ``(user id,
     timestamp)``) that reads its item's row of a random ``[num_items, dim]`` table named
     ``"items"``; what a host saw, by request."""
-    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
-        (max(data.num_items, 1), dim), dtype=np.float32))
+    table = _random_table(max(data.num_items, 1), dim, np.random.default_rng(seed))
     order = np.argsort(data.ratings_time, kind="stable")
     one = np.ones(1, dtype=np.int64)
     with record() as rec:
@@ -115,8 +118,7 @@ def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0
     request, made before any of them."""
     if k < 1:
         raise ValueError(f"a history needs k >= 1 items, got {k}")
-    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
-        (max(data.num_items, 1), dim), dtype=np.float32))
+    table = _random_table(max(data.num_items, 1), dim, np.random.default_rng(seed))
     order = np.lexsort((data.ratings_item, data.ratings_time, data.ratings_user))
     with record() as rec:
         rec.name(table, "history")
@@ -142,8 +144,7 @@ def serve_hashed(data: MovieLens, mask: int, modulus: int, ratings: Optional[np.
     modulus`` of a ``[modulus, dim]`` table named ``"hashed"``."""
     if modulus < max(data.num_items, 1) or not 0 <= mask < modulus:
         raise ValueError(f"need modulus >= the {data.num_items} items and 0 <= mask < modulus")
-    table = EmbeddingTable(np.random.default_rng(seed).standard_normal(
-        (modulus, dim), dtype=np.float32))
+    table = _random_table(modulus, dim, np.random.default_rng(seed))
     order = np.argsort(data.ratings_time, kind="stable") if ratings is None else ratings
     rows = (data.ratings_item + mask) % modulus
     one = np.ones(1, dtype=np.int64)
