@@ -12,10 +12,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "ORAM_BUCKET",
+    "ORAM_STASH_LIMIT",
     "BlobCache",
     "CacheDirectory",
     "Collection",
     "KeyedTables",
+    "Oram",
     "RecengineError",
     "RecengineIndexError",
     "RecengineMemoryError",
@@ -175,12 +178,62 @@ class Table:
     ) -> NDArray[np.float32]:
         """The lookup with the table read obliviously: every row once, in order, whatever the ids
         (bit for bit the plain lookup's output; no padding_idx)."""
+    def lookup_padded(
+        self,
+        indices: NDArray[np.integer],
+        reads: NDArray[np.integer],
+        slots: NDArray[np.integer],
+        offsets: Optional[NDArray[np.integer]] = ...,
+        lengths: Optional[NDArray[np.integer]] = ...,
+        weights: Optional[NDArray[np.float32]] = ...,
+        mode: str = ...,
+        include_last_offset: bool = ...,
+    ) -> NDArray[np.float32]:
+        """The lookup reading the rows ``reads`` in that order (the ids and dummy rows),
+        ``slots[r]`` the lookup read ``r`` fills or ``len(indices)`` for a dummy (bit for bit
+        the plain output)."""
     def quantize(self, dtype: str) -> Table: ...
     def slice(self, row_start: int, row_end: int, col_start: int, col_end: int) -> Table:
         """A new owned table of those rows and columns, in the same format."""
     def to_numpy(self) -> NDArray[np.float32]: ...
     def raw(self) -> NDArray[np.uint8]:
         """A copy of the stored rows, ``[num_rows, row_bytes]`` uint8."""
+
+ORAM_BUCKET: int
+ORAM_STASH_LIMIT: int
+
+@final
+class Oram:
+    """A table's rows copied into a Path ORAM (buckets of ``ORAM_BUCKET`` blocks, a recursive
+    position map, a stash of at most ``ORAM_STASH_LIMIT`` blocks)."""
+
+    def __new__(cls, table: Table, seed: int) -> Oram: ...
+    def lookup(
+        self,
+        indices: NDArray[np.integer],
+        offsets: Optional[NDArray[np.integer]] = ...,
+        lengths: Optional[NDArray[np.integer]] = ...,
+        weights: Optional[NDArray[np.float32]] = ...,
+        mode: str = ...,
+        include_last_offset: bool = ...,
+    ) -> NDArray[np.float32]:
+        """The plain lookup's output, each row fetched through the ORAM in lookup order."""
+    def record(self, on: bool) -> None:
+        """Start (True) or stop (False) recording the paths lookups read."""
+    def take_trace(self) -> tuple[NDArray[np.uint8], NDArray[np.uint32]]:
+        """The paths read since the last call: ``(trees, leaves)``, tree 0 the rows' ORAM and
+        1, 2 ... its position maps'."""
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def levels(self) -> list[int]:
+        """Levels of each ORAM's tree, the rows' first."""
+    @property
+    def stash_max(self) -> list[int]:
+        """The most blocks each ORAM's stash held after a write-back, the rows' first."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes the ORAMs hold."""
 
 @final
 class Collection:

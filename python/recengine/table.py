@@ -7,17 +7,16 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import _access, _core
+from . import _access, _core, _oblivious
 from ._access import RECORDERS as _RECORDING
 from ._convert import I64, as_int, as_padding_idx
 from ._dtypes import normalize_dtype
 from ._files import npy_header, regular_file
 
-__all__ = ["OBLIVIOUS", "EmbeddingTable"]
+__all__ = ["OBLIVIOUS", "EmbeddingTable", "Pad"]
 
-#: The oblivious lookup modes of :meth:`EmbeddingTable.lookup`: ``"scan"`` reads every row of
-#: the table once per call, in order.
-OBLIVIOUS: tuple[str, ...] = ("scan",)
+OBLIVIOUS = _oblivious.OBLIVIOUS
+Pad = _oblivious.Pad
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,7 +43,7 @@ class EmbeddingTable:
                [0., 0., 0., 1.]], dtype=float32)
     """
 
-    __slots__ = ("_t",)
+    __slots__ = ("_oram", "_t")
 
     def __init__(self, array: Any, dtype: Any = None) -> None:
         arr = np.asarray(array)
@@ -183,7 +182,7 @@ class EmbeddingTable:
         mode: str = "sum",
         padding_idx: Optional[int] = None,
         include_last_offset: bool = False,
-        oblivious: Optional[str] = None,
+        oblivious: Union[str, Pad, None] = None,
     ) -> np.ndarray:
         """Pool rows into bags: ``out[b] = reduce_{j in bag b} w_j * T[indices[j]]``.
 
@@ -198,11 +197,13 @@ class EmbeddingTable:
             padding_idx: a row id skipped wherever it appears (not counted by mean);
                 negative values count from the end, as in torch.
             include_last_offset: whether ``offsets`` ends with ``L``.
-            oblivious: None, or ``"scan"``: read the whole table once, in order, whatever the
-                ids (a branch-free select of each looked-up row; the output is bit for bit the
-                plain lookup's; no ``padding_idx``), so that the rows read give the ids away
-                to no one watching memory; costs a read of the table and ``rows x L`` row
-                selects a call (``recengine.privacy``).
+            oblivious: read the table so that the rows read give the ids away to no one
+                watching memory (``recengine.privacy``); the output is bit for bit the plain
+                lookup's; no ``padding_idx``. ``"scan"``: the whole table once, in order (a
+                read of the table and ``rows x L`` branch-free row selects a call).
+                ``"oram"``: each row through a Path ORAM of the rows (:meth:`oram`; one
+                random tree path per lookup). ``"pad"`` or a :class:`Pad`: each bag read as
+                ``count`` rows, ids and dummies shuffled (weaker: see :class:`Pad`).
 
         Returns:
             ``[B, dim]`` float32. Empty bags give zeros.
@@ -213,29 +214,31 @@ class EmbeddingTable:
             TypeError: non-integer indices.
         """
         if oblivious is not None:
-            return self._lookup_oblivious(oblivious, indices, offsets, lengths, weights, mode,
-                                          padding_idx, include_last_offset)
+            return _oblivious.lookup(self, oblivious, indices, offsets, lengths, weights, mode,
+                                     padding_idx, include_last_offset)
         out = self._t.lookup(indices, offsets, lengths, weights, mode,
                              as_padding_idx(padding_idx), include_last_offset)
         if _RECORDING:  # the hook: one test while nobody records
             _access.note(self, indices, offsets, lengths, include_last_offset)
         return out
 
-    def _lookup_oblivious(self, how: str, indices: Any, offsets: Any, lengths: Any,
-                          weights: Any, mode: str, padding_idx: Optional[int],
-                          include_last_offset: bool) -> np.ndarray:
-        if how not in OBLIVIOUS:
-            raise ValueError(f"oblivious must be None or one of {', '.join(OBLIVIOUS)}, "
-                             f"got {how!r}")
-        if padding_idx is not None:
-            raise ValueError("an oblivious lookup takes no padding_idx (skipping a row would "
-                             "depend on the ids)")
-        out = self._t.lookup_scan(indices, offsets, lengths, weights, mode,
-                                  include_last_offset)
-        if _RECORDING:  # what a host sees: every row, in order
-            rows = self.num_rows
-            _access.note(self, np.arange(rows), None, np.array([rows]), False)
-        return out
+    def oram(self, seed: Optional[int] = None) -> _core.Oram:
+        """The Path ORAM that ``lookup(..., oblivious="oram")`` reads through, built on first
+        use (a copy of the rows in a tree of about 2-4x their count in blocks, plus the
+        position maps' ORAMs; ``nbytes`` says how much), seeded from the OS unless ``seed``
+        is given then. Its ``levels`` and ``stash_max`` describe it.
+
+        Example::
+
+            >>> t = EmbeddingTable.random(5000, 8)
+            >>> o = t.oram(seed=1)
+            >>> o.levels, t.oram() is o
+            ([13, 9], True)
+        """
+        o = getattr(self, "_oram", None)
+        if o is None:
+            o = self._oram = _oblivious.new_oram(self, seed)
+        return o
 
     def slice(self, rows: tuple[int, int], cols: Optional[tuple[int, int]] = None
               ) -> EmbeddingTable:

@@ -50,26 +50,6 @@ class Access:
     lengths: np.ndarray
 
 
-def _array(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def _rows_and_lengths(indices: Any, offsets: Any, lengths: Any,
-                      include_last_offset: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The rows a lookup reads (a copy, int64) and its bag sizes, from any of the package's
-    index layouts (2-D fixed bags, offsets, lengths)."""
-    raw = _array(indices)
-    rows = raw.astype(np.int64, copy=True).reshape(-1)
-    if raw.ndim == 2 and offsets is None and lengths is None:
-        return rows, np.full(raw.shape[0], raw.shape[1], dtype=np.int64)
-    if lengths is not None:
-        return rows, _array(lengths).astype(np.int64).reshape(-1)
-    if offsets is not None:
-        offs = _array(offsets).astype(np.int64).reshape(-1)
-        return rows, np.diff(offs if include_last_offset else np.append(offs, rows.size))
-    return rows, np.array([rows.size], dtype=np.int64)
-
-
 class Recorder:
     """The accesses of the lookups made while it is active (:func:`record`).
 
@@ -103,7 +83,7 @@ class Recorder:
     def note(self, table: Any, indices: Any, offsets: Any, lengths: Any,
              include_last_offset: bool, label: Optional[str]) -> None:
         """Record one lookup (called by the access hook)."""
-        rows, bags = _rows_and_lengths(indices, offsets, lengths, include_last_offset)
+        rows, bags = _access.rows_and_lengths(indices, offsets, lengths, include_last_offset)
         with self._lock:
             name = self._names.get(id(table))
             if name is None:

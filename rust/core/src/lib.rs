@@ -21,6 +21,7 @@ pub mod mem;
 pub mod named;
 pub mod nmp;
 pub mod oblivious;
+pub mod oram;
 pub mod openmp;
 pub mod parallel;
 pub mod probe;

@@ -8,7 +8,10 @@
 //! lookup's, and the memory addresses touched depend on the table's and the call's shapes
 //! only. The cost is a read of the whole table and `rows x lookups` row selects per call.
 //!
-//! What stays visible: the shapes (rows, dim, lookups, bags), the timing of the shapes, and
+//! [`padded_lookup`] is the weaker padding defence's kernel: it reads the rows it is given, in
+//! the given order (the ids mixed with dummy rows), and pools the real ones in lookup order.
+//!
+//! What stays visible to the scan: the shapes (rows, dim, lookups, bags), the timing of the shapes, and
 //! an index error (an out-of-range id is refused before the scan). The selects are written
 //! without branches on the ids and the mask is hidden from the optimiser
 //! (`std::hint::black_box`), which would otherwise branch on it; the compiled code is not
@@ -48,6 +51,55 @@ fn scan_gather(table: TableView<'_>, targets: &[u64], out: &mut [u8]) {
     }
 }
 
+/// The ids as row numbers, each checked against `num_rows` (an out-of-range id is refused
+/// with its position and bag before any row is read).
+pub(crate) fn checked_rows<I: Index>(indices: &[I], offsets: &[usize], num_rows: usize) -> Result<Vec<u64>> {
+    let mut rows = mem::with_capacity(indices.len(), "the ids")?;
+    for (p, i) in indices.iter().enumerate() {
+        let v = i.to_i64();
+        if v < 0 || v as u64 >= num_rows as u64 {
+            let bag = offsets.partition_point(|&o| o <= p).saturating_sub(1);
+            return Err(Error::IndexOutOfRange(IndexError { index: v, position: p, bag, num_rows, table: None }));
+        }
+        rows.push(v as u64);
+    }
+    Ok(rows)
+}
+
+/// A zeroed gather buffer of `slots` rows of `table`'s format.
+pub(crate) fn gather_buffer(table: &TableView<'_>, slots: usize) -> Result<Vec<u8>> {
+    let rb = table.dtype.row_bytes(table.dim);
+    let bytes = slots.checked_mul(rb).ok_or_else(|| Error::value("too many lookups"))?;
+    mem::filled(bytes, 0u8, "the gathered rows")
+}
+
+/// Pool the first `lookups` rows of `gathered` (rows of `table`'s format, in lookup order) into
+/// the bags `offsets` bound, as the plain lookup pools the table: bit for bit its output.
+pub(crate) fn pool_gathered(
+    table: &TableView<'_>,
+    gathered: &[u8],
+    lookups: usize,
+    offsets: Vec<usize>,
+    weights: Option<&[f32]>,
+    mode: Mode,
+    out: &mut [f32],
+) -> Result<()> {
+    let view = TableView {
+        data: &gathered[..lookups * table.dtype.row_bytes(table.dim)],
+        num_rows: lookups,
+        dim: table.dim,
+        dtype: table.dtype,
+        huge_pages: false,
+    };
+    let mut order = mem::with_capacity(lookups, "the gathered order")?;
+    order.extend(0..lookups as i64);
+    let job = make_job(view, &order, offsets, weights, mode, None, None)?;
+    if out.len() != job.num_bags() * table.dim {
+        return Err(Error::value("output of the wrong size"));
+    }
+    run(&[job], &[0], out, table.dim)
+}
+
 /// Pool `indices` of `table` into `out` (`[B, dim]` for the bags `offsets` bound) as the plain
 /// lookup does, reading the table obliviously (see the module).
 pub fn scan_lookup<I: Index>(
@@ -58,39 +110,58 @@ pub fn scan_lookup<I: Index>(
     mode: Mode,
     out: &mut [f32],
 ) -> Result<()> {
-    let mut targets = mem::with_capacity(indices.len(), "the ids")?;
-    for (p, i) in indices.iter().enumerate() {
-        let v = i.to_i64();
-        if v < 0 || v as u64 >= table.num_rows as u64 {
-            let bag = offsets.partition_point(|&o| o <= p).saturating_sub(1);
-            return Err(Error::IndexOutOfRange(IndexError {
-                index: v,
-                position: p,
-                bag,
-                num_rows: table.num_rows,
-                table: None,
-            }));
-        }
-        targets.push(v as u64);
-    }
-    let rb = table.dtype.row_bytes(table.dim);
-    let bytes = indices.len().checked_mul(rb).ok_or_else(|| Error::value("too many lookups"))?;
-    let mut gathered = mem::filled(bytes, 0u8, "the gathered rows")?;
+    let targets = checked_rows(indices, &offsets, table.num_rows)?;
+    let mut gathered = gather_buffer(&table, indices.len())?;
     scan_gather(table, &targets, &mut gathered);
-    let view = TableView {
-        data: &gathered,
-        num_rows: indices.len(),
-        dim: table.dim,
-        dtype: table.dtype,
-        huge_pages: false,
-    };
-    let mut order = mem::with_capacity(indices.len(), "the gathered order")?;
-    order.extend(0..indices.len() as i64);
-    let job = make_job(view, &order, offsets, weights, mode, None, None)?;
-    if out.len() != job.num_bags() * table.dim {
-        return Err(Error::value("output of the wrong size"));
+    pool_gathered(&table, &gathered, indices.len(), offsets, weights, mode, out)
+}
+
+/// Pool `indices` of `table` into `out` as the plain lookup does, reading the rows `reads` in
+/// that order instead: `slots[r]` is the position in `indices` whose row read `r` is (each
+/// position once), or `indices.len()` for a dummy read that is dropped. The padded lookup of
+/// `recengine` builds `reads` from the ids and dummy rows; the output is bit for bit the plain
+/// lookup's whatever the dummies and their order.
+pub fn padded_lookup<I: Index>(
+    table: TableView<'_>,
+    indices: &[I],
+    offsets: Vec<usize>,
+    reads: &[I],
+    slots: &[I],
+    weights: Option<&[f32]>,
+    mode: Mode,
+    out: &mut [f32],
+) -> Result<()> {
+    let n = indices.len();
+    if reads.len() != slots.len() {
+        return Err(Error::value(format!("{} reads but {} slots", reads.len(), slots.len())));
     }
-    run(&[job], &[0], out, table.dim)
+    let ids = checked_rows(indices, &offsets, table.num_rows)?;
+    let rows = checked_rows(reads, &[0], table.num_rows)?;
+    let rb = table.dtype.row_bytes(table.dim);
+    let mut gathered = gather_buffer(&table, n + 1)?;
+    let mut filled = mem::filled(n, false, "the filled slots")?;
+    for (&r, s) in rows.iter().zip(slots) {
+        let s = s.to_i64();
+        if s < 0 || s as usize > n {
+            return Err(Error::value(format!("slot {s} outside [0, {n}]")));
+        }
+        let s = s as usize;
+        if s < n {
+            if filled[s] {
+                return Err(Error::value(format!("slot {s} read twice")));
+            }
+            filled[s] = true;
+            if ids[s] != r {
+                return Err(Error::value(format!("slot {s} reads row {r}, not its id {}", ids[s])));
+            }
+        }
+        let src = &table.data[r as usize * rb..(r as usize + 1) * rb];
+        gathered[s * rb..(s + 1) * rb].copy_from_slice(src);
+    }
+    if let Some(s) = filled.iter().position(|f| !f) {
+        return Err(Error::value(format!("lookup {s} has no read")));
+    }
+    pool_gathered(&table, &gathered, n, offsets, weights, mode, out)
 }
 
 #[cfg(test)]
@@ -138,5 +209,24 @@ mod tests {
             Error::IndexOutOfRange(e) => assert_eq!((e.index, e.position, e.bag), (4, 1, 1)),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn padded_reads_pool_only_the_real_rows_in_lookup_order() {
+        let dim = 3;
+        let data: Vec<f32> = (0..10 * dim).map(|k| (k as f32 * 0.7).sin()).collect();
+        let ids: Vec<i64> = vec![4, 9, 4];
+        let offs = vec![0, 2, 3];
+        // Read order: a dummy, id 2, id 0, two dummies, id 1.
+        let reads: Vec<i64> = vec![7, 4, 4, 0, 3, 9];
+        let slots: Vec<i64> = vec![3, 2, 0, 3, 3, 1];
+        let mut a = vec![0f32; 2 * dim];
+        let mut b = vec![0f32; 2 * dim];
+        lookup(view(&data, dim), &ids, Bags::Lengths(&[2, 1]), None, Mode::Sum, None, &mut a).unwrap();
+        padded_lookup(view(&data, dim), &ids, offs.clone(), &reads, &slots, None, Mode::Sum, &mut b).unwrap();
+        assert_eq!(a, b);
+        let twice: Vec<i64> = vec![0, 0, 1, 2];
+        let err = padded_lookup(view(&data, dim), &ids, offs, &[4i64, 4, 9, 4], &twice, None, Mode::Sum, &mut b);
+        assert!(err.unwrap_err().to_string().contains("slot 0 read twice"));
     }
 }

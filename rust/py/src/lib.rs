@@ -13,6 +13,7 @@ mod errors;
 mod keyed;
 mod lookup;
 mod oblivious;
+mod oram;
 mod prelude;
 mod runtime;
 mod shard;
@@ -34,5 +35,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     lookup::register(m)?;
     backward::register(m)?;
     runtime::register(m)?;
+    oram::register(m)?;
     Ok(())
 }

@@ -140,6 +140,26 @@ impl PyTable {
         crate::oblivious::scan_one(py, self.inner.view().py_err()?, &req, mode.0)
     }
 
+    /// The lookup reading the rows `reads` in that order (the ids and dummy rows), `slots[r]`
+    /// the lookup read `r` fills or `len(indices)` for a dummy (bit for bit the plain output).
+    #[pyo3(signature = (indices, reads, slots, offsets=None, lengths=None, weights=None, mode=Opt(Mode::Sum), include_last_offset=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_padded<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        reads: &Bound<'py, PyAny>,
+        slots: &Bound<'py, PyAny>,
+        offsets: Option<&Bound<'py, PyAny>>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        weights: Option<&Bound<'py, PyAny>>,
+        mode: Opt<Mode>,
+        include_last_offset: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let req = request(indices, offsets, lengths, weights, include_last_offset)?;
+        crate::oblivious::padded_one(py, self.inner.view().py_err()?, &req, reads, slots, mode.0)
+    }
+
     fn quantize(&self, py: Python<'_>, dtype: Opt<DType>) -> PyResult<PyTable> {
         let dt = dtype.0;
         let t = detach(py, || self.inner.convert(dt))?;
