@@ -39,7 +39,8 @@ RUNS = {
     "disagg": ["--model", "ncf", "--architectures", "disaggregated", "--queries", "20",
                "--failure-span", "3", "--target-scale", "20", "--rpc-ms", "2",
                "--tco-models", "ncf,rmc1", "--kernel-mb", "4", "--years", "2"],
-    "privacy": ["--folds", "2", "--max-k", "2", "--lookups", "10,100", "--trials", "2"],
+    "privacy": ["--folds", "2", "--max-k", "2", "--lookups", "10,100", "--trials", "2",
+                "--cost-rows", "100,1000", "--batches", "1,16", "--budget", "0.01"],
 }
 
 

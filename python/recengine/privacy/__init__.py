@@ -18,14 +18,18 @@ Example::
     [2, 3]
 """
 
+from ..table import OBLIVIOUS, Pad
 from .attacks import (
     HashInversion,
     Identification,
     Inference,
+    Linking,
     Reidentification,
     identify,
     infer_attribute,
+    intersect_sessions,
     invert_hash,
+    link,
     reidentify,
     single_bucket_items,
 )
@@ -40,8 +44,9 @@ from .serving import (
 )
 from .trace import Access, Recorder, record
 
-__all__ = ["STATIC_FEATURES", "Access", "HashInversion", "Identification", "Inference",
-           "MovieLens", "Recorder", "Reidentification", "identify", "infer_attribute",
-           "invert_hash", "load_movielens", "per_user", "record", "reidentify", "serve_hashed",
+__all__ = ["OBLIVIOUS", "STATIC_FEATURES", "Access", "HashInversion", "Identification",
+           "Inference", "Linking", "MovieLens", "Pad", "Recorder", "Reidentification",
+           "identify", "infer_attribute", "intersect_sessions", "invert_hash", "link",
+           "load_movielens", "per_user", "record", "reidentify", "serve_hashed",
            "serve_histories", "serve_ratings", "serve_static", "single_bucket_items",
            "static_tables"]

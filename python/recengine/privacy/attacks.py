@@ -3,6 +3,10 @@ reads (:meth:`~.trace.Recorder.rows_by_request`), never the raw data.
 
 * :func:`identify`: users bucketed by the rows their static features read (k-anonymity of the
   feature combination): how many buckets, their sizes, how many users are alone in theirs.
+* :func:`link`: the same, against defences whose traces change from request to request: a
+  user's key from one session is matched to the keys of an earlier one, and counts when it
+  singles out that user; :func:`intersect_sessions` keeps the rows several linked sessions
+  all read (what strips the dummy rows of padding).
 * :func:`infer_attribute`: a sensitive attribute (gender, an age group) guessed from the item
   rows a user's requests read, by a logistic regression trained on the other users' traces
   (k-fold), against the majority class; and :func:`single_bucket_items`, the share of
@@ -33,8 +37,9 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PENALTIES", "HashInversion", "Identification", "Inference", "Reidentification",
-           "identify", "infer_attribute", "invert_hash", "reidentify", "single_bucket_items"]
+__all__ = ["PENALTIES", "HashInversion", "Identification", "Inference", "Linking",
+           "Reidentification", "identify", "infer_attribute", "intersect_sessions",
+           "invert_hash", "link", "reidentify", "single_bucket_items"]
 
 #: What the attacks read: per request, per table, the rows read in order.
 Seen = Mapping[Optional[Hashable], Mapping[str, np.ndarray]]
@@ -79,6 +84,76 @@ def identify(seen: Seen, tables: Sequence[str]) -> Identification:
     sizes = Counter(keys.values())
     return Identification(tuple(tables), users, len(keys), sizes.get(1, 0),
                           dict(sorted(sizes.items())))
+
+
+@dataclass(frozen=True)
+class Linking:
+    """Users told apart across two sessions by their static features' rows.
+
+    Attributes:
+        tables: the tables whose rows form a key (the set of rows each read).
+        users: users in both sessions.
+        linked_alone: users whose second-session key equals the first-session key of exactly
+            one user, themselves.
+    """
+
+    tables: tuple[str, ...]
+    users: int
+    linked_alone: int
+
+
+def _row_sets(rows: Mapping[str, np.ndarray], tables: Sequence[str]
+              ) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(np.unique(np.asarray(rows.get(t, ()), dtype=np.int64)).tolist())
+                 for t in tables)
+
+
+def link(first: Seen, second: Seen, tables: Sequence[str]) -> Linking:
+    """Match each user's ``second``-session key (the set of rows read from each of
+    ``tables``) to the ``first``-session keys; a user counts when the match is exactly one
+    user, themselves. With traces that never change (no defence, the scan) this is the users
+    alone in their bucket; with fresh randomness in every request (ORAM paths, dummy rows) a
+    key matches nobody unless the randomness is stripped.
+
+    Example::
+
+        >>> a = {"u1": {"age": np.array([3])}, "u2": {"age": np.array([5])}}
+        >>> link(a, a, ["age"]).linked_alone
+        2
+        >>> link(a, {"u1": {"age": np.array([9])}, "u2": {"age": np.array([5])}},
+        ...      ["age"]).linked_alone
+        1
+    """
+    if not tables:
+        raise ValueError("linking needs at least one table")
+    keys: dict[tuple[tuple[int, ...], ...], list[Hashable]] = {}
+    for user, rows in first.items():
+        keys.setdefault(_row_sets(rows, tables), []).append(user)
+    both = [u for u in second if u in first]
+    alone = sum(keys.get(_row_sets(second[u], tables), []) == [u] for u in both)
+    return Linking(tuple(tables), len(both), alone)
+
+
+def intersect_sessions(sessions: Sequence[Seen]) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+    """Per request tag and table, the rows every one of ``sessions`` read (sorted): linked
+    sessions of one user intersected, what is left of padding's dummy rows.
+
+    Example::
+
+        >>> s1 = {"u": {"age": np.array([3, 7, 1])}}
+        >>> s2 = {"u": {"age": np.array([2, 3, 1])}}
+        >>> intersect_sessions([s1, s2])["u"]["age"].tolist()
+        [1, 3]
+    """
+    if not sessions:
+        raise ValueError("need at least one session")
+    out: dict[Optional[Hashable], dict[str, np.ndarray]] = {}
+    for tag, rows in sessions[0].items():
+        if all(tag in s for s in sessions[1:]):
+            out[tag] = {t: np.unique(r) for t, r in rows.items()}
+            for s in sessions[1:]:
+                out[tag] = {t: np.intersect1d(r, s[tag].get(t, ())) for t, r in out[tag].items()}
+    return out
 
 
 @dataclass(frozen=True)
@@ -281,7 +356,8 @@ def invert_hash(seen: Seen, table: str, prior: np.ndarray, modulus: int,
     ranked = None
     if true_mask is not None:
         seen_rows = np.flatnonzero(counts)
-        by_count = seen_rows[np.argsort(-counts[seen_rows], kind="stable")]
+        # More rows than ids can be read (dummy rows): rank the most read against the ids.
+        by_count = seen_rows[np.argsort(-counts[seen_rows], kind="stable")][:prior.size]
         by_prior = np.argsort(-prior, kind="stable")[:by_count.size]
         truth = (by_count - true_mask) % modulus
         ranked = float((truth == by_prior).mean())

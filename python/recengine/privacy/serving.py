@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Hashable, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 import numpy as np
 
@@ -55,12 +55,13 @@ def static_tables(data: MovieLens, dim: int = 16, features: Sequence[str] = STAT
 
 
 def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, ...]],
-                 users: Optional[Sequence[int]] = None, oblivious: Optional[str] = None
+                 users: Optional[Sequence[int]] = None, oblivious: Any = None
                  ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
     """Serve one request per user (index into ``data.user_ids``; default all): a lookup of
-    its static features in ``model`` (each table looked up ``oblivious``-ly where given:
-    :data:`recengine.table.OBLIVIOUS`); the rows each request read, by feature, as a host saw
-    them."""
+    its static features in ``model`` (each table looked up ``oblivious``-ly where given: a
+    name in :data:`recengine.table.OBLIVIOUS` or a :class:`~recengine.table.Pad`); the rows
+    each request read, by feature, as a host saw them (for an ORAM, the leaves of its
+    paths)."""
     collection, features = model
     order = range(data.num_users) if users is None else users
     one = np.ones(1, dtype=np.int64)
@@ -78,11 +79,11 @@ def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, .
     return rec.rows_by_request()
 
 
-def serve_ratings(data: MovieLens, dim: int = 16, seed: int = 0
+def serve_ratings(data: MovieLens, dim: int = 16, seed: int = 0, oblivious: Any = None
                   ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
     """Serve every rating of ``data`` in time order as one request (tagged ``(user id,
     timestamp)``) that reads its item's row of a random ``[num_items, dim]`` table named
-    ``"items"``; what a host saw, by request."""
+    ``"items"`` (looked up ``oblivious``-ly where given); what a host saw, by request."""
     table = _random_table(max(data.num_items, 1), dim, np.random.default_rng(seed))
     order = np.argsort(data.ratings_time, kind="stable")
     one = np.ones(1, dtype=np.int64)
@@ -91,7 +92,7 @@ def serve_ratings(data: MovieLens, dim: int = 16, seed: int = 0
         for k in order:
             tag = (int(data.user_ids[data.ratings_user[k]]), float(data.ratings_time[k]))
             with rec.request(tag):
-                table.lookup(data.ratings_item[k:k + 1], lengths=one)
+                table.lookup(data.ratings_item[k:k + 1], lengths=one, oblivious=oblivious)
     return rec.rows_by_request()
 
 
@@ -109,13 +110,13 @@ def per_user(seen: dict[Optional[Hashable], dict[str, np.ndarray]]
                 for t, v in tables.items()} for u, tables in merged.items()}
 
 
-def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0
-                    ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0,
+                    oblivious: Any = None) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
     """Serve, for every rating in time order after a user's first, a request tagged ``(user
     id, timestamp)`` whose history feature reads the rows of the user's ``k`` most recent
     items before it (fewer at first), most recent first, from a table named ``"history"``:
     what a host saw, by request. Ratings of one user at the same second count as one
-    request, made before any of them."""
+    request, made before any of them. ``oblivious`` as in :func:`serve_static`."""
     if k < 1:
         raise ValueError(f"a history needs k >= 1 items, got {k}")
     table = _random_table(max(data.num_items, 1), dim, np.random.default_rng(seed))
@@ -132,16 +133,19 @@ def serve_histories(data: MovieLens, k: int, dim: int = 16, seed: int = 0
             for t in np.unique(times)[1:]:
                 before = items[times < t][::-1][:k]
                 with rec.request((int(data.user_ids[u]), float(t))):
-                    table.lookup(before, lengths=np.array([before.size]))
+                    table.lookup(before, lengths=np.array([before.size]),
+                                 oblivious=oblivious)
             start = end
     return rec.rows_by_request()
 
 
 def serve_hashed(data: MovieLens, mask: int, modulus: int, ratings: Optional[np.ndarray] = None,
-                 dim: int = 8, seed: int = 0) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
+                 dim: int = 8, seed: int = 0, oblivious: Any = None
+                 ) -> dict[Optional[Hashable], dict[str, np.ndarray]]:
     """Serve ``ratings`` (indices into ``data``'s ratings, in the order given; default all in
     time order) as requests tagged by their index, each reading row ``(item + mask) mod
-    modulus`` of a ``[modulus, dim]`` table named ``"hashed"``."""
+    modulus`` of a ``[modulus, dim]`` table named ``"hashed"`` (looked up ``oblivious``-ly
+    where given)."""
     if modulus < max(data.num_items, 1) or not 0 <= mask < modulus:
         raise ValueError(f"need modulus >= the {data.num_items} items and 0 <= mask < modulus")
     table = _random_table(modulus, dim, np.random.default_rng(seed))
@@ -152,5 +156,5 @@ def serve_hashed(data: MovieLens, mask: int, modulus: int, ratings: Optional[np.
         rec.name(table, "hashed")
         for k in order:
             with rec.request(int(k)):
-                table.lookup(rows[k:k + 1], lengths=one)
+                table.lookup(rows[k:k + 1], lengths=one, oblivious=oblivious)
     return rec.rows_by_request()
