@@ -1,8 +1,9 @@
 """What the oblivious lookups cost: ``EmbeddingTable.lookup(..., oblivious=...)`` (the scan, Path
 ORAM, padding) against the plain lookup, call by call in turn on the same ids, over table sizes
-and batch sizes (one lookup a bag, fp32; the plain lookup on the package's threads, the
-defences on one). Prints lookups/s, the slowdown, and where the scan beats the ORAM
-(``recengine.privacy.cost``; ``recengine privacy --attacks cost`` prints the same table).
+and batch sizes (one lookup a bag, fp32; the plain lookup and the scan on the package's
+threads, the ORAM and padding on one). Prints lookups/s, the slowdown, and where the scan
+beats the ORAM (``recengine.privacy.cost``; ``recengine privacy --attacks cost`` prints the
+same table).
 
     python benches/oblivious_cost.py [--rows 100,1000,10000,100000] [--batches 1,16,64,256,1024]
 """

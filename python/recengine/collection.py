@@ -62,6 +62,7 @@ class EmbeddingCollection:
         weights: Optional[Sequence[Any]] = None,
         mode: str = "sum",
         include_last_offset: bool = False,
+        oblivious: Any = None,
     ) -> np.ndarray:
         """Pool every table for the same batch.
 
@@ -74,6 +75,9 @@ class EmbeddingCollection:
             weights: None, or a sequence of T per-lookup weight arrays (None entries allowed).
             mode: "sum", "mean" or "max", for all tables.
             include_last_offset: whether each offsets array ends with its table's L.
+            oblivious: look every table up obliviously (see ``EmbeddingTable.lookup``): one
+                mode (``"scan"``, ``"oram"``, ``"pad"``, a ``Pad``) for all tables, or a
+                sequence of T (None entries read plainly); table by table.
 
         Returns:
             ``[B, sum(dims)]`` float32; every table must describe the same B bags.
@@ -84,6 +88,9 @@ class EmbeddingCollection:
                 if weights is not None and isinstance(weights, np.ndarray):
                     weights = _split(weights, lengths)
             lengths = list(lengths)
+        if oblivious is not None:
+            return self._lookup_oblivious(oblivious, indices, offsets, lengths, weights, mode,
+                                          include_last_offset)
         out = self._c.lookup(list(indices), None if offsets is None else list(offsets),
                              None if lengths is None else list(lengths),
                              None if weights is None else list(weights), mode,
@@ -93,6 +100,25 @@ class EmbeddingCollection:
                 _access.note(t, idx, None if offsets is None else offsets[i],
                              None if lengths is None else lengths[i], include_last_offset)
         return out
+
+    def _lookup_oblivious(self, oblivious: Any, indices: Any, offsets: Any, lengths: Any,
+                          weights: Any, mode: str, include_last_offset: bool) -> np.ndarray:
+        n = len(self._tables)
+        how = (list(oblivious) if isinstance(oblivious, (list, tuple)) else [oblivious] * n)
+        args = {"indices": indices, "offsets": offsets, "lengths": lengths, "weights": weights,
+                "oblivious": how}
+        for name, value in args.items():
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} tables")
+        parts = [t.lookup(indices[i], None if offsets is None else offsets[i],
+                          None if lengths is None else lengths[i],
+                          None if weights is None else weights[i], mode,
+                          include_last_offset=include_last_offset, oblivious=how[i])
+                 for i, t in enumerate(self._tables)]
+        bags = {p.shape[0] for p in parts}
+        if len(bags) > 1:
+            raise ValueError(f"the tables describe different numbers of bags: {sorted(bags)}")
+        return np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), np.float32)
 
     @property
     def tables(self) -> list[EmbeddingTable]:

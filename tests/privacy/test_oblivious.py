@@ -158,3 +158,48 @@ def test_padding_hides_bag_sizes_and_flattens_rates() -> None:
     reads, _, _ = pad.plan(real, np.ones(real.size, np.int64), 50)
     rate = np.bincount(reads, minlength=50) / real.size
     assert np.allclose(rate[5:], tau, rtol=0.1) and np.allclose(rate[:5], 0.15, rtol=0.1)
+
+
+@pytest.mark.parametrize("how", ["scan", "oram", "pad", [None, "oram"]])
+def test_collections_read_every_table_obliviously(how: object) -> None:
+    tables = [_table(40, 3, "fp32", 1), _table(25, 5, "int8", 2)]
+    c = rc.EmbeddingCollection(tables)
+    ids = [np.array([1, 39, 7]), np.array([0, 24, 24])]
+    lens = [np.array([2, 1]), np.array([1, 2])]
+    plain = c.lookup(ids, lengths=lens)
+    with record() as rec:
+        got = c.lookup(ids, lengths=lens, oblivious=how)
+    assert np.array_equal(got.view(np.uint32), plain.view(np.uint32))
+    assert len(rec.accesses) == 2  # each table noted once, as its mode shows it
+    if how == "scan":
+        assert [a.rows.size for a in rec.accesses] == [40, 25]
+    with pytest.raises(ValueError, match="oblivious has 1 entries for 2 tables"):
+        c.lookup(ids, lengths=lens, oblivious=["scan"])
+
+
+@pytest.mark.parametrize("how", ["scan", "oram", "pad"])
+def test_the_torch_module_reads_obliviously_for_inference(how: str) -> None:
+    torch = pytest.importorskip("torch")
+    from recengine.nn import EmbeddingBag
+
+    torch.manual_seed(0)
+    for mode in ("sum", "mean", "max"):
+        bag = EmbeddingBag(300, 6, mode=mode, oblivious=how)
+        plain = EmbeddingBag(300, 6, mode=mode, _weight=bag.weight.detach().clone())
+        ref = torch.nn.EmbeddingBag.from_pretrained(bag.weight.detach().clone(), mode=mode)
+        x, off = torch.randint(0, 300, (10,)), torch.tensor([0, 4, 4, 9])
+        with torch.no_grad():
+            for args in ((x, off), (x.reshape(2, 5),)):
+                got = bag(*args)
+                assert torch.equal(got, plain(*args))  # bit for bit recengine's plain lookup
+                assert torch.allclose(got, ref(*args), atol=1e-6)
+    with pytest.raises(RuntimeError, match="serves inference"):
+        bag(x, off)
+    with torch.no_grad():  # an in-place change of the weight is seen at the next forward
+        before = bag(x, off)
+        bag.weight[x[0]] += 1.0
+        assert not torch.equal(bag(x, off), before)
+    with pytest.raises(ValueError, match="oblivious must be"):
+        EmbeddingBag(5, 2, oblivious="shuffle")
+    with pytest.raises(ValueError, match="padding_idx"), torch.no_grad():
+        EmbeddingBag(5, 2, padding_idx=0, oblivious=how)(torch.tensor([[1]]))

@@ -25,15 +25,29 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
     lives on huge pages (:mod:`recengine.nn.hugepages`); one handed in (``_weight``,
     ``from_pretrained``) stays where it is, shared as in torch.
 
+    One keyword more than torch's: ``oblivious`` (``"scan"``, ``"oram"``, ``"pad"`` or a
+    :class:`recengine.table.Pad`; default None) reads the rows so that the memory accesses do
+    not give the ids away (:meth:`recengine.EmbeddingTable.lookup`; bit for bit the plain
+    output). It serves inference: a forward that needs a gradient is refused (the backward's
+    scatter would show the ids), and the weight is copied into a core table once per version
+    of it (changed in place through the ``Parameter``, it is copied again at the next forward;
+    a change through ``weight.data`` bypasses torch's version counter: set ``oblivious``
+    again to drop the copy).
+
     Example::
 
         >>> bag = EmbeddingBag(1000, 16, mode="sum")
         >>> bag(torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2])).shape
         torch.Size([2, 16])
+        >>> safe = EmbeddingBag(1000, 16, oblivious="oram")
+        >>> with torch.no_grad():
+        ...     safe(torch.tensor([[1, 2], [3, 4]])).shape
+        torch.Size([2, 16])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, oblivious: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.oblivious = oblivious
         if self.mode not in MODES:  # torch takes any string here and fails at the first call
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         # A weight allocated here moves to huge pages (one copy, at construction); a weight
@@ -43,9 +57,59 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        if self.oblivious is not None:
+            return self._forward_oblivious(input, offsets, per_sample_weights)
         return embedding_bag(input, self.weight, offsets, self.max_norm, self.norm_type,
                              self.scale_grad_by_freq, self.mode, self.sparse,
                              per_sample_weights, self.include_last_offset, self.padding_idx)
+
+
+    @property
+    def oblivious(self) -> Any:
+        """How lookups read the weight: None (plainly), or an oblivious mode."""
+        return self._oblivious
+
+    @oblivious.setter
+    def oblivious(self, how: Any) -> None:
+        from .._oblivious import OBLIVIOUS, Pad
+
+        if how is not None and not isinstance(how, Pad) and how not in OBLIVIOUS:
+            raise ValueError(f"oblivious must be None, a Pad or one of {', '.join(OBLIVIOUS)}, "
+                             f"got {how!r}")
+        self._oblivious = how
+        self._oblivious_table: Optional[tuple[tuple[Any, ...], Any]] = None
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra if self.oblivious is None else f"{extra}, oblivious={self.oblivious!r}"
+
+    def _forward_oblivious(self, input: Tensor, offsets: Optional[Tensor],
+                           per_sample_weights: Optional[Tensor]) -> Tensor:
+        from ..table import EmbeddingTable
+
+        if torch.is_grad_enabled() and (self.weight.requires_grad or (
+                per_sample_weights is not None and per_sample_weights.requires_grad)):
+            raise RuntimeError("an oblivious EmbeddingBag serves inference: call it under "
+                               "torch.no_grad() or with a frozen weight")
+        if self.padding_idx is not None or self.max_norm is not None:
+            raise ValueError("an oblivious lookup takes no padding_idx or max_norm")
+        w = self.weight
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
+        if self._oblivious_table is None or self._oblivious_table[0] != key:
+            self._oblivious_table = (key, EmbeddingTable(w.detach().cpu().to(torch.float32)
+                                                         .numpy()))
+        table = self._oblivious_table[1]
+        psw = None if per_sample_weights is None else (
+            per_sample_weights.detach().to(torch.float32).reshape(-1).numpy())
+        if input.dim() == 2 and offsets is None:
+            out = table.lookup(input.numpy(), weights=psw, mode=self.mode,
+                               oblivious=self.oblivious)
+        else:
+            out = table.lookup(input.numpy(), None if offsets is None else offsets.numpy(),
+                               weights=psw, mode=self.mode,
+                               include_last_offset=self.include_last_offset,
+                               oblivious=self.oblivious)
+        return torch.from_numpy(out).to(w.dtype)
 
 
 def convert(model: torch.nn.Module, huge_pages: bool = True) -> torch.nn.Module:

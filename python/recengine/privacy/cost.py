@@ -2,11 +2,11 @@
 on the same ids, over table sizes and batch sizes.
 
 A batch is ``batch`` bags of one id each (the static and one-hot features the identification
-attack reads), fp32 rows of ``dim`` values. The plain lookup runs on the package's thread pool
-as users get it; the scan, the ORAM and the padding each run on one thread (an ORAM client is
-sequential). A scan call that would take longer than ``max_call_s`` (its time grows with
-``rows x batch``) is not run: its row is extrapolated from the largest batch measured at that
-size and says ``estimated: True``.
+attack reads), fp32 rows of ``dim`` values. The plain lookup and the scan run on the
+package's thread pool as users get them; the ORAM and the padding on one thread (an ORAM
+client is sequential). A scan call that would take longer than ``max_call_s`` (its time
+grows with ``rows x batch``) is not run: its row is extrapolated from the largest batch
+measured at that size and says ``estimated: True``.
 
 Example::
 
@@ -66,7 +66,8 @@ def measure(table_rows: Sequence[int], batches: Sequence[int], dim: int = 64,
     "lookups_per_s"`` with ``value`` the defence's and ``baseline`` the plain lookup's,
     ``rows``, ``batch``, ``lookups_per_s``, ``latency_us`` (a call), ``slowdown`` (against
     ``plain_lookups_per_s`` measured in the same turns), ``estimated``; ORAM rows add
-    ``levels`` (each ORAM's) and ``blocks_per_lookup`` (read, and as many written), pad rows
+    ``levels`` (each ORAM's), ``blocks_per_lookup`` (read, and as many written) and
+    ``stash_max`` (each stash's high-water mark so far), pad rows
     ``count``."""
     unknown = [d for d in defences if d not in DEFENCES]
     if unknown:
@@ -107,6 +108,7 @@ def measure(table_rows: Sequence[int], batches: Sequence[int], dim: int = 64,
                 if d == "oram" and oram is not None:
                     row["levels"] = list(oram.levels)
                     row["blocks_per_lookup"] = 4 * sum(oram.levels)
+                    row["stash_max"] = list(oram.stash_max)
                 if d == "pad":
                     row["count"] = pad_count
                 yield row

@@ -71,11 +71,7 @@ def serve_static(data: MovieLens, model: tuple[EmbeddingCollection, tuple[str, .
         for u in order:
             with rec.request(int(data.user_ids[u])):
                 ids = [data.static[f][u:u + 1] for f in features]
-                if oblivious is None:
-                    collection.lookup(ids, lengths=[one] * len(features))
-                else:
-                    for t, i in zip(collection.tables, ids):
-                        t.lookup(i, lengths=one, oblivious=oblivious)
+                collection.lookup(ids, lengths=[one] * len(features), oblivious=oblivious)
     return rec.rows_by_request()
 
 

@@ -6,7 +6,10 @@
 //! then holds the looked-up rows in lookup order, in the table's own format, and the plain
 //! kernel pools it reading its rows 0, 1, 2 ... in order: the output is bit for bit the plain
 //! lookup's, and the memory addresses touched depend on the table's and the call's shapes
-//! only. The cost is a read of the whole table and `rows x lookups` row selects per call.
+//! only. The cost is a read of the whole table and `rows x lookups` row selects per call,
+//! split over the core's threads by contiguous parts of the table (each part selects into
+//! a private zeroed buffer; the buffers are OR-ed, which is exact as one part holds each
+//! looked-up row).
 //!
 //! [`padded_lookup`] is the weaker padding defence's kernel: it reads the rows it is given, in
 //! the given order (the ids mixed with dummy rows), and pools the real ones in lookup order.
@@ -21,6 +24,8 @@ use crate::error::{Error, IndexError, Result};
 use crate::kernel::{Index, Mode};
 use crate::lookup::{make_job, run, TableView};
 use crate::mem;
+use crate::parallel;
+use std::sync::Mutex;
 
 /// `0xFF` when `a == b`, `0x00` otherwise, without a branch.
 #[inline(always)]
@@ -31,24 +36,65 @@ fn eq_mask(a: u64, b: u64) -> u8 {
     nonzero.wrapping_sub(1)
 }
 
-/// Copy rows `targets` of `table` into `out` (`[targets.len(), row_bytes]`), reading every row
-/// of the table once in order and selecting into every slot for every row.
-fn scan_gather(table: TableView<'_>, targets: &[u64], out: &mut [u8]) {
-    let rb = table.dtype.row_bytes(table.dim);
-    if rb == 0 {
-        return;
-    }
-    for (r, row) in table.data.chunks_exact(rb).enumerate() {
+/// Select rows `first..` of `rows` (whole rows of `rb` bytes) into every slot of `out` whose
+/// target they are, reading every row once in order and selecting into every slot for every
+/// row (a slot no row of the range matches keeps its bytes).
+fn scan_rows(rows: &[u8], first: usize, rb: usize, targets: &[u64], out: &mut [u8]) {
+    for (r, row) in rows.chunks_exact(rb).enumerate() {
+        let r = (first + r) as u64;
         for (slot, &t) in out.chunks_exact_mut(rb).zip(targets) {
             // black_box: left to itself the optimiser sees that the mask is all or nothing
             // and turns the select into a branch that skips reading the row (measured: the
             // "scan" then ran at 150 GB/s from DRAM on one core, reading only the matches).
-            let m = std::hint::black_box(eq_mask(t, r as u64));
+            let m = std::hint::black_box(eq_mask(t, r));
             for (d, &s) in slot.iter_mut().zip(row) {
                 *d = (*d & !m) | (s & m);
             }
         }
     }
+}
+
+/// Rows a part of a parallel scan takes at least.
+const ROWS_PER_PART: usize = 1024;
+/// Bytes of private gather buffers a parallel scan may hold.
+const PART_BUFFER_BYTES: usize = 1 << 30;
+
+/// Copy rows `targets` of `table` into `out` (`[targets.len(), row_bytes]`, zeroed), reading
+/// every row of the table once. The rows are split in contiguous parts over the core's
+/// threads; each part selects into a zeroed private buffer, where only the slots its rows
+/// match become non-zero, and the buffers are OR-ed into `out`: every part reads all of its
+/// rows and writes all of its buffer whatever the ids.
+fn scan_gather(table: TableView<'_>, targets: &[u64], out: &mut [u8]) -> Result<()> {
+    let rb = table.dtype.row_bytes(table.dim);
+    if rb == 0 || targets.is_empty() {
+        return Ok(());
+    }
+    let by_memory = (PART_BUFFER_BYTES / out.len().max(1)).max(1);
+    let parts = parallel::num_threads().min(table.num_rows.div_ceil(ROWS_PER_PART)).min(by_memory);
+    if parts <= 1 {
+        scan_rows(table.data, 0, rb, targets, out);
+        return Ok(());
+    }
+    let per = table.num_rows.div_ceil(parts);
+    let mut buffers = Vec::with_capacity(parts);
+    for _ in 0..parts {
+        buffers.push(Mutex::new(mem::filled(out.len(), 0u8, "a scan part's gathered rows")?));
+    }
+    parallel::for_each_index(parts, parts, &|k| {
+        let first = (k * per).min(table.num_rows);
+        let last = ((k + 1) * per).min(table.num_rows);
+        // Each part is claimed by exactly one item: the lock is never contended.
+        let mut buf = buffers[k].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        scan_rows(&table.data[first * rb..last * rb], first, rb, targets, &mut buf);
+        Ok(())
+    })?;
+    for b in buffers {
+        let b = b.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (o, x) in out.iter_mut().zip(&b) {
+            *o |= x;
+        }
+    }
+    Ok(())
 }
 
 /// The ids as row numbers, each checked against `num_rows` (an out-of-range id is refused
@@ -112,7 +158,7 @@ pub fn scan_lookup<I: Index>(
 ) -> Result<()> {
     let targets = checked_rows(indices, &offsets, table.num_rows)?;
     let mut gathered = gather_buffer(&table, indices.len())?;
-    scan_gather(table, &targets, &mut gathered);
+    scan_gather(table, &targets, &mut gathered)?;
     pool_gathered(&table, &gathered, indices.len(), offsets, weights, mode, out)
 }
 
@@ -197,6 +243,19 @@ mod tests {
             assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                        b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_scan_split_over_threads_is_the_same() {
+        let dim = 4;
+        let data: Vec<f32> = (0..9000 * dim).map(|k| (k as f32 * 0.013).cos()).collect();
+        let ids: Vec<i64> = vec![0, 8999, 1023, 1024, 4500, 4500, 2047, 7];
+        let offs = bag_offsets(Bags::Lengths(&[3, 5]), ids.len()).unwrap();
+        let mut a = vec![0f32; 2 * dim];
+        let mut b = vec![0f32; 2 * dim];
+        lookup(view(&data, dim), &ids, Bags::Lengths(&[3, 5]), None, Mode::Sum, None, &mut a).unwrap();
+        scan_lookup(view(&data, dim), &ids, offs, None, Mode::Sum, &mut b).unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]
