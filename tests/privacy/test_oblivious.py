@@ -203,3 +203,34 @@ def test_the_torch_module_reads_obliviously_for_inference(how: str) -> None:
         EmbeddingBag(5, 2, oblivious="shuffle")
     with pytest.raises(ValueError, match="padding_idx"), torch.no_grad():
         EmbeddingBag(5, 2, padding_idx=0, oblivious=how)(torch.tensor([[1]]))
+
+
+@pytest.mark.parametrize("how", ["scan", "oram", "pad"])
+def test_the_torchrec_collection_reads_obliviously_for_inference(how: str) -> None:
+    torch = pytest.importorskip("torch")
+    from recengine.nn import (
+        EmbeddingBagCollection,
+        EmbeddingBagConfig,
+        KeyedJaggedTensor,
+        PoolingType,
+    )
+
+    torch.manual_seed(1)
+    configs = [EmbeddingBagConfig(60, 4, "t1", feature_names=["f1"]),
+               EmbeddingBagConfig(30, 3, "t2", feature_names=["f2", "f3"],
+                                  pooling=PoolingType.MEAN)]
+    plain = EmbeddingBagCollection(configs)
+    safe = EmbeddingBagCollection(configs, oblivious=how)
+    safe.load_state_dict(plain.state_dict())
+    kjt = KeyedJaggedTensor(["f1", "f2", "f3"], torch.tensor([1, 59, 3, 29, 5, 6, 0]),
+                            lengths=torch.tensor([2, 0, 1, 2, 1, 1]))
+    with torch.no_grad(), record() as rec:
+        got, want = safe(kjt), plain(kjt)
+    assert got.keys() == want.keys() and torch.allclose(got.values(), want.values(), atol=1e-6)
+    assert len(rec.accesses) == 6  # the safe collection's 3 features, then the plain's 3
+    if how == "scan":
+        assert [a.rows.size for a in rec.accesses[:3]] == [60, 30, 30]
+    with pytest.raises(RuntimeError, match="serves inference"):
+        safe(kjt)
+    with pytest.raises(ValueError, match="oblivious must be"):
+        EmbeddingBagCollection(configs, oblivious="shuffle")

@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import _access, _core
 from .._access import RECORDERS as _RECORDING
 from . import _op, hugepages
+from ._oblivious import WeightTables, check_mode
 from .configs import EmbeddingBagConfig, PoolingType
 from .functional import embedding_bag
 from .hugepages import on_huge_pages
@@ -79,6 +80,11 @@ class EmbeddingBagCollection(torch.nn.Module):
             and the meta device gives shapes only.
         sparse: make the weights' gradients sparse (uncoalesced, as torch's); recengine's
             addition, keyword only in effect.
+        oblivious: read every table so that the memory accesses do not give the ids away
+            (``"scan"``, ``"oram"``, ``"pad"`` or a :class:`recengine.table.Pad`; see
+            :meth:`recengine.EmbeddingTable.lookup`), feature by feature, for inference (a
+            forward that needs a gradient is refused); each weight copied into a core table
+            once per version of it. recengine's addition.
 
     ``forward(features)`` takes a :class:`KeyedJaggedTensor` (ours, or TorchRec's) whose keys
     include every table's feature names, and returns a float32 :class:`KeyedTensor` with one
@@ -100,8 +106,10 @@ class EmbeddingBagCollection(torch.nn.Module):
     """
 
     def __init__(self, tables: Sequence[EmbeddingBagConfig], is_weighted: bool = False,
-                 device: Optional[torch.device | str] = None, sparse: bool = False) -> None:
+                 device: Optional[torch.device | str] = None, sparse: bool = False,
+                 oblivious: Any = None) -> None:
         super().__init__()
+        self.oblivious = oblivious
         names = [t.name for t in tables]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -287,6 +295,28 @@ class EmbeddingBagCollection(torch.nn.Module):
             col += dim
         return x
 
+    @property
+    def oblivious(self) -> Any:
+        """How forward reads the tables: None (plainly), or an oblivious mode."""
+        return self._oblivious
+
+    @oblivious.setter
+    def oblivious(self, how: Any) -> None:
+        self._oblivious = check_mode(how)
+        self._oblivious_tables = WeightTables()
+
+    def _pool_oblivious(self, kjt: KeyedJaggedTensor) -> Tensor:
+        """Each feature pooled from its table read obliviously (see ``oblivious``)."""
+        self._slots(kjt.keys())  # refuses missing features and features named twice
+        jts = kjt.to_dict()
+        weights = self._weights()
+        outs = [self._oblivious_tables.pool(
+                    weights[t], jts[f].values(), jts[f].offsets(),
+                    jts[f].weights() if self._is_weighted else None, self._modes[t], True,
+                    self._oblivious).float()
+                for t, f in self._blocks]
+        return _join_features(outs, kjt.inverse_indices_or_none(), self._feature_names)
+
     def _pool_features(self, kjt: KeyedJaggedTensor) -> Tensor:
         """One :func:`recengine.nn.functional.embedding_bag` call per feature (on the core
         where it runs, else torch's kernel): variable batches, other devices, tracing (``kjt``
@@ -322,6 +352,8 @@ class EmbeddingBagCollection(torch.nn.Module):
             # embedding_bag, which runs on the core) and one to join them.
             return KeyedTensor(self._embedding_names, self._dims, self._pool_features(features))
         kjt = as_kjt(features)
+        if self._oblivious is not None:
+            return KeyedTensor(self._embedding_names, self._dims, self._pool_oblivious(kjt))
         weights = self._weights()
         values: Optional[Tensor] = None
         slots = self._slots(kjt.keys())  # (refuses missing features and features named twice)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import hugepages
+from ._oblivious import WeightTables, check_mode
 from ._op import MODES
 from .functional import embedding_bag
 
@@ -71,13 +72,8 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
 
     @oblivious.setter
     def oblivious(self, how: Any) -> None:
-        from .._oblivious import OBLIVIOUS, Pad
-
-        if how is not None and not isinstance(how, Pad) and how not in OBLIVIOUS:
-            raise ValueError(f"oblivious must be None, a Pad or one of {', '.join(OBLIVIOUS)}, "
-                             f"got {how!r}")
-        self._oblivious = how
-        self._oblivious_table: Optional[tuple[tuple[Any, ...], Any]] = None
+        self._oblivious = check_mode(how)
+        self._oblivious_tables = WeightTables()
 
     def extra_repr(self) -> str:
         extra = super().extra_repr()
@@ -85,31 +81,10 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
 
     def _forward_oblivious(self, input: Tensor, offsets: Optional[Tensor],
                            per_sample_weights: Optional[Tensor]) -> Tensor:
-        from ..table import EmbeddingTable
-
-        if torch.is_grad_enabled() and (self.weight.requires_grad or (
-                per_sample_weights is not None and per_sample_weights.requires_grad)):
-            raise RuntimeError("an oblivious EmbeddingBag serves inference: call it under "
-                               "torch.no_grad() or with a frozen weight")
         if self.padding_idx is not None or self.max_norm is not None:
             raise ValueError("an oblivious lookup takes no padding_idx or max_norm")
-        w = self.weight
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype, w.device)
-        if self._oblivious_table is None or self._oblivious_table[0] != key:
-            self._oblivious_table = (key, EmbeddingTable(w.detach().cpu().to(torch.float32)
-                                                         .numpy()))
-        table = self._oblivious_table[1]
-        psw = None if per_sample_weights is None else (
-            per_sample_weights.detach().to(torch.float32).reshape(-1).numpy())
-        if input.dim() == 2 and offsets is None:
-            out = table.lookup(input.numpy(), weights=psw, mode=self.mode,
-                               oblivious=self.oblivious)
-        else:
-            out = table.lookup(input.numpy(), None if offsets is None else offsets.numpy(),
-                               weights=psw, mode=self.mode,
-                               include_last_offset=self.include_last_offset,
-                               oblivious=self.oblivious)
-        return torch.from_numpy(out).to(w.dtype)
+        return self._oblivious_tables.pool(self.weight, input, offsets, per_sample_weights,
+                                           self.mode, self.include_last_offset, self.oblivious)
 
 
 def convert(model: torch.nn.Module, huge_pages: bool = True) -> torch.nn.Module:
