@@ -234,3 +234,27 @@ def test_the_torchrec_collection_reads_obliviously_for_inference(how: str) -> No
         safe(kjt)
     with pytest.raises(ValueError, match="oblivious must be"):
         EmbeddingBagCollection(configs, oblivious="shuffle")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
+def test_the_quantized_module_reads_its_packed_rows_obliviously(dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    from recengine.nn import QuantEmbeddingBag
+
+    torch.manual_seed(2)
+    q = QuantEmbeddingBag.from_float(torch.nn.EmbeddingBag(200, 6, mode="sum"), dtype=dtype)
+    x, off = torch.randint(0, 200, (9,)), torch.tensor([0, 2, 2, 7])
+    plain = q(x, off), q(x.reshape(3, 3))
+    for how in ("scan", "oram", "pad"):
+        q.oblivious = how
+        with record() as rec:
+            got = q(x, off), q(x.reshape(3, 3))
+        assert all(torch.equal(a, b) for a, b in zip(got, plain))
+        if how == "scan":
+            assert [a.rows.size for a in rec.accesses] == [200, 200]
+    assert "oblivious='pad'" in repr(q)
+    with pytest.raises(RuntimeError, match="serves inference"):
+        q(x, off, per_sample_weights=torch.ones(9, requires_grad=True))
+    q.padding_idx = 0
+    with pytest.raises(ValueError, match="padding_idx"):
+        q(x, off)

@@ -6,7 +6,7 @@ For inference only: the backward's scatter into the weight's gradient would show
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -48,27 +48,31 @@ class WeightTables:
         """Drop every copy (the next lookups copy the weights again)."""
         self._tables.clear()
 
-    def table(self, weight: Tensor) -> EmbeddingTable:
-        """The core table of ``weight``'s current values."""
+    def table(self, weight: Tensor,
+              make: Optional[Callable[[Tensor], EmbeddingTable]] = None) -> EmbeddingTable:
+        """The core table of ``weight``'s current values: ``make(weight)`` (default: its
+        values as fp32 rows)."""
         key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype,
                weight.device)
         held = self._tables.get(id(weight))
         if held is None or held[0] != key:
-            copy = weight.detach().cpu().to(torch.float32).numpy()
-            held = self._tables[id(weight)] = (key, EmbeddingTable(copy))
+            table = make(weight) if make is not None else EmbeddingTable(
+                weight.detach().cpu().to(torch.float32).numpy())
+            held = self._tables[id(weight)] = (key, table)
         return held[1]
 
     def pool(self, weight: Tensor, indices: Tensor, offsets: Optional[Tensor],
              per_sample_weights: Optional[Tensor], mode: str, include_last_offset: bool,
-             how: Any) -> Tensor:
-        """``weight``'s rows pooled as ``torch.nn.functional.embedding_bag`` does (1-D
-        ``indices`` with ``offsets``, or 2-D ``[B, n]`` without), read ``how``; ``[B, D]``
-        in the weight's dtype. Refuses a call that needs a gradient."""
+             how: Any, make: Optional[Callable[[Tensor], EmbeddingTable]] = None) -> Tensor:
+        """``weight``'s rows (its table made by ``make``, see :meth:`table`) pooled as
+        ``torch.nn.functional.embedding_bag`` does (1-D ``indices`` with ``offsets``, or 2-D
+        ``[B, n]`` without), read ``how``; ``[B, D]`` in a float weight's dtype, else float32.
+        Refuses a call that needs a gradient."""
         if torch.is_grad_enabled() and (weight.requires_grad or (
                 per_sample_weights is not None and per_sample_weights.requires_grad)):
             raise RuntimeError("an oblivious lookup serves inference: call it under "
                                "torch.no_grad() or with a frozen weight")
-        table = self.table(weight)
+        table = self.table(weight, make)
         psw = None if per_sample_weights is None else (
             per_sample_weights.detach().to(torch.float32).reshape(-1).numpy())
         idx = indices.detach().cpu().numpy()
@@ -78,4 +82,5 @@ class WeightTables:
             out = table.lookup(idx, None if offsets is None else offsets.detach().cpu().numpy(),
                                weights=psw, mode=mode, include_last_offset=include_last_offset,
                                oblivious=how)
-        return torch.from_numpy(out).to(weight.dtype)
+        result = torch.from_numpy(out)
+        return result.to(weight.dtype) if weight.dtype.is_floating_point else result

@@ -20,6 +20,7 @@ from .._access import RECORDERS as _RECORDING
 from .._dtypes import normalize_dtype, row_bytes
 from ..table import EmbeddingTable
 from . import _op
+from ._oblivious import WeightTables, check_mode
 from ._op import MODES
 
 __all__ = ["QUANT_DTYPES", "QuantEmbeddingBag", "quant_embedding_bag_op"]
@@ -70,6 +71,11 @@ class QuantEmbeddingBag(torch.nn.Module):
     with offsets, or 2-D ``[B, n]``) and returns float32 ``[B, embedding_dim]``. Build one from
     a trained module with :meth:`from_float`.
 
+    ``oblivious`` (an attribute: ``"scan"``, ``"oram"``, ``"pad"`` or a
+    :class:`recengine.table.Pad`; default None) reads the quantized rows so that the memory
+    accesses do not give the ids away (:meth:`recengine.EmbeddingTable.lookup`), through a
+    core table of the packed rows made once per version of them; no ``padding_idx`` then.
+
     Example::
 
         >>> bag = torch.nn.EmbeddingBag(1000, 16, mode="sum")
@@ -102,6 +108,21 @@ class QuantEmbeddingBag(torch.nn.Module):
         self.padding_idx, self.include_last_offset = padding_idx, include_last_offset
         self.register_buffer("packed_weight", torch.zeros(
             num_embeddings, row_bytes(dtype, embedding_dim), dtype=torch.uint8))
+        self.oblivious = None
+
+    @property
+    def oblivious(self) -> Any:
+        """How forward reads the rows: None (plainly), or an oblivious mode."""
+        return self._oblivious
+
+    @oblivious.setter
+    def oblivious(self, how: Any) -> None:
+        self._oblivious = check_mode(how)
+        self._oblivious_tables = WeightTables()
+
+    def _packed_table(self, packed: Tensor) -> EmbeddingTable:
+        return EmbeddingTable.from_raw(packed.detach().cpu().numpy(), self.dtype,
+                                       self.embedding_dim)
 
     @classmethod
     def from_float(cls, module: torch.nn.EmbeddingBag, dtype: str = "int8") -> QuantEmbeddingBag:
@@ -134,6 +155,8 @@ class QuantEmbeddingBag(torch.nn.Module):
         s = f"{self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype!r}, mode={self.mode!r}"
         if self.padding_idx is not None:
             s += f", padding_idx={self.padding_idx}"
+        if self.oblivious is not None:
+            s += f", oblivious={self.oblivious!r}"
         return s
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
@@ -153,6 +176,12 @@ class QuantEmbeddingBag(torch.nn.Module):
             indices = input
         else:
             raise ValueError(f"input must be 1-D or 2-D, got {input.dim()}-D")
+        if self._oblivious is not None:
+            if self.padding_idx is not None:
+                raise ValueError("an oblivious lookup takes no padding_idx")
+            return self._oblivious_tables.pool(self.packed_weight, indices, offsets, psw,
+                                               self.mode, include_last, self._oblivious,
+                                               self._packed_table)
         args: tuple[Any, ...] = (
             self.packed_weight, self.embedding_dim, self.dtype, indices.contiguous(),
             offsets.contiguous(), psw, MODES.index(self.mode),
