@@ -3,23 +3,31 @@ of requests served through recengine (the access hook), never on the raw data.
 
 1. **Identification** (``attack: "identification"``): users bucketed by the rows their static
    features read; per feature set, buckets and users alone in theirs (``metric:
-   "one_anonymous"``, against the users ``baseline``) and the bucket-size histogram; again
-   with the tables looked up obliviously (``defence: "scan"``: every row read each request).
+   "one_anonymous"``, against the users ``baseline``) and the bucket-size histogram, for
+   traces that never change (no defence, the scan); and for every defence the users a
+   second session's key singles out in the first (``metric: "linked_alone"``, ``sessions``;
+   padding also with ``sessions`` linked sessions intersected).
 2. **Attribute inference** (``"attribute_inference"``): gender and age group guessed from
    the item rows each user's requests read, by a classifier trained on the other users
    (k-fold): ``metric: "accuracy_gender"`` ... against the majority class; and the share of
    items read by a single (age, gender, occupation) bucket.
 3. **Re-identification** (``"reidentification"``): for k = 1..``max_k`` recent items in a
    history feature, the share of users whose fingerprint is unique and the top-1 accuracy of
-   matching the request ``gap`` later (``metric: "top1_k3"`` ..., baseline ``1 / users``).
+   matching the request ``gap`` later (``metric: "top1_k3"`` ..., baseline ``1 / users``);
+   the defences at k = 5.
 4. **Hash inversion** (``"hash_inversion"``): ids hashed as ``(x + mask) mod P``; the share
    of random masks recovered from the row frequencies of ``n`` lookups, with the public
    popularity from the same period as the traffic (``drift: "none"``) or from the first half
    of the timeline against traffic from the second (``drift: "first_half"``, with the total
-   variation distance between the two).
+   variation distance between the two); the defences with the same-period prior.
+5. **Cost** (``"cost"``): each defence's lookups/s against the plain lookup over table sizes
+   and batches (:mod:`.cost`).
 
-Every row has ``attack``, ``defence`` (``"none"``, or ``"scan"`` for identification),
-``metric``, ``value`` and ``baseline``.
+The attacks run again on the traces of each of ``defences``: ``"oram"`` and ``"pad"`` for all
+four, ``"scan"`` for identification only (its trace is every row for every request, the same
+whatever the request). Every row has ``attack``, ``defence`` (``"none"``, ``"scan"``,
+``"oram"``, ``"pad"``), ``metric``, ``value`` and ``baseline``; cost rows also ``rows``,
+``batch``, ``lookups_per_s`` and ``slowdown``.
 
 Example::
 
