@@ -14,7 +14,7 @@ from torch import Tensor
 from .._oblivious import OBLIVIOUS, Pad
 from ..table import EmbeddingTable
 
-__all__ = ["WeightTables", "check_mode"]
+__all__ = ["ObliviousReads", "WeightTables", "check_mode"]
 
 
 def check_mode(how: Any) -> Any:
@@ -84,3 +84,22 @@ class WeightTables:
                                oblivious=how)
         result = torch.from_numpy(out)
         return result.to(weight.dtype) if weight.dtype.is_floating_point else result
+
+
+class ObliviousReads:
+    """The ``oblivious`` attribute of the torch modules: how forward reads the rows (None:
+    plainly; else a mode of :func:`check_mode`), with the :class:`WeightTables` its reads go
+    through, dropped whenever the mode is set (so setting it again re-copies the weights)."""
+
+    _oblivious: Any
+    _oblivious_tables: WeightTables
+
+    @property
+    def oblivious(self) -> Any:
+        """How forward reads the rows: None (plainly), or an oblivious mode."""
+        return self._oblivious
+
+    @oblivious.setter
+    def oblivious(self, how: Any) -> None:
+        self._oblivious = check_mode(how)
+        self._oblivious_tables = WeightTables()

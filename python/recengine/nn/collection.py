@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import _access, _core
 from .._access import RECORDERS as _RECORDING
 from . import _op, hugepages
-from ._oblivious import WeightTables, check_mode
+from ._oblivious import ObliviousReads
 from .configs import EmbeddingBagConfig, PoolingType
 from .functional import embedding_bag
 from .hugepages import on_huge_pages
@@ -65,7 +65,7 @@ class _Keyed(torch.autograd.Function):
                                                          ctx.needs_input_grad[3:]))
 
 
-class EmbeddingBagCollection(torch.nn.Module):
+class EmbeddingBagCollection(ObliviousReads, torch.nn.Module):
     """Many embedding tables looked up by keyed jagged features, pooled in one core call
     (TorchRec's ``EmbeddingBagCollection``).
 
@@ -294,16 +294,6 @@ class EmbeddingBagCollection(torch.nn.Module):
                 x[:, col:col + dim] = x[:, col:col + dim].to(dtype).float()
             col += dim
         return x
-
-    @property
-    def oblivious(self) -> Any:
-        """How forward reads the tables: None (plainly), or an oblivious mode."""
-        return self._oblivious
-
-    @oblivious.setter
-    def oblivious(self, how: Any) -> None:
-        self._oblivious = check_mode(how)
-        self._oblivious_tables = WeightTables()
 
     def _pool_oblivious(self, kjt: KeyedJaggedTensor) -> Tensor:
         """Each feature pooled from its table read obliviously (see ``oblivious``)."""

@@ -8,14 +8,14 @@ import torch
 from torch import Tensor
 
 from . import hugepages
-from ._oblivious import WeightTables, check_mode
+from ._oblivious import ObliviousReads
 from ._op import MODES
 from .functional import embedding_bag
 
 __all__ = ["EmbeddingBag", "convert"]
 
 
-class EmbeddingBag(torch.nn.EmbeddingBag):
+class EmbeddingBag(ObliviousReads, torch.nn.EmbeddingBag):
     """Drop-in for :class:`torch.nn.EmbeddingBag` whose forward runs on the recengine core.
 
     The constructor, attributes (``weight`` as an ``nn.Parameter``, ``num_embeddings``,
@@ -64,16 +64,6 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
                              self.scale_grad_by_freq, self.mode, self.sparse,
                              per_sample_weights, self.include_last_offset, self.padding_idx)
 
-
-    @property
-    def oblivious(self) -> Any:
-        """How lookups read the weight: None (plainly), or an oblivious mode."""
-        return self._oblivious
-
-    @oblivious.setter
-    def oblivious(self, how: Any) -> None:
-        self._oblivious = check_mode(how)
-        self._oblivious_tables = WeightTables()
 
     def extra_repr(self) -> str:
         extra = super().extra_repr()

@@ -20,7 +20,7 @@ from .._access import RECORDERS as _RECORDING
 from .._dtypes import normalize_dtype, row_bytes
 from ..table import EmbeddingTable
 from . import _op
-from ._oblivious import WeightTables, check_mode
+from ._oblivious import ObliviousReads
 from ._op import MODES
 
 __all__ = ["QUANT_DTYPES", "QuantEmbeddingBag", "quant_embedding_bag_op"]
@@ -59,7 +59,7 @@ def _pool(packed: Tensor, dim: int, dtype: str, indices: Tensor, offsets: Tensor
     return torch.from_numpy(out)
 
 
-class QuantEmbeddingBag(torch.nn.Module):
+class QuantEmbeddingBag(ObliviousReads, torch.nn.Module):
     """An EmbeddingBag for inference whose rows are stored int8, int4 or fp16.
 
     Args:
@@ -109,16 +109,6 @@ class QuantEmbeddingBag(torch.nn.Module):
         self.register_buffer("packed_weight", torch.zeros(
             num_embeddings, row_bytes(dtype, embedding_dim), dtype=torch.uint8))
         self.oblivious = None
-
-    @property
-    def oblivious(self) -> Any:
-        """How forward reads the rows: None (plainly), or an oblivious mode."""
-        return self._oblivious
-
-    @oblivious.setter
-    def oblivious(self, how: Any) -> None:
-        self._oblivious = check_mode(how)
-        self._oblivious_tables = WeightTables()
 
     def _packed_table(self, packed: Tensor) -> EmbeddingTable:
         return EmbeddingTable.from_raw(packed.detach().cpu().numpy(), self.dtype,

@@ -1,4 +1,6 @@
-//! Oblivious lookups (`recengine_core::oblivious`): a table's `lookup_scan`.
+//! Oblivious lookups (`recengine_core::oblivious`): a table's `lookup_scan` and `lookup_padded`.
+
+use std::borrow::Cow;
 
 use crate::prelude::*;
 use recengine_core::oblivious::{padded_lookup, scan_lookup};
@@ -49,10 +51,11 @@ pub(crate) fn padded_one<'py>(
     Ok(out)
 }
 
-/// The ids as i64 (the padded lookup's three id arrays may differ in width).
-fn widen(s: IntSlice<'_>) -> Vec<i64> {
+/// The ids as i64 (the padded lookup's three id arrays may differ in width): int64 arrays
+/// borrowed as they are, int32 ones widened into a copy.
+fn widen(s: IntSlice<'_>) -> Cow<'_, [i64]> {
     match s {
-        IntSlice::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
-        IntSlice::I64(v) => v.to_vec(),
+        IntSlice::I32(v) => Cow::Owned(v.iter().map(|&x| i64::from(x)).collect()),
+        IntSlice::I64(v) => Cow::Borrowed(v),
     }
 }
